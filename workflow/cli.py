@@ -1,0 +1,55 @@
+"""Shared command-line plumbing. Each stage module has its own `main()` and runs as
+`python -m workflow.<stage> ...`; Snakemake rules call exactly that, so every stage also runs
+without Snakemake. Config slices travel as one JSON argument (`--spec`)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any, Callable, Sequence
+
+log = logging.getLogger("workflow")
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    )
+
+
+def json_arg(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from exc
+
+
+def set_threads(threads: int | None) -> None:
+    """Match torch's intra-op threads to the rule's `threads` (Snakemake sets OMP_NUM_THREADS too)."""
+    n = threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or os.cpu_count() or 1
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(n)
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all)")
+    return p
+
+
+def run(main: Callable[[argparse.Namespace], Any], p: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    """Parse, set up logging and threads, run; a handled error becomes one clear line and exit 1."""
+    args = p.parse_args(argv)
+    setup_logging()
+    set_threads(getattr(args, "threads", None))
+    try:
+        main(args)
+    except (ValueError, FileNotFoundError, OSError, KeyError) as exc:
+        log.error("%s: %s", type(exc).__name__, exc)
+        return 1
+    return 0
