@@ -1,6 +1,10 @@
 # LLM-as-recommender workflow: raw datasets -> samples -> surrogate -> LLM methods -> one summary.
 # Rules are thin; every stage is `python -m workflow.<stage>` (see workflow/).
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
+
+# The package is `workflow`; import names from it only, never the package itself, which would
+# shadow Snakemake's own `workflow` object here.
+from workflow.config import validate as validate_config
 
 min_version("9.20")
 
@@ -8,11 +12,13 @@ min_version("9.20")
 configfile: "config/config.yaml"
 
 
-validate(config, "config/schema.yaml")
+# JSON schema check with defaults filled; an error names the offending key (e.g. prepare.kcore).
+validate_config(config, "config/schema.yaml")
 
 
 include: "rules/common.smk"
 include: "rules/data.smk"
+include: "rules/selection.smk"
 
 
 rule all:

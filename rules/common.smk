@@ -2,6 +2,8 @@
 import json
 from pathlib import Path
 
+from workflow.config import prepare_settings
+
 RESULTS = config["results"]
 DATASETS = list(config["datasets"])
 
@@ -20,16 +22,7 @@ def dataset_spec(wildcards):
 
 
 def prepare_spec(wildcards):
-    merged = dict(config["prepare"])
-    for key, value in (config["datasets"][wildcards.dataset].get("prepare") or {}).items():
-        merged[key] = {**merged[key], **value} if isinstance(value, dict) else value
-    return spec(merged)
-
-
-RAW_FILES = {
-    "movielens-100k": ["u.data", "u.item"],
-    "movielens-1m": ["ratings.dat", "movies.dat"],
-}
+    return spec(prepare_settings(config, wildcards.dataset))
 
 
 def raw_inputs(wildcards):

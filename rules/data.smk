@@ -6,7 +6,7 @@ rule ingest:
         raw_inputs,
     output:
         interactions=f"{RESULTS}/{{dataset}}/data/interactions.parquet",
-        items=f"{RESULTS}/{{dataset}}/data/items.parquet",
+        item_table=f"{RESULTS}/{{dataset}}/data/items.parquet",
     params:
         spec=dataset_spec,
     log:
@@ -21,13 +21,13 @@ rule ingest:
         "../envs/cpu.yaml"
     shell:
         "python -m workflow.ingest --spec {params.spec:q} "
-        "--interactions {output.interactions:q} --items {output.items:q} > {log:q} 2>&1"
+        "--interactions {output.interactions:q} --items {output.item_table:q} > {log:q} 2>&1"
 
 
 rule prepare:
     input:
         interactions=f"{RESULTS}/{{dataset}}/data/interactions.parquet",
-        items=f"{RESULTS}/{{dataset}}/data/items.parquet",
+        item_table=f"{RESULTS}/{{dataset}}/data/items.parquet",
     output:
         samples=f"{RESULTS}/{{dataset}}/data/samples.parquet",
     params:
@@ -45,5 +45,5 @@ rule prepare:
         "../envs/cpu.yaml"
     shell:
         "python -m workflow.prepare --spec {params.spec:q} --seed {params.seed} "
-        "--interactions {input.interactions:q} --items {input.items:q} "
+        "--interactions {input.interactions:q} --items {input.item_table:q} "
         "--samples {output.samples:q} > {log:q} 2>&1"

@@ -43,8 +43,17 @@ def validate(config: dict[str, Any], schema_path: str | Path = SCHEMA_PATH) -> d
     schema = yaml.safe_load(Path(schema_path).read_text())
     validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
-    if errors:
-        lines = [f"config key '{_key_path(e)}': {e.message}" for e in errors]
+    lines = [f"config key '{_key_path(e)}': {e.message}" for e in errors]
+    if not errors:
+        # A dataset's `prepare` overrides are checked as merged with the top-level block, so a
+        # wrong key or type there is named with its full path too.
+        prepare_schema = schema["properties"]["prepare"]
+        for name in config["datasets"]:
+            merged = prepare_settings(config, name)
+            for e in jsonschema.Draft202012Validator(prepare_schema).iter_errors(merged):
+                where = ".".join(str(p) for p in e.absolute_path)
+                lines.append(f"config key 'datasets.{name}.prepare.{where}': {e.message}")
+    if lines:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
     return config
 
@@ -65,9 +74,9 @@ def prepare_settings(config: dict[str, Any], dataset: str) -> dict[str, Any]:
     """The top-level `prepare` block with the dataset's own `prepare` overrides applied."""
     merged = copy.deepcopy(config.get("prepare", {}))
     overrides = config["datasets"][dataset].get("prepare", {}) or {}
-    unknown = set(overrides) - set(merged)
+    unknown = sorted(set(overrides) - set(merged))
     if unknown:
-        raise ConfigError(f"config key 'datasets.{dataset}.prepare': unknown keys {sorted(unknown)}")
+        raise ConfigError(f"config key 'datasets.{dataset}.prepare.{unknown[0]}': not a prepare setting")
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key] = {**merged[key], **value}

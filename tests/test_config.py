@@ -1,0 +1,95 @@
+"""Config schema: defaults, errors that name the key, and the workflow's static checks."""
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from workflow import config as cfg
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _default():
+    return yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+
+
+def test_default_config_validates_and_fills_defaults():
+    config = cfg.validate(_default())
+    assert config["prepare"]["min_history"] == 1  # not in config.yaml: filled from the schema
+    assert config["datasets"]["ml-100k"]["max_bad_lines"] == 0
+    assert config["results"] == "results"
+
+
+def test_minimal_config_gets_every_block():
+    config = cfg.validate({"datasets": {"x": {"format": "steam", "path": "/data"}}})
+    assert config["prepare"]["n_candidates"] == 20
+    assert config["prepare"]["max_samples"] == {"train": None, "valid": None, "test": None}
+    assert config["sft"]["lora_r"] == 8
+
+
+@pytest.mark.parametrize(
+    "mutate, key",
+    [
+        (lambda c: c.update(foo=1), "<top level>"),
+        (lambda c: c["prepare"].update(kcore="five"), "prepare.kcore"),
+        (lambda c: c["prepare"].update(split="random"), "prepare.split"),
+        (lambda c: c["datasets"]["ml-100k"].update(format="csv"), "datasets.ml-100k.format"),
+        (lambda c: c["datasets"]["ml-100k"].pop("path"), "datasets.ml-100k"),
+        (lambda c: c["datasets"]["ml-100k"].update(prepare={"kcore": -1}), "datasets.ml-100k.prepare.kcore"),
+        (lambda c: c["datasets"]["ml-100k"].update(prepare={"kcor": 3}), "datasets.ml-100k.prepare.kcor"),
+    ],
+)
+def test_errors_name_the_key(mutate, key):
+    config = _default()
+    mutate(config)
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.validate(config)
+    assert f"'{key}'" in str(err.value)
+
+
+def test_dataset_prepare_overrides_merge():
+    config = _default()
+    config["datasets"]["ml-100k"]["prepare"] = {"kcore": 3, "max_samples": {"test": 10}}
+    config = cfg.validate(config)
+    merged = cfg.prepare_settings(config, "ml-100k")
+    assert merged["kcore"] == 3
+    assert merged["max_samples"]["test"] == 10
+    assert merged["max_samples"]["valid"] == config["prepare"]["max_samples"]["valid"]
+    assert config["prepare"]["kcore"] == 5  # the global block is untouched
+
+
+def test_load_names_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("datasets: {x: {format: steam, path: /d}}\nseed: nope\n")
+    with pytest.raises(cfg.ConfigError, match=r"(?s)bad.yaml.*'seed'"):
+        cfg.load(bad)
+
+
+def _snakemake(*args, cwd=ROOT):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    return subprocess.run([Path(sys.executable).parent / "snakemake", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True)
+
+
+def test_snakemake_lint_is_clean():
+    out = _snakemake("--lint")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "Congratulations" in out.stdout + out.stderr
+
+
+def test_dry_run_on_default_config(tmp_path):
+    out = _snakemake("-n", "--config", f"results={tmp_path}/results")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "prepare" in out.stdout
+
+
+def test_snakemake_reports_a_bad_key():
+    out = _snakemake("-n", "--config", 'prepare={"kcore": "x"}')
+    assert out.returncode != 0
+    assert "prepare.kcore" in out.stdout + out.stderr
