@@ -93,3 +93,9 @@ def test_snakemake_reports_a_bad_key():
     out = _snakemake("-n", "--config", 'prepare={"kcore": "x"}')
     assert out.returncode != 0
     assert "prepare.kcore" in out.stdout + out.stderr
+
+
+def test_paper_config_validates():
+    config = cfg.load(ROOT / "config" / "paper.yaml")
+    assert config["llm"]["device"] == "cuda"
+    assert set(config["datasets"]) >= {"games", "steam", "lastfm"}
