@@ -58,6 +58,19 @@ def validate(config: dict[str, Any], schema_path: str | Path = SCHEMA_PATH) -> d
     return config
 
 
+def validate_block(block: str, settings: dict[str, Any], schema_path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
+    """Validate one top-level block (e.g. `prepare` given to a stage's command line) and fill its
+    defaults; returns a copy. Errors name the key as `block.key`."""
+    schema = yaml.safe_load(Path(schema_path).read_text())["properties"][block]
+    settings = copy.deepcopy(settings)
+    validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
+    errors = sorted(validator.iter_errors(settings), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = [f"config key '{'.'.join([block, *map(str, e.absolute_path)])}': {e.message}" for e in errors]
+        raise ConfigError(f"invalid {block} settings:\n  " + "\n  ".join(lines))
+    return settings
+
+
 def load(path: str | Path = DEFAULT_CONFIG) -> dict[str, Any]:
     path = Path(path)
     try:

@@ -88,6 +88,10 @@ def write_parquet(
     """Write `data` atomically with provenance metadata; returns the path."""
     table = data if isinstance(data, pa.Table) else pa.Table.from_pandas(data, schema=schema, preserve_index=False)
     meta = dict(table.schema.metadata or {})
+    # pandas' own metadata is dropped: for Arrow-backed list columns pandas 3.1 records a dtype
+    # string (`list<item: string>[pyarrow]`) that pd.read_parquet cannot parse back. The Arrow
+    # schema alone round-trips every column type used here.
+    meta.pop(b"pandas", None)
     meta[PROVENANCE_KEY] = json.dumps(provenance(config, seed, **extra), default=str, sort_keys=True).encode()
     table = table.replace_schema_metadata(meta)
     with atomic_path(path, suffix=".parquet") as tmp:
