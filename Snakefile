@@ -1,5 +1,7 @@
 # LLM-as-recommender workflow: raw datasets -> samples -> surrogate -> LLM methods -> one summary.
 # Rules are thin; every stage is `python -m workflow.<stage>` (see workflow/).
+import shlex
+
 from snakemake.utils import min_version
 
 # The package is `workflow`; import names from it only, never the package itself, which would
@@ -13,7 +15,12 @@ configfile: "config/config.yaml"
 
 
 # JSON schema check with defaults filled; an error names the offending key (e.g. prepare.kcore).
-validate_config(config, "config/schema.yaml")
+validate_config(config, f"{workflow.basedir}/config/schema.yaml")
+
+# Rules run `python -m workflow.<stage>`: make the package importable from any working directory
+# (`--directory`), conda environment (`--sdm conda`) or cluster node, installed or not.
+PACKAGE_ROOT = shlex.quote(workflow.basedir)
+shell.prefix(f"export PYTHONPATH={PACKAGE_ROOT}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
 
 
 include: "rules/common.smk"
