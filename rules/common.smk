@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 
 from workflow.config import prepare_settings
+from workflow.formats import resolve_files
 
 RESULTS = config["results"]
 DATASETS = list(config["datasets"])
@@ -26,21 +27,22 @@ def prepare_spec(wildcards):
 
 
 def raw_inputs(wildcards):
-    """The raw files a dataset is read from, so that Snakemake reruns ingestion when they change.
-    Formats whose file names vary (gzip or not) resolve them in workflow.ingest; here only
-    existing files are listed."""
-    ds = config["datasets"][wildcards.dataset]
-    if ds["path"] == "embedded":
+    """The two raw files a dataset is read from, so that Snakemake reruns ingestion when they
+    change. A missing folder or file yields no input here; the ingest job then reports it with the
+    dataset's name and the file names it expects."""
+    try:
+        return [str(p) for p in resolve_files({"name": wildcards.dataset, **config["datasets"][wildcards.dataset]})]
+    except ValueError:
         return []
-    folder = Path(ds["path"])
-    if not folder.is_dir():
-        return []  # workflow.ingest reports the missing folder with the dataset's name
-    return sorted(str(p) for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
 
 
 def data_targets():
     return expand(f"{RESULTS}/{{dataset}}/data/samples.parquet", dataset=DATASETS)
 
 
+def surrogate_targets():
+    return expand(f"{RESULTS}/{{dataset}}/surrogate/metrics.parquet", dataset=DATASETS)
+
+
 def all_targets():
-    return data_targets()
+    return data_targets() + surrogate_targets()

@@ -27,12 +27,12 @@ def json_arg(text: str) -> Any:
 
 
 def set_threads(threads: int | None) -> None:
-    """Match torch's intra-op threads to the rule's `threads` (Snakemake sets OMP_NUM_THREADS too)."""
-    n = threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or os.cpu_count() or 1
-    try:
-        import torch
-    except ImportError:
+    """Match torch's intra-op threads to the rule's `threads` (Snakemake sets OMP_NUM_THREADS too).
+    Applies to stages that imported torch at module level, before `run` is called."""
+    torch = sys.modules.get("torch")
+    if torch is None:  # a stage that does not use torch does not pay for importing it
         return
+    n = threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or os.cpu_count() or 1
     torch.set_num_threads(n)
 
 
