@@ -25,6 +25,7 @@ shell.prefix(f"export PYTHONPATH={PACKAGE_ROOT}${{{{PYTHONPATH:+:$PYTHONPATH}}}}
 
 include: "rules/common.smk"
 include: "rules/data.smk"
+include: "rules/surrogate.smk"
 include: "rules/selection.smk"
 
 

@@ -61,3 +61,11 @@ def build_tiny_llama(out: Path, tokenizer_dir: Path, *, seed: int = 0, hidden_si
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, smollm_tokenizer_dir) -> Path:
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), smollm_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def embedded_model_dir(tmp_path_factory) -> Path:
+    """The real embedded SmolLM2-135M converted once per session (~20 s, ~540 MB; workflow.llm.model)."""
+    from workflow.llm.model import convert_base_model
+
+    return convert_base_model("embedded", tmp_path_factory.mktemp("smollm2") / "base")

@@ -1,0 +1,130 @@
+"""Benchmark of the LLM evaluation protocols on the default setting: the embedded SmolLM2-135M,
+MovieLens-100K test samples with 20 candidates (built here by the ingest and prepare stages), bf16
+autocast where the CPU has it. Prints, per phase, seconds, prompt tokens and tokens/s, the share of
+each phase, and the projected time of the default run (200 test samples) from the measured rate.
+
+Phases: title embeddings (all items, once per dataset), likelihood (shared-prefix scorer),
+generation (greedy, candidate prompt; its prefill alone is timed too), grounded (greedy on the open
+prompt + embedding + faiss ranking).
+
+    .venv/bin/python bench/bench_evaluate.py [--samples 48] [--threads 2] [--batch-size 8] [--model-dir DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from workflow import prepare  # noqa: E402,F401  (the stage modules build the data)
+
+
+def ensure_model(model_dir: Path) -> Path:
+    if not (model_dir / "config.json").is_file():
+        from workflow.llm.model import convert_base_model
+
+        print(f"converting the embedded model into {model_dir} (once)", flush=True)
+        convert_base_model("embedded", model_dir)
+    return model_dir
+
+
+def ensure_data(folder: Path) -> tuple[Path, Path]:
+    import json
+    import subprocess
+
+    samples, items = folder / "samples.parquet", folder / "items.parquet"
+    if samples.is_file() and items.is_file():
+        return samples, items
+    folder.mkdir(parents=True, exist_ok=True)
+    py = sys.executable
+    subprocess.run([py, "-m", "workflow.ingest", "--spec", json.dumps({"name": "ml-100k", "format": "recbole-atomic",
+                    "path": "embedded", "domain": "movie"}), "--interactions", str(folder / "interactions.parquet"),
+                    "--items", str(items)], check=True, cwd=ROOT, capture_output=True)
+    spec = {"kcore": 5, "max_history": 10, "n_candidates": 20, "max_samples": {"valid": 64, "test": 200}}
+    subprocess.run([py, "-m", "workflow.prepare", "--spec", json.dumps(spec), "--seed", "42", "--interactions",
+                    str(folder / "interactions.parquet"), "--items", str(items), "--samples", str(samples)],
+                   check=True, cwd=ROOT, capture_output=True)
+    return samples, items
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model-dir", type=Path, default=Path(tempfile.gettempdir()) / "llmrec-bench-smollm2")
+    p.add_argument("--data-dir", type=Path, default=Path(tempfile.gettempdir()) / "llmrec-bench-ml100k")
+    p.add_argument("--samples", type=int, default=48, help="test samples evaluated (the default run has 200)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    args = p.parse_args()
+
+    from workflow.llm import evaluate, grounding
+    from workflow.llm.model import autocast, load_model, resolve_dtype
+
+    torch.set_num_threads(args.threads)
+    samples_path, items_path = ensure_data(args.data_dir)
+    model, tokenizer = load_model(ensure_model(args.model_dir), device="cpu", dtype="auto")
+    samples = evaluate.read_samples(samples_path, ["test"]).head(args.samples).reset_index(drop=True)
+    items = pd.read_parquet(items_path, columns=["item_id", "title"])
+    llm = {"device": "cpu", "dtype": "auto", "max_title_tokens": 24, "max_prompt_tokens": 512}
+    cast = lambda: autocast("cpu", "auto")  # noqa: E731
+    batch, new = args.batch_size, args.max_new_tokens
+    print(f"threads {args.threads}, compute dtype {resolve_dtype('auto', 'cpu')}, {len(samples)} test samples, "
+          f"batch {batch}, max_new_tokens {new}, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+
+    inputs = evaluate.prompt_inputs(samples, items, tokenizer, "movie", llm)
+    cand_tokens = sum(map(len, inputs["candidate_prompt"]))
+    answer_tokens = sum(len(a) for answers in inputs["answers"] for a in answers)
+    open_tokens = sum(map(len, inputs["open_prompt"]))
+    title_tokens = sum(map(len, grounding.tokenize_texts(tokenizer, items["title"].tolist())))
+
+    rows = []
+    emb, t = timed(lambda: grounding.embed_texts(model, tokenizer, items["title"].tolist(), 64, autocast=cast))
+    rows.append(("title embeddings (once per dataset)", t, title_tokens, False))
+    _, t = timed(lambda: evaluate.likelihood_scores(model, inputs["candidate_prompt"], inputs["answers"], batch, cast))
+    rows.append(("likelihood (prompt + 20 answers)", t, cand_tokens + answer_tokens, True))
+    answers, t = timed(lambda: evaluate.greedy_answers(model, tokenizer, inputs["candidate_prompt"], new, batch, cast))
+    rows.append(("generation, candidate prompt", t, cand_tokens, True))
+    _, t = timed(lambda: evaluate.greedy_answers(model, tokenizer, inputs["candidate_prompt"], 1, batch, cast))
+    rows.append(("  of which prefill (1 new token)", t, cand_tokens, False))
+    new_tokens = [len(tokenizer.encode(a)) for a in answers]
+
+    def grounded():
+        open_answers = evaluate.greedy_answers(model, tokenizer, inputs["open_prompt"], new, batch, cast)
+        queries = grounding.embed_texts(model, tokenizer, open_answers, 32, autocast=cast)
+        position = {i: k for k, i in enumerate(items["item_id"].astype(str))}
+        return evaluate.grounded_ranking(queries, grounding.item_index(emb),
+                                         np.array([position[x] for x in samples["target"]]),
+                                         [[position[i] for i in h] for h in samples["history"]])
+
+    _, t = timed(grounded)
+    rows.append(("grounded (open prompt, embed, faiss)", t, open_tokens, True))
+
+    per_method = sum(t for _, t, _, counted in rows if counted)
+    print(f"{'phase':40s} {'seconds':>8s} {'tokens':>8s} {'tok/s':>7s} {'share':>6s}")
+    for name, t, tokens, counted in rows:
+        share = f"{t / per_method:6.0%}" if counted else ""
+        print(f"{name:40s} {t:8.1f} {tokens:8d} {tokens / t:7.0f} {share:>6s}")
+    print(f"generated answers: mean {np.mean(new_tokens):.1f} tokens, {np.mean([n >= new for n in new_tokens]):.0%} hit "
+          f"max_new_tokens")
+    print(f"per method: {per_method:.1f} s for {len(samples)} samples = {per_method / len(samples):.2f} s/sample; "
+          f"projected for 200 test samples: {per_method / len(samples) * 200 / 60:.1f} min "
+          f"(+ title embeddings once: {rows[0][1]:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

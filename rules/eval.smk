@@ -1,0 +1,116 @@
+# LLM evaluation (likelihood, generation, grounded full ranking) and the summary table.
+# Input functions (evaluation_spec, summary_metrics) live in rules/common.smk.
+
+
+ruleorder: evaluate_base > evaluate
+
+
+rule title_embeddings:
+    input:
+        model=f"{RESULTS}/models/base",
+        item_table=f"{RESULTS}/{{dataset}}/data/items.parquet",
+    output:
+        f"{RESULTS}/{{dataset}}/llm/title_embeddings.parquet",
+    params:
+        device=config["llm"]["device"],
+        dtype=config["llm"]["dtype"],
+    log:
+        f"{RESULTS}/logs/{{dataset}}/llm/title_embeddings.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{dataset}}/llm/title_embeddings.tsv"
+    threads: workflow.cores
+    resources:
+        mem_mb=6000,
+        runtime=60,
+        gpu=config["llm"]["gpu"],
+    conda:
+        "../envs/cpu.yaml"
+    shell:
+        "python -m workflow.llm.grounding --model-dir {input.model:q} --items {input.item_table:q} "
+        "--device {params.device} --dtype {params.dtype} --threads {threads} --out {output:q} > {log:q} 2>&1"
+
+
+rule evaluate_base:
+    input:
+        model=f"{RESULTS}/models/base",
+        samples=f"{RESULTS}/{{dataset}}/data/samples.parquet",
+        item_table=f"{RESULTS}/{{dataset}}/data/items.parquet",
+        title_embeddings=f"{RESULTS}/{{dataset}}/llm/title_embeddings.parquet",
+    output:
+        predictions=f"{RESULTS}/{{dataset}}/llm/base/none/predictions.parquet",
+        metrics=f"{RESULTS}/{{dataset}}/llm/base/none/metrics.parquet",
+    params:
+        spec=evaluation_spec,
+        seed=config["seed"],
+    log:
+        f"{RESULTS}/logs/{{dataset}}/llm/base/none/evaluate.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{dataset}}/llm/base/none/evaluate.tsv"
+    threads: workflow.cores
+    resources:
+        mem_mb=8000,
+        runtime=120,
+        gpu=config["llm"]["gpu"],
+    conda:
+        "../envs/cpu.yaml"
+    shell:
+        "python -m workflow.llm.evaluate --model-dir {input.model:q} --samples {input.samples:q} "
+        "--items {input.item_table:q} --title-embeddings {input.title_embeddings:q} --spec {params.spec:q} "
+        "--dataset {wildcards.dataset} --method base --selection none --seed {params.seed} --threads {threads} "
+        "--predictions {output.predictions:q} --metrics {output.metrics:q} > {log:q} 2>&1"
+
+
+rule evaluate:
+    input:
+        model=f"{RESULTS}/models/base",
+        adapter=f"{RESULTS}/{{dataset}}/llm/{{method}}/{{selection}}/adapter",
+        samples=f"{RESULTS}/{{dataset}}/data/samples.parquet",
+        item_table=f"{RESULTS}/{{dataset}}/data/items.parquet",
+        title_embeddings=f"{RESULTS}/{{dataset}}/llm/title_embeddings.parquet",
+    output:
+        predictions=f"{RESULTS}/{{dataset}}/llm/{{method}}/{{selection}}/predictions.parquet",
+        metrics=f"{RESULTS}/{{dataset}}/llm/{{method}}/{{selection}}/metrics.parquet",
+    params:
+        spec=evaluation_spec,
+        seed=config["seed"],
+    log:
+        f"{RESULTS}/logs/{{dataset}}/llm/{{method}}/{{selection}}/evaluate.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{dataset}}/llm/{{method}}/{{selection}}/evaluate.tsv"
+    threads: workflow.cores
+    resources:
+        mem_mb=8000,
+        runtime=120,
+        gpu=config["llm"]["gpu"],
+    conda:
+        "../envs/cpu.yaml"
+    shell:
+        "python -m workflow.llm.evaluate --model-dir {input.model:q} --adapter {input.adapter:q} "
+        "--samples {input.samples:q} --items {input.item_table:q} --title-embeddings {input.title_embeddings:q} "
+        "--spec {params.spec:q} --dataset {wildcards.dataset} --method {wildcards.method} "
+        "--selection {wildcards.selection} --seed {params.seed} --threads {threads} "
+        "--predictions {output.predictions:q} --metrics {output.metrics:q} > {log:q} 2>&1"
+
+
+rule summary:
+    input:
+        summary_metrics,
+    output:
+        parquet=f"{RESULTS}/summary.parquet",
+        md=f"{RESULTS}/summary.md",
+    params:
+        spec=spec({**config["summary"], "selections": config["selection"]["strategies"]}),
+        seed=config["seed"],
+    log:
+        f"{RESULTS}/logs/summary.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/summary.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=15,
+    conda:
+        "../envs/cpu.yaml"
+    shell:
+        "python -m workflow.summary --metrics {input:q} --spec {params.spec:q} --seed {params.seed} "
+        "--out-parquet {output.parquet:q} --out-md {output.md:q} > {log:q} 2>&1"

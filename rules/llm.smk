@@ -1,0 +1,55 @@
+# The LLM engine's training side: the base model converted once, then LoRA SFT per selection.
+
+
+def sft_spec(wildcards):
+    """The config blocks SFT reads: llm, sft, and the dataset's domain word for the prompts."""
+    domain = config["datasets"][wildcards.dataset].get("domain") or "item"
+    return spec({"llm": config["llm"], "sft": config["sft"], "domain": domain})
+
+
+rule base_model:
+    output:
+        directory(f"{RESULTS}/models/base"),
+    params:
+        base_model=config["llm"]["base_model"],
+    log:
+        f"{RESULTS}/logs/models/base_model.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/models/base_model.tsv"
+    threads: workflow.cores
+    resources:
+        mem_mb=6000,
+        runtime=30,
+    conda:
+        "../envs/cpu.yaml"
+    shell:
+        "python -m workflow.llm.model --base-model {params.base_model:q} --out {output:q} "
+        "--threads {threads} > {log:q} 2>&1"
+
+
+rule sft:
+    input:
+        model=f"{RESULTS}/models/base",
+        samples=f"{RESULTS}/{{dataset}}/data/samples.parquet",
+        item_table=f"{RESULTS}/{{dataset}}/data/items.parquet",
+        selection=f"{RESULTS}/{{dataset}}/selection/{{selection}}.parquet",
+    output:
+        directory(f"{RESULTS}/{{dataset}}/llm/sft/{{selection}}/adapter"),
+    params:
+        spec=sft_spec,
+        seed=config["seed"],
+    log:
+        f"{RESULTS}/logs/{{dataset}}/llm/sft/{{selection}}/train.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{dataset}}/llm/sft/{{selection}}/train.tsv"
+    threads: workflow.cores
+    resources:
+        mem_mb=8000,
+        runtime=240,
+        gpu=config["llm"]["gpu"],
+    conda:
+        "../envs/cpu.yaml"
+    shell:
+        "python -m workflow.llm.sft --model-dir {input.model:q} --samples {input.samples:q} "
+        "--items {input.item_table:q} --selection {input.selection:q} --spec {params.spec:q} "
+        "--seed {params.seed} --threads {threads} --out {output:q} > {log:q} 2>&1"

@@ -1,0 +1,33 @@
+# SASRec surrogate (RecBole): trained on the train split, early-stopped on valid; exports the
+# checkpoint, item embeddings, sequence representations and its baseline metrics.
+
+
+rule surrogate:
+    input:
+        samples=f"{RESULTS}/{{dataset}}/data/samples.parquet",
+        item_table=f"{RESULTS}/{{dataset}}/data/items.parquet",
+    output:
+        model=f"{RESULTS}/{{dataset}}/surrogate/model.pt",
+        meta=f"{RESULTS}/{{dataset}}/surrogate/model.json",
+        item_embeddings=f"{RESULTS}/{{dataset}}/surrogate/item_embeddings.parquet",
+        sequence_repr=f"{RESULTS}/{{dataset}}/surrogate/sequence_repr.parquet",
+        metrics=f"{RESULTS}/{{dataset}}/surrogate/metrics.parquet",
+    params:
+        out_dir=f"{RESULTS}/{{dataset}}/surrogate",
+        spec=spec(config["surrogate"]),
+        seed=config["seed"],
+    log:
+        f"{RESULTS}/logs/{{dataset}}/surrogate.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{dataset}}/surrogate.tsv"
+    threads: workflow.cores
+    resources:
+        mem_mb=8000,
+        runtime=120,
+        gpu=1 if config["surrogate"]["device"] == "cuda" else 0,
+    conda:
+        "../envs/cpu.yaml"
+    shell:
+        "python -m workflow.surrogate --samples {input.samples:q} --items {input.item_table:q} "
+        "--out-dir {params.out_dir:q} --dataset {wildcards.dataset:q} --spec {params.spec:q} "
+        "--seed {params.seed} --threads {threads} > {log:q} 2>&1"

@@ -1,0 +1,190 @@
+"""LoRA SFT (workflow/llm/sft.py) on a tiny Llama with the real SmolLM2 tokenizer, fp32."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from workflow.llm import sft, train
+
+SFT = {"lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.1, "target_modules": ["q_proj", "v_proj"], "epochs": 2,
+       "lr": 0.01, "batch_size": 2, "grad_accum": 2, "warmup_ratio": 0.1, "weight_decay": 0.0,
+       "max_grad_norm": 1.0, "checkpoint_every": 1}
+LLM = {"device": "cpu", "dtype": "float32", "max_title_tokens": 8, "max_prompt_tokens": 512}
+SPEC = {"llm": LLM, "sft": SFT, "domain": "movie"}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matmuls on a shared machine are fastest on one thread (no OpenMP barrier spinning)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tables():
+    words = ["Alien", "Heat", "Fargo", "Brazil", "Casablanca", "Vertigo", "Psycho", "Jaws", "Rocky", "Amadeus",
+             "Gattaca", "Tampopo"]
+    items = pd.DataFrame({"item_id": [f"i{k}" for k in range(len(words))],
+                          "title": [f"{w} ({1970 + k})" for k, w in enumerate(words)],
+                          "categories": [[] for _ in words]})
+    rows = []
+    for s in range(10):
+        split = "train" if s < 8 else "test"
+        history = [f"i{(s + j) % 12}" for j in range(3)]
+        target = f"i{(s + 3) % 12}"
+        candidates = [f"i{(s + 3 + 2 * j) % 12}" for j in range(4)]
+        candidates = candidates[s % 4:] + candidates[:s % 4]
+        rows.append({"sample_id": f"s{s}", "split": split, "user_id": f"u{s}", "history": history,
+                     "target": target, "candidates": candidates})
+    return pd.DataFrame(rows), items
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    samples, items = tables()
+    paths = {k: tmp_path / f"{k}.parquet" for k in ("samples", "items", "selection")}
+    samples.to_parquet(paths["samples"])
+    items.to_parquet(paths["items"])
+    pd.DataFrame({"sample_id": [f"s{k}" for k in (6, 0, 1, 2, 3, 4)]}).to_parquet(paths["selection"])
+    return paths
+
+
+def cli_args(tiny_model_dir, paths, out, spec=SPEC):
+    return ["--model-dir", str(tiny_model_dir), "--samples", str(paths["samples"]), "--items", str(paths["items"]),
+            "--selection", str(paths["selection"]), "--spec", json.dumps(spec), "--seed", "0", "--threads", "1",
+            "--out", str(out)]
+
+
+def adapter_tensors(folder):
+    import safetensors.torch
+
+    return safetensors.torch.load_file(folder / "adapter_model.safetensors")
+
+
+def test_examples_prompt_and_answer(tiny_model_dir):
+    from workflow.llm import prompts
+    from workflow.llm.model import load_tokenizer
+
+    samples, items = tables()
+    tokenizer = load_tokenizer(tiny_model_dir)
+    examples = sft.sft_examples(samples.head(2), items, tokenizer, "movie", LLM)
+    text = tokenizer.decode(examples[0]["prompt"])
+    assert "Alien (1970)" in text and "Which movie will the user watch next?" in text
+    assert examples[0]["answer"] == prompts.answer_ids(tokenizer, "Brazil (1973)")
+    assert tokenizer.decode(examples[0]["answer"]).startswith("Brazil (1973)")
+
+
+def test_loss_is_masked_cross_entropy_of_a_plain_forward(tiny_model_dir):
+    """The scorer-based loss equals HF's own cross-entropy with labels -100 on prompt and padding."""
+    from transformers import AutoModelForCausalLM
+
+    from workflow.llm.model import load_tokenizer
+
+    samples, items = tables()
+    tokenizer = load_tokenizer(tiny_model_dir)
+    examples = sft.sft_examples(samples.head(3), items, tokenizer, "movie", LLM)
+    examples[1]["prompt"] = examples[1]["prompt"][5:]  # prompts of different lengths: padding matters
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        loss, n, diag = sft.sft_loss(model, sft.collate(examples))
+
+        def reference(examples, prompt_labels=False):
+            length = max(len(e["prompt"]) + len(e["answer"]) for e in examples)
+            ids = torch.full((len(examples), length), 2)
+            labels = torch.full((len(examples), length), -100)
+            mask = torch.zeros((len(examples), length), dtype=torch.long)
+            for i, e in enumerate(examples):
+                seq = e["prompt"] + e["answer"]
+                ids[i, :len(seq)] = torch.tensor(seq)
+                labels[i, len(e["prompt"]):len(seq)] = torch.tensor(e["answer"])
+                if prompt_labels:
+                    labels[i, 1:len(e["prompt"])] = torch.tensor(e["prompt"][1:])
+                mask[i, :len(seq)] = 1
+            return model(input_ids=ids, attention_mask=mask, labels=labels).loss
+
+        assert int(n) == sum(len(e["answer"]) for e in examples)
+        assert diag["tokens"] == sum(len(e["prompt"]) + len(e["answer"]) - 1 for e in examples)
+        torch.testing.assert_close(loss, reference(examples), rtol=0, atol=1e-5)
+        assert abs(float(loss) - float(reference(examples, prompt_labels=True))) > 1e-2  # prompt not in the loss
+        changed = [dict(e) for e in examples]
+        changed[0]["answer"] = [changed[0]["answer"][0] + 1] + changed[0]["answer"][1:]
+        assert abs(float(sft.sft_loss(model, sft.collate(changed))[0]) - float(loss)) > 1e-4
+        torch.testing.assert_close(sft.sft_loss(model, sft.collate(changed))[0], reference(changed), rtol=0, atol=1e-5)
+
+
+def test_cli_writes_adapter_that_reloads(tiny_model_dir, inputs, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "sft" / "adapter"
+    assert sft.main(cli_args(tiny_model_dir, inputs, out)) == 0
+    assert (out / "adapter_model.safetensors").exists() and (out / "adapter_config.json").exists()
+    assert not train.checkpoint_dir_for(out).exists()
+    saved = json.loads((out / "training_config.json").read_text())
+    assert saved["seed"] == 0 and saved["config"]["sft"]["lora_r"] == 4 and saved["config"]["n_samples"] == 6
+    log = pd.read_parquet(out / "train_log.parquet")
+    assert log["step"].tolist() == [1, 2, 3, 4]  # 6 samples, batch 2, accum 2 -> 2 steps per epoch
+    assert (log["tokens"] > log["n_tokens"]).all()
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    tuned = PeftModel.from_pretrained(base, out).eval()
+    assert any(float(p.abs().sum()) > 0 for n, p in tuned.named_parameters() if "lora_B" in n)
+    samples, items = tables()
+    from workflow.llm.model import load_tokenizer
+
+    batch = sft.collate(sft.sft_examples(samples.head(4), items, load_tokenizer(tiny_model_dir), "movie", LLM))
+    with torch.no_grad():
+        tuned_loss = sft.sft_loss(tuned, batch)[0]
+        with tuned.disable_adapter():
+            base_loss = sft.sft_loss(tuned, batch)[0]
+    assert float(tuned_loss) != float(base_loss)
+
+
+def test_same_seed_same_adapter_and_resume_after_kill(tiny_model_dir, inputs, tmp_path, monkeypatch):
+    whole = tmp_path / "a" / "adapter"
+    assert sft.main(cli_args(tiny_model_dir, inputs, whole)) == 0
+    again = tmp_path / "b" / "adapter"
+    assert sft.main(cli_args(tiny_model_dir, inputs, again)) == 0
+    for name, tensor in adapter_tensors(whole).items():
+        assert torch.equal(tensor, adapter_tensors(again)[name]), name
+
+    killed = tmp_path / "c" / "adapter"
+    calls = {"n": 0}
+    real_loss = sft.sft_loss
+
+    def dies_in_epoch_two(model, batch):
+        calls["n"] += 1
+        if calls["n"] > 5:
+            raise KeyboardInterrupt  # like a kill: not handled by cli.run
+        return real_loss(model, batch)
+
+    monkeypatch.setattr(sft, "sft_loss", dies_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        sft.main(cli_args(tiny_model_dir, inputs, killed))
+    assert not killed.exists() and (train.checkpoint_dir_for(killed) / train.CHECKPOINT_FILE).exists()
+    monkeypatch.setattr(sft, "sft_loss", real_loss)
+    assert sft.main(cli_args(tiny_model_dir, inputs, killed)) == 0
+    assert not train.checkpoint_dir_for(killed).exists()
+    resumed = adapter_tensors(killed)
+    for name, tensor in adapter_tensors(whole).items():
+        assert torch.equal(tensor, resumed[name]), name
+
+
+def test_bad_inputs_are_clear_errors(tiny_model_dir, inputs, tmp_path, capsys):
+    def fails_with(*words, spec=SPEC):
+        assert sft.main(cli_args(tiny_model_dir, inputs, tmp_path / "adapter", spec)) == 1
+        err = capsys.readouterr().err
+        assert all(w in err for w in words), err
+
+    pd.DataFrame({"sample_id": ["s1", "s9"]}).to_parquet(inputs["selection"])  # s9 is a test sample
+    fails_with("selection.parquet", "'s9' is not a train sample")
+    pd.DataFrame({"sample_id": ["s1", "nope"]}).to_parquet(inputs["selection"])
+    fails_with("selection.parquet", "nope")
+    pd.DataFrame({"sample_id": ["s1"]}).to_parquet(inputs["selection"])
+    fails_with("sft.lr", spec={**SPEC, "sft": {**SFT, "lr": -1}})
+    fails_with("target_modules", spec={**SPEC, "sft": {**SFT, "target_modules": ["nope_proj"]}})
+    assert not (tmp_path / "adapter").exists()

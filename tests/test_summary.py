@@ -1,0 +1,185 @@
+"""Summary table: hand-computed statistics, bootstrap intervals, paired comparison against sft."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from workflow import summary
+from workflow.io import read_provenance
+
+
+def long_rows(method, selection, protocol, metric, values, users=None, dataset="toy", split="test", ids=None):
+    ids = ids if ids is not None else [f"s{i}" for i in range(len(values))]
+    users = users if users is not None else [f"u{i}" for i in range(len(values))]
+    return pd.DataFrame({
+        "dataset": dataset, "method": method, "selection": selection, "protocol": protocol, "split": split,
+        "sample_id": ids, "user_id": users, "metric": metric, "value": np.asarray(values, dtype=float),
+    })
+
+
+def row(table, method, protocol, metric, selection=None):
+    sel = table[(table["method"] == method) & (table["protocol"] == protocol) & (table["metric"] == metric)]
+    if selection is not None:
+        sel = sel[sel["selection"] == selection]
+    assert len(sel) == 1, sel
+    return sel.iloc[0]
+
+
+def test_means_and_n_match_hand_computation():
+    metrics = pd.concat([
+        long_rows("base", "none", "likelihood", "hr@1", [1, 0, 0, 1]),
+        long_rows("base", "none", "likelihood", "mrr", [1, 0.5, 0.25, 1]),
+        long_rows("sft", "random", "likelihood", "hr@1", [1, 1, 0, 1]),
+        long_rows("sft", "random", "likelihood", "hr@1", [0, 0], split="valid"),  # not summarised
+    ])
+    table = summary.summarize(metrics, resamples=200, level=0.95, seed=0)
+    assert len(table) == 3
+    assert row(table, "base", "likelihood", "hr@1")["value"] == pytest.approx(0.5)
+    assert row(table, "base", "likelihood", "mrr")["value"] == pytest.approx(2.75 / 4)
+    assert row(table, "sft", "likelihood", "hr@1")["value"] == pytest.approx(0.75)
+    assert row(table, "sft", "likelihood", "hr@1")["n"] == 4
+
+
+def test_bootstrap_weights_are_draws_with_replacement():
+    w = summary.bootstrap_weights(7, 50, seed=3)
+    assert w.shape == (50, 7)
+    assert np.all(w.sum(axis=1) == 7)
+    assert np.all(w >= 0) and w.max() > 1
+
+
+def test_interval_contains_the_mean_and_narrows_with_n():
+    rng = np.random.default_rng(0)
+    widths = []
+    for n in (20, 500):
+        values = (rng.random(n) < 0.3).astype(float)
+        table = summary.summarize(long_rows("base", "none", "likelihood", "hr@1", values), 500, 0.95, seed=1)
+        r = row(table, "base", "likelihood", "hr@1")
+        assert r["ci_low"] <= r["value"] <= r["ci_high"]
+        assert r["ci_low"] < r["ci_high"]
+        widths.append(r["ci_high"] - r["ci_low"])
+    assert widths[1] < widths[0] / 2
+
+
+def test_bootstrap_is_reproducible_given_the_seed():
+    values = np.random.default_rng(5).random(40)
+    metrics = long_rows("base", "none", "likelihood", "ndcg@5", values)
+    a = summary.summarize(metrics, 300, 0.95, seed=7)
+    b = summary.summarize(metrics.sample(frac=1, random_state=1), 300, 0.95, seed=7)  # row order irrelevant
+    c = summary.summarize(metrics, 300, 0.95, seed=8)
+    pd.testing.assert_frame_equal(a, b)
+    assert a["ci_low"].iloc[0] != c["ci_low"].iloc[0]
+
+
+def test_paired_difference_equals_difference_of_means():
+    rng = np.random.default_rng(2)
+    base = rng.random(60)
+    sft = np.clip(base + 0.1 + 0.02 * rng.standard_normal(60), 0, 1)
+    metrics = pd.concat([
+        long_rows("base", "none", "likelihood", "ndcg@10", base),
+        long_rows("sft", "random", "likelihood", "ndcg@10", sft),
+    ])
+    table = summary.summarize(metrics, 500, 0.95, seed=0)
+    b = row(table, "base", "likelihood", "ndcg@10")
+    assert b["sft_selection"] == "random"
+    assert b["delta_vs_sft"] == pytest.approx(base.mean() - sft.mean())
+    assert b["delta_ci_low"] <= b["delta_vs_sft"] <= b["delta_ci_high"]
+    # Pairing removes the between-sample spread: the difference is resolved far more tightly than
+    # either mean, and its interval lies below zero.
+    assert b["delta_ci_high"] < 0
+    assert (b["delta_ci_high"] - b["delta_ci_low"]) < (b["ci_high"] - b["ci_low"]) / 3
+    s = row(table, "sft", "likelihood", "ndcg@10")
+    assert np.isnan(s["delta_vs_sft"]) and pd.isna(s["sft_selection"])
+
+
+def test_paired_difference_uses_common_samples_only():
+    metrics = pd.concat([
+        long_rows("base", "none", "generation", "valid", [1, 0, 1], ids=["a", "b", "c"]),
+        long_rows("sft", "random", "generation", "valid", [1, 1, 0, 0], ids=["b", "c", "d", "e"]),
+    ])
+    table = summary.summarize(metrics, 100, 0.95, seed=0)
+    # common samples b, c: base (0 + 1) / 2 - sft (1 + 1) / 2
+    assert row(table, "base", "generation", "valid")["delta_vs_sft"] == pytest.approx(-0.5)
+
+
+def test_hr1_over_valid_is_a_ratio_of_sums():
+    valid = [1, 1, 0, 1, 0, 1]
+    hit = [1, 0, 0, 1, 0, 0]
+    metrics = pd.concat([
+        long_rows("base", "none", "generation", "valid", valid),
+        long_rows("base", "none", "generation", "hit", hit),
+    ])
+    table = summary.summarize(metrics, 400, 0.95, seed=0)
+    assert row(table, "base", "generation", "valid")["value"] == pytest.approx(4 / 6)
+    assert row(table, "base", "generation", "hit")["value"] == pytest.approx(2 / 6)
+    r = row(table, "base", "generation", "hr@1_valid")
+    assert r["value"] == pytest.approx(2 / 4)
+    assert r["n"] == 6
+    assert 0 <= r["ci_low"] <= 0.5 <= r["ci_high"] <= 1
+    assert list(table["metric"]) == ["valid", "hit", "hr@1_valid"]
+    none_valid = summary.summarize(metrics.assign(value=0.0), 50, 0.95, seed=0)
+    assert list(none_valid["metric"]) == ["valid", "hit"]  # hits / valid is undefined: no row
+
+
+def test_auc_is_averaged_per_user_first():
+    metrics = long_rows("base", "none", "likelihood", "auc", [0.2, 0.4, 1.0], users=["u1", "u1", "u2"])
+    table = summary.summarize(metrics, 200, 0.95, seed=0)
+    assert row(table, "base", "likelihood", "auc")["value"] == pytest.approx((0.3 + 1.0) / 2)
+    # a per-sample metric on the same data is the plain mean
+    plain = summary.summarize(metrics.assign(metric="mrr"), 0, 0.95, seed=0)
+    assert plain["value"].iloc[0] == pytest.approx(1.6 / 3)
+    assert np.isnan(plain["ci_low"].iloc[0])
+
+
+def test_reference_is_same_selection_else_first_configured():
+    metrics = pd.concat([
+        long_rows("sft", "all", "likelihood", "hr@1", [1, 1, 1, 1]),
+        long_rows("sft", "random", "likelihood", "hr@1", [0, 0, 1, 1]),
+        long_rows("sasrec", "all", "likelihood", "hr@1", [0, 0, 0, 0]),
+        long_rows("base", "none", "likelihood", "hr@1", [0, 0, 0, 0]),
+    ])
+    table = summary.summarize(metrics, 50, 0.95, seed=0, selections=["random", "all"])
+    assert row(table, "sasrec", "likelihood", "hr@1")["sft_selection"] == "all"
+    assert row(table, "sasrec", "likelihood", "hr@1")["delta_vs_sft"] == pytest.approx(-1.0)
+    assert row(table, "base", "likelihood", "hr@1")["sft_selection"] == "random"
+    assert row(table, "base", "likelihood", "hr@1")["delta_vs_sft"] == pytest.approx(-0.5)
+    no_order = summary.summarize(metrics, 50, 0.95, seed=0)
+    assert row(no_order, "base", "likelihood", "hr@1")["sft_selection"] == "all"
+
+
+def test_cli_writes_parquet_and_markdown(tmp_path):
+    rng = np.random.default_rng(0)
+    a = pd.concat([
+        long_rows("base", "none", "likelihood", "hr@1", rng.random(30) < 0.2),
+        long_rows("base", "none", "grounded", "ndcg@10", rng.random(30)),
+    ])
+    b = long_rows("sft", "random", "likelihood", "hr@1", rng.random(30) < 0.8)
+    paths = []
+    for name, frame in (("a", a), ("b", b)):
+        paths.append(tmp_path / f"{name}.parquet")
+        frame.to_parquet(paths[-1])
+    out_pq, out_md = tmp_path / "summary.parquet", tmp_path / "summary.md"
+    argv = ["--metrics", *map(str, paths), "--spec", '{"bootstrap": 200, "ci": 0.9}', "--seed", "3",
+            "--out-parquet", str(out_pq), "--out-md", str(out_md)]
+    assert summary.main(argv) == 0
+    table = pd.read_parquet(out_pq)
+    assert list(table.columns) == summary.SCHEMA.names
+    assert len(table) == 3
+    assert read_provenance(out_pq)["seed"] == 3
+    md = out_md.read_text()
+    assert "## toy" in md and "### likelihood (n = 30 test samples)" in md and "### grounded" in md
+    assert "| method / selection | hr@1 |" in md and "| method / selection | ndcg@10 |" in md
+    assert "| base / none |" in md and "| sft / random |" in md
+    assert "▼" in md  # base is clearly below sft on hr@1
+    assert "90% percentile bootstrap" in md
+
+
+def test_cli_rejects_a_file_without_the_contract_columns(tmp_path):
+    bad = tmp_path / "bad.parquet"
+    pd.DataFrame({"sample_id": ["a"], "value": [1.0]}).to_parquet(bad)
+    argv = ["--metrics", str(bad), "--spec", '{"bootstrap": 10, "ci": 0.95}', "--seed", "0",
+            "--out-parquet", str(tmp_path / "s.parquet"), "--out-md", str(tmp_path / "s.md")]
+    assert summary.main(argv) == 1
+    assert not (tmp_path / "s.parquet").exists()
+    with pytest.raises(ValueError, match="bad.parquet: missing columns"):
+        summary.read_metrics([bad])

@@ -1,0 +1,211 @@
+"""The reusable training loop (workflow/llm/train.py) on a tiny Llama, fp32, with a plain masked
+cross-entropy loss (HF labels with -100 on prompt positions), independent of the scorer."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from workflow.llm import train as T
+
+SPEC = {"lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"],
+        "epochs": 2, "lr": 0.01, "batch_size": 2, "grad_accum": 2, "warmup_ratio": 0.25,
+        "weight_decay": 0.01, "max_grad_norm": 1.0, "checkpoint_every": 0}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matmuls on a shared 2-core machine: OpenMP threads spinning at barriers make each op
+    ~50x slower than one thread does."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def examples(n=8, seed=0):
+    """Token sequences with a prompt part and an answer part of varying lengths."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        prompt = torch.randint(10, 1000, (5 + i % 3,), generator=g).tolist()
+        answer = torch.randint(10, 1000, (1 + i % 4,), generator=g).tolist()
+        out.append({"prompt": prompt, "answer": answer})
+    return out
+
+
+def collate(batch):
+    length = max(len(b["prompt"]) + len(b["answer"]) for b in batch)
+    ids = torch.full((len(batch), length), 2)
+    labels = torch.full((len(batch), length), -100)
+    mask = torch.zeros((len(batch), length), dtype=torch.long)
+    for i, b in enumerate(batch):
+        seq = b["prompt"] + b["answer"]
+        ids[i, :len(seq)] = torch.tensor(seq)
+        labels[i, len(b["prompt"]):len(seq)] = torch.tensor(b["answer"])
+        mask[i, :len(seq)] = 1
+    return ids, labels, mask
+
+
+def masked_ce(model, batch):
+    ids, labels, mask = batch
+    out = model(input_ids=ids, attention_mask=mask, labels=labels)
+    n = int((labels[:, 1:] != -100).sum())
+    return out.loss, n, {"tokens": int(mask.sum()), "answer_share": n / int(mask.sum())}
+
+
+def lora(tiny_model_dir, spec=SPEC, seed=0):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    return T.add_lora(model, spec, seed)
+
+
+def adapter_weights(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def run(tiny_model_dir, spec=SPEC, seed=0, data=None, **kw):
+    model = lora(tiny_model_dir, spec, seed)
+    log = T.train(model, data if data is not None else examples(), collate, masked_ce, spec, seed=seed, **kw)
+    return model, log
+
+
+def assert_same(a, b, exact=True, atol=0.0):
+    assert a.keys() == b.keys()
+    for name in a:
+        if exact:
+            assert torch.equal(a[name], b[name]), name
+        else:
+            torch.testing.assert_close(a[name], b[name], rtol=0, atol=atol, msg=name)
+
+
+def test_loss_decreases_on_repeated_data(tiny_model_dir):
+    data = examples(2) * 4
+    spec = {**SPEC, "epochs": 4, "lr": 0.03, "batch_size": 4, "grad_accum": 1, "warmup_ratio": 0.0, "lora_r": 8,
+            "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
+    _, log = run(tiny_model_dir, spec, data=data)
+    assert len(log) == 4 * 2
+    per_epoch = log.groupby("epoch")["loss"].mean()
+    assert per_epoch.iloc[-1] < per_epoch.iloc[0] - 0.3, per_epoch.tolist()
+    assert set(log.columns) >= {"step", "epoch", "loss", "lr", "grad_norm", "n_tokens", "tokens", "tokens_per_s",
+                                "answer_share"}
+    assert (log["tokens"] > log["n_tokens"]).all()
+
+
+def test_warmup_cosine_schedule(tiny_model_dir):
+    spec = {**SPEC, "epochs": 3, "batch_size": 2, "grad_accum": 2, "warmup_ratio": 0.2}
+    data = examples(10)  # 5 batches -> 3 steps per epoch (the last holds one micro-batch)
+    _, log = run(tiny_model_dir, spec, data=data)
+    total = 9
+    assert T.steps_per_epoch(10, 2, 2) == 3 and len(log) == total
+    warmup = math.ceil(0.2 * total)
+    expected = [spec["lr"] * (s / warmup if s < warmup
+                              else 0.5 * (1 + math.cos(math.pi * (s - warmup) / (total - warmup))))
+                for s in range(total)]
+    assert log["lr"].tolist() == pytest.approx(expected, rel=1e-12, abs=1e-15)
+    assert log["epoch"].tolist() == [1, 1, 1, 2, 2, 2, 3, 3, 3]
+
+
+def test_gradient_accumulation_equals_big_batch(tiny_model_dir):
+    """Equal up to float noise (which Adam amplifies on near-zero gradients to ~1e-6); weighting each
+    micro-batch by its mean instead of its tokens would differ by ~1e-2 here."""
+    small, _ = run(tiny_model_dir, {**SPEC, "batch_size": 2, "grad_accum": 2})
+    big, _ = run(tiny_model_dir, {**SPEC, "batch_size": 4, "grad_accum": 1})
+    one, _ = run(tiny_model_dir, {**SPEC, "batch_size": 1, "grad_accum": 4})
+    assert_same(adapter_weights(small), adapter_weights(big), exact=False, atol=2e-5)
+    assert_same(adapter_weights(one), adapter_weights(big), exact=False, atol=2e-5)
+
+
+def test_same_seed_same_adapter_and_other_seed_differs(tiny_model_dir):
+    spec = {**SPEC, "lora_dropout": 0.1}
+    a, _ = run(tiny_model_dir, spec, seed=3)
+    b, _ = run(tiny_model_dir, spec, seed=3)
+    c, _ = run(tiny_model_dir, spec, seed=4)
+    assert_same(adapter_weights(a), adapter_weights(b))
+    assert any(not torch.equal(x, y) for x, y in zip(adapter_weights(a).values(), adapter_weights(c).values()))
+
+
+class Crash(Exception):
+    pass
+
+
+def crashing_after(calls):
+    count = {"n": 0}
+
+    def loss_fn(model, batch):
+        count["n"] += 1
+        if count["n"] > calls:
+            raise Crash
+        return masked_ce(model, batch)
+
+    return loss_fn
+
+
+@pytest.mark.parametrize("checkpoint_every,crash_calls", [(0, 5), (1, 3)])
+def test_killed_and_rerun_ends_with_the_same_adapter(tiny_model_dir, tmp_path, checkpoint_every, crash_calls):
+    """2 epochs of 2 steps of 2 micro-batches, dropout on (so RNG state matters). Crash in epoch 2
+    (epoch checkpoints) or mid-epoch 1 (a checkpoint every step), rerun, compare with no crash."""
+    spec = {**SPEC, "lora_dropout": 0.1, "checkpoint_every": checkpoint_every}
+    whole, whole_log = run(tiny_model_dir, spec)
+    ckpt = tmp_path / "adapter.ckpt"
+    model = lora(tiny_model_dir, spec)
+    with pytest.raises(Crash):
+        T.train(model, examples(), collate, crashing_after(crash_calls), spec, seed=0, checkpoint_dir=ckpt)
+    assert (ckpt / T.CHECKPOINT_FILE).exists()
+    resumed = lora(tiny_model_dir, spec)  # a fresh process: fresh model, fresh RNG
+    torch.manual_seed(1234)
+    log = T.train(resumed, examples(), collate, masked_ce, spec, seed=0, checkpoint_dir=ckpt)
+    assert_same(adapter_weights(whole), adapter_weights(resumed))
+    assert log["step"].tolist() == [1, 2, 3, 4]
+    assert log["loss"].tolist() == whole_log["loss"].tolist()
+
+
+def test_checkpoint_of_another_run_is_not_resumed(tiny_model_dir, tmp_path):
+    ckpt = tmp_path / "adapter.ckpt"
+    run(tiny_model_dir, {**SPEC, "lr": 0.05}, checkpoint_dir=ckpt)  # finished, checkpoint left behind
+    fresh, _ = run(tiny_model_dir, SPEC)
+    again, log = run(tiny_model_dir, SPEC, checkpoint_dir=ckpt)
+    assert len(log) == 4
+    assert_same(adapter_weights(fresh), adapter_weights(again))
+
+
+def test_adapter_saved_as_safetensors_and_reloads(tiny_model_dir, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model, log = run(tiny_model_dir, {**SPEC, "epochs": 1})
+    out = T.save_adapter(model, tmp_path / "adapter", {"sft": SPEC}, log, seed=0)
+    assert (out / "adapter_model.safetensors").exists() and (out / "adapter_config.json").exists()
+    assert (out / "training_config.json").exists() and (out / "train_log.parquet").exists()
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    loaded = PeftModel.from_pretrained(base, out)
+    ids, _, mask = collate(examples(2))
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids, attention_mask=mask).logits,
+                                   model(input_ids=ids, attention_mask=mask).logits, rtol=0, atol=1e-6)
+    trained = {n.replace(".default", ""): p for n, p in adapter_weights(model).items()}
+    import safetensors.torch
+
+    saved = safetensors.torch.load_file(out / "adapter_model.safetensors")
+    assert len(saved) == len(trained)
+
+
+def test_unknown_target_module_names_the_key(tiny_model_dir):
+    with pytest.raises(ValueError, match="target_modules"):
+        lora(tiny_model_dir, {**SPEC, "target_modules": ["no_such_proj"]})
+
+
+def test_frozen_linears_in_bf16_change_nothing_under_autocast(tiny_model_dir):
+    model = lora(tiny_model_dir)
+    ids, _, mask = collate(examples(3))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        before = model(input_ids=ids, attention_mask=mask).logits
+    assert T.cast_frozen_linears(model, torch.bfloat16) == 2 * 7  # q,k,v,o,gate,up,down per layer
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        after = model(input_ids=ids, attention_mask=mask).logits
+    assert torch.equal(before, after)
+    assert all(p.dtype == torch.float32 for p in adapter_weights(model).values())
+    assert model.get_output_embeddings().weight.dtype == torch.float32

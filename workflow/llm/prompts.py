@@ -1,0 +1,178 @@
+"""Prompt builders: pure functions of titles, a domain word and a tokenizer.
+
+Exact templates ({noun}, {nouns}, {did}, {do} come from the domain, see DOMAINS; titles one per
+line, history oldest first):
+
+candidate prompt (LLaRA style)::
+
+    The user has {did} these {nouns}, oldest first:
+    {history title 1}
+    ...
+    Which {noun} will the user {do} next? Choose exactly one of these {n} {nouns}:
+    {candidate title 1}
+    ...
+    Answer with the {noun}'s title only.
+
+open prompt (BIGRec style)::
+
+    The user has {did} these {nouns}, oldest first:
+    {history title 1}
+    ...
+    Which {noun} will the user {do} next? Answer with the {noun}'s title only.
+
+`render` sends the text as one user message through the model's chat template with the
+generation prompt appended (SmolLM2's template adds its default system message), or, for a model
+without a chat template, as plain text followed by a newline. The answer is the bare title followed
+by the end-of-turn token (`answer_ids`), so likelihoods compare complete answers and an SFT model
+learns to stop.
+
+Title budget: every title is cut to `max_title_tokens` tokens by `clip_title` before it appears
+anywhere (history, candidate list, answer), so the three always agree.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Mapping, Sequence
+
+# domain -> (noun, plural, past tense phrase, present tense phrase)
+DOMAINS: dict[str, tuple[str, str, str, str]] = {
+    "movie": ("movie", "movies", "watched", "watch"),
+    "game": ("game", "games", "played", "play"),
+    "product": ("product", "products", "bought", "buy"),
+    "artist": ("artist", "artists", "listened to", "listen to"),
+    "item": ("item", "items", "interacted with", "interact with"),
+}
+
+
+def domain_words(domain: str) -> tuple[str, str, str, str]:
+    """(noun, plural, did, do) for a domain; an unknown word w gives (w, w+'s', 'interacted with', ...)."""
+    if domain in DOMAINS:
+        return DOMAINS[domain]
+    if not domain or not domain.strip():
+        raise ValueError("domain word is empty (config key datasets.<name>.domain)")
+    return (domain, domain + "s", "interacted with", "interact with")
+
+
+def dataset_domain(config: Mapping[str, Any], dataset: str) -> str:
+    """The domain word of a dataset: config key `datasets.<name>.domain`, default `item`."""
+    try:
+        entry = config["datasets"][dataset]
+    except KeyError:
+        raise KeyError(f"config key 'datasets.{dataset}' does not exist") from None
+    return entry.get("domain") or "item"
+
+
+def _history_block(history_titles: Sequence[str], domain: str) -> str:
+    if not history_titles:
+        raise ValueError("a prompt needs at least one history title")
+    noun, nouns, did, do = domain_words(domain)
+    return f"The user has {did} these {nouns}, oldest first:\n" + "\n".join(history_titles) + "\n"
+
+
+def candidate_prompt(history_titles: Sequence[str], candidate_titles: Sequence[str], domain: str = "item") -> str:
+    """LLaRA-style prompt text: history, then the candidate titles; ask which one comes next."""
+    if not candidate_titles:
+        raise ValueError("a candidate prompt needs at least one candidate title")
+    noun, nouns, did, do = domain_words(domain)
+    return (
+        _history_block(history_titles, domain)
+        + f"Which {noun} will the user {do} next? Choose exactly one of these {len(candidate_titles)} {nouns}:\n"
+        + "\n".join(candidate_titles)
+        + f"\nAnswer with the {noun}'s title only."
+    )
+
+
+def open_prompt(history_titles: Sequence[str], domain: str = "item") -> str:
+    """BIGRec-style prompt text: history; ask for the next item by title."""
+    noun, nouns, did, do = domain_words(domain)
+    question = f"Which {noun} will the user {do} next? Answer with the {noun}'s title only."
+    return _history_block(history_titles, domain) + question
+
+
+def clip_title(tokenizer, title: str, max_title_tokens: int) -> str:
+    """`title` cut to at most `max_title_tokens` tokens (unchanged when it fits).
+
+    Idempotent: the result re-encodes to <= max_title_tokens tokens, so clipping twice changes
+    nothing. A byte-level cut inside a multi-byte character leaves U+FFFD, which is dropped.
+    """
+    if max_title_tokens < 1:
+        raise ValueError(f"max_title_tokens must be >= 1, got {max_title_tokens}")
+    ids = tokenizer.encode(title, add_special_tokens=False)
+    keep = max_title_tokens
+    while len(ids) > max_title_tokens:
+        title = tokenizer.decode(ids[:keep]).replace("\ufffd", "").strip()
+        ids = tokenizer.encode(title, add_special_tokens=False)
+        keep -= 1  # decode/encode can merge differently; cut one more token until it fits
+    return title
+
+
+def render(tokenizer, prompt: str) -> list[int]:
+    """Token ids of the prompt as the model sees it, ready for the answer to follow.
+
+    With a chat template: one user message, `add_generation_prompt=True`. Without: BOS (if the
+    tokenizer adds one) + the text + a newline.
+    """
+    if getattr(tokenizer, "chat_template", None):
+        return _template_ids(tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)
+    return list(tokenizer.encode(prompt + "\n", add_special_tokens=True))
+
+
+def _template_ids(tokenizer, messages: list[dict[str, str]], add_generation_prompt: bool) -> list[int]:
+    out = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=True)
+    return list(out["input_ids"] if isinstance(out, Mapping) else out)  # transformers 5 returns a BatchEncoding
+
+
+@functools.lru_cache(maxsize=8)
+def end_of_answer_id(tokenizer) -> int:
+    """The token that ends an assistant turn: found by rendering a turn through the chat template
+    (e.g. <|im_end|> for SmolLM2, <|eot_id|> for Llama 3); EOS without a template."""
+    if getattr(tokenizer, "chat_template", None):
+        probe, user = "zq", [{"role": "user", "content": "x"}]
+        ids = _template_ids(tokenizer, user + [{"role": "assistant", "content": probe}], False)
+        head = _template_ids(tokenizer, user, True)
+        probe_ids = tokenizer.encode(probe, add_special_tokens=False)
+        if ids[: len(head)] == head and ids[len(head): len(head) + len(probe_ids)] == probe_ids \
+                and len(ids) > len(head) + len(probe_ids):
+            return ids[len(head) + len(probe_ids)]
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has neither a chat template nor an EOS token to end answers with")
+    return tokenizer.eos_token_id
+
+
+def answer_ids(tokenizer, title: str) -> list[int]:
+    """Answer tokens: the title (no special tokens) followed by the end-of-turn token."""
+    ids = tokenizer.encode(title, add_special_tokens=False)
+    if not ids:
+        raise ValueError("empty answer title")
+    return list(ids) + [end_of_answer_id(tokenizer)]
+
+
+def _fit(tokenizer, history: list[str], build, max_prompt_tokens: int) -> list[int]:
+    # Drop the oldest history titles until the rendered prompt fits the token budget.
+    for start in range(len(history)):
+        ids = render(tokenizer, build(history[start:]))
+        if len(ids) <= max_prompt_tokens:
+            return ids
+    raise ValueError(f"prompt of {len(ids)} tokens exceeds llm.max_prompt_tokens={max_prompt_tokens} "
+                     "even with a single history title")
+
+
+def candidate_prompt_ids(tokenizer, history_titles: Sequence[str], candidate_titles: Sequence[str],
+                         domain: str = "item", *, max_title_tokens: int = 24,
+                         max_prompt_tokens: int = 512) -> list[int]:
+    """Rendered candidate prompt with titles clipped and the oldest history dropped to fit."""
+    history = [clip_title(tokenizer, t, max_title_tokens) for t in history_titles]
+    candidates = [clip_title(tokenizer, t, max_title_tokens) for t in candidate_titles]
+    return _fit(tokenizer, history, lambda h: candidate_prompt(h, candidates, domain), max_prompt_tokens)
+
+
+def open_prompt_ids(tokenizer, history_titles: Sequence[str], domain: str = "item", *,
+                    max_title_tokens: int = 24, max_prompt_tokens: int = 512) -> list[int]:
+    """Rendered open prompt with titles clipped and the oldest history dropped to fit."""
+    history = [clip_title(tokenizer, t, max_title_tokens) for t in history_titles]
+    return _fit(tokenizer, history, lambda h: open_prompt(h, domain), max_prompt_tokens)
+
+
+def clipped_answer_ids(tokenizer, title: str, max_title_tokens: int = 24) -> list[int]:
+    """`answer_ids` of the title clipped exactly as the prompt builders clip it."""
+    return answer_ids(tokenizer, clip_title(tokenizer, title, max_title_tokens))

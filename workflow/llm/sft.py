@@ -1,0 +1,159 @@
+"""Supervised fine-tuning (SFT) with LoRA: the model learns to answer the candidate prompt (LLaRA
+style, workflow.llm.prompts) with the target's title.
+
+Loss: cross-entropy on the answer tokens only (title + end-of-turn), token mean over the batch,
+computed by the shared scorer with one candidate per sample (`scoring.answer_logprobs`): the prompt
+gets no loss, and the LM head runs only at answer positions, so no full-vocabulary logits are built
+for the ~250 prompt tokens. The answer is tokenised exactly as evaluation tokenises candidates
+(`prompts.clipped_answer_ids`), so what SFT raises is what the likelihood protocol scores.
+
+    python -m workflow.llm.sft --model-dir results/models/base --samples .../samples.parquet \
+        --items .../items.parquet --selection .../selection/random.parquet \
+        --spec '{"llm": {...}, "sft": {...}, "domain": "movie"}' --seed 42 --threads 2 --out .../adapter
+
+The output folder holds the PEFT adapter (adapter_model.safetensors, adapter_config.json),
+training_config.json and train_log.parquet. A checkpoint folder OUT.ckpt beside it lets a killed
+job resume; it is removed once the adapter is saved.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+import torch
+
+from workflow import cli
+from workflow.llm import train
+
+log = logging.getLogger(__name__)
+
+SAMPLE_COLUMNS = ["sample_id", "split", "history", "target", "candidates"]
+
+
+def settings(spec: dict[str, Any]) -> tuple[dict, dict, str]:
+    """(llm, sft, domain) from --spec, validated and completed by config/schema.yaml."""
+    from workflow.config import validate
+
+    unknown = set(spec) - {"llm", "sft", "domain"}
+    if unknown:
+        raise KeyError(f"--spec: unknown keys {sorted(unknown)} (expected llm, sft, domain)")
+    # The schema validates whole configs; a placeholder dataset makes this slice one.
+    config = validate({"datasets": {"-": {"format": "recbole-atomic", "path": "-"}},
+                       "llm": dict(spec.get("llm", {})), "sft": dict(spec.get("sft", {}))})
+    return config["llm"], config["sft"], spec.get("domain") or "item"
+
+
+def read_training_samples(samples_path: str | Path, selection_path: str | Path) -> pd.DataFrame:
+    """The selected train samples, sorted by sample_id (the row order of the files does not matter)."""
+    samples = pd.read_parquet(samples_path)
+    missing = [c for c in SAMPLE_COLUMNS if c not in samples.columns]
+    if missing:
+        raise ValueError(f"{samples_path}: missing columns {missing}")
+    selection = pd.read_parquet(selection_path)
+    if "sample_id" not in selection.columns:
+        raise ValueError(f"{selection_path}: no sample_id column")
+    chosen = set(selection["sample_id"].astype(str))
+    samples = samples.assign(sample_id=samples["sample_id"].astype(str))
+    picked = samples[samples["sample_id"].isin(chosen)]
+    unknown = sorted(chosen - set(picked["sample_id"]))
+    if unknown:
+        raise ValueError(f"{selection_path}: {len(unknown)} sample ids are not in {samples_path}, e.g. {unknown[:3]}")
+    not_train = picked.loc[picked["split"] != "train", "sample_id"]
+    if len(not_train):
+        raise ValueError(f"{selection_path}: sample '{not_train.iloc[0]}' is not a train sample")
+    if picked.empty:
+        raise ValueError(f"{selection_path}: selects no samples")
+    return picked.sort_values("sample_id", kind="stable").reset_index(drop=True)
+
+
+def sft_examples(samples: pd.DataFrame, items: pd.DataFrame, tokenizer, domain: str,
+                 llm: dict[str, Any]) -> list[dict[str, list[int]]]:
+    """Per sample {"prompt": candidate prompt ids, "answer": the target's answer ids}."""
+    from workflow.llm import prompts
+
+    titles = dict(zip(items["item_id"].astype(str), items["title"].astype(str)))
+    budget = dict(max_title_tokens=llm["max_title_tokens"], max_prompt_tokens=llm["max_prompt_tokens"])
+    examples = []
+    for row in samples.itertuples(index=False):
+        history, candidates, target = [str(i) for i in row.history], [str(i) for i in row.candidates], str(row.target)
+        unknown = [i for i in [*history, *candidates, target] if i not in titles]
+        if unknown:
+            raise ValueError(f"sample '{row.sample_id}': item '{unknown[0]}' is not in the items table")
+        if target not in candidates:
+            raise ValueError(f"sample '{row.sample_id}': the target is not among its candidates")
+        prompt = prompts.candidate_prompt_ids(tokenizer, [titles[i] for i in history],
+                                              [titles[i] for i in candidates], domain, **budget)
+        answer = prompts.clipped_answer_ids(tokenizer, titles[target], llm["max_title_tokens"])
+        examples.append({"prompt": prompt, "answer": answer})
+    return examples
+
+
+def collate(examples: Sequence[dict[str, list[int]]]) -> tuple[list[list[int]], list[list[int]]]:
+    return [e["prompt"] for e in examples], [e["answer"] for e in examples]
+
+
+def sft_loss(model, batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """Mean negative log-likelihood per answer token over the batch. `tokens` counts what the
+    forward pass runs on (prompt + answer, the answer's last token only predicted), for tokens/s."""
+    from workflow.llm.scoring import answer_logprobs
+
+    prompt_ids, answer_ids = batch
+    logprob, n_tokens = answer_logprobs(model, prompt_ids, answer_ids)
+    total = n_tokens.sum()
+    processed = sum(len(p) + len(a) - 1 for p, a in zip(prompt_ids, answer_ids))
+    return -logprob.sum() / total, total, {"tokens": processed}
+
+
+def run_sft(model_dir: str | Path, samples_path: str | Path, items_path: str | Path, selection_path: str | Path,
+            spec: dict[str, Any], seed: int, out: str | Path) -> Path:
+    """Train a LoRA adapter by SFT and save it to `out` (see the module docstring)."""
+    from workflow.llm.model import autocast, load_model, resolve_device, resolve_dtype
+
+    llm, sft, domain = settings(spec)
+    samples = read_training_samples(samples_path, selection_path)
+    items = pd.read_parquet(items_path, columns=["item_id", "title"])
+    model, tokenizer = load_model(model_dir, device=llm["device"], dtype=llm["dtype"])
+    examples = sft_examples(samples, items, tokenizer, domain, llm)
+    n_answer = sum(len(e["answer"]) for e in examples)
+    n_prompt = sum(len(e["prompt"]) for e in examples)
+    log.info("SFT on %d samples: %d prompt + %d answer tokens, %d epochs", len(examples), n_prompt, n_answer,
+             sft["epochs"])
+    model = train.add_lora(model, sft, seed)
+    device = resolve_device(llm["device"])
+    compute = resolve_dtype(llm["dtype"], device)
+    if compute != torch.float32:
+        train.cast_frozen_linears(model, compute)  # same results as autocast's per-matmul casts, faster
+    checkpoint = train.checkpoint_dir_for(out)
+    source = Path(model_dir) / "llmrec_source.json"
+    train_log = train.train(
+        model, examples, collate, sft_loss, sft, seed=seed, checkpoint_dir=checkpoint,
+        autocast=lambda: autocast(device, llm["dtype"]), desc="sft",
+        fingerprint_extra={"model_dir": str(model_dir), "source": source.read_text() if source.exists() else None},
+    )
+    config = {"llm": llm, "sft": sft, "domain": domain, "model_dir": str(model_dir),
+              "samples": str(samples_path), "selection": str(selection_path), "n_samples": len(examples)}
+    train.save_adapter(model, out, config, train_log, seed)
+    train.remove_checkpoint(checkpoint)
+    last = train_log.tail(max(1, len(train_log) // 10))
+    log.info("saved %s: %d steps, final loss %.4f, %.0f tokens/s", out, len(train_log), last["loss"].mean(),
+             train_log["tokens"].sum() / train_log["seconds"].sum())
+    return Path(out)
+
+
+def main(argv=None) -> int:
+    p = cli.parser("LoRA supervised fine-tuning on the candidate prompt, loss on the answer tokens.")
+    p.add_argument("--model-dir", required=True, help="the base model folder (rule base_model)")
+    p.add_argument("--samples", required=True)
+    p.add_argument("--items", required=True)
+    p.add_argument("--selection", required=True, help="Parquet with the sample_id column of the train samples to use")
+    p.add_argument("--spec", type=cli.json_arg, required=True,
+                   help='JSON {"llm": {...}, "sft": {...}, "domain": "movie"} (config blocks)')
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--out", required=True, help="adapter folder to write")
+    return cli.run(lambda a: run_sft(a.model_dir, a.samples, a.items, a.selection, a.spec, a.seed, a.out), p, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

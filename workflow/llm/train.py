@@ -1,0 +1,303 @@
+"""The reusable LoRA training loop: SFT and the preference methods (DMPO, S-DPO, DynamicPO) plug in
+their own `loss_fn(model, batch) -> (loss, n_tokens, diagnostics)` and share everything else.
+
+What the loop does: AdamW with linear warmup and cosine decay, gradient accumulation that equals one
+big batch (each micro-batch's mean loss is weighted by its `n_tokens`, gradients divided by the step's
+total), gradient clipping, autocast (bf16 on CPU), a tqdm bar with loss and tokens/s, a per-step log,
+and checkpoints (trainable weights, optimizer, scheduler, RNG states, data position) so that a killed
+job, rerun, resumes and ends with the same adapter as an uninterrupted run.
+
+Spec keys read (the `sft` config block, or a method block with the same names): lr, epochs,
+batch_size, grad_accum, warmup_ratio, weight_decay, max_grad_norm, checkpoint_every;
+`add_lora` reads lora_r, lora_alpha, lora_dropout, target_modules.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from workflow.io import atomic_dir, atomic_path, write_json, write_parquet
+
+log = logging.getLogger("workflow.llm.train")
+
+LossFn = Callable[[torch.nn.Module, Any], "tuple[torch.Tensor, int | float | torch.Tensor, dict[str, Any]]"]
+CHECKPOINT_FILE = "state.pt"
+
+
+# ----------------------------------------------------------------------------- model and schedule
+
+def add_lora(model: torch.nn.Module, spec: dict[str, Any], seed: int) -> torch.nn.Module:
+    """Wrap `model` in a fresh PEFT LoRA adapter; its initial weights depend on `seed` only."""
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(
+        r=int(spec["lora_r"]), lora_alpha=float(spec["lora_alpha"]), lora_dropout=float(spec["lora_dropout"]),
+        target_modules=list(spec["target_modules"]), task_type="CAUSAL_LM",
+    )
+    torch.manual_seed(seed)
+    try:
+        return get_peft_model(model, cfg)
+    except ValueError as exc:
+        raise ValueError(f"config key 'target_modules' {list(spec['target_modules'])}: {exc}") from exc
+
+
+def cast_frozen_linears(model: torch.nn.Module, dtype: torch.dtype) -> int:
+    """Store the frozen weights of the linear layers in `dtype` (the autocast compute dtype).
+
+    Under autocast every matmul casts its fp32 weight to bf16 anyway, so pre-casting gives the same
+    results without a cast per matmul (forward and backward). Embeddings, norms, the (tied) LM
+    head and the trainable LoRA weights keep their dtype, so the residual stream stays fp32.
+    Returns the number of layers cast."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    cast = 0
+    for module in model.modules():
+        if (isinstance(module, torch.nn.Linear) and module is not head and not module.weight.requires_grad
+                and module.weight.dtype != dtype):
+            module.weight.data = module.weight.data.to(dtype)
+            if module.bias is not None and not module.bias.requires_grad:
+                module.bias.data = module.bias.data.to(dtype)
+            cast += 1
+    return cast
+
+
+def steps_per_epoch(n_examples: int, batch_size: int, grad_accum: int) -> int:
+    """Optimizer steps in one epoch; the last step may accumulate fewer micro-batches."""
+    return math.ceil(math.ceil(n_examples / batch_size) / grad_accum)
+
+
+def lr_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float):
+    """Linear warmup over ceil(warmup_ratio * total_steps) steps, then cosine decay towards 0."""
+    from transformers import get_cosine_schedule_with_warmup
+
+    return get_cosine_schedule_with_warmup(optimizer, math.ceil(warmup_ratio * total_steps), total_steps)
+
+
+def epoch_order(n_examples: int, seed: int, epoch: int) -> np.ndarray:
+    """The example order of one epoch, a function of (seed, epoch) alone, so a resumed run needs
+    only its position to continue with the same batches."""
+    return np.random.default_rng([seed, epoch]).permutation(n_examples)
+
+
+# ----------------------------------------------------------------------------- RNG and checkpoints
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_dir_for(out: str | Path) -> Path:
+    """Where a job writing `out` keeps its checkpoint: beside it, so Snakemake's cleanup of a failed
+    job's outputs leaves it in place for the rerun."""
+    out = Path(out)
+    return out.with_name(out.name + ".ckpt")
+
+
+def fingerprint(examples: Sequence[Any], spec: dict[str, Any], seed: int, trainable: dict[str, torch.Tensor],
+                extra: Any = None) -> str:
+    """Hash of everything that decides the run; a checkpoint made by a different run is not resumed."""
+    h = hashlib.sha256()
+    for part in (spec, seed, extra, sorted((n, tuple(p.shape)) for n, p in trainable.items())):
+        h.update(json.dumps(part, sort_keys=True, default=repr).encode())
+    for ex in examples:
+        h.update(json.dumps(ex, sort_keys=True, default=repr).encode())
+    return h.hexdigest()
+
+
+def save_checkpoint(folder: Path, trainable: dict[str, torch.Tensor], optimizer, scheduler,
+                    position: dict[str, int], log_rows: list[dict[str, Any]], run_id: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {
+        "fingerprint": run_id, "position": position, "log": log_rows, "rng": _rng_state(),
+        "trainable": {n: p.detach().clone() for n, p in trainable.items()},
+        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+    }
+    with atomic_path(folder / CHECKPOINT_FILE, suffix=".pt") as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(folder: Path, trainable: dict[str, torch.Tensor], optimizer, scheduler,
+                    run_id: str) -> tuple[dict[str, int], list[dict[str, Any]]] | None:
+    """Restore a checkpoint of this same run in place; None when there is none (or a stale one)."""
+    path = folder / CHECKPOINT_FILE
+    if not path.exists():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("fingerprint") != run_id:
+        log.warning("%s was written by a different run (config, data or seed changed); starting afresh", path)
+        return None
+    if set(state["trainable"]) != set(trainable):
+        raise ValueError(f"{path}: trainable parameters differ from the model's")
+    with torch.no_grad():
+        for name, p in trainable.items():
+            p.copy_(state["trainable"][name])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    _set_rng_state(state["rng"])
+    return state["position"], state["log"]
+
+
+def remove_checkpoint(folder: str | Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+def _number(x: Any) -> float:
+    return float(x.detach()) if torch.is_tensor(x) else float(x)
+
+
+def train_step(model: torch.nn.Module, micro_batches: Sequence[Any], loss_fn: LossFn,
+               optimizer: torch.optim.Optimizer, scheduler, params: list[torch.nn.Parameter],
+               max_grad_norm: float, autocast: Callable[[], contextlib.AbstractContextManager]) -> dict[str, float]:
+    """One optimizer step over `micro_batches`. Each loss_fn returns a mean over its `n_tokens`
+    units; backpropagating loss * n_tokens and dividing the gradients by the step's total makes the
+    step equal to one batch holding all micro-batches (accumulation changes memory, not the result)."""
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    weight = loss_sum = processed = 0.0
+    diag_sums: dict[str, float] = {}
+    for batch in micro_batches:
+        with autocast():
+            loss, n_tokens, diagnostics = loss_fn(model, batch)
+        w = _number(n_tokens)
+        (loss * w).backward()
+        weight += w
+        loss_sum += _number(loss) * w
+        diagnostics = dict(diagnostics)
+        processed += _number(diagnostics.pop("tokens", w))
+        for key, value in diagnostics.items():
+            diag_sums[key] = diag_sums.get(key, 0.0) + _number(value) * w
+    if weight <= 0:
+        raise ValueError("a training step had no loss tokens (empty answers?)")
+    for p in params:
+        if p.grad is not None:
+            p.grad.div_(weight)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else math.inf)
+    lr = scheduler.get_last_lr()[0]
+    optimizer.step()
+    scheduler.step()
+    row = {"loss": loss_sum / weight, "lr": lr, "grad_norm": _number(grad_norm), "n_tokens": weight,
+           "tokens": processed}
+    row.update({key: value / weight for key, value in diag_sums.items()})
+    return row
+
+
+def train(model: torch.nn.Module, examples: Sequence[Any], collate: Callable[[list[Any]], Any], loss_fn: LossFn,
+          spec: dict[str, Any], *, seed: int, checkpoint_dir: str | Path | None = None,
+          autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+          fingerprint_extra: Any = None, desc: str = "train") -> pd.DataFrame:
+    """Train the parameters of `model` that require grad on `examples`; return the per-step log.
+
+    `collate(list of examples) -> batch` builds a micro-batch; `loss_fn(model, batch)` returns
+    (mean loss, n_tokens it averages over, diagnostics). `n_tokens` is the micro-batch's weight in
+    the step (answer tokens for SFT, instances for a per-instance loss); diagnostics are logged as
+    weighted means, and a `tokens` entry, when present, is the count of tokens the forward pass
+    processed (prompt included), used for tokens/s. With `checkpoint_dir`, a checkpoint is written
+    at the end of every epoch and every `checkpoint_every` optimizer steps, and an existing one of
+    the same run is resumed. The caller removes it once the result is saved."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters (add a LoRA adapter first)")
+    if not examples:
+        raise ValueError("no training examples")
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    bs, accum, epochs = int(spec["batch_size"]), int(spec["grad_accum"]), int(spec["epochs"])
+    per_epoch = steps_per_epoch(len(examples), bs, accum)
+    total = epochs * per_epoch
+    optimizer = torch.optim.AdamW(params, lr=float(spec["lr"]), weight_decay=float(spec.get("weight_decay", 0.0)))
+    scheduler = lr_schedule(optimizer, total, float(spec.get("warmup_ratio", 0.0)))
+    max_grad_norm = float(spec.get("max_grad_norm", 1.0) or 0.0)
+    checkpoint_every = int(spec.get("checkpoint_every", 0) or 0)
+
+    seed_everything(seed)
+    position, log_rows = {"epoch": 0, "step_in_epoch": 0}, []
+    run_id = ""
+    if checkpoint_dir is not None:
+        checkpoint_dir = Path(checkpoint_dir)
+        run_id = fingerprint(examples, spec, seed, trainable, fingerprint_extra)
+        resumed = load_checkpoint(checkpoint_dir, trainable, optimizer, scheduler, run_id)
+        if resumed is not None:
+            position, log_rows = resumed
+            log.info("resuming from %s at epoch %d, step %d of %d", checkpoint_dir, position["epoch"] + 1,
+                     position["step_in_epoch"], per_epoch)
+
+    def checkpoint(epoch: int, step_in_epoch: int) -> None:
+        if checkpoint_dir is not None:
+            save_checkpoint(checkpoint_dir, trainable, optimizer, scheduler,
+                            {"epoch": epoch, "step_in_epoch": step_in_epoch}, log_rows, run_id)
+
+    global_step = position["epoch"] * per_epoch + position["step_in_epoch"]
+    bar = tqdm(total=total, initial=global_step, desc=desc, unit="step", dynamic_ncols=True)
+    run_tokens, run_start = 0.0, time.perf_counter()
+    for epoch in range(position["epoch"], epochs):
+        order = epoch_order(len(examples), seed, epoch).tolist()
+        batches = [order[i:i + bs] for i in range(0, len(order), bs)]
+        start = position["step_in_epoch"] if epoch == position["epoch"] else 0
+        for step_in_epoch in range(start, per_epoch):
+            group = batches[step_in_epoch * accum:(step_in_epoch + 1) * accum]
+            t0 = time.perf_counter()
+            row = train_step(model, [collate([examples[i] for i in b]) for b in group], loss_fn, optimizer,
+                             scheduler, params, max_grad_norm, autocast)
+            seconds = time.perf_counter() - t0
+            global_step += 1
+            run_tokens += row["tokens"]
+            log_rows.append({"step": global_step, "epoch": epoch + 1, **row, "seconds": seconds,
+                             "tokens_per_s": row["tokens"] / seconds})
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}",
+                            tok_s=f"{run_tokens / (time.perf_counter() - run_start):.0f}")
+            if checkpoint_every and global_step % checkpoint_every == 0 and step_in_epoch + 1 < per_epoch:
+                checkpoint(epoch, step_in_epoch + 1)
+        checkpoint(epoch + 1, 0)
+        done = [r for r in log_rows if r["epoch"] == epoch + 1]
+        log.info("epoch %d/%d: mean loss %.4f over %d steps, %.0f tokens/s", epoch + 1, epochs,
+                 sum(r["loss"] for r in done) / len(done), len(done),
+                 sum(r["tokens"] for r in done) / sum(r["seconds"] for r in done))
+    bar.close()
+    return pd.DataFrame(log_rows)
+
+
+def save_adapter(model: torch.nn.Module, out: str | Path, config: dict[str, Any], train_log: pd.DataFrame,
+                 seed: int) -> Path:
+    """Write the PEFT adapter (safetensors + adapter_config.json), the config slice that made it
+    (training_config.json) and the per-step log (train_log.parquet), all at once."""
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        write_json({"config": config, "seed": seed}, tmp / "training_config.json")
+        write_parquet(train_log, tmp / "train_log.parquet", config=config, seed=seed)
+    return Path(out)
