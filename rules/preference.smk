@@ -1,0 +1,40 @@
+# Preference optimisation (DMPO, S-DPO, DynamicPO), each starting from the SFT adapter of the same
+# selection, whose frozen copy is the reference.
+
+
+def preference_spec(wildcards):
+    domain = config["datasets"][wildcards.dataset].get("domain") or "item"
+    return spec({"llm": config["llm"], "preference": config["preference"],
+                 "method": config[wildcards.method], "domain": domain})
+
+
+rule preference:
+    input:
+        model=f"{RESULTS}/models/base",
+        adapter=f"{RESULTS}/{{dataset}}/llm/sft/{{selection}}/adapter",
+        samples=f"{RESULTS}/{{dataset}}/data/samples.parquet",
+        item_table=f"{RESULTS}/{{dataset}}/data/items.parquet",
+        selection=f"{RESULTS}/{{dataset}}/selection/{{selection}}.parquet",
+    output:
+        directory(f"{RESULTS}/{{dataset}}/llm/{{method}}/{{selection}}/adapter"),
+    wildcard_constraints:
+        method="dmpo|sdpo|dynamicpo",
+    params:
+        spec=preference_spec,
+        seed=config["seed"],
+    log:
+        f"{RESULTS}/logs/{{dataset}}/llm/{{method}}/{{selection}}/train.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{dataset}}/llm/{{method}}/{{selection}}/train.tsv"
+    threads: workflow.cores
+    resources:
+        mem_mb=8000,
+        runtime=240,
+        gpu=config["llm"]["gpu"],
+    conda:
+        "../envs/cpu.yaml"
+    shell:
+        "python -m workflow.llm.preference --method {wildcards.method} --model-dir {input.model:q} "
+        "--adapter {input.adapter:q} --samples {input.samples:q} --items {input.item_table:q} "
+        "--selection {input.selection:q} --spec {params.spec:q} --seed {params.seed} "
+        "--threads {threads} --out {output:q} > {log:q} 2>&1"

@@ -1,0 +1,65 @@
+"""Preference trainer (workflow/llm/preference.py): reference caching, negatives, one real run."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from test_sft import LLM, SFT, adapter_tensors, inputs, one_thread, tables  # noqa: F401 (fixtures)
+from workflow.llm import preference, sft
+
+METHOD = {"beta": 0.5, "k": 2, "strategy": "random", "gamma": 0.0, "epochs": 1, "lr": 0.01}
+PREF = {"batch_size": 2, "grad_accum": 1, "warmup_ratio": 0.0, "checkpoint_every": 0}
+
+
+def test_choose_negatives_strategies():
+    rng = np.random.default_rng(0)
+    ref = np.array([-5.0, -1.0, -3.0, -0.5, -9.0])
+    assert preference.choose_negatives(5, 1, 2, "hardest", rng, ref) == [3, 2]
+    assert preference.choose_negatives(5, 1, 9, "all", rng) == [0, 2, 3, 4]
+    picks = {tuple(preference.choose_negatives(5, 1, 2, "random", rng)) for _ in range(50)}
+    assert all(1 not in p and len(set(p)) == 2 for p in picks) and len(picks) > 1
+    with pytest.raises(ValueError, match="k=5"):
+        preference.choose_negatives(5, 1, 5, "random", rng)
+    with pytest.raises(ValueError, match="unknown negative strategy"):
+        preference.choose_negatives(5, 1, 2, "easy", rng)
+
+
+def test_settings_merge_and_validate():
+    llm, cfg, domain = preference.settings("dynamicpo", {"llm": LLM, "preference": PREF, "method": {"k": 4}})
+    assert cfg["k"] == 4 and cfg["margin"] == 6.0 and cfg["batch_size"] == 2 and domain == "item"
+    with pytest.raises(ValueError, match="dynamicpo.margin"):
+        preference.settings("dynamicpo", {"method": {"margin": "wide"}})
+    with pytest.raises(ValueError, match="unknown preference method"):
+        preference.settings("ipo", {})
+
+
+@pytest.fixture
+def sft_adapter(tiny_model_dir, inputs, tmp_path):
+    out = tmp_path / "sft"
+    # no LoRA dropout, so that at the first step the policy equals the reference exactly
+    spec = {"llm": LLM, "sft": {**SFT, "epochs": 1, "lora_dropout": 0.0}, "domain": "movie"}
+    sft.run_sft(tiny_model_dir, inputs["samples"], inputs["items"], inputs["selection"], spec, 0, out)
+    return out
+
+
+@pytest.mark.parametrize("method", ["dmpo", "sdpo", "dynamicpo"])
+def test_training_from_sft(method, tiny_model_dir, inputs, sft_adapter, tmp_path):
+    out = tmp_path / method
+    spec = {"llm": LLM, "preference": PREF, "method": METHOD, "domain": "movie"}
+    preference.run_preference(method, tiny_model_dir, sft_adapter, inputs["samples"], inputs["items"],
+                              inputs["selection"], spec, 0, out)
+    before, after = adapter_tensors(sft_adapter), adapter_tensors(out)
+    assert before.keys() == after.keys()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # the policy moved
+    log = __import__("pandas").read_parquet(out / "train_log.parquet")
+    # First step: the policy IS the reference (the SFT adapter), so every reward is 0 and the loss
+    # is the objective's value at r = 0: log 2 for DMPO and DynamicPO, log(1 + k) for S-DPO.
+    expected = math.log(1 + METHOD["k"]) if method == "sdpo" else math.log(2)
+    assert log["loss"].iloc[0] == pytest.approx(expected, abs=1e-4)
+    assert log["reward_margin"].iloc[0] == pytest.approx(0.0, abs=1e-4)
+    config = json.loads((out / "training_config.json").read_text())["config"]
+    assert config["reference_adapter"] == str(sft_adapter)

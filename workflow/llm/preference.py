@@ -1,0 +1,216 @@
+"""Preference optimisation from the SFT adapter: DMPO, S-DPO and DynamicPO (DESIGN section 5).
+
+The policy starts as the SFT adapter and is trained further; the reference is the frozen SFT model.
+Because the reference never changes, its log-probs are computed once per sample, before training,
+with the same adapter (eval mode) and cached in the examples: no second model in memory, and no
+reference that silently equals the policy (the defect of the DMPO authors' code).
+
+Negatives are k of the sample's own candidates (never the target), by strategy:
+`random` (seeded per run), `hardest` (highest reference log-prob) or `all` (k = n - 1).
+Each training step scores the 1 + k answers of a sample with the shared-prefix scorer (prompt
+encoded once) and applies one objective of `workflow.llm.losses`, plus an optional SFT term
+gamma * NLL(y_w) (token mean of the target answer).
+
+    python -m workflow.llm.preference --method dmpo --model-dir results/models/base \
+        --adapter .../sft/random/adapter --samples ... --items ... --selection ... \
+        --spec '{"llm": {...}, "preference": {...}, "method": {...}, "domain": "movie"}' \
+        --seed 42 --threads 2 --out .../dmpo/random/adapter
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from workflow import cli
+from workflow.llm import losses, train
+from workflow.llm.sft import read_training_samples
+
+log = logging.getLogger(__name__)
+
+METHODS = ("dmpo", "sdpo", "dynamicpo")
+
+
+def settings(method: str, spec: dict[str, Any]) -> tuple[dict, dict, str]:
+    """(llm, training settings = preference block + the method's block, domain), validated."""
+    from workflow.config import validate
+
+    if method not in METHODS:
+        raise ValueError(f"unknown preference method {method!r} (known: {', '.join(METHODS)})")
+    unknown = set(spec) - {"llm", "preference", "method", "domain"}
+    if unknown:
+        raise KeyError(f"--spec: unknown keys {sorted(unknown)} (expected llm, preference, method, domain)")
+    config = validate({"datasets": {"-": {"format": "recbole-atomic", "path": "-"}},
+                       "llm": dict(spec.get("llm", {})), "preference": dict(spec.get("preference", {})),
+                       method: dict(spec.get("method", {}))})
+    return config["llm"], {**config["preference"], **config[method]}, spec.get("domain") or "item"
+
+
+def preference_examples(samples: pd.DataFrame, items: pd.DataFrame, tokenizer, domain: str,
+                        llm: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per sample: the candidate prompt, every candidate's answer ids, and the target's index."""
+    from workflow.llm import prompts
+
+    titles = dict(zip(items["item_id"].astype(str), items["title"].astype(str)))
+    examples = []
+    for row in samples.itertuples(index=False):
+        candidates = [str(i) for i in row.candidates]
+        missing = [i for i in [*map(str, row.history), *candidates] if i not in titles]
+        if missing:
+            raise ValueError(f"sample '{row.sample_id}': item '{missing[0]}' is not in the items table")
+        if candidates.count(str(row.target)) != 1:
+            raise ValueError(f"sample '{row.sample_id}': the target must be among its candidates exactly once")
+        prompt = prompts.candidate_prompt_ids(
+            tokenizer, [titles[str(i)] for i in row.history], [titles[i] for i in candidates], domain,
+            max_title_tokens=llm["max_title_tokens"], max_prompt_tokens=llm["max_prompt_tokens"])
+        answers = [prompts.clipped_answer_ids(tokenizer, titles[i], llm["max_title_tokens"]) for i in candidates]
+        examples.append({"sample_id": row.sample_id, "prompt": prompt, "answers": answers,
+                         "target": candidates.index(str(row.target))})
+    return examples
+
+
+@torch.no_grad()
+def reference_logprobs(model, examples: Sequence[dict[str, Any]], batch_size: int, autocast) -> list[np.ndarray]:
+    """log pi_ref(y|x) of every candidate of every example (the model as it is now, eval mode)."""
+    from workflow.llm.scoring import candidate_logprobs
+
+    model.eval()
+    out: list[np.ndarray] = []
+    for start in range(0, len(examples), batch_size):
+        batch = examples[start:start + batch_size]
+        with autocast():
+            logprob, _ = candidate_logprobs(model, [e["prompt"] for e in batch], [e["answers"] for e in batch])
+        out.extend(logprob.float().cpu().numpy())
+    return out
+
+
+def choose_negatives(n_candidates: int, target: int, k: int, strategy: str, rng: np.random.Generator,
+                     reference: np.ndarray | None = None) -> list[int]:
+    """Indices of k negatives among a sample's candidates (never the target)."""
+    others = [j for j in range(n_candidates) if j != target]
+    if strategy == "all":
+        return others
+    if k > len(others):
+        raise ValueError(f"k={k} negatives asked for, but a sample has only {len(others)} non-target candidates")
+    if strategy == "random":
+        return sorted(rng.choice(others, size=k, replace=False).tolist())
+    if strategy == "hardest":
+        if reference is None:
+            raise ValueError("strategy 'hardest' needs the reference log-probs of every candidate")
+        # stable sort on -logprob: ties keep candidate order, so the choice is deterministic
+        order = sorted(others, key=lambda j: (-float(reference[j]), j))
+        return order[:k]
+    raise ValueError(f"unknown negative strategy {strategy!r} (known: random, hardest, all)")
+
+
+def with_negatives(examples: list[dict[str, Any]], k: int, strategy: str, seed: int,
+                   full_reference: list[np.ndarray] | None = None) -> list[dict[str, Any]]:
+    """Per example: answers reordered as [target, negatives...] (seeded; `hardest` reads the
+    reference log-probs of all candidates)."""
+    rng = np.random.default_rng([seed, 0x5EED])
+    chosen = []
+    for i, example in enumerate(examples):
+        ref = None if full_reference is None else full_reference[i]
+        order = [example["target"],
+                 *choose_negatives(len(example["answers"]), example["target"], k, strategy, rng, ref)]
+        chosen.append({"prompt": example["prompt"], "answers": [example["answers"][j] for j in order],
+                       "order": order})
+    return chosen
+
+
+def collate(examples: Sequence[dict[str, Any]]):
+    return ([e["prompt"] for e in examples], [e["answers"] for e in examples],
+            torch.stack([e["reference"] for e in examples]))
+
+
+def make_loss_fn(method: str, cfg: dict[str, Any]):
+    """loss_fn(model, batch) for the shared training loop: the objective, plus gamma * NLL(y_w)."""
+    from workflow.llm.scoring import candidate_logprobs
+
+    objective = losses.OBJECTIVES[method]
+    kwargs: dict[str, Any] = {"beta": float(cfg["beta"])}
+    if method == "dmpo":
+        kwargs["pairwise"] = bool(cfg.get("pairwise", False))
+    if method == "dynamicpo":
+        kwargs["margin"] = float(cfg.get("margin", 6.0))
+    gamma = float(cfg.get("gamma", 0.0))
+
+    def loss_fn(model, batch):
+        prompt_ids, answer_ids, reference = batch
+        policy, n_tokens = candidate_logprobs(model, prompt_ids, answer_ids)
+        policy = policy.float()
+        reference = reference.to(policy.device)
+        loss, diagnostics = objective(policy[:, 0], policy[:, 1:], reference[:, 0], reference[:, 1:], **kwargs)
+        if gamma:
+            nll = -(policy[:, 0] / n_tokens[:, 0]).mean()
+            loss = loss + gamma * nll
+            diagnostics["nll_chosen"] = float(nll.detach())
+        processed = sum(len(p) + sum(len(a) - 1 for a in answers) for p, answers in zip(prompt_ids, answer_ids))
+        return loss, len(prompt_ids), {**diagnostics, "tokens": processed}
+
+    return loss_fn
+
+
+def run_preference(method: str, model_dir: str | Path, adapter: str | Path, samples_path: str | Path,
+                   items_path: str | Path, selection_path: str | Path, spec: dict[str, Any], seed: int,
+                   out: str | Path) -> Path:
+    from peft import PeftModel
+
+    from workflow.llm.model import autocast, load_model, resolve_device
+
+    llm, cfg, domain = settings(method, spec)
+    samples = read_training_samples(samples_path, selection_path)
+    items = pd.read_parquet(items_path, columns=["item_id", "title"])
+    model, tokenizer = load_model(model_dir, device=llm["device"], dtype=llm["dtype"])
+    if not (Path(adapter) / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{adapter}: no adapter_config.json (train the sft adapter first)")
+    model = PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
+    device = resolve_device(llm["device"])
+    amp = lambda: autocast(device, llm["dtype"])  # noqa: E731
+
+    examples = preference_examples(samples, items, tokenizer, domain, llm)
+    # The reference is the SFT model as loaded, scored once before any update. Only `hardest`
+    # needs every candidate scored; otherwise just the 1 + k answers that training will use.
+    full = reference_logprobs(model, examples, cfg["batch_size"], amp) if cfg["strategy"] == "hardest" else None
+    chosen = with_negatives(examples, cfg["k"], cfg["strategy"], seed, full)
+    reference = ([ref[e["order"]] for ref, e in zip(full, chosen)] if full is not None
+                 else reference_logprobs(model, chosen, cfg["batch_size"], amp))
+    for example, ref in zip(chosen, reference):
+        example["reference"] = torch.tensor(np.asarray(ref), dtype=torch.float32)
+    log.info("%s on %d samples, %d negatives each (%s), beta %.3g", method, len(chosen),
+             len(chosen[0]["answers"]) - 1, cfg["strategy"], cfg["beta"])
+
+    checkpoint = train.checkpoint_dir_for(out)
+    train_log = train.train(model, chosen, collate, make_loss_fn(method, cfg), cfg, seed=seed,
+                            checkpoint_dir=checkpoint, autocast=amp, desc=method,
+                            fingerprint_extra={"adapter": str(adapter), "method": method})
+    config = {"llm": llm, method: cfg, "domain": domain, "model_dir": str(model_dir), "reference_adapter": str(adapter),
+              "samples": str(samples_path), "selection": str(selection_path), "n_samples": len(chosen)}
+    train.save_adapter(model, out, config, train_log, seed)
+    train.remove_checkpoint(checkpoint)
+    log.info("saved %s: %d steps, final loss %.4f, reward accuracy %.3f", out, len(train_log),
+             train_log["loss"].iloc[-1], train_log["reward_accuracy"].iloc[-1])
+    return Path(out)
+
+
+def main(argv=None) -> int:
+    p = cli.parser("Preference optimisation (DMPO, S-DPO, DynamicPO) from the SFT adapter.")
+    p.add_argument("--method", required=True, choices=METHODS)
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("--adapter", required=True, help="the SFT adapter: the starting policy and the frozen reference")
+    p.add_argument("--samples", required=True)
+    p.add_argument("--items", required=True)
+    p.add_argument("--selection", required=True)
+    p.add_argument("--spec", type=cli.json_arg, required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--out", required=True)
+    return cli.run(lambda a: run_preference(a.method, a.model_dir, a.adapter, a.samples, a.items, a.selection,
+                                            a.spec, a.seed, a.out), p, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
