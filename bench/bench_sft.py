@@ -2,8 +2,8 @@
 
 Model: the embedded SmolLM2-135M-Instruct, converted once into a cache folder (bench/out/base-model)
 with the engine's `convert_base_model`. Data: candidate prompts built by workflow.llm.prompts from
-synthetic movie-like titles (10 history titles, 20 candidates; ~420 tokens per sample, answers ~11
-tokens, as on MovieLens-100K), or real samples with --samples/--items. Each variant runs the real
+synthetic movie-like titles (10 history titles, 20 candidates; ~410 tokens per sample, answers ~12
+tokens; MovieLens-100K gives ~425 and ~12), or real samples with --samples/--items. Each variant runs the real
 optimizer step of workflow/llm/train.py (`train_step`: forward, backward, clipping, AdamW) on
 micro-batches of `--batch-size` samples, LoRA r=8 on q,k,v,o (config defaults).
 
@@ -18,8 +18,20 @@ FLOPs (the count used for MFU; per optimizer step, summed over samples):
   total        2*F_lin + 3*F_attn + 2*F_head + 3*F_lora  (about 4*N_lin per token: the familiar 6N
                rule assumes weight gradients for every weight and overstates LoRA work by ~1.5x;
                its figure, 6 * all parameters * tokens, is printed too for comparison)
-MFU = FLOPs / step time / peak, peak = the best bf16 torch.matmul rate (4096^2) measured in the same
-run on the same threads, before and after the training measurements (the machine may be shared).
+MFU = FLOPs / step time / peak, peak = the best bf16 torch.matmul rate measured in the same run on
+the same threads, before and after the training measurements. Both are given per wall-clock second
+and per CPU-second of this process: on a shared machine wall time includes waiting for the CPU,
+CPU time does not (and with several threads, OpenMP threads spinning at barriers while another
+process holds a core inflate both; one thread gives the cleanest figure there).
+
+Variants (each a fresh LoRA model, seed 0), cumulative from `bf16-answer-head` on:
+  fp32-full-logits      fp32, HF forward with labels (-100 on the prompt): logits for every position
+  bf16-full-logits      the same under bf16 autocast
+  bf16-answer-head      workflow.llm.sft.sft_loss: the shared scorer, LM head on answer positions only
+  +bf16-linear-weights  frozen linear weights stored in bf16 (train.cast_frozen_linears; what SFT runs)
+  +causal-no-4d-mask    with one answer per sample, plain causal attention instead of the block mask
+  +no-lora-dropout      lora_dropout 0 (PEFT draws a dropout mask per adapted layer: RNG-bound)
+  +all-bf16-weights     every frozen weight in bf16, the residual stream too (not numerically equal)
 
     .venv/bin/python bench/bench_sft.py [--threads N] [--steps S] [--batch-size B] [--variants ...]
 """
@@ -61,7 +73,7 @@ def synthetic_examples(tokenizer, n: int, seed: int = 0) -> list[dict]:
     rng = np.random.default_rng(seed)
 
     def title():
-        words = rng.choice(WORDS, size=rng.integers(1, 5))
+        words = rng.choice(WORDS, size=rng.integers(2, 6))
         return " ".join(w.capitalize() for w in words) + f" ({rng.integers(1930, 1999)})"
 
     out = []

@@ -1,12 +1,6 @@
 # The LLM engine's training side: the base model converted once, then LoRA SFT per selection.
 
 
-def sft_spec(wildcards):
-    """The config blocks SFT reads: llm, sft, and the dataset's domain word for the prompts."""
-    domain = config["datasets"][wildcards.dataset].get("domain") or "item"
-    return spec({"llm": config["llm"], "sft": config["sft"], "domain": domain})
-
-
 rule base_model:
     output:
         directory(f"{RESULTS}/models/base"),
@@ -36,7 +30,9 @@ rule sft:
     output:
         directory(f"{RESULTS}/{{dataset}}/llm/sft/{{selection}}/adapter"),
     params:
-        spec=sft_spec,
+        # the config blocks SFT reads, and the dataset's domain word for the prompts
+        spec=lambda w: spec({"llm": config["llm"], "sft": config["sft"],
+                             "domain": config["datasets"][w.dataset].get("domain") or "item"}),
         seed=config["seed"],
     log:
         f"{RESULTS}/logs/{{dataset}}/llm/sft/{{selection}}/train.log",

@@ -69,3 +69,14 @@ def embedded_model_dir(tmp_path_factory) -> Path:
     from workflow.llm.model import convert_base_model
 
     return convert_base_model("embedded", tmp_path_factory.mktemp("smollm2") / "base")
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models run fastest on one thread (no OpenMP barrier spinning on a shared 2-core machine)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
