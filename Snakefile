@@ -27,6 +27,9 @@ include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/surrogate.smk"
 include: "rules/selection.smk"
+include: "rules/llm.smk"
+include: "rules/preference.smk"
+include: "rules/eval.smk"
 
 
 rule all:

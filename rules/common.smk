@@ -36,6 +36,44 @@ def raw_inputs(wildcards):
         return []
 
 
+def domain(wildcards):
+    return config["datasets"][wildcards.dataset].get("domain") or "item"
+
+
+def evaluation_spec(wildcards):
+    """The config blocks the LLM evaluation reads."""
+    return spec({"llm": config["llm"], "evaluation": config["evaluation"], "domain": domain(wildcards)})
+
+
+def sft_spec(wildcards):
+    return spec({"llm": config["llm"], "sft": config["sft"], "domain": domain(wildcards)})
+
+
+def preference_spec(wildcards):
+    return spec({"llm": config["llm"], "preference": config["preference"],
+                 "method": config[wildcards.method], "domain": domain(wildcards)})
+
+
+TRAINED_METHODS = [m for m in config["methods"] if m != "base"]
+SELECTIONS = config["selection"]["strategies"]
+
+
+def method_runs():
+    """(method, selection) pairs the config asks for; the untuned model is (base, none)."""
+    runs = [("base", "none")] if "base" in config["methods"] else []
+    return runs + [(m, s) for m in TRAINED_METHODS for s in SELECTIONS]
+
+
+def llm_metrics(dataset):
+    return [f"{RESULTS}/{dataset}/llm/{m}/{s}/metrics.parquet" for m, s in method_runs()]
+
+
+def summary_metrics(wildcards):
+    """Every per-sample metrics table: the surrogate's and each LLM run's, for every dataset."""
+    return [f"{RESULTS}/{d}/surrogate/metrics.parquet" for d in DATASETS] + [
+        path for d in DATASETS for path in llm_metrics(d)]
+
+
 def data_targets():
     return expand(f"{RESULTS}/{{dataset}}/data/samples.parquet", dataset=DATASETS)
 
@@ -45,4 +83,4 @@ def surrogate_targets():
 
 
 def all_targets():
-    return data_targets() + surrogate_targets()
+    return data_targets() + surrogate_targets() + [f"{RESULTS}/summary.parquet", f"{RESULTS}/summary.md"]

@@ -30,9 +30,7 @@ rule sft:
     output:
         directory(f"{RESULTS}/{{dataset}}/llm/sft/{{selection}}/adapter"),
     params:
-        # the config blocks SFT reads, and the dataset's domain word for the prompts
-        spec=lambda w: spec({"llm": config["llm"], "sft": config["sft"],
-                             "domain": config["datasets"][w.dataset].get("domain") or "item"}),
+        spec=sft_spec,
         seed=config["seed"],
     log:
         f"{RESULTS}/logs/{{dataset}}/llm/sft/{{selection}}/train.log",

@@ -2,12 +2,6 @@
 # selection, whose frozen copy is the reference.
 
 
-def preference_spec(wildcards):
-    domain = config["datasets"][wildcards.dataset].get("domain") or "item"
-    return spec({"llm": config["llm"], "preference": config["preference"],
-                 "method": config[wildcards.method], "domain": domain})
-
-
 rule preference:
     input:
         model=f"{RESULTS}/models/base",
