@@ -54,6 +54,9 @@ def tiny_config(tmp: Path, model_dir: Path) -> dict:
         "sft": {"epochs": 1, "batch_size": 2, "grad_accum": 1, "lora_r": 4, "lora_alpha": 8},
         "selection": {"strategies": ["random"], "budget": 8},
         "evaluation": {"max_new_tokens": 6, "batch_size": 4},
+        "preference": {"batch_size": 2, "grad_accum": 1},
+        "dmpo": {"k": 2}, "sdpo": {"k": 2}, "dynamicpo": {"k": 3},
+        "methods": ["base", "sft", "dmpo", "sdpo", "dynamicpo"],
         "summary": {"bootstrap": 50},
     }
 
@@ -88,6 +91,18 @@ def test_whole_dag_writes_every_artifact(tiny_run):
     assert {"dataset", "method", "selection", "protocol", "metric", "value", "n"} <= set(summary.columns)
     assert set(summary["dataset"]) == {"tiny"}
     assert summary["value"].notna().all()
+    assert set(summary["method"]) == {"sasrec", "base", "sft", "dmpo", "sdpo", "dynamicpo"}
+    llm = summary[summary["method"] != "sasrec"]
+    assert {"likelihood", "generation", "grounded"} <= set(llm["protocol"])
+    assert set(summary.loc[summary["method"] == "sasrec", "protocol"]) == {"likelihood", "full_ranking"}
+    # every LLM run is scored on the same test samples as the surrogate
+    samples = pd.read_parquet(results / "tiny/data/samples.parquet")
+    n_test = int((samples["split"] == "test").sum())
+    likelihood = summary[(summary["protocol"] == "likelihood") & (summary["metric"] == "hr@1")]
+    assert set(likelihood["n"]) == {n_test}
+    for method in ["sft", "dmpo", "sdpo", "dynamicpo"]:
+        assert (results / f"tiny/llm/{method}/random/adapter/adapter_model.safetensors").is_file()
+    assert (results / "tiny/surrogate/item_embeddings.parquet").is_file()
 
 
 def test_rerun_has_nothing_to_do(tiny_run):
