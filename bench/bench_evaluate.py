@@ -3,6 +3,9 @@ MovieLens-100K test samples with 20 candidates (built here by the ingest and pre
 autocast where the CPU has it. Prints, per phase, seconds, prompt tokens and tokens/s, the share of
 each phase, and the projected time of the default run (200 test samples) from the measured rate.
 
+On a CPU shared with other jobs run it with --threads 1 and read the CPU seconds: wall times with
+2 threads swing 3x with the machine's load (OpenMP threads wait on each other).
+
 Phases: title embeddings (all items, once per dataset), likelihood (shared-prefix scorer),
 generation (greedy, candidate prompt; its prefill alone is timed too), grounded (greedy on the open
 prompt + embedding + faiss ranking).
@@ -24,8 +27,6 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
-
-from workflow import prepare  # noqa: E402,F401  (the stage modules build the data)
 
 
 def ensure_model(model_dir: Path) -> Path:
@@ -57,9 +58,11 @@ def ensure_data(folder: Path) -> tuple[Path, Path]:
 
 
 def timed(fn):
-    start = time.perf_counter()
+    """(result, (wall seconds, CPU seconds of this process)); on a shared CPU the CPU seconds of a
+    one-thread run are the robust figure, the wall time depends on the other jobs."""
+    wall, cpu = time.perf_counter(), time.process_time()
     out = fn()
-    return out, time.perf_counter() - start
+    return out, (time.perf_counter() - wall, time.process_time() - cpu)
 
 
 def main() -> None:
@@ -114,16 +117,17 @@ def main() -> None:
     _, t = timed(grounded)
     rows.append(("grounded (open prompt, embed, faiss)", t, open_tokens, True))
 
-    per_method = sum(t for _, t, _, counted in rows if counted)
-    print(f"{'phase':40s} {'seconds':>8s} {'tokens':>8s} {'tok/s':>7s} {'share':>6s}")
-    for name, t, tokens, counted in rows:
-        share = f"{t / per_method:6.0%}" if counted else ""
-        print(f"{name:40s} {t:8.1f} {tokens:8d} {tokens / t:7.0f} {share:>6s}")
+    wall = sum(t[0] for _, t, _, counted in rows if counted)
+    cpu = sum(t[1] for _, t, _, counted in rows if counted)
+    print(f"{'phase':40s} {'wall s':>7s} {'CPU s':>7s} {'tokens':>7s} {'tok/CPU s':>9s} {'share':>6s}")
+    for name, (w, c), tokens, counted in rows:
+        share = f"{c / cpu:6.0%}" if counted else ""
+        print(f"{name:40s} {w:7.1f} {c:7.1f} {tokens:7d} {tokens / c:9.0f} {share:>6s}")
     print(f"generated answers: mean {np.mean(new_tokens):.1f} tokens, {np.mean([n >= new for n in new_tokens]):.0%} hit "
           f"max_new_tokens")
-    print(f"per method: {per_method:.1f} s for {len(samples)} samples = {per_method / len(samples):.2f} s/sample; "
-          f"projected for 200 test samples: {per_method / len(samples) * 200 / 60:.1f} min "
-          f"(+ title embeddings once: {rows[0][1]:.0f} s)")
+    print(f"per method: {wall:.1f} s wall, {cpu:.1f} CPU s for {len(samples)} samples; projected for 200 test samples: "
+          f"{wall / len(samples) * 200 / 60:.1f} min wall, {cpu / len(samples) * 200 / 60:.1f} CPU min "
+          f"(+ title embeddings once: {rows[0][1][1]:.0f} CPU s); load average now {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,8 @@ before RecBole builds a `Config`. Each measure says what breaks without it.
    of `inplace=True` (which still works in pandas 3).
 5. Importing `recbole.model.sequential_recommender` runs `torch.autograd.set_detect_anomaly(True)`
    (a module-level line in its SINE model), which makes every training step of every model
-   record Python stack traces: on ML-100K, a SASRec epoch took 104 s instead of 11 s. `apply()`
+   record Python stack traces: SASRec training steps run 1.6x slower on an idle machine
+   (bench/bench_surrogate.py), far more under CPU contention. `apply()`
    imports that package once and switches anomaly detection back off.
 6. RecBole's `Config` reads `sys.argv` (`--key=value` pairs, passed through `eval`) and sets
    `CUDA_VISIBLE_DEVICES` from its `gpu_id`, overriding what a scheduler assigned. `make_config`
