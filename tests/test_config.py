@@ -1,7 +1,6 @@
 """Config schema: defaults, errors that name the key, and the workflow's static checks."""
 from __future__ import annotations
 
-import copy
 import os
 import subprocess
 import sys

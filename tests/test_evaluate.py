@@ -15,13 +15,6 @@ TITLES = ["Alien (1979)", "Aliens (1986)", "Heat (1995)", "The Matrix (1999)", "
           "Up (2009)", "Jaws (1975)", "Rocky (1976)", "Brazil (1985)", "Psycho (1960)", "Vertigo (1958)"]
 
 
-@pytest.fixture(autouse=True)
-def few_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 # --- generation: the match rule ---------------------------------------------------------------
 

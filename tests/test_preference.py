@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from test_sft import LLM, SFT, adapter_tensors, inputs, one_thread, tables  # noqa: F401 (fixtures)
+from test_sft import LLM, SFT, adapter_tensors, inputs  # noqa: F401 (inputs is a fixture)
 from workflow.llm import preference, sft
 
 METHOD = {"beta": 0.5, "k": 2, "strategy": "random", "gamma": 0.0, "epochs": 1, "lr": 0.01}

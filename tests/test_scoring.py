@@ -9,14 +9,6 @@ from workflow.llm import scoring
 ATOL = 1e-4
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny inputs: one thread is as fast, and immune to OpenMP oversubscription on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _rand_ids(gen, n):
     return torch.randint(3, 2000, (n,), generator=gen).tolist()

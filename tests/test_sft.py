@@ -16,14 +16,6 @@ LLM = {"device": "cpu", "dtype": "float32", "max_title_tokens": 8, "max_prompt_t
 SPEC = {"llm": LLM, "sft": SFT, "domain": "movie"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls on a shared machine are fastest on one thread (no OpenMP barrier spinning)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def tables():
     words = ["Alien", "Heat", "Fargo", "Brazil", "Casablanca", "Vertigo", "Psycho", "Jaws", "Rocky", "Amadeus",

@@ -14,15 +14,6 @@ SPEC = {"lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["q
         "weight_decay": 0.01, "max_grad_norm": 1.0, "checkpoint_every": 0}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls on a shared 2-core machine: OpenMP threads spinning at barriers make each op
-    ~50x slower than one thread does."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def examples(n=8, seed=0):
     """Token sequences with a prompt part and an answer part of varying lengths."""

@@ -71,6 +71,17 @@ def validate_block(block: str, settings: dict[str, Any], schema_path: str | Path
     return settings
 
 
+def stage_settings(spec: dict[str, Any], blocks: dict[str, str]) -> dict[str, Any]:
+    """The `--spec` of an LLM stage: each key named in `blocks` (spec key -> schema block) validated
+    with its defaults filled, plus `domain` (the dataset's item word, default "item")."""
+    unknown = set(spec) - set(blocks) - {"domain"}
+    if unknown:
+        raise KeyError(f"--spec: unknown keys {sorted(unknown)} (expected {', '.join([*blocks, 'domain'])})")
+    out: dict[str, Any] = {key: validate_block(block, dict(spec.get(key) or {})) for key, block in blocks.items()}
+    out["domain"] = spec.get("domain") or "item"
+    return out
+
+
 def load(path: str | Path = DEFAULT_CONFIG) -> dict[str, Any]:
     path = Path(path)
     try:

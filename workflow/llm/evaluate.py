@@ -273,15 +273,10 @@ def metrics_table(samples: pd.DataFrame, values: dict[str, dict[str, np.ndarray]
 
 def settings(spec: dict[str, Any]) -> tuple[dict, dict, str]:
     """(llm, evaluation, domain) from --spec, validated and completed by config/schema.yaml."""
-    from workflow.config import validate
+    from workflow.config import stage_settings
 
-    unknown = set(spec) - {"llm", "evaluation", "domain"}
-    if unknown:
-        raise KeyError(f"--spec: unknown keys {sorted(unknown)} (expected llm, evaluation, domain)")
-    # The schema validates whole configs; a placeholder dataset makes this slice one.
-    config = validate({"datasets": {"-": {"format": "recbole-atomic", "path": "-"}},
-                       "llm": dict(spec.get("llm", {})), "evaluation": dict(spec.get("evaluation", {}))})
-    return config["llm"], config["evaluation"], spec.get("domain") or "item"
+    s = stage_settings(spec, {"llm": "llm", "evaluation": "evaluation"})
+    return s["llm"], s["evaluation"], s["domain"]
 
 
 def read_samples(path, splits: Sequence[str]) -> pd.DataFrame:

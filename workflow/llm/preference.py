@@ -37,17 +37,12 @@ METHODS = ("dmpo", "sdpo", "dynamicpo")
 
 def settings(method: str, spec: dict[str, Any]) -> tuple[dict, dict, str]:
     """(llm, training settings = preference block + the method's block, domain), validated."""
-    from workflow.config import validate
+    from workflow.config import stage_settings
 
     if method not in METHODS:
         raise ValueError(f"unknown preference method {method!r} (known: {', '.join(METHODS)})")
-    unknown = set(spec) - {"llm", "preference", "method", "domain"}
-    if unknown:
-        raise KeyError(f"--spec: unknown keys {sorted(unknown)} (expected llm, preference, method, domain)")
-    config = validate({"datasets": {"-": {"format": "recbole-atomic", "path": "-"}},
-                       "llm": dict(spec.get("llm", {})), "preference": dict(spec.get("preference", {})),
-                       method: dict(spec.get("method", {}))})
-    return config["llm"], {**config["preference"], **config[method]}, spec.get("domain") or "item"
+    s = stage_settings(spec, {"llm": "llm", "preference": "preference", "method": method})
+    return s["llm"], {**s["preference"], **s["method"]}, s["domain"]
 
 
 def preference_examples(samples: pd.DataFrame, items: pd.DataFrame, tokenizer, domain: str,

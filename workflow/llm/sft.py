@@ -34,15 +34,10 @@ SAMPLE_COLUMNS = ["sample_id", "split", "history", "target", "candidates"]
 
 def settings(spec: dict[str, Any]) -> tuple[dict, dict, str]:
     """(llm, sft, domain) from --spec, validated and completed by config/schema.yaml."""
-    from workflow.config import validate
+    from workflow.config import stage_settings
 
-    unknown = set(spec) - {"llm", "sft", "domain"}
-    if unknown:
-        raise KeyError(f"--spec: unknown keys {sorted(unknown)} (expected llm, sft, domain)")
-    # The schema validates whole configs; a placeholder dataset makes this slice one.
-    config = validate({"datasets": {"-": {"format": "recbole-atomic", "path": "-"}},
-                       "llm": dict(spec.get("llm", {})), "sft": dict(spec.get("sft", {}))})
-    return config["llm"], config["sft"], spec.get("domain") or "item"
+    s = stage_settings(spec, {"llm": "llm", "sft": "sft"})
+    return s["llm"], s["sft"], s["domain"]
 
 
 def read_training_samples(samples_path: str | Path, selection_path: str | Path) -> pd.DataFrame:
