@@ -166,6 +166,18 @@ def write_atomic_files(samples: pd.DataFrame, vocabulary: Sequence[str], folder:
     recbole_compat.check_no_missing(item_path)
 
 
+def sasrec_architecture(settings: dict[str, Any]) -> dict[str, Any]:
+    """The config's `surrogate` keys under RecBole's SASRec names (training and export share it)."""
+    return {
+        "hidden_size": settings["hidden_size"],
+        "n_layers": settings["n_layers"],
+        "n_heads": settings["n_heads"],
+        "inner_size": settings["inner_size"],
+        "hidden_dropout_prob": settings["dropout"],
+        "attn_dropout_prob": settings["dropout"],
+    }
+
+
 def recbole_config_dict(settings: dict[str, Any], max_len: int, data_path: Path, checkpoint_dir: Path, seed: int) -> dict:
     return {
         **FIELDS,
@@ -181,12 +193,7 @@ def recbole_config_dict(settings: dict[str, Any], max_len: int, data_path: Path,
         "metrics": ["NDCG", "Hit"],
         "topk": [10],
         "valid_metric": VALID_METRIC.upper(),
-        "hidden_size": settings["hidden_size"],
-        "n_layers": settings["n_layers"],
-        "n_heads": settings["n_heads"],
-        "inner_size": settings["inner_size"],
-        "hidden_dropout_prob": settings["dropout"],
-        "attn_dropout_prob": settings["dropout"],
+        **sasrec_architecture(settings),
         "learning_rate": settings["lr"],
         "epochs": settings["epochs"],
         "stopping_step": settings["patience"],
@@ -276,12 +283,7 @@ def _train_in(workdir: Path, samples, vocabulary, max_len, settings, seed) -> Su
         "model": "SASRec",
         "n_items": len(tokens),  # including the padding id 0
         "max_seq_length": max_len,
-        "hidden_size": settings["hidden_size"],
-        "n_layers": settings["n_layers"],
-        "n_heads": settings["n_heads"],
-        "inner_size": settings["inner_size"],
-        "hidden_dropout_prob": settings["dropout"],
-        "attn_dropout_prob": settings["dropout"],
+        **sasrec_architecture(settings),
         **FIXED_MODEL,
     }
     training = {
