@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
+from test_train import collate as padded_hf_batch
 from workflow.llm import sft, train
 
 SFT = {"lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.1, "target_modules": ["q_proj", "v_proj"], "epochs": 2,
@@ -85,17 +86,10 @@ def test_loss_is_masked_cross_entropy_of_a_plain_forward(tiny_model_dir):
         loss, n, diag = sft.sft_loss(model, sft.collate(examples))
 
         def reference(examples, prompt_labels=False):
-            length = max(len(e["prompt"]) + len(e["answer"]) for e in examples)
-            ids = torch.full((len(examples), length), 2)
-            labels = torch.full((len(examples), length), -100)
-            mask = torch.zeros((len(examples), length), dtype=torch.long)
-            for i, e in enumerate(examples):
-                seq = e["prompt"] + e["answer"]
-                ids[i, :len(seq)] = torch.tensor(seq)
-                labels[i, len(e["prompt"]):len(seq)] = torch.tensor(e["answer"])
-                if prompt_labels:
+            ids, labels, mask = padded_hf_batch(examples)  # labels -100 on the prompt
+            if prompt_labels:
+                for i, e in enumerate(examples):
                     labels[i, 1:len(e["prompt"])] = torch.tensor(e["prompt"][1:])
-                mask[i, :len(seq)] = 1
             return model(input_ids=ids, attention_mask=mask, labels=labels).loss
 
         assert int(n) == sum(len(e["answer"]) for e in examples)
