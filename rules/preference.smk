@@ -1,5 +1,5 @@
 # Preference optimisation (DMPO, S-DPO, DynamicPO), each starting from the SFT adapter of the same
-# selection, whose frozen copy is the reference.
+# selection, whose frozen copy is the reference; and the collapse study over their k.
 
 
 rule preference:
@@ -12,8 +12,9 @@ rule preference:
     output:
         directory(f"{RESULTS}/{{dataset}}/llm/{{method}}/{{selection}}/adapter"),
     wildcard_constraints:
-        method="dmpo|sdpo|dynamicpo",
+        method=PREFERENCE_RUN,
     params:
+        method=lambda wildcards: preference_method(wildcards.method)[0],
         spec=preference_spec,
         seed=config["seed"],
     log:
@@ -28,7 +29,34 @@ rule preference:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "python -m workflow.llm.preference --method {wildcards.method} --model-dir {input.model:q} "
+        "python -m workflow.llm.preference --method {params.method} --model-dir {input.model:q} "
         "--adapter {input.adapter:q} --samples {input.samples:q} --items {input.item_table:q} "
         "--selection {input.selection:q} --spec {params.spec:q} --seed {params.seed} "
         "--threads {threads} --out {output:q} > {log:q} 2>&1"
+
+
+rule collapse_study:
+    input:
+        unpack(collapse_inputs),
+    output:
+        parquet=f"{RESULTS}/collapse/collapse.parquet",
+        md=f"{RESULTS}/collapse/collapse.md",
+        png=f"{RESULTS}/collapse/collapse.png",
+    params:
+        runs=collapse_run_args,
+        spec=spec(config["summary"]),
+        seed=config["seed"],
+    log:
+        f"{RESULTS}/logs/collapse.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/collapse.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=15,
+    conda:
+        "../envs/cpu.yaml"
+    shell:
+        "python -m workflow.collapse {params.runs:q} --reference {input.sft:q} --spec {params.spec:q} "
+        "--seed {params.seed} --out-parquet {output.parquet:q} --out-md {output.md:q} "
+        "--out-png {output.png:q} > {log:q} 2>&1"
