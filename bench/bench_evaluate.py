@@ -6,9 +6,11 @@ each phase, and the projected time of the default run (200 test samples) from th
 On a CPU shared with other jobs run it with --threads 1 and read the CPU seconds: wall times with
 2 threads swing 3x with the machine's load (OpenMP threads wait on each other).
 
-Phases: title embeddings (all items, once per dataset), likelihood (shared-prefix scorer),
-generation (greedy, candidate prompt; its prefill alone is timed too), grounded (greedy on the open
-prompt + embedding + faiss ranking).
+Phases: title embeddings (all items, once per dataset); likelihood and generation on the candidate
+prompt, first as two separate passes (the packed training-path scorer, then generate re-encoding
+the prompt; its prefill alone is timed too), then as the evaluation runs them, one prompt encoding
+whose KV cache serves both (the ratio of the two is printed); grounded (greedy on the open prompt +
+embedding + faiss ranking).
 
     .venv/bin/python bench/bench_evaluate.py [--samples 48] [--threads 2] [--batch-size 8] [--model-dir DIR]
 """
@@ -98,12 +100,37 @@ def main() -> None:
     rows = []
     emb, t = timed(lambda: grounding.embed_texts(model, tokenizer, items["title"].tolist(), 64, autocast=cast))
     rows.append(("title embeddings (once per dataset)", t, title_tokens, False))
-    _, t = timed(lambda: evaluate.likelihood_scores(model, inputs["candidate_prompt"], inputs["answers"], batch, cast))
-    rows.append(("likelihood (prompt + 20 answers)", t, cand_tokens + answer_tokens, True))
-    answers, t = timed(lambda: evaluate.greedy_answers(model, tokenizer, inputs["candidate_prompt"], new, batch, cast))
-    rows.append(("generation, candidate prompt", t, cand_tokens, True))
-    _, t = timed(lambda: evaluate.greedy_answers(model, tokenizer, inputs["candidate_prompt"], 1, batch, cast))
+    def packed_likelihood():  # the training-path scorer: prompt and 20 answers packed in one row
+        from workflow.llm.scoring import candidate_logprobs
+
+        with torch.no_grad():
+            for chosen in evaluate.batches(evaluate.by_length(inputs["candidate_prompt"]), batch):
+                with cast():
+                    candidate_logprobs(model, [inputs["candidate_prompt"][i] for i in chosen],
+                                       [inputs["answers"][i] for i in chosen])
+
+    def generate_from_scratch(max_new):  # generate re-encoding the prompt (no cache hand-off)
+        config = evaluate.generation_config(tokenizer, max_new)
+        prompts = inputs["candidate_prompt"]
+        with torch.no_grad():
+            for chosen in evaluate.batches(evaluate.by_length(prompts), batch):
+                ids, mask, _ = grounding.left_pad([prompts[i] for i in chosen], evaluate.pad_id(tokenizer))
+                with cast():
+                    model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+
+    _, t_packed = timed(packed_likelihood)
+    rows.append(("likelihood, packed scorer (separate)", t_packed, cand_tokens + answer_tokens, False))
+    _, t_gen = timed(lambda: generate_from_scratch(new))
+    rows.append(("generation, prompt re-encoded (separate)", t_gen, cand_tokens, False))
+    _, t = timed(lambda: generate_from_scratch(1))
     rows.append(("  of which prefill (1 new token)", t, cand_tokens, False))
+    _, t_like = timed(lambda: evaluate.likelihood_scores(model, tokenizer, inputs["candidate_prompt"],
+                                                         inputs["answers"], batch, cast))
+    rows.append(("likelihood alone, prompt cache", t_like, cand_tokens + answer_tokens, False))
+    (_, _, answers), t_shared = timed(lambda: evaluate.prompt_passes(
+        model, tokenizer, inputs["candidate_prompt"], inputs["answers"], max_new_tokens=new, batch_size=batch,
+        autocast=cast))
+    rows.append(("likelihood + generation, one prompt cache", t_shared, cand_tokens + answer_tokens, True))
     new_tokens = [len(tokenizer.encode(a)) for a in answers]
 
     def grounded():
@@ -117,6 +144,10 @@ def main() -> None:
     _, t = timed(grounded)
     rows.append(("grounded (open prompt, embed, faiss)", t, open_tokens, True))
 
+    separate = t_packed[1] + t_gen[1]
+    print(f"likelihood + generation: separate passes {separate:.1f} CPU s, one shared prompt cache "
+          f"{t_shared[1]:.1f} CPU s: {separate / t_shared[1]:.2f}x (likelihood alone: packed "
+          f"{t_packed[1]:.1f} vs cached {t_like[1]:.1f} CPU s, {t_packed[1] / t_like[1]:.2f}x)")
     wall = sum(t[0] for _, t, _, counted in rows if counted)
     cpu = sum(t[1] for _, t, _, counted in rows if counted)
     print(f"{'phase':40s} {'wall s':>7s} {'CPU s':>7s} {'tokens':>7s} {'tok/CPU s':>9s} {'share':>6s}")

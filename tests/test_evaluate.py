@@ -112,7 +112,7 @@ def test_generation_metrics_from_the_answers(tiny, monkeypatch):
     title = dict(zip(items["item_id"], items["title"]))
     other = [next(c for c in cands if c != t) for cands, t in zip(samples["candidates"], samples["target"])]
     answers = [f"I think {title[samples['target'][0]].upper()}.", title[other[1]], "no idea"]
-    monkeypatch.setattr(evaluate, "greedy_answers", lambda *a, **k: answers)
+    monkeypatch.setattr(evaluate, "prompt_passes", lambda *a, **k: (None, None, answers))
     pred, values = evaluate.evaluate(model, tokenizer, samples, items, protocols=["generation"], domain="movie",
                                      llm=LLM, evaluation=EVALUATION)
     np.testing.assert_array_equal(values["generation"]["valid"], [1, 1, 0])

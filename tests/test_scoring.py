@@ -211,3 +211,49 @@ def test_bad_input_errors(model):
         scoring.candidate_logprobs(model, [[1], [2]], [[[1]]])
     with pytest.raises(ValueError, match="4D mask"):
         scoring.block_mask(torch.zeros(1, 3, dtype=torch.long), "flash_attention_2")
+
+
+# ---------------------------------------------------------------------------------------------
+# the evaluation path: one prompt cache for candidate scoring and generation
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_cached_scoring_matches_per_candidate_forward(tiny_model_dir, batch, attn):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=attn).eval()
+    prompts, answers = batch
+    with torch.no_grad():
+        cache = scoring.encode_prompts(model, prompts)
+        token_lp, mask = scoring.cached_token_logprobs(model, cache, answers)
+        logp, n = scoring.cached_candidate_logprobs(model, cache, answers)
+        for b, (p, ans) in enumerate(zip(prompts, answers)):
+            for c, a in enumerate(ans):
+                torch.testing.assert_close(token_lp[b, c, : len(a)], reference_token_logprobs(model, p, a),
+                                           atol=ATOL, rtol=0)
+                assert mask[b, c].sum() == len(a) and (token_lp[b, c, len(a):] == 0).all()
+        torch.testing.assert_close(logp, reference_logprobs(model, prompts, answers), atol=ATOL, rtol=0)
+    assert n.tolist() == [[len(a) for a in ans] for ans in answers]
+
+
+def test_cache_survives_scoring_and_greedy_generation_equals_plain_generate(model, batch):
+    """Scoring copies the cache; generate continuing from it gives the tokens a fresh generate gives."""
+    prompts, answers = batch
+    with torch.no_grad():
+        cache = scoring.encode_prompts(model, prompts)
+        length_before = cache.past.get_seq_length()
+        scoring.cached_candidate_logprobs(model, cache, answers)
+        assert cache.past.get_seq_length() == length_before == max(map(len, prompts)) - 1
+        kwargs = dict(do_sample=False, max_new_tokens=5, pad_token_id=2, eos_token_id=None)
+        reused = model.generate(input_ids=cache.input_ids, attention_mask=cache.attention_mask,
+                                past_key_values=cache.past, **kwargs)
+        fresh = model.generate(input_ids=cache.input_ids, attention_mask=cache.attention_mask, **kwargs)
+        for b, p in enumerate(prompts):  # and each equals generating from the unpadded prompt alone
+            alone = model.generate(input_ids=torch.tensor([p]), **kwargs)
+            assert reused[b, -5:].tolist() == alone[0, -5:].tolist()
+    assert reused.tolist() == fresh.tolist()
+
+
+def test_cached_scoring_bad_input(model):
+    with pytest.raises(ValueError, match="at least 2 tokens"):
+        scoring.encode_prompts(model, [[5, 6], [7]])
+    cache = scoring.encode_prompts(model, [[5, 6, 7]])
+    with pytest.raises(ValueError, match="2 candidate lists for 1 cached prompts"):
+        scoring.cached_candidate_logprobs(model, cache, [[[1]], [[2]]])

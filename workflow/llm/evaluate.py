@@ -119,40 +119,66 @@ def by_length(sequences: Sequence[Sequence[int]]) -> np.ndarray:
     return np.argsort([-len(s) for s in sequences], kind="stable")
 
 
-@torch.no_grad()
-def likelihood_scores(model, prompt_ids, answer_ids, batch_size: int, autocast: Callable) -> tuple[np.ndarray, np.ndarray]:
-    """(log pi(y|x) summed [N, C] float32, answer tokens [N, C] int) for every sample's candidates."""
-    from workflow.llm.scoring import candidate_logprobs
-
-    n, c = len(prompt_ids), len(answer_ids[0])
-    logprob, tokens = np.zeros((n, c), dtype=np.float32), np.zeros((n, c), dtype=np.int64)
-    for chosen in batches(by_length(prompt_ids), batch_size):
-        with autocast():
-            lp, nt = candidate_logprobs(model, [prompt_ids[i] for i in chosen], [answer_ids[i] for i in chosen])
-        logprob[chosen], tokens[chosen] = lp.float().cpu().numpy(), nt.cpu().numpy()
-    return logprob, tokens
-
-
-@torch.no_grad()
-def greedy_answers(model, tokenizer, prompt_ids, max_new_tokens: int, batch_size: int, autocast: Callable) -> list[str]:
-    """Greedy decoding (KV cache) of every prompt, batched with left padding; the decoded answers."""
+def generation_config(tokenizer, max_new_tokens: int):
+    """Greedy decoding that stops at the end of the answer (end-of-turn) or end of text."""
     from transformers import GenerationConfig
 
     from workflow.llm.prompts import end_of_answer_id
 
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     stop = sorted({end_of_answer_id(tokenizer), tokenizer.eos_token_id} - {None})
-    config = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad,
-                              eos_token_id=stop, use_cache=True)
-    device = next(model.parameters()).device
-    answers = [""] * len(prompt_ids)
+    return GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad_id(tokenizer),
+                            eos_token_id=stop, use_cache=True)
+
+
+def pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+@torch.no_grad()
+def prompt_passes(model, tokenizer, prompt_ids, answer_ids=None, *, max_new_tokens: int = 0, batch_size: int,
+                  autocast: Callable) -> tuple[np.ndarray | None, np.ndarray | None, list[str] | None]:
+    """Each batch of prompts (similar lengths together) is encoded ONCE; its KV cache serves both
+    candidate scoring (when `answer_ids` is given) and greedy generation (when max_new_tokens > 0).
+
+    Returns (log pi(y|x) summed [N, C] float32 or None, answer tokens [N, C] or None, decoded
+    answers or None), rows in the order of `prompt_ids`.
+    """
+    from workflow.llm.scoring import cached_candidate_logprobs, encode_prompts
+
+    n = len(prompt_ids)
+    score, generate = answer_ids is not None, max_new_tokens > 0
+    logprob = np.zeros((n, len(answer_ids[0])), dtype=np.float32) if score else None
+    tokens = np.zeros((n, len(answer_ids[0])), dtype=np.int64) if score else None
+    answers = [""] * n if generate else None
+    config = generation_config(tokenizer, max_new_tokens) if generate else None
     for chosen in batches(by_length(prompt_ids), batch_size):
-        ids, mask, _ = grounding.left_pad([prompt_ids[i] for i in chosen], pad)
         with autocast():
-            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
-        for row, i in enumerate(chosen):
-            answers[i] = tokenizer.decode(out[row, ids.shape[1]:], skip_special_tokens=True).strip()
-    return answers
+            cache = encode_prompts(model, [prompt_ids[i] for i in chosen], pad_id(tokenizer))
+            if score:
+                lp, nt = cached_candidate_logprobs(model, cache, [answer_ids[i] for i in chosen])
+                logprob[chosen], tokens[chosen] = lp.float().cpu().numpy(), nt.cpu().numpy()
+            if generate:  # generate feeds only the last prompt token: the rest is in the cache
+                out = model.generate(input_ids=cache.input_ids, attention_mask=cache.attention_mask,
+                                     past_key_values=cache.past, generation_config=config)
+        if generate:
+            width = cache.input_ids.shape[1]
+            for row, i in enumerate(chosen):
+                answers[i] = tokenizer.decode(out[row, width:], skip_special_tokens=True).strip()
+    return logprob, tokens, answers
+
+
+def likelihood_scores(model, tokenizer, prompt_ids, answer_ids, batch_size: int, autocast: Callable
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """(log pi(y|x) summed [N, C] float32, answer tokens [N, C] int) for every sample's candidates."""
+    logprob, tokens, _ = prompt_passes(model, tokenizer, prompt_ids, answer_ids, batch_size=batch_size,
+                                       autocast=autocast)
+    return logprob, tokens
+
+
+def greedy_answers(model, tokenizer, prompt_ids, max_new_tokens: int, batch_size: int, autocast: Callable) -> list[str]:
+    """Greedy decoding (KV cache) of every prompt, batched with left padding; the decoded answers."""
+    return prompt_passes(model, tokenizer, prompt_ids, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                         autocast=autocast)[2]
 
 
 def grounded_ranking(queries: np.ndarray, index, target_index: np.ndarray, history_index: Sequence[Sequence[int]],
@@ -220,27 +246,31 @@ def evaluate(model, tokenizer, samples: pd.DataFrame, items: pd.DataFrame, *, pr
             "candidates": candidates}
     values: dict[str, dict[str, np.ndarray]] = {}
 
-    if "likelihood" in protocols:
+    score, generate = "likelihood" in protocols, "generation" in protocols
+    if score or generate:
+        # one encoding of the candidate prompt serves both protocols (workflow.llm.scoring)
         start = time.perf_counter()
-        logprob, tokens = likelihood_scores(model, inputs["candidate_prompt"], inputs["answers"], batch, autocast)
+        logprob, tokens, answers = prompt_passes(
+            model, tokenizer, inputs["candidate_prompt"], inputs["answers"] if score else None,
+            max_new_tokens=new_tokens if generate else 0, batch_size=batch, autocast=autocast)
+        log.info("%s: %d samples in %.1f s", " + ".join(p for p in ("likelihood", "generation") if p in protocols),
+                 n, time.perf_counter() - start)
+
+    if score:
         normalised = logprob / tokens
         values["likelihood"] = metrics.candidate_metrics(logprob, target_col)
         values["likelihood_norm"] = metrics.candidate_metrics(normalised, target_col)
         pred |= {"candidate_logprob": list(logprob), "candidate_tokens": list(tokens.astype(np.int32)),
                  "target_rank": metrics.target_ranks(logprob, target_col),
                  "target_rank_norm": metrics.target_ranks(normalised, target_col)}
-        log.info("likelihood: %d samples in %.1f s", n, time.perf_counter() - start)
 
-    if "generation" in protocols:
-        start = time.perf_counter()
-        answers = greedy_answers(model, tokenizer, inputs["candidate_prompt"], new_tokens, batch, autocast)
+    if generate:
         found = [match_answer(a, t) for a, t in zip(answers, inputs["shown_titles"])]
         valid = np.array([f is not None for f in found], dtype=np.float64)
         hit = np.array([f is not None and f == t for f, t in zip(found, target_col)], dtype=np.float64)
         values["generation"] = {"valid": valid, "hit": hit}
         pred |= {"generated": answers, "matched_item": [None if f is None else c[f] for f, c in zip(found, candidates)]}
-        log.info("generation: %d samples in %.1f s, valid %.3f, hit %.3f", n, time.perf_counter() - start,
-                 valid.mean(), hit.mean())
+        log.info("generation: valid %.3f, hit %.3f", valid.mean(), hit.mean())
 
     if "grounded" in protocols:
         if title_embeddings is None:

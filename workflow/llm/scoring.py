@@ -150,7 +150,14 @@ def token_logprobs(model, prompt_ids: Sequence[Sequence[int]], answer_ids: Seque
     hidden = decoder(inputs_embeds=embeds, attention_mask=attention,
                      position_ids=packed.position_ids.to(device), use_cache=False).last_hidden_state
 
-    B, T = input_ids.shape
+    return _answer_logprobs(hidden, packed, lm_head)
+
+
+def _answer_logprobs(hidden: torch.Tensor, packed: Packed, lm_head) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs [B, C, L] (0 at padding) and mask from the packed rows' hidden states:
+    the LM head runs only on the rows that predict an answer token, each row once."""
+    device = hidden.device
+    B, T = hidden.shape[:2]
     mask = packed.mask.to(device)
     flat_index = (packed.pred_index.to(device) + torch.arange(B, device=device)[:, None, None] * T)[mask]
     rows, row_of_token = torch.unique(flat_index, return_inverse=True)  # shared prompt-end row once
@@ -220,3 +227,78 @@ def concat_candidate_logprobs(model, prompt_ids: Sequence[Sequence[int]], answer
     token_lp = logp.gather(-1, targets[..., None])[..., 0] * mask
     B = len(prompt_ids)
     return token_lp.sum(-1).view(B, n_cands), answer_len.view(B, n_cands)
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation without gradients: one prompt encoding shared by candidate scoring AND generation.
+#
+# The prompts of a batch, left-padded and without their last token, go through the model once
+# (`encode_prompts`); their KV cache is then (a) copied C times to score every candidate as a
+# continuation ([last prompt token, y_1 .. y_{L-1}] predicting y_1 .. y_L), and (b) handed to
+# `model.generate`, which then only feeds the last prompt token (transformers' prefix-cache reuse).
+# The generation protocol thus no longer re-encodes the prompt the likelihood protocol encoded.
+# Training keeps the packed path above: it needs gradients through the prompt for every candidate.
+
+class PromptCache(NamedTuple):
+    past: object                 # transformers Cache of the prompts without their last token
+    input_ids: torch.Tensor      # [B, P] left-padded full prompts (what `generate` is given)
+    attention_mask: torch.Tensor  # [B, P] 1 for real tokens
+    lengths: torch.Tensor        # [B] real prompt lengths
+
+
+@torch.no_grad()
+def encode_prompts(model, prompt_ids: Sequence[Sequence[int]], pad_id: int | None = None) -> PromptCache:
+    """Run the left-padded prompts minus their last token through the model once, keeping the cache."""
+    if not prompt_ids or any(len(p) < 2 for p in prompt_ids):
+        raise ValueError("every prompt needs at least 2 tokens (the cache holds all but the last)")
+    decoder, lm_head, config = _parts(model)
+    device = lm_head.weight.device
+    pad = _pad_id(config) if pad_id is None else pad_id
+    width = max(len(p) for p in prompt_ids)
+    ids = torch.full((len(prompt_ids), width), pad, dtype=torch.long)
+    attention = torch.zeros((len(prompt_ids), width), dtype=torch.long)
+    for b, p in enumerate(prompt_ids):
+        ids[b, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
+        attention[b, width - len(p):] = 1
+    ids, attention = ids.to(device), attention.to(device)
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    out = decoder(input_ids=ids[:, :-1], attention_mask=attention[:, :-1], position_ids=positions[:, :-1],
+                  use_cache=True)
+    return PromptCache(out.past_key_values, ids, attention, attention.sum(-1))
+
+
+@torch.no_grad()
+def cached_token_logprobs(model, cache: PromptCache, answer_ids: Sequence[Sequence[Sequence[int]]]
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log pi(y_t | x, y_<t) [B, C, L] and mask [B, C, L], as `token_logprobs`, from a
+    prompt cache. The candidates of a sample share one row after the cached prompt, in the packed
+    layout of the module docstring ([last prompt token][cand 1 minus its last token][cand 2 ...]),
+    so the cache is never copied per candidate; it is cropped back afterwards for generation."""
+    if len(answer_ids) != cache.input_ids.shape[0]:
+        raise ValueError(f"{len(answer_ids)} candidate lists for {cache.input_ids.shape[0]} cached prompts")
+    decoder, lm_head, config = _parts(model)
+    device = lm_head.weight.device
+    last = cache.input_ids[:, -1:].tolist()
+    packed = pack(last, answer_ids, _pad_id(config))  # "prompt" = the last prompt token only
+    cached = cache.past.get_seq_length()
+    # segments over [cached prompt | packed row]: cached real tokens are prompt (0), left pads -1
+    prompt_segment = torch.where(cache.attention_mask[:, :-1].cpu() > 0, 0, -1)
+    segment = torch.cat([prompt_segment, packed.segment], dim=1).to(device)
+    attention = block_mask(segment, config._attn_implementation, decoder.get_input_embeddings().weight.dtype)
+    attention = attention[:, :, cached:, :]
+    positions = packed.position_ids.to(device) + (cache.lengths - 1)[:, None]
+    try:
+        hidden = decoder(input_ids=packed.input_ids.to(device), attention_mask=attention, position_ids=positions,
+                         past_key_values=cache.past, use_cache=True).last_hidden_state
+    finally:
+        # the packed row's keys and values are not part of the prompt (transformers 5: a negative
+        # count removes that many tokens)
+        cache.past.crop(cached - cache.past.get_seq_length())
+    return _answer_logprobs(hidden, packed, lm_head)
+
+
+def cached_candidate_logprobs(model, cache: PromptCache, answer_ids: Sequence[Sequence[Sequence[int]]]
+                              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum [B, C], token counts [B, C]) as `candidate_logprobs`, from a prompt cache."""
+    token_lp, mask = cached_token_logprobs(model, cache, answer_ids)
+    return token_lp.sum(-1), mask.sum(-1)
