@@ -30,6 +30,7 @@ include: "rules/selection.smk"
 include: "rules/llm.smk"
 include: "rules/preference.smk"
 include: "rules/eval.smk"
+include: "rules/explain.smk"
 
 
 rule all:

@@ -41,17 +41,55 @@ def domain(wildcards):
 
 
 def evaluation_spec(wildcards):
-    """The config blocks the LLM evaluation reads."""
-    return spec({"llm": config["llm"], "evaluation": config["evaluation"], "domain": domain(wildcards)})
+    """The config blocks the LLM evaluation reads; the collapse study's extra runs (`{method}-k{k}`)
+    use the study's protocols."""
+    evaluation = dict(config["evaluation"])
+    if "-k" in getattr(wildcards, "method", ""):
+        evaluation["protocols"] = config["collapse"]["protocols"]
+    return spec({"llm": config["llm"], "evaluation": evaluation, "domain": domain(wildcards)})
 
 
 def sft_spec(wildcards):
     return spec({"llm": config["llm"], "sft": config["sft"], "domain": domain(wildcards)})
 
 
+PREFERENCE_METHODS = ["dmpo", "sdpo", "dynamicpo"]
+# A preference run is named by its method, or `{method}-k{k}` for a run of the collapse study that
+# overrides the method's k (everything else from the method's config block).
+PREFERENCE_RUN = "(" + "|".join(PREFERENCE_METHODS) + r")(-k[0-9]+)?"
+
+
+def preference_method(run):
+    """(method, its config block with the run's k) for a preference run name."""
+    method, _, k = run.partition("-k")
+    block = dict(config[method])
+    if k:
+        block["k"] = int(k)
+    return method, block
+
+
 def preference_spec(wildcards):
-    return spec({"llm": config["llm"], "preference": config["preference"],
-                 "method": config[wildcards.method], "domain": domain(wildcards)})
+    _, block = preference_method(wildcards.method)
+    return spec({"llm": config["llm"], "preference": config["preference"], "method": block,
+                 "domain": domain(wildcards)})
+
+
+def explanation_spec(wildcards):
+    """The config blocks the explanation stage reads (evaluation: which splits were predicted, batch size)."""
+    return spec({"llm": config["llm"], "evaluation": config["evaluation"],
+                 "explanations": config["explanations"], "domain": domain(wildcards)})
+
+
+def explanation_reference(wildcards):
+    """The reference model's adapter as a named input; none for sft, whose reference is the base model."""
+    if wildcards.method == "sft":
+        return {}
+    return {"reference": f"{RESULTS}/{wildcards.dataset}/llm/sft/{wildcards.selection}/adapter"}
+
+
+def reference_adapter_args(wildcards, input):
+    """`--reference-adapter PATH` when the run has a reference adapter, else nothing."""
+    return ["--reference-adapter", input.reference] if "reference" in input.keys() else []
 
 
 TRAINED_METHODS = [m for m in config["methods"] if m != "base"]
@@ -82,5 +120,43 @@ def surrogate_targets():
     return expand(f"{RESULTS}/{{dataset}}/surrogate/metrics.parquet", dataset=DATASETS)
 
 
+def explanation_targets():
+    """Explanations page and table of every run whose method is in both `explanations.methods` and `methods`."""
+    methods = [m for m in config["explanations"]["methods"] if m in TRAINED_METHODS]
+    return expand(f"{RESULTS}/{{dataset}}/llm/{{method}}/{{selection}}/explanations.{{ext}}",
+                  dataset=DATASETS, method=methods, selection=SELECTIONS, ext=["parquet", "html"])
+
+
+def collapse_runs(dataset, selection):
+    """(method, k, metrics path) of every run of the collapse study. A main run whose k equals a
+    study k (and whose strategy is not `all`, which ignores k) is reused instead of retrained."""
+    runs = []
+    for method in config["collapse"]["methods"]:
+        for k in config["collapse"]["ks"]:
+            reuse = method in TRAINED_METHODS and config[method]["k"] == k and config[method]["strategy"] != "all"
+            run = method if reuse else f"{method}-k{k}"
+            runs.append((method, k, f"{RESULTS}/{dataset}/llm/{run}/{selection}/metrics.parquet"))
+    return runs
+
+
+def collapse_inputs(wildcards):
+    runs = [path for d in DATASETS for s in SELECTIONS for _, _, path in collapse_runs(d, s)]
+    sft = [f"{RESULTS}/{d}/llm/sft/{s}/metrics.parquet" for d in DATASETS for s in SELECTIONS]
+    return {"runs": runs, "sft": sft}
+
+
+def collapse_run_args(wildcards, input):
+    """`--run METHOD K PATH` for every run of the study."""
+    return [arg for d in DATASETS for s in SELECTIONS for m, k, path in collapse_runs(d, s)
+            for arg in ("--run", m, str(k), path)]
+
+
+def collapse_targets():
+    if not config["collapse"]["enabled"]:
+        return []
+    return [f"{RESULTS}/collapse/collapse.{ext}" for ext in ("parquet", "md", "png")]
+
+
 def all_targets():
-    return data_targets() + surrogate_targets() + [f"{RESULTS}/summary.parquet", f"{RESULTS}/summary.md"]
+    return (data_targets() + surrogate_targets() + [f"{RESULTS}/summary.parquet", f"{RESULTS}/summary.md"]
+            + explanation_targets() + collapse_targets())

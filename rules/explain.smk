@@ -1,0 +1,40 @@
+# Explanations: per-token log-probs of a trained run's top candidate under the tuned model and its
+# reference (the SFT adapter of the same selection; the base model for sft itself). Input functions
+# (explanation_spec, explanation_reference, reference_adapter_args) and explanation_targets() live in
+# rules/common.smk.
+
+
+rule explain:
+    input:
+        unpack(explanation_reference),
+        model=f"{RESULTS}/models/base",
+        adapter=f"{RESULTS}/{{dataset}}/llm/{{method}}/{{selection}}/adapter",
+        predictions=f"{RESULTS}/{{dataset}}/llm/{{method}}/{{selection}}/predictions.parquet",
+        samples=f"{RESULTS}/{{dataset}}/data/samples.parquet",
+        item_table=f"{RESULTS}/{{dataset}}/data/items.parquet",
+    output:
+        parquet=f"{RESULTS}/{{dataset}}/llm/{{method}}/{{selection}}/explanations.parquet",
+        html=f"{RESULTS}/{{dataset}}/llm/{{method}}/{{selection}}/explanations.html",
+    wildcard_constraints:
+        method="sft|dmpo|sdpo|dynamicpo",
+    params:
+        spec=explanation_spec,
+        reference=reference_adapter_args,
+        seed=config["seed"],
+    log:
+        f"{RESULTS}/logs/{{dataset}}/llm/{{method}}/{{selection}}/explain.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{dataset}}/llm/{{method}}/{{selection}}/explain.tsv"
+    threads: workflow.cores
+    resources:
+        mem_mb=8000,
+        runtime=60,
+        gpu=config["llm"]["gpu"],
+    conda:
+        "../envs/cpu.yaml"
+    shell:
+        "python -m workflow.llm.explain --model-dir {input.model:q} --adapter {input.adapter:q} "
+        "{params.reference:q} --predictions {input.predictions:q} --samples {input.samples:q} "
+        "--items {input.item_table:q} --spec {params.spec:q} --dataset {wildcards.dataset} "
+        "--method {wildcards.method} --selection {wildcards.selection} --seed {params.seed} "
+        "--threads {threads} --out-parquet {output.parquet:q} --out-html {output.html:q} > {log:q} 2>&1"
