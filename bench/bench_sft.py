@@ -28,7 +28,10 @@ Variants (each a fresh LoRA model, seed 0), cumulative from `bf16-answer-head` o
   fp32-full-logits      fp32, HF forward with labels (-100 on the prompt): logits for every position
   bf16-full-logits      the same under bf16 autocast
   bf16-answer-head      workflow.llm.sft.sft_loss: the shared scorer, LM head on answer positions only
-  +bf16-linear-weights  frozen linear weights stored in bf16 (train.cast_frozen_linears; what SFT runs)
+  +bf16-linear-weights  frozen linear weights stored in bf16 (train.cast_frozen_linears)
+  +eager-attention      eager attention: under autocast its QK^T and AV are bf16 GEMMs, while sdpa's
+                        CPU kernel gets fp32 queries (RoPE upcasts them) and runs in fp32. This is
+                        what SFT runs on a bf16 CPU (llm.attention auto, workflow.llm.model)
   +causal-no-4d-mask    with one answer per sample, plain causal attention instead of the block mask
   +no-lora-dropout      lora_dropout 0 (PEFT draws a dropout mask per adapted layer: RNG-bound)
   +all-bf16-weights     every frozen weight in bf16, the residual stream too (not numerically equal)
@@ -169,21 +172,22 @@ def bf16_autocast():
 
 VARIANTS = {
     # name: (loss_fn, autocast, frozen weights: fp32 / linear (bf16 linear layers, what SFT does) /
-    #        all (every frozen weight bf16, residual stream too), LoRA dropout)
-    "fp32-full-logits": (hf_full_logits_loss, contextlib.nullcontext, "fp32", 0.05),
-    "bf16-full-logits": (hf_full_logits_loss, bf16_autocast, "fp32", 0.05),
-    "bf16-answer-head": (sft_loss, bf16_autocast, "fp32", 0.05),
-    "+bf16-linear-weights": (sft_loss, bf16_autocast, "linear", 0.05),
-    "+causal-no-4d-mask": (causal_answer_loss, bf16_autocast, "linear", 0.05),
-    "+no-lora-dropout": (causal_answer_loss, bf16_autocast, "linear", 0.0),
-    "+all-bf16-weights": (causal_answer_loss, bf16_autocast, "all", 0.0),
+    #        all (every frozen weight bf16, residual stream too), LoRA dropout, attention)
+    "fp32-full-logits": (hf_full_logits_loss, contextlib.nullcontext, "fp32", 0.05, "sdpa"),
+    "bf16-full-logits": (hf_full_logits_loss, bf16_autocast, "fp32", 0.05, "sdpa"),
+    "bf16-answer-head": (sft_loss, bf16_autocast, "fp32", 0.05, "sdpa"),
+    "+bf16-linear-weights": (sft_loss, bf16_autocast, "linear", 0.05, "sdpa"),
+    "+eager-attention": (sft_loss, bf16_autocast, "linear", 0.05, "eager"),
+    "+causal-no-4d-mask": (causal_answer_loss, bf16_autocast, "linear", 0.05, "eager"),
+    "+no-lora-dropout": (sft_loss, bf16_autocast, "linear", 0.0, "eager"),
+    "+all-bf16-weights": (sft_loss, bf16_autocast, "all", 0.0, "eager"),
 }
 DEFAULT_VARIANTS = ["fp32-full-logits", "bf16-full-logits", "bf16-answer-head", "+bf16-linear-weights",
-                    "+causal-no-4d-mask", "+no-lora-dropout"]
+                    "+eager-attention", "+no-lora-dropout"]
 
 
-def lora_model(model_dir, weights: str, dropout: float):
-    base, _ = load_model(model_dir, device="cpu", dtype="float32")
+def lora_model(model_dir, weights: str, dropout: float, attention: str):
+    base, _ = load_model(model_dir, device="cpu", dtype="float32", attention=attention)
     if weights == "all":
         base.to(torch.bfloat16)
     model = train.add_lora(base, {**LORA, "lora_dropout": dropout}, seed=0)  # LoRA weights stay fp32
@@ -245,8 +249,8 @@ def main() -> None:
     peaks = [(matmul_peak(), peak_cpu())]
     results = {}
     for name in args.variants:
-        loss_fn, autocast, weights, dropout = VARIANTS[name]
-        model = lora_model(args.model_dir, weights, dropout)
+        loss_fn, autocast, weights, dropout, attention = VARIANTS[name]
+        model = lora_model(args.model_dir, weights, dropout, attention)
         results[name] = measure(model, examples, loss_fn, autocast, args.batch_size, args.steps)
         del model
     peaks.append((matmul_peak(), peak_cpu()))

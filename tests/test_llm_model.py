@@ -40,6 +40,15 @@ def test_device_and_dtype_policy():
         assert torch.get_autocast_dtype("cpu") == torch.bfloat16
 
 
+def test_attention_policy():
+    # bf16 autocast on a CPU turns eager attention's matmuls into bf16 GEMMs; sdpa stays fp32 there
+    assert llm_model.resolve_attention("auto", "cpu", "bfloat16") == "eager"
+    assert llm_model.resolve_attention("auto", "cpu", "float32") == "sdpa"
+    assert llm_model.resolve_attention("sdpa", "cpu", "bfloat16") == "sdpa"
+    with pytest.raises(ValueError, match="llm.attention='flash'"):
+        llm_model.resolve_attention("flash", "cpu", "auto")
+
+
 def test_convert_local_folder_and_load(tiny_model_dir, tmp_path):
     out = llm_model.convert_base_model(tiny_model_dir, tmp_path / "base")
     assert (out / "config.json").is_file()
@@ -47,6 +56,8 @@ def test_convert_local_folder_and_load(tiny_model_dir, tmp_path):
     model, tok = llm_model.load_model(out, device="cpu", dtype="auto")
     assert not model.training and model.dtype == torch.float32
     assert tok.pad_token_id is not None and tok.padding_side == "left"
+    assert model.config._attn_implementation == llm_model.resolve_attention("auto", "cpu", "auto")
+    model, _ = llm_model.load_model(out, device="cpu", dtype="float32", attention="sdpa")
     assert model.config._attn_implementation == "sdpa"
     assert not list(tmp_path.glob(".base.*"))  # atomic: no temp folder left behind
 

@@ -88,11 +88,11 @@ def match_answer(answer: str, titles: Sequence[str]) -> int | None:
 # ---------------------------------------------------------------------------------------------
 # model passes
 
-def load_for_evaluation(model_dir, adapter=None, device="auto", dtype="auto"):
+def load_for_evaluation(model_dir, adapter=None, device="auto", dtype="auto", attention="auto"):
     """(model, tokenizer) in eval mode; with `adapter`, the base model wrapped by the PEFT adapter."""
     from workflow.llm.model import load_model
 
-    model, tokenizer = load_model(model_dir, device=device, dtype=dtype)
+    model, tokenizer = load_model(model_dir, device=device, dtype=dtype, attention=attention)
     if adapter:
         from peft import PeftModel
 
@@ -355,7 +355,8 @@ def main(argv=None) -> int:
             if not args.title_embeddings:
                 raise ValueError("evaluation.protocols has grounded: pass --title-embeddings")
             embeddings = grounding.read_title_embeddings(args.title_embeddings, items["item_id"].tolist())
-        model, tokenizer = load_for_evaluation(args.model_dir, args.adapter, llm["device"], llm["dtype"])
+        model, tokenizer = load_for_evaluation(args.model_dir, args.adapter, llm["device"], llm["dtype"],
+                                                  llm["attention"])
         device = resolve_device(llm["device"])
         log.info("%s/%s/%s: %d samples (%s), protocols %s", args.dataset, args.method, args.selection,
                  len(samples), ", ".join(evaluation["splits"]), ", ".join(evaluation["protocols"]))

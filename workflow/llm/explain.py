@@ -143,11 +143,12 @@ def check_scores(samples: pd.DataFrame, tuned: Sequence[np.ndarray], predicted: 
 # ---------------------------------------------------------------------------------------------
 # model passes
 
-def load_models(model_dir, adapter, reference_adapter=None, device: str = "auto", dtype: str = "auto"):
+def load_models(model_dir, adapter, reference_adapter=None, device: str = "auto", dtype: str = "auto",
+                attention: str = "auto"):
     """(model, tokenizer, reference) with the run's adapter active; `reference()` is a context
     manager inside which the model is the reference: the reference adapter when given, else the
     base model (the run's adapter disabled)."""
-    model, tokenizer = evaluate.load_for_evaluation(model_dir, adapter, device, dtype)
+    model, tokenizer = evaluate.load_for_evaluation(model_dir, adapter, device, dtype, attention)
     if reference_adapter is None:
         return model, tokenizer, lambda: evaluate.base_model_only(model)
     if not (Path(reference_adapter) / "adapter_config.json").is_file():
@@ -315,7 +316,7 @@ def main(argv=None) -> int:
         items["item_id"] = items["item_id"].astype(str)
         predictions = read_predictions(args.predictions)
         model, tokenizer, reference = load_models(args.model_dir, args.adapter, args.reference_adapter,
-                                                  llm["device"], llm["dtype"])
+                                                  llm["device"], llm["dtype"], llm["attention"])
         device = resolve_device(llm["device"])
         log.info("%s/%s/%s: explaining %d samples, reference %s", args.dataset, args.method, args.selection,
                  len(samples), args.reference_adapter or "the base model")

@@ -160,7 +160,7 @@ def run_preference(method: str, model_dir: str | Path, adapter: str | Path, samp
     llm, cfg, domain = settings(method, spec)
     samples = read_training_samples(samples_path, selection_path)
     items = pd.read_parquet(items_path, columns=["item_id", "title"])
-    model, tokenizer = load_model(model_dir, device=llm["device"], dtype=llm["dtype"])
+    model, tokenizer = load_model(model_dir, device=llm["device"], dtype=llm["dtype"], attention=llm["attention"])
     if not (Path(adapter) / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{adapter}: no adapter_config.json (train the sft adapter first)")
     model = PeftModel.from_pretrained(model, str(adapter), is_trainable=True)

@@ -109,7 +109,7 @@ def run_sft(model_dir: str | Path, samples_path: str | Path, items_path: str | P
     llm, sft, domain = settings(spec)
     samples = read_training_samples(samples_path, selection_path)
     items = pd.read_parquet(items_path, columns=["item_id", "title"])
-    model, tokenizer = load_model(model_dir, device=llm["device"], dtype=llm["dtype"])
+    model, tokenizer = load_model(model_dir, device=llm["device"], dtype=llm["dtype"], attention=llm["attention"])
     examples = sft_examples(samples, items, tokenizer, domain, llm)
     n_answer = sum(len(e["answer"]) for e in examples)
     n_prompt = sum(len(e["prompt"]) for e in examples)
