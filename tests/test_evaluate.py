@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from workflow import metrics
+from workflow import metrics, prepare
 from workflow.llm import evaluate, grounding
 
 TITLES = ["Alien (1979)", "Aliens (1986)", "Heat (1995)", "The Matrix (1999)", "Fargo (1996)", "Casino (1995)",
@@ -170,6 +170,10 @@ def test_cli_end_to_end_with_and_without_adapter(tiny_model_dir, tmp_path):
     from workflow.llm.model import load_model
 
     samples, items = tiny_data(n_test=3)
+    # an item no sample uses (as the k-core filter leaves them in items.parquet): never ranked
+    items = pd.concat([items, pd.DataFrame({"item_id": ["unused"], "title": ["Toy Story (1995)"],
+                                            "categories": [[]]})], ignore_index=True)
+    universe = prepare.item_vocabulary(samples, items)
     samples.to_parquet(tmp_path / "samples.parquet")
     items.to_parquet(tmp_path / "items.parquet")
     emb = tmp_path / "title_embeddings.parquet"
@@ -197,7 +201,10 @@ def test_cli_end_to_end_with_and_without_adapter(tiny_model_dir, tmp_path):
     pred, long = outputs["base"]
     assert list(pred.columns) == evaluate.PREDICTIONS_SCHEMA.names
     assert pred["sample_id"].tolist() == ["s0", "s1", "s2"]  # test split only
-    assert pred["candidate_logprob"].map(len).eq(4).all() and pred["grounded_top"].map(len).eq(12).all()
+    assert pred["candidate_logprob"].map(len).eq(4).all()
+    # grounded ranks the item universe (12 items here; 13 with the unused one), never the unused item
+    assert "unused" not in universe and pred["grounded_top"].map(len).eq(len(universe)).all()
+    assert all(set(top) <= set(universe) for top in pred["grounded_top"])
     assert list(long.columns) == metrics.FRAME_COLUMNS
     per_protocol = long.groupby("protocol")["metric"].nunique().to_dict()
     assert per_protocol == {"likelihood": 6, "likelihood_norm": 6, "generation": 2, "grounded": 8}

@@ -381,6 +381,20 @@ def run(args) -> None:
     log.info("wrote %d samples to %s", len(samples), args.samples)
 
 
+def item_vocabulary(samples: pd.DataFrame, items: pd.DataFrame | None = None, source: str = "items") -> list[str]:
+    """The dataset's item universe: every item in any history, target or candidate list, sorted;
+    all must be in `items`. The surrogate's full ranking and the LLMs' grounded ranking both rank
+    exactly these items (items.parquet also holds items the k-core filter removed)."""
+    used = set(samples["target"].astype(str))
+    for column in ("history", "candidates"):
+        used.update(str(item) for row in samples[column] for item in row)
+    if items is not None:
+        unknown = used - set(items["item_id"].astype(str))
+        if unknown:
+            raise ValueError(f"{source}: {len(unknown)} item ids used in the samples are missing, e.g. {sorted(unknown)[:5]}")
+    return sorted(used)
+
+
 def main(argv=None) -> int:
     p = cli.parser("Build next-item samples (splits, histories, candidates) from canonical Parquet.")
     p.add_argument("--spec", type=cli.json_arg, required=True, help="the `prepare` config block as JSON")

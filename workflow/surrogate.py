@@ -46,6 +46,7 @@ import torch
 import yaml
 
 from workflow import cli, io, metrics, recbole_compat
+from workflow.prepare import item_vocabulary
 from workflow.config import SCHEMA_PATH
 
 log = logging.getLogger("workflow.surrogate")
@@ -128,18 +129,6 @@ def check_samples(samples: pd.DataFrame, source: str = "samples") -> None:
                          f"{len(row.candidates)}, sample '{samples.iloc[0].sample_id}' {n_candidates.iloc[0]})")
     if samples["sample_id"].duplicated().any():
         raise ValueError(f"{source}: duplicate sample_id '{samples[samples.sample_id.duplicated()].iloc[0].sample_id}'")
-
-
-def item_vocabulary(samples: pd.DataFrame, items: pd.DataFrame | None = None, source: str = "items") -> list[str]:
-    """Every item in any history, target or candidate list, sorted; all must be in `items`."""
-    used = set(samples["target"].astype(str))
-    for column in ("history", "candidates"):
-        used.update(str(item) for row in samples[column] for item in row)
-    if items is not None:
-        unknown = used - set(items["item_id"].astype(str))
-        if unknown:
-            raise ValueError(f"{source}: {len(unknown)} item ids used in the samples are missing, e.g. {sorted(unknown)[:5]}")
-    return sorted(used)
 
 
 # ----------------------------------------------------------------------------- RecBole files

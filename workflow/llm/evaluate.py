@@ -15,7 +15,8 @@ protocols of DESIGN section 6, on the stored samples and candidate sets.
 - grounded: greedy answer to the open prompt, embedded by the BASE model (an adapter is disabled
   for embedding), all items ranked by L2 distance to the title embeddings (faiss). History items
   other than the target are excluded from the ranking, as workflow.metrics.full_ranking_ranks does
-  for the surrogate; HR@K, NDCG@K for K in 1, 5, 10, 20.
+  for the surrogate; HR@K, NDCG@K for K in 1, 5, 10, 20. The ranked items are the dataset's item
+  universe (`workflow.prepare.item_vocabulary`: every item of any sample), the surrogate's items.
 
 Ranks in predictions.parquet are 0-based (0 = the target comes first), as in workflow.metrics.
 """
@@ -36,6 +37,7 @@ import torch
 from workflow import cli, metrics
 from workflow.io import write_parquet
 from workflow.llm import grounding
+from workflow.prepare import item_vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -350,6 +352,10 @@ def main(argv=None) -> int:
         samples = read_samples(args.samples, evaluation["splits"])
         items = pd.read_parquet(args.items, columns=["item_id", "title"])
         items["item_id"] = items["item_id"].astype(str)
+        # grounded ranking ranks the dataset's item universe, the items the surrogate ranks too
+        universe = item_vocabulary(pd.read_parquet(args.samples, columns=["history", "target", "candidates"]),
+                                   items, source=args.items)
+        items = items[items["item_id"].isin(set(universe))].reset_index(drop=True)
         embeddings = None
         if "grounded" in evaluation["protocols"]:
             if not args.title_embeddings:

@@ -122,9 +122,14 @@ def collate(examples: Sequence[dict[str, Any]]):
             torch.stack([e["reference"] for e in examples]))
 
 
-def make_loss_fn(method: str, cfg: dict[str, Any]):
-    """loss_fn(model, batch) for the shared training loop: the objective, plus gamma * NLL(y_w)."""
+def make_loss_fn(method: str, cfg: dict[str, Any], scorer=None):
+    """loss_fn(model, batch) for the shared training loop: the objective, plus gamma * NLL(y_w).
+    `scorer(model, prompt_ids, answer_ids) -> (sum [B, C], n [B, C])` defaults to the shared-prefix
+    `candidate_logprobs`; a plug-in may pass its own (iLoRA's embeddings hook, or the concatenated
+    reference path that bench/bench_preference.py compares against)."""
     from workflow.llm.scoring import candidate_logprobs
+
+    scorer = scorer or candidate_logprobs
 
     objective = losses.OBJECTIVES[method]
     kwargs: dict[str, Any] = {"beta": float(cfg["beta"])}
@@ -136,7 +141,7 @@ def make_loss_fn(method: str, cfg: dict[str, Any]):
 
     def loss_fn(model, batch):
         prompt_ids, answer_ids, reference = batch
-        policy, n_tokens = candidate_logprobs(model, prompt_ids, answer_ids)
+        policy, n_tokens = scorer(model, prompt_ids, answer_ids)
         policy = policy.float()
         reference = reference.to(policy.device)
         loss, diagnostics = objective(policy[:, 0], policy[:, 1:], reference[:, 0], reference[:, 1:], **kwargs)
