@@ -14,6 +14,9 @@ min_version("9.20")
 configfile: "config/config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 # JSON schema check with defaults filled; an error names the offending key (e.g. prepare.kcore).
 validate_config(config, f"{workflow.basedir}/config/schema.yaml")
 
@@ -31,6 +34,7 @@ include: "rules/llm.smk"
 include: "rules/preference.smk"
 include: "rules/eval.smk"
 include: "rules/explain.smk"
+include: "rules/report.smk"
 
 
 rule all:

@@ -34,15 +34,16 @@ from bench_scoring import build_inputs, ensure_model, reset_peak, vm_kb  # noqa:
 VARIANTS = ("packed", "concat")
 
 
-def setup(args):
-    """(step(variant) -> (loss, CPU seconds)) for a LoRA model as the preference trainer builds it."""
+def setup(args, warm_up: bool = True):
+    """(step(variant) -> CPU seconds, loss_without_dropout(variant), prompt tokens) for a LoRA model
+    as the preference trainer builds it."""
     import torch
 
     from workflow.llm import preference, scoring, train
     from workflow.llm.model import autocast, load_model
 
     torch.set_num_threads(args.threads)
-    model, tokenizer = load_model(args.model_dir, device="cpu", dtype="auto")
+    model, tokenizer = load_model(args.model_dir, device="cpu", dtype="auto", attention=args.attention)
     model = train.add_lora(model, {"lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.05,
                                    "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}, seed=0)
     train.cast_frozen_linears(model, torch.bfloat16)
@@ -69,8 +70,9 @@ def setup(args):
         model.train()
         return loss
 
-    for variant in VARIANTS:  # warm-up: kernels, allocator
-        step(variant)
+    if warm_up:  # kernels, allocator (not before a memory measurement: freed memory stays resident)
+        for variant in VARIANTS:
+            step(variant)
     return step, loss_without_dropout, len(prompt_ids[0])
 
 
@@ -86,7 +88,7 @@ def time_worker(args) -> None:
 
 
 def memory_worker(args) -> None:
-    step, _, _ = setup(args)
+    step, _, _ = setup(args, warm_up=False)
     base_kb = vm_kb("VmRSS")
     exact = reset_peak()
     step(args.variant)
@@ -97,7 +99,7 @@ def memory_worker(args) -> None:
 def run_worker(args, kind: str, k: int, variant: str = "packed") -> dict:
     cmd = [sys.executable, __file__, "--worker", kind, "--k", str(k), "--variant", variant, "--batch",
            str(args.batch), "--threads", str(args.threads), "--repeats", str(args.repeats),
-           "--model-dir", str(args.model_dir)]
+           "--model-dir", str(args.model_dir), "--attention", args.attention]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TRANSFORMERS_VERBOSITY": "error",
            "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -113,6 +115,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--batch", type=int, default=2, help="samples per micro-batch (the default config's)")
     p.add_argument("--ks", type=int, nargs="+", default=[3, 15])
+    p.add_argument("--attention", default="auto", help="llm.attention of both variants (auto: what training uses)")
     p.add_argument("--worker", choices=["time", "memory"], help=argparse.SUPPRESS)
     p.add_argument("--k", type=int, help=argparse.SUPPRESS)
     p.add_argument("--variant", choices=VARIANTS, default="packed", help=argparse.SUPPRESS)
@@ -131,6 +134,7 @@ def main() -> None:
               f"{memory['packed']:.0f} | {memory['concat']:.0f} | {loss['packed']:.4f} / {loss['concat']:.4f} |",
               flush=True)
     print(f"\nprompt {timing['prompt_tokens']} tokens, micro-batch {args.batch}, threads {args.threads}, "
+          f"attention {args.attention}, "
           f"one optimizer step (DMPO, LoRA r=8, bf16 autocast); time: best of {args.repeats} CPU seconds, "
           "variants interleaved; memory: peak RSS added by the step, one process per variant")
 

@@ -2,11 +2,21 @@
 import json
 from pathlib import Path
 
+from snakemake.exceptions import WorkflowError
+
 from workflow.config import prepare_settings
 from workflow.formats import resolve_files
 
 RESULTS = config["results"]
 DATASETS = list(config["datasets"])
+
+# Threads of the compute rules (`threads: CORES`): workflow.cores, i.e. --cores. Commands that run
+# no job take no --cores, and workflow.cores fails there (`snakemake --report`, --summary:
+# snakemake/snakemake#3691); they count 1.
+try:
+    CORES = workflow.cores
+except WorkflowError:
+    CORES = 1
 
 
 wildcard_constraints:
@@ -157,6 +167,29 @@ def collapse_targets():
     return [f"{RESULTS}/collapse/collapse.{ext}" for ext in ("parquet", "md", "png")]
 
 
+REPORT = f"{RESULTS}/report"
+RESOURCES_FIGURE = f"{REPORT}/resources.png"
+
+
+def trained_adapters(wildcards):
+    """The adapters (with their train_log.parquet) of a dataset's trained runs, for the loss curves."""
+    return [f"{RESULTS}/{wildcards.dataset}/llm/{m}/{s}/adapter" for m, s in method_runs() if m != "base"]
+
+
+def report_targets():
+    """The report's figures and tables (rules/report.smk); the resources figure comes last."""
+    targets = [f"{REPORT}/summary.html", f"{REPORT}/metrics"]
+    targets += expand(f"{REPORT}/data/{{dataset}}.{{ext}}", dataset=DATASETS, ext=["html", "png"])
+    if TRAINED_METHODS:
+        targets += expand(f"{REPORT}/training/{{dataset}}.png", dataset=DATASETS)
+    return targets + [RESOURCES_FIGURE]
+
+
+def report_inputs(wildcards):
+    """Every other target: the resources figure waits for all jobs' benchmark records."""
+    return [t for t in all_targets() if t != RESOURCES_FIGURE]
+
+
 def all_targets():
     return (data_targets() + surrogate_targets() + [f"{RESULTS}/summary.parquet", f"{RESULTS}/summary.md"]
-            + explanation_targets() + collapse_targets())
+            + explanation_targets() + collapse_targets() + report_targets())

@@ -15,8 +15,8 @@ rule ingest:
         f"{RESULTS}/benchmarks/{{dataset}}/ingest.tsv"
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=60,
+        mem="4GB",
+        runtime="1h",
     conda:
         "../envs/cpu.yaml"
     shell:
@@ -39,8 +39,8 @@ rule prepare:
         f"{RESULTS}/benchmarks/{{dataset}}/prepare.tsv"
     threads: 1
     resources:
-        mem_mb=8000,
-        runtime=60,
+        mem="8GB",
+        runtime="1h",
     conda:
         "../envs/cpu.yaml"
     shell:

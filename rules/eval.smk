@@ -18,10 +18,10 @@ rule title_embeddings:
         f"{RESULTS}/logs/{{dataset}}/llm/title_embeddings.log",
     benchmark:
         f"{RESULTS}/benchmarks/{{dataset}}/llm/title_embeddings.tsv"
-    threads: workflow.cores
+    threads: CORES
     resources:
-        mem_mb=6000,
-        runtime=60,
+        mem="6GB",
+        runtime="1h",
         gpu=config["llm"]["gpu"],
     conda:
         "../envs/cpu.yaml"
@@ -46,10 +46,10 @@ rule evaluate_base:
         f"{RESULTS}/logs/{{dataset}}/llm/base/none/evaluate.log",
     benchmark:
         f"{RESULTS}/benchmarks/{{dataset}}/llm/base/none/evaluate.tsv"
-    threads: workflow.cores
+    threads: CORES
     resources:
-        mem_mb=8000,
-        runtime=120,
+        mem="8GB",
+        runtime="2h",
         gpu=config["llm"]["gpu"],
     conda:
         "../envs/cpu.yaml"
@@ -77,10 +77,10 @@ rule evaluate:
         f"{RESULTS}/logs/{{dataset}}/llm/{{method}}/{{selection}}/evaluate.log",
     benchmark:
         f"{RESULTS}/benchmarks/{{dataset}}/llm/{{method}}/{{selection}}/evaluate.tsv"
-    threads: workflow.cores
+    threads: CORES
     resources:
-        mem_mb=8000,
-        runtime=120,
+        mem="8GB",
+        runtime="2h",
         gpu=config["llm"]["gpu"],
     conda:
         "../envs/cpu.yaml"
@@ -107,8 +107,8 @@ rule summary:
         f"{RESULTS}/benchmarks/summary.tsv"
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=15,
+        mem="4GB",
+        runtime="15m",
     conda:
         "../envs/cpu.yaml"
     shell:

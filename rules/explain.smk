@@ -25,10 +25,10 @@ rule explain:
         f"{RESULTS}/logs/{{dataset}}/llm/{{method}}/{{selection}}/explain.log",
     benchmark:
         f"{RESULTS}/benchmarks/{{dataset}}/llm/{{method}}/{{selection}}/explain.tsv"
-    threads: workflow.cores
+    threads: CORES
     resources:
-        mem_mb=8000,
-        runtime=60,
+        mem="8GB",
+        runtime="1h",
         gpu=config["llm"]["gpu"],
     conda:
         "../envs/cpu.yaml"

@@ -10,10 +10,10 @@ rule base_model:
         f"{RESULTS}/logs/models/base_model.log",
     benchmark:
         f"{RESULTS}/benchmarks/models/base_model.tsv"
-    threads: workflow.cores
+    threads: CORES
     resources:
-        mem_mb=6000,
-        runtime=30,
+        mem="6GB",
+        runtime="30m",
     conda:
         "../envs/cpu.yaml"
     shell:
@@ -36,10 +36,10 @@ rule sft:
         f"{RESULTS}/logs/{{dataset}}/llm/sft/{{selection}}/train.log",
     benchmark:
         f"{RESULTS}/benchmarks/{{dataset}}/llm/sft/{{selection}}/train.tsv"
-    threads: workflow.cores
+    threads: CORES
     resources:
-        mem_mb=8000,
-        runtime=240,
+        mem="8GB",
+        runtime="4h",
         gpu=config["llm"]["gpu"],
     conda:
         "../envs/cpu.yaml"

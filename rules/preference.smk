@@ -21,10 +21,10 @@ rule preference:
         f"{RESULTS}/logs/{{dataset}}/llm/{{method}}/{{selection}}/train.log",
     benchmark:
         f"{RESULTS}/benchmarks/{{dataset}}/llm/{{method}}/{{selection}}/train.tsv"
-    threads: workflow.cores
+    threads: CORES
     resources:
-        mem_mb=8000,
-        runtime=240,
+        mem="8GB",
+        runtime="4h",
         gpu=config["llm"]["gpu"],
     conda:
         "../envs/cpu.yaml"
@@ -52,8 +52,8 @@ rule collapse_study:
         f"{RESULTS}/benchmarks/collapse.tsv"
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=15,
+        mem="4GB",
+        runtime="15m",
     conda:
         "../envs/cpu.yaml"
     shell:

@@ -15,8 +15,8 @@ rule select_training_data:
         f"{RESULTS}/benchmarks/{{dataset}}/selection/{{selection}}.tsv"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem="2GB",
+        runtime="10m",
     conda:
         "../envs/cpu.yaml"
     shell:

@@ -20,10 +20,10 @@ rule surrogate:
         f"{RESULTS}/logs/{{dataset}}/surrogate.log",
     benchmark:
         f"{RESULTS}/benchmarks/{{dataset}}/surrogate.tsv"
-    threads: workflow.cores
+    threads: CORES
     resources:
-        mem_mb=8000,
-        runtime=120,
+        mem="8GB",
+        runtime="2h",
         gpu=1 if config["surrogate"]["device"] == "cuda" else 0,
     conda:
         "../envs/cpu.yaml"

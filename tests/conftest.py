@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -69,6 +70,21 @@ def embedded_model_dir(tmp_path_factory) -> Path:
     from workflow.llm.model import convert_base_model
 
     return convert_base_model("embedded", tmp_path_factory.mktemp("smollm2") / "base")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_model_dir):
+    """The whole tiny workflow run once locally (`tests/tiny_workflow.py`); the end-to-end, SLURM,
+    report and interruption tests all read this one run. Tests must not change its workdir."""
+    from tiny_workflow import TinyRun, failure, snakemake, tiny_config, write_tiny_movielens
+
+    tmp = tmp_path_factory.mktemp("tiny-run")
+    write_tiny_movielens(tmp / "raw")
+    configfile = tmp / "config.yaml"
+    configfile.write_text(yaml.safe_dump(tiny_config(tmp, tiny_model_dir)))
+    out = snakemake(tmp / "work", configfile)
+    assert out.returncode == 0, failure(out)
+    return TinyRun(tmp / "work", configfile, out.stdout + out.stderr)
 
 
 @pytest.fixture(autouse=True)

@@ -198,17 +198,31 @@ def summarize(metrics: pd.DataFrame, resamples: int, level: float, seed: int,
     return pd.DataFrame(rows, columns=SCHEMA.names).astype({"n": "int64"})
 
 
+def delta_marker(row: pd.Series) -> str:
+    """▲ / ▼ when the paired interval of the difference to sft lies above / below zero, else ""."""
+    if np.isfinite(row["delta_ci_low"]) and row["delta_ci_low"] > 0:
+        return "▲"
+    if np.isfinite(row["delta_ci_high"]) and row["delta_ci_high"] < 0:
+        return "▼"
+    return ""
+
+
 def format_cell(row: pd.Series) -> str:
     if not np.isfinite(row["value"]):
         return "n/a"
     cell = f"{row['value']:.3f}"
     if np.isfinite(row["ci_low"]):
         cell += f" [{row['ci_low']:.2f}, {row['ci_high']:.2f}]"
-    if np.isfinite(row["delta_ci_low"]) and row["delta_ci_low"] > 0:
-        cell += " ▲"
-    elif np.isfinite(row["delta_ci_high"]) and row["delta_ci_high"] < 0:
-        cell += " ▼"
-    return cell
+    marker = delta_marker(row)
+    return f"{cell} {marker}" if marker else cell
+
+
+def wide_table(table: pd.DataFrame, cell=format_cell) -> pd.DataFrame:
+    """One protocol's summary rows as rows `method / selection` by metric columns (in first-seen
+    order), each cell `cell(row)`."""
+    table = table.assign(row=table["method"] + " / " + table["selection"], cell=table.apply(cell, axis=1))
+    wide = table.pivot(index="row", columns="metric", values="cell")
+    return wide.reindex(index=list(dict.fromkeys(table["row"])), columns=list(dict.fromkeys(table["metric"])))
 
 
 def markdown(summary: pd.DataFrame, resamples: int, level: float, seed: int) -> str:
@@ -218,9 +232,7 @@ def markdown(summary: pd.DataFrame, resamples: int, level: float, seed: int) -> 
     for dataset, by_dataset in summary.groupby("dataset", sort=False):
         parts += [f"## {dataset}", ""]
         for protocol, table in by_dataset.groupby("protocol", sort=False):
-            table = table.assign(row=table["method"] + " / " + table["selection"], cell=table.apply(format_cell, axis=1))
-            wide = table.pivot(index="row", columns="metric", values="cell")
-            wide = wide.reindex(index=list(dict.fromkeys(table["row"])), columns=list(dict.fromkeys(table["metric"])))
+            wide = wide_table(table)
             parts += [f"### {protocol} (n = {int(table['n'].max())} test samples)", ""]
             header = ["method / selection", *wide.columns]
             parts.append("| " + " | ".join(header) + " |")

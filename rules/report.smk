@@ -1,0 +1,103 @@
+# Figures and tables of the HTML report. They are outputs of the workflow (in all_targets), so that
+# `snakemake --report results/report.html` only collects them; captions are in report/.
+# Input functions (trained_adapters, report_inputs) live in rules/common.smk.
+
+
+rule report_summary:
+    input:
+        f"{RESULTS}/summary.parquet",
+    output:
+        html=report(f"{REPORT}/summary.html", caption="../report/summary.rst", category="Summary"),
+        charts=report(
+            directory(f"{REPORT}/metrics"),
+            patterns=["{dataset}/{protocol}/{metric}.png"],
+            caption="../report/metric.rst",
+            category="Metrics",
+            subcategory="{dataset}: {protocol}",
+            labels={"metric": "{metric}"},
+        ),
+    params:
+        ci=config["summary"]["ci"],
+    log:
+        f"{RESULTS}/logs/report/summary.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/report/summary.tsv"
+    threads: 1
+    resources:
+        mem="2GB",
+        runtime="10m",
+    conda:
+        "../envs/cpu.yaml"
+    shell:
+        "python -m workflow.report summary --summary {input:q} --ci {params.ci} --html {output.html:q} "
+        "--charts {output.charts:q} > {log:q} 2>&1"
+
+
+rule report_training:
+    input:
+        trained_adapters,
+    output:
+        report(f"{REPORT}/training/{{dataset}}.png", caption="../report/training.rst", category="Training",
+               labels={"dataset": "{dataset}"}),
+    log:
+        f"{RESULTS}/logs/report/training/{{dataset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/report/training/{{dataset}}.tsv"
+    threads: 1
+    resources:
+        mem="2GB",
+        runtime="10m",
+    conda:
+        "../envs/cpu.yaml"
+    shell:
+        "python -m workflow.report training --adapters {input:q} --dataset {wildcards.dataset} "
+        "--out {output:q} > {log:q} 2>&1"
+
+
+rule report_data:
+    input:
+        interactions=f"{RESULTS}/{{dataset}}/data/interactions.parquet",
+        item_table=f"{RESULTS}/{{dataset}}/data/items.parquet",
+        samples=f"{RESULTS}/{{dataset}}/data/samples.parquet",
+    output:
+        html=report(f"{REPORT}/data/{{dataset}}.html", caption="../report/data.rst", category="Data",
+                    labels={"dataset": "{dataset}", "content": "statistics"}),
+        png=report(f"{REPORT}/data/{{dataset}}.png", caption="../report/data.rst", category="Data",
+                   labels={"dataset": "{dataset}", "content": "distributions"}),
+    log:
+        f"{RESULTS}/logs/report/data/{{dataset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/report/data/{{dataset}}.tsv"
+    threads: 1
+    resources:
+        mem="4GB",
+        runtime="10m",
+    conda:
+        "../envs/cpu.yaml"
+    shell:
+        "python -m workflow.report data --interactions {input.interactions:q} --items {input.item_table:q} "
+        "--samples {input.samples:q} --dataset {wildcards.dataset} --html {output.html:q} --png {output.png:q} "
+        "> {log:q} 2>&1"
+
+
+# Runs last (its input is every other target), so every other job's benchmark record exists; it
+# reads all of results/benchmarks, records of jobs from earlier configs included.
+rule report_resources:
+    input:
+        report_inputs,
+    output:
+        report(f"{REPORT}/resources.png", caption="../report/resources.rst", category="Resources"),
+    params:
+        benchmarks=f"{RESULTS}/benchmarks",
+    log:
+        f"{RESULTS}/logs/report/resources.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/report/resources.tsv"
+    threads: 1
+    resources:
+        mem="2GB",
+        runtime="10m",
+    conda:
+        "../envs/cpu.yaml"
+    shell:
+        "python -m workflow.report resources --benchmarks {params.benchmarks:q} --out {output:q} > {log:q} 2>&1"
