@@ -8,6 +8,8 @@ from workflow.config import prepare_settings
 from workflow.formats import resolve_files
 
 RESULTS = config["results"]
+# Rules that ask the scheduler for GPUs (llm.gpu > 0) run in the CUDA environment under --sdm conda.
+LLM_ENV = "../envs/gpu.yaml" if config["llm"]["gpu"] else "../envs/cpu.yaml"
 DATASETS = list(config["datasets"])
 
 # Threads of the compute rules (`threads: CORES`): workflow.cores, i.e. --cores. Commands that run

@@ -24,7 +24,7 @@ rule title_embeddings:
         runtime="1h",
         gpu=config["llm"]["gpu"],
     conda:
-        "../envs/cpu.yaml"
+        LLM_ENV
     shell:
         "python -m workflow.llm.grounding --model-dir {input.model:q} --items {input.item_table:q} "
         "--device {params.device} --dtype {params.dtype} --threads {threads} --out {output:q} > {log:q} 2>&1"
@@ -52,7 +52,7 @@ rule evaluate_base:
         runtime="2h",
         gpu=config["llm"]["gpu"],
     conda:
-        "../envs/cpu.yaml"
+        LLM_ENV
     shell:
         "python -m workflow.llm.evaluate --model-dir {input.model:q} --samples {input.samples:q} "
         "--items {input.item_table:q} --title-embeddings {input.title_embeddings:q} --spec {params.spec:q} "
@@ -83,7 +83,7 @@ rule evaluate:
         runtime="2h",
         gpu=config["llm"]["gpu"],
     conda:
-        "../envs/cpu.yaml"
+        LLM_ENV
     shell:
         "python -m workflow.llm.evaluate --model-dir {input.model:q} --adapter {input.adapter:q} "
         "--samples {input.samples:q} --items {input.item_table:q} --title-embeddings {input.title_embeddings:q} "

@@ -14,7 +14,9 @@ rule explain:
         item_table=f"{RESULTS}/{{dataset}}/data/items.parquet",
     output:
         parquet=f"{RESULTS}/{{dataset}}/llm/{{method}}/{{selection}}/explanations.parquet",
-        html=f"{RESULTS}/{{dataset}}/llm/{{method}}/{{selection}}/explanations.html",
+        html=report(f"{RESULTS}/{{dataset}}/llm/{{method}}/{{selection}}/explanations.html",
+                    caption="../report/explanations.rst", category="Explanations",
+                    subcategory="{dataset}"),
     wildcard_constraints:
         method="sft|dmpo|sdpo|dynamicpo",
     params:
@@ -31,7 +33,7 @@ rule explain:
         runtime="1h",
         gpu=config["llm"]["gpu"],
     conda:
-        "../envs/cpu.yaml"
+        LLM_ENV
     shell:
         "python -m workflow.llm.explain --model-dir {input.model:q} --adapter {input.adapter:q} "
         "{params.reference:q} --predictions {input.predictions:q} --samples {input.samples:q} "

@@ -38,11 +38,11 @@ rule sft:
         f"{RESULTS}/benchmarks/{{dataset}}/llm/sft/{{selection}}/train.tsv"
     threads: CORES
     resources:
-        mem="8GB",
+        mem="12GB",
         runtime="4h",
         gpu=config["llm"]["gpu"],
     conda:
-        "../envs/cpu.yaml"
+        LLM_ENV
     shell:
         "python -m workflow.llm.sft --model-dir {input.model:q} --samples {input.samples:q} "
         "--items {input.item_table:q} --selection {input.selection:q} --spec {params.spec:q} "

@@ -23,11 +23,11 @@ rule preference:
         f"{RESULTS}/benchmarks/{{dataset}}/llm/{{method}}/{{selection}}/train.tsv"
     threads: CORES
     resources:
-        mem="8GB",
+        mem="12GB",
         runtime="4h",
         gpu=config["llm"]["gpu"],
     conda:
-        "../envs/cpu.yaml"
+        LLM_ENV
     shell:
         "python -m workflow.llm.preference --method {params.method} --model-dir {input.model:q} "
         "--adapter {input.adapter:q} --samples {input.samples:q} --items {input.item_table:q} "
@@ -41,7 +41,7 @@ rule collapse_study:
     output:
         parquet=f"{RESULTS}/collapse/collapse.parquet",
         md=f"{RESULTS}/collapse/collapse.md",
-        png=f"{RESULTS}/collapse/collapse.png",
+        png=report(f"{RESULTS}/collapse/collapse.png", caption="../report/collapse.rst", category="Collapse study"),
     params:
         runs=collapse_run_args,
         spec=spec(config["summary"]),

@@ -81,6 +81,12 @@ def rule_blocks() -> dict[str, tuple[Path, str]]:
     return blocks
 
 
+def test_gpu_rules_switch_to_the_gpu_env():
+    common = (ROOT / "rules" / "common.smk").read_text()
+    assert 'LLM_ENV = "../envs/gpu.yaml" if config["llm"]["gpu"] else "../envs/cpu.yaml"' in common
+    assert all((ROOT / "envs" / f"{name}.yaml").is_file() for name in ("cpu", "gpu"))
+
+
 def test_every_rule_that_runs_code_names_an_existing_env():
     blocks = rule_blocks()
     assert len(blocks) > 10, sorted(blocks)
@@ -88,6 +94,12 @@ def test_every_rule_that_runs_code_names_an_existing_env():
     for name, (path, body) in blocks.items():
         if not re.search(r"^\s+(shell|run|script|notebook|wrapper):", body, flags=re.M):
             continue  # e.g. `all`: nothing to run
+        if re.search(r"^\s+conda:\s*\n\s+LLM_ENV\s*$", body, flags=re.M):
+            # rules/common.smk: envs/gpu.yaml when llm.gpu > 0, else envs/cpu.yaml; only for rules
+            # that ask the scheduler for the configured GPUs
+            if 'gpu=config["llm"]["gpu"]' not in body:
+                problems.append(f"{name} ({path.name}): LLM_ENV without the gpu resource")
+            continue
         env = re.search(r"^\s+conda:\s*\n\s+\"([^\"]+)\"", body, flags=re.M)
         if env is None:
             problems.append(f"{name} ({path.name}): no conda: directive")
