@@ -112,10 +112,14 @@ def plot(table: pd.DataFrame, reference: dict[tuple[str, str], float], out: str 
     fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(4.5 * max(len(panels), 1), 3.6), squeeze=False)
     for ax, (dataset, selection) in zip(axes[0], panels):
         here = part[(part["dataset"] == dataset) & (part["selection"] == selection)]
-        for method, rows in here.groupby("method", sort=True):
-            rows = rows.sort_values("k")
+        methods = sorted(here["method"].unique())
+        for i, method in enumerate(methods):
+            rows = here[here["method"] == method].sort_values("k")
             err = np.vstack([rows["value"] - rows["ci_low"], rows["ci_high"] - rows["value"]])
-            ax.errorbar(rows["k"], rows["value"], yerr=np.nan_to_num(err), marker="o", capsize=3, label=method)
+            # methods side by side around each k (log axis), so equal values do not hide each other
+            dodge = 1.06 ** (i - (len(methods) - 1) / 2)
+            ax.errorbar(rows["k"] * dodge, rows["value"], yerr=np.nan_to_num(err), marker="o", capsize=3,
+                        label=method)
         if (dataset, selection) in reference:
             ax.axhline(reference[(dataset, selection)], color="grey", linestyle="--", label="sft")
         ks = sorted(here["k"].unique())
