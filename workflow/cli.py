@@ -42,6 +42,14 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """--dataset, --method, --selection, --seed: the run an LLM stage's outputs belong to."""
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--method", required=True)
+    p.add_argument("--selection", required=True)
+    p.add_argument("--seed", type=int, required=True)
+
+
 def run(main: Callable[[argparse.Namespace], Any], p: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     """Parse, set up logging and threads, run; a handled error becomes one clear line and exit 1."""
     args = p.parse_args(argv)

@@ -337,10 +337,7 @@ def main(argv=None) -> int:
     p.add_argument("--title-embeddings", default=None, help="needed by the grounded protocol")
     p.add_argument("--spec", type=cli.json_arg, required=True,
                    help='JSON {"llm": {...}, "evaluation": {...}, "domain": "movie"} (config blocks)')
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--method", required=True)
-    p.add_argument("--selection", required=True)
-    p.add_argument("--seed", type=int, required=True)
+    cli.add_run_arguments(p)
     p.add_argument("--predictions", required=True)
     p.add_argument("--metrics", required=True)
 

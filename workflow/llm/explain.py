@@ -298,10 +298,7 @@ def main(argv=None) -> int:
     p.add_argument("--items", required=True)
     p.add_argument("--spec", type=cli.json_arg, required=True,
                    help='JSON {"llm": {...}, "evaluation": {...}, "explanations": {...}, "domain": "movie"}')
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--method", required=True)
-    p.add_argument("--selection", required=True)
-    p.add_argument("--seed", type=int, required=True)
+    cli.add_run_arguments(p)
     p.add_argument("--out-parquet", required=True)
     p.add_argument("--out-html", required=True)
 
