@@ -19,6 +19,7 @@ import torch
 
 from workflow import cli
 from workflow.io import write_parquet
+from workflow.llm.scoring import left_pad
 
 log = logging.getLogger(__name__)
 
@@ -31,20 +32,6 @@ def tokenize_texts(tokenizer, texts: Sequence[str], max_tokens: int = MAX_TEXT_T
     ids = tokenizer(list(texts), add_special_tokens=True)["input_ids"]
     eos = tokenizer.eos_token_id
     return [(seq[-max_tokens:] if seq else [eos]) for seq in ids]
-
-
-def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """input_ids, attention_mask, position_ids for left-padded sequences (the last token at -1,
-    positions counted from each sequence's own first token so padding does not shift them)."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for i, seq in enumerate(sequences):
-        if seq:
-            ids[i, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
-            mask[i, width - len(seq):] = 1
-    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-    return ids, mask, positions
 
 
 @torch.no_grad()

@@ -233,11 +233,26 @@ def concat_candidate_logprobs(model, prompt_ids: Sequence[Sequence[int]], answer
 # Evaluation without gradients: one prompt encoding shared by candidate scoring AND generation.
 #
 # The prompts of a batch, left-padded and without their last token, go through the model once
-# (`encode_prompts`); their KV cache is then (a) copied C times to score every candidate as a
-# continuation ([last prompt token, y_1 .. y_{L-1}] predicting y_1 .. y_L), and (b) handed to
-# `model.generate`, which then only feeds the last prompt token (transformers' prefix-cache reuse).
+# (`encode_prompts`); their KV cache then (a) serves candidate scoring: per sample one row after the
+# cache, [last prompt token][cand 1 minus its last token][cand 2 ...] with the block mask, the cache
+# cropped back afterwards; and (b) is handed to `model.generate`, which then only feeds the last
+# prompt token (transformers' prefix-cache reuse).
 # The generation protocol thus no longer re-encodes the prompt the likelihood protocol encoded.
 # Training keeps the packed path above: it needs gradients through the prompt for every candidate.
+
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """input_ids, attention_mask, position_ids for left-padded sequences (the last token at -1,
+    positions counted from each sequence's own first token so padding does not shift them)."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        if seq:
+            ids[i, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
+            mask[i, width - len(seq):] = 1
+    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    return ids, mask, positions
+
 
 class PromptCache(NamedTuple):
     past: object                 # transformers Cache of the prompts without their last token
@@ -254,14 +269,7 @@ def encode_prompts(model, prompt_ids: Sequence[Sequence[int]], pad_id: int | Non
     decoder, lm_head, config = _parts(model)
     device = lm_head.weight.device
     pad = _pad_id(config) if pad_id is None else pad_id
-    width = max(len(p) for p in prompt_ids)
-    ids = torch.full((len(prompt_ids), width), pad, dtype=torch.long)
-    attention = torch.zeros((len(prompt_ids), width), dtype=torch.long)
-    for b, p in enumerate(prompt_ids):
-        ids[b, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
-        attention[b, width - len(p):] = 1
-    ids, attention = ids.to(device), attention.to(device)
-    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    ids, attention, positions = (t.to(device) for t in left_pad(prompt_ids, pad))
     out = decoder(input_ids=ids[:, :-1], attention_mask=attention[:, :-1], position_ids=positions[:, :-1],
                   use_cache=True)
     return PromptCache(out.past_key_values, ids, attention, attention.sum(-1))
