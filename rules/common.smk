@@ -61,6 +61,12 @@ def evaluation_spec(wildcards):
     return spec({"llm": config["llm"], "evaluation": evaluation, "domain": domain(wildcards)})
 
 
+def reference_spec(wildcards):
+    """What the reference log-probs depend on: the prompts (llm, domain) and the scoring batch."""
+    return spec({"llm": config["llm"], "evaluation": {"batch_size": config["evaluation"]["batch_size"]},
+                 "domain": domain(wildcards)})
+
+
 def sft_spec(wildcards):
     return spec({"llm": config["llm"], "sft": config["sft"], "domain": domain(wildcards)})
 

@@ -2,10 +2,42 @@
 # selection, whose frozen copy is the reference; and the collapse study over their k.
 
 
+# The reference never changes: every candidate of every selected sample is scored once under the
+# SFT model, and all preference runs of the selection (every method, every k) read this table.
+rule reference_logprobs:
+    input:
+        model=f"{RESULTS}/models/base",
+        adapter=f"{RESULTS}/{{dataset}}/llm/sft/{{selection}}/adapter",
+        samples=f"{RESULTS}/{{dataset}}/data/samples.parquet",
+        item_table=f"{RESULTS}/{{dataset}}/data/items.parquet",
+        selection=f"{RESULTS}/{{dataset}}/selection/{{selection}}.parquet",
+    output:
+        f"{RESULTS}/{{dataset}}/llm/sft/{{selection}}/reference_logprobs.parquet",
+    params:
+        spec=reference_spec,
+        seed=config["seed"],
+    log:
+        f"{RESULTS}/logs/{{dataset}}/llm/sft/{{selection}}/reference_logprobs.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{dataset}}/llm/sft/{{selection}}/reference_logprobs.tsv"
+    threads: CORES
+    resources:
+        mem="8GB",
+        runtime="2h",
+        gpu=config["llm"]["gpu"],
+    conda:
+        LLM_ENV
+    shell:
+        "python -m workflow.llm.reference --model-dir {input.model:q} --adapter {input.adapter:q} "
+        "--samples {input.samples:q} --items {input.item_table:q} --selection {input.selection:q} "
+        "--spec {params.spec:q} --seed {params.seed} --threads {threads} --out {output:q} > {log:q} 2>&1"
+
+
 rule preference:
     input:
         model=f"{RESULTS}/models/base",
         adapter=f"{RESULTS}/{{dataset}}/llm/sft/{{selection}}/adapter",
+        reference=f"{RESULTS}/{{dataset}}/llm/sft/{{selection}}/reference_logprobs.parquet",
         samples=f"{RESULTS}/{{dataset}}/data/samples.parquet",
         item_table=f"{RESULTS}/{{dataset}}/data/items.parquet",
         selection=f"{RESULTS}/{{dataset}}/selection/{{selection}}.parquet",
@@ -31,8 +63,8 @@ rule preference:
     shell:
         "python -m workflow.llm.preference --method {params.method} --model-dir {input.model:q} "
         "--adapter {input.adapter:q} --samples {input.samples:q} --items {input.item_table:q} "
-        "--selection {input.selection:q} --spec {params.spec:q} --seed {params.seed} "
-        "--threads {threads} --out {output:q} > {log:q} 2>&1"
+        "--selection {input.selection:q} --reference {input.reference:q} --spec {params.spec:q} "
+        "--seed {params.seed} --threads {threads} --out {output:q} > {log:q} 2>&1"
 
 
 rule collapse_study:

@@ -63,6 +63,32 @@ def tiny(tiny_model_dir):
     return model, tokenizer
 
 
+def test_load_for_evaluation_bf16_gives_autocast_results(tiny_model_dir):
+    """Loaded for a bf16 evaluation: sdpa attention, nothing requires gradients, the linear weights
+    stored in bf16 except the tied LM head; scores and generated tokens are exactly those of the
+    fp32-weight model under bf16 autocast (the cast only moves autocast's per-matmul cast)."""
+    from workflow.llm.model import autocast, load_model
+    from workflow.llm.scoring import candidate_logprobs
+
+    model, tokenizer = evaluate.load_for_evaluation(tiny_model_dir, device="cpu", dtype="bfloat16")
+    assert model.config._attn_implementation == "sdpa"
+    assert not any(p.requires_grad for p in model.parameters())
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not model.lm_head]
+    assert linears and all(m.weight.dtype == torch.bfloat16 for m in linears)
+    assert model.lm_head.weight.dtype == torch.float32
+    plain, _ = load_model(tiny_model_dir, device="cpu", dtype="bfloat16", training=False)
+    samples, items = tiny_data(n_test=3)
+    inputs = evaluate.prompt_inputs(samples, items, tokenizer, "movie", LLM)
+    bf16 = lambda: autocast("cpu", "bfloat16")  # noqa: E731
+    results = []
+    for m in (model, plain):
+        with torch.no_grad(), bf16():
+            logprob, _ = candidate_logprobs(m, inputs["candidate_prompt"], inputs["answers"])
+        answers = evaluate.greedy_answers(m, tokenizer, inputs["open_prompt"], 6, 2, bf16)
+        results.append((logprob, answers))
+    assert torch.equal(results[0][0], results[1][0]) and results[0][1] == results[1][1]
+
+
 # --- likelihood -------------------------------------------------------------------------------
 
 def test_likelihood_ranks_follow_the_scorers_logprobs(tiny):

@@ -45,6 +45,9 @@ def test_attention_policy():
     assert llm_model.resolve_attention("auto", "cpu", "bfloat16") == "eager"
     assert llm_model.resolve_attention("auto", "cpu", "float32") == "sdpa"
     assert llm_model.resolve_attention("sdpa", "cpu", "bfloat16") == "sdpa"
+    # no-grad passes (evaluation, reference log-probs) take sdpa unless told otherwise
+    assert llm_model.resolve_attention("auto", "cpu", "bfloat16", training=False) == "sdpa"
+    assert llm_model.resolve_attention("eager", "cpu", "bfloat16", training=False) == "eager"
     with pytest.raises(ValueError, match="llm.attention='flash'"):
         llm_model.resolve_attention("flash", "cpu", "auto")
 
@@ -58,6 +61,8 @@ def test_convert_local_folder_and_load(tiny_model_dir, tmp_path):
     assert tok.pad_token_id is not None and tok.padding_side == "left"
     assert model.config._attn_implementation == llm_model.resolve_attention("auto", "cpu", "auto")
     model, _ = llm_model.load_model(out, device="cpu", dtype="float32", attention="sdpa")
+    assert model.config._attn_implementation == "sdpa"
+    model, _ = llm_model.load_model(out, device="cpu", dtype="bfloat16", training=False)
     assert model.config._attn_implementation == "sdpa"
     assert not list(tmp_path.glob(".base.*"))  # atomic: no temp folder left behind
 

@@ -1,15 +1,18 @@
-"""Preference trainer (workflow/llm/preference.py): reference caching, negatives, one real run."""
+"""Preference trainer (workflow/llm/preference.py) and its reference table (workflow/llm/reference.py):
+the shared reference log-probs, negatives, one real run per method."""
 from __future__ import annotations
 
 import json
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from test_sft import LLM, SFT, adapter_tensors, inputs  # noqa: F401 (inputs is a fixture)
-from workflow.llm import preference, sft
+from workflow.llm import evaluate, preference, reference, sft
+from workflow.llm.scoring import candidate_logprobs
 
 METHOD = {"beta": 0.5, "k": 2, "strategy": "random", "gamma": 0.0, "epochs": 1, "lr": 0.01}
 PREF = {"batch_size": 2, "grad_accum": 1, "warmup_ratio": 0.0, "checkpoint_every": 0}
@@ -46,12 +49,58 @@ def sft_adapter(tiny_model_dir, inputs, tmp_path):
     return out
 
 
+@pytest.fixture
+def reference_table(tiny_model_dir, inputs, sft_adapter, tmp_path):
+    out = tmp_path / "reference_logprobs.parquet"
+    spec = {"llm": LLM, "evaluation": {"batch_size": 4}, "domain": "movie"}
+    assert reference.main(["--model-dir", str(tiny_model_dir), "--adapter", str(sft_adapter),
+                           "--samples", str(inputs["samples"]), "--items", str(inputs["items"]),
+                           "--selection", str(inputs["selection"]), "--spec", json.dumps(spec),
+                           "--seed", "0", "--threads", "1", "--out", str(out)]) == 0
+    return out
+
+
+def test_reference_table_equals_the_training_scorer(tiny_model_dir, inputs, sft_adapter, reference_table):
+    """The table (prompt-cache path, no-grad attention) holds what the packed training scorer gives
+    the SFT model for every candidate, row by row, keyed by sample id."""
+    table = pd.read_parquet(reference_table)
+    samples = sft.read_training_samples(inputs["samples"], inputs["selection"])
+    assert sorted(table["sample_id"]) == sorted(samples["sample_id"])
+    model, tokenizer = evaluate.load_for_evaluation(tiny_model_dir, sft_adapter, "cpu", "float32")
+    items = pd.read_parquet(inputs["items"])
+    examples = preference.preference_examples(samples, items, tokenizer, "movie", LLM)
+    with torch.no_grad():
+        expected, _ = candidate_logprobs(model, [e["prompt"] for e in examples], [e["answers"] for e in examples])
+    got = preference.read_reference(reference_table, examples)
+    np.testing.assert_allclose(np.stack(got), expected.numpy(), atol=1e-4, rtol=0)
+    by_id = table.set_index("sample_id")
+    for example in examples:
+        assert list(by_id.loc[example["sample_id"], "candidates"]) == example["candidates"]
+
+
+def test_read_reference_rejects_other_samples_or_candidates(tiny_model_dir, inputs, reference_table, tmp_path):
+    samples = sft.read_training_samples(inputs["samples"], inputs["selection"])
+    _, tokenizer = evaluate.load_for_evaluation(tiny_model_dir, None, "cpu", "float32")
+    examples = preference.preference_examples(samples, pd.read_parquet(inputs["items"]), tokenizer, "movie", LLM)
+    table = pd.read_parquet(reference_table)
+    short = tmp_path / "short.parquet"
+    table[table["sample_id"] != examples[0]["sample_id"]].to_parquet(short)
+    with pytest.raises(ValueError, match=f"short.parquet: no reference log-probs for sample '{examples[0]['sample_id']}'"):
+        preference.read_reference(short, examples)
+    shuffled = tmp_path / "shuffled.parquet"
+    table.assign(candidates=table["candidates"].map(lambda c: list(c)[::-1])).to_parquet(shuffled)
+    with pytest.raises(ValueError, match="other candidates"):
+        preference.read_reference(shuffled, examples)
+    with pytest.raises(ValueError, match="not a reference log-prob table"):
+        preference.read_reference(inputs["items"], examples)
+
+
 @pytest.mark.parametrize("method", ["dmpo", "sdpo", "dynamicpo"])
-def test_training_from_sft(method, tiny_model_dir, inputs, sft_adapter, tmp_path):
+def test_training_from_sft(method, tiny_model_dir, inputs, sft_adapter, reference_table, tmp_path):
     out = tmp_path / method
     spec = {"llm": LLM, "preference": PREF, "method": METHOD, "domain": "movie"}
     preference.run_preference(method, tiny_model_dir, sft_adapter, inputs["samples"], inputs["items"],
-                              inputs["selection"], spec, 0, out)
+                              inputs["selection"], reference_table, spec, 0, out)
     before, after = adapter_tensors(sft_adapter), adapter_tensors(out)
     assert before.keys() == after.keys()
     assert any(not torch.equal(before[k], after[k]) for k in before)  # the policy moved
@@ -63,3 +112,4 @@ def test_training_from_sft(method, tiny_model_dir, inputs, sft_adapter, tmp_path
     assert log["reward_margin"].iloc[0] == pytest.approx(0.0, abs=1e-4)
     config = json.loads((out / "training_config.json").read_text())["config"]
     assert config["reference_adapter"] == str(sft_adapter)
+    assert config["reference_logprobs"] == str(reference_table)

@@ -91,16 +91,22 @@ def match_answer(answer: str, titles: Sequence[str]) -> int | None:
 # model passes
 
 def load_for_evaluation(model_dir, adapter=None, device="auto", dtype="auto", attention="auto"):
-    """(model, tokenizer) in eval mode; with `adapter`, the base model wrapped by the PEFT adapter."""
-    from workflow.llm.model import load_model
+    """(model, tokenizer) in eval mode, no parameter requiring gradients; with `adapter`, the base
+    model wrapped by the PEFT adapter. The no-grad attention (`resolve_attention(training=False)`),
+    and the linear weights stored in the compute dtype (`train.cast_frozen_linears`: the results of
+    autocast's per-matmul casts, without a cast of every weight at every generated token)."""
+    from workflow.llm.model import load_model, resolve_dtype
+    from workflow.llm.train import cast_frozen_linears
 
-    model, tokenizer = load_model(model_dir, device=device, dtype=dtype, attention=attention)
+    model, tokenizer = load_model(model_dir, device=device, dtype=dtype, attention=attention, training=False)
     if adapter:
         from peft import PeftModel
 
         if not (Path(adapter) / "adapter_config.json").is_file():
             raise FileNotFoundError(f"{adapter}: not a PEFT adapter folder (no adapter_config.json)")
         model = PeftModel.from_pretrained(model, adapter, is_trainable=False)
+    model.requires_grad_(False)
+    cast_frozen_linears(model, resolve_dtype(dtype, device))
     return model.eval(), tokenizer
 
 

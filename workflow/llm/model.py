@@ -181,24 +181,28 @@ ATTENTION = ("auto", "sdpa", "eager")
 
 
 def resolve_attention(name: str = "auto", device: str | torch.device = "auto",
-                      dtype: str | torch.dtype = "auto") -> str:
-    """The transformers attention implementation. `auto`: `eager` on a CPU computing in bf16, else
-    `sdpa`. Why: under CPU bf16 autocast, eager's QK^T and AV matmuls become bf16 GEMMs (fp32
-    softmax), while sdpa receives fp32 queries (rotary embeddings upcast them) and its CPU kernel
-    runs in fp32; measured here, a LoRA SFT step is 1.24x faster with eager (bench/bench_sft.py).
-    On CUDA, sdpa's fused kernels win. The scorer's 4D masks work with both."""
+                      dtype: str | torch.dtype = "auto", *, training: bool = True) -> str:
+    """The transformers attention implementation. `auto`: `eager` for TRAINING on a CPU computing in
+    bf16, else `sdpa`. Why: under CPU bf16 autocast, eager's QK^T and AV matmuls become bf16 GEMMs
+    (fp32 softmax), while sdpa receives fp32 queries (rotary embeddings upcast them) and its CPU
+    kernel runs in fp32. Measured here: a LoRA SFT step is 1.34x faster with eager
+    (bench/bench_sft.py), but a no-grad pass (evaluation, the reference log-probs) is 1.4x faster
+    with sdpa, whose fused kernel skips eager's materialised mask-add and softmax
+    (bench/bench_evaluate.py). On CUDA, sdpa's fused kernels win. The scorer's 4D masks work with
+    both."""
     if name not in ATTENTION:
         raise ValueError(f"llm.attention={name!r}: expected one of {', '.join(ATTENTION)}")
     if name != "auto":
         return name
     device = resolve_device(device)
     cpu_bf16 = device.type == "cpu" and resolve_dtype(dtype, device) == torch.bfloat16
-    return "eager" if cpu_bf16 else "sdpa"
+    return "eager" if cpu_bf16 and training else "sdpa"
 
 
 def load_model(model_dir: str | os.PathLike, device: str | torch.device = "auto",
-               dtype: str | torch.dtype = "auto", attention: str = "auto"):
+               dtype: str | torch.dtype = "auto", attention: str = "auto", *, training: bool = True):
     """(model, tokenizer) from a converted model folder; the model is in eval mode on `device`.
+    `training=False` for a model that only runs without gradients (picks the `auto` attention).
 
     Weights: float32 on CPU (autocast does the low-precision compute), the compute dtype on CUDA.
     Attention: `resolve_attention` (the scorer's custom 4D masks are tested with sdpa and eager).
@@ -210,8 +214,8 @@ def load_model(model_dir: str | os.PathLike, device: str | torch.device = "auto"
     compute = resolve_dtype(dtype, device)
     weights = compute if device.type == "cuda" else torch.float32
     tokenizer = load_tokenizer(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=weights,
-                                                 attn_implementation=resolve_attention(attention, device, dtype))
+    implementation = resolve_attention(attention, device, dtype, training=training)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=weights, attn_implementation=implementation)
     model.to(device).eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer

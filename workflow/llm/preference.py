@@ -1,9 +1,10 @@
 """Preference optimisation from the SFT adapter: DMPO, S-DPO and DynamicPO (DESIGN section 5).
 
 The policy starts as the SFT adapter and is trained further; the reference is the frozen SFT model.
-Because the reference never changes, its log-probs are computed once per sample, before training,
-with the same adapter (eval mode) and cached in the examples: no second model in memory, and no
-reference that silently equals the policy (the defect of the DMPO authors' code).
+Because the reference never changes, its log-probs are scored once per (dataset, selection) by
+`workflow.llm.reference` (every candidate, no gradients) and read here from that table (--reference):
+no second model in memory, no reference that silently equals the policy (the defect of the DMPO
+authors' code), and one reference pass shared by every method and every k of the collapse study.
 
 Negatives are k of the sample's own candidates (never the target), by strategy:
 `random` (seeded per run), `hardest` (highest reference log-prob) or `all` (k = n - 1).
@@ -13,6 +14,7 @@ gamma * NLL(y_w) (token mean of the target answer).
 
     python -m workflow.llm.preference --method dmpo --model-dir results/models/base \
         --adapter .../sft/random/adapter --samples ... --items ... --selection ... \
+        --reference .../sft/random/reference_logprobs.parquet \
         --spec '{"llm": {...}, "preference": {...}, "method": {...}, "domain": "movie"}' \
         --seed 42 --threads 2 --out .../dmpo/random/adapter
 """
@@ -63,23 +65,30 @@ def preference_examples(samples: pd.DataFrame, items: pd.DataFrame, tokenizer, d
             tokenizer, [titles[str(i)] for i in row.history], [titles[i] for i in candidates], domain,
             max_title_tokens=llm["max_title_tokens"], max_prompt_tokens=llm["max_prompt_tokens"])
         answers = [prompts.clipped_answer_ids(tokenizer, titles[i], llm["max_title_tokens"]) for i in candidates]
-        examples.append({"sample_id": row.sample_id, "prompt": prompt, "answers": answers,
-                         "target": candidates.index(str(row.target))})
+        examples.append({"sample_id": str(row.sample_id), "prompt": prompt, "answers": answers,
+                         "candidates": candidates, "target": candidates.index(str(row.target))})
     return examples
 
 
-@torch.no_grad()
-def reference_logprobs(model, examples: Sequence[dict[str, Any]], batch_size: int, autocast) -> list[np.ndarray]:
-    """log pi_ref(y|x) of every candidate of every example (the model as it is now, eval mode)."""
-    from workflow.llm.scoring import candidate_logprobs
-
-    model.eval()
-    out: list[np.ndarray] = []
-    for start in range(0, len(examples), batch_size):
-        batch = examples[start:start + batch_size]
-        with autocast():
-            logprob, _ = candidate_logprobs(model, [e["prompt"] for e in batch], [e["answers"] for e in batch])
-        out.extend(logprob.float().cpu().numpy())
+def read_reference(path: str | Path, examples: Sequence[dict[str, Any]]) -> list[np.ndarray]:
+    """Per example, log pi_ref(y|x) of its candidates (in its candidate order) from the table of
+    `workflow.llm.reference`; the table must cover every example with the same candidates."""
+    table = pd.read_parquet(path)
+    missing = [c for c in ("sample_id", "candidates", "candidate_logprob") if c not in table.columns]
+    if missing:
+        raise ValueError(f"{path}: missing columns {missing} (not a reference log-prob table)")
+    rows = {str(s): (list(map(str, c)), np.asarray(lp, dtype=np.float32))
+            for s, c, lp in zip(table["sample_id"], table["candidates"], table["candidate_logprob"])}
+    out = []
+    for example in examples:
+        found = rows.get(example["sample_id"])
+        if found is None:
+            raise ValueError(f"{path}: no reference log-probs for sample '{example['sample_id']}' "
+                             "(the table was scored for another selection: rerun its rule)")
+        if found[0] != example["candidates"]:
+            raise ValueError(f"{path}: sample '{example['sample_id']}' has other candidates than the samples file "
+                             "(stale reference table: rerun its rule)")
+        out.append(found[1])
     return out
 
 
@@ -156,11 +165,11 @@ def make_loss_fn(method: str, cfg: dict[str, Any], scorer=None):
 
 
 def run_preference(method: str, model_dir: str | Path, adapter: str | Path, samples_path: str | Path,
-                   items_path: str | Path, selection_path: str | Path, spec: dict[str, Any], seed: int,
-                   out: str | Path) -> Path:
+                   items_path: str | Path, selection_path: str | Path, reference_path: str | Path,
+                   spec: dict[str, Any], seed: int, out: str | Path) -> Path:
     from peft import PeftModel
 
-    from workflow.llm.model import autocast, load_model, resolve_device
+    from workflow.llm.model import autocast, load_model, resolve_device, resolve_dtype
 
     llm, cfg, domain = settings(method, spec)
     samples = read_training_samples(samples_path, selection_path)
@@ -170,17 +179,14 @@ def run_preference(method: str, model_dir: str | Path, adapter: str | Path, samp
         raise FileNotFoundError(f"{adapter}: no adapter_config.json (train the sft adapter first)")
     model = PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
     device = resolve_device(llm["device"])
+    train.cast_frozen_linears(model, resolve_dtype(llm["dtype"], device))  # as in SFT: autocast's results, faster
     amp = lambda: autocast(device, llm["dtype"])  # noqa: E731
 
     examples = preference_examples(samples, items, tokenizer, domain, llm)
-    # The reference is the SFT model as loaded, scored once before any update. Only `hardest`
-    # needs every candidate scored; otherwise just the 1 + k answers that training will use.
-    full = reference_logprobs(model, examples, cfg["batch_size"], amp) if cfg["strategy"] == "hardest" else None
+    full = read_reference(reference_path, examples)  # every candidate: `hardest` ranks them
     chosen = with_negatives(examples, cfg["k"], cfg["strategy"], seed, full)
-    reference = ([ref[e["order"]] for ref, e in zip(full, chosen)] if full is not None
-                 else reference_logprobs(model, chosen, cfg["batch_size"], amp))
-    for example, ref in zip(chosen, reference):
-        example["reference"] = torch.tensor(np.asarray(ref), dtype=torch.float32)
+    for example, ref in zip(chosen, full):
+        example["reference"] = torch.tensor(ref[example["order"]], dtype=torch.float32)
     log.info("%s on %d samples, %d negatives each (%s), beta %.3g", method, len(chosen),
              len(chosen[0]["answers"]) - 1, cfg["strategy"], cfg["beta"])
 
@@ -189,7 +195,8 @@ def run_preference(method: str, model_dir: str | Path, adapter: str | Path, samp
                             checkpoint_dir=checkpoint, autocast=amp, desc=method,
                             fingerprint_extra={"adapter": str(adapter), "method": method})
     config = {"llm": llm, method: cfg, "domain": domain, "model_dir": str(model_dir), "reference_adapter": str(adapter),
-              "samples": str(samples_path), "selection": str(selection_path), "n_samples": len(chosen)}
+              "reference_logprobs": str(reference_path), "samples": str(samples_path),
+              "selection": str(selection_path), "n_samples": len(chosen)}
     train.save_adapter(model, out, config, train_log, seed)
     train.remove_checkpoint(checkpoint)
     log.info("saved %s: %d steps, final loss %.4f, reward accuracy %.3f", out, len(train_log),
@@ -205,11 +212,13 @@ def main(argv=None) -> int:
     p.add_argument("--samples", required=True)
     p.add_argument("--items", required=True)
     p.add_argument("--selection", required=True)
+    p.add_argument("--reference", required=True,
+                   help="the reference log-prob table of workflow.llm.reference (same adapter and selection)")
     p.add_argument("--spec", type=cli.json_arg, required=True)
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out", required=True)
     return cli.run(lambda a: run_preference(a.method, a.model_dir, a.adapter, a.samples, a.items, a.selection,
-                                            a.spec, a.seed, a.out), p, argv)
+                                            a.reference, a.spec, a.seed, a.out), p, argv)
 
 
 if __name__ == "__main__":

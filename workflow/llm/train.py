@@ -61,6 +61,8 @@ def cast_frozen_linears(model: torch.nn.Module, dtype: torch.dtype) -> int:
     results without a cast per matmul (forward and backward). Embeddings, norms, the (tied) LM
     head and the trainable LoRA weights keep their dtype, so the residual stream stays fp32.
     Returns the number of layers cast."""
+    if dtype == torch.float32:
+        return 0
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     cast = 0
     for module in model.modules():
