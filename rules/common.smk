@@ -12,13 +12,16 @@ RESULTS = config["results"]
 LLM_ENV = "../envs/gpu.yaml" if config["llm"]["gpu"] else "../envs/cpu.yaml"
 DATASETS = list(config["datasets"])
 
-# Threads of the compute rules (`threads: CORES`): workflow.cores, i.e. --cores. Commands that run
+# Threads of the compute rules (`threads: JOB_THREADS`): up to workflow.cores, i.e. --cores. Commands that run
 # no job take no --cores, and workflow.cores fails there (`snakemake --report`, --summary:
 # snakemake/snakemake#3691); they count 1.
 try:
     CORES = workflow.cores
 except WorkflowError:
     CORES = 1
+# ... and `threads_per_job` caps them: several small jobs at once beat one job on every core on a
+# small CPU (config/config.yaml).
+JOB_THREADS = CORES if config["threads_per_job"] == "all" else min(int(config["threads_per_job"]), CORES)
 
 
 wildcard_constraints:

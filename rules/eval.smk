@@ -18,7 +18,7 @@ rule title_embeddings:
         f"{RESULTS}/logs/{{dataset}}/llm/title_embeddings.log",
     benchmark:
         f"{RESULTS}/benchmarks/{{dataset}}/llm/title_embeddings.tsv"
-    threads: CORES
+    threads: JOB_THREADS
     resources:
         mem="6GB",
         runtime="1h",
@@ -46,7 +46,7 @@ rule evaluate_base:
         f"{RESULTS}/logs/{{dataset}}/llm/base/none/evaluate.log",
     benchmark:
         f"{RESULTS}/benchmarks/{{dataset}}/llm/base/none/evaluate.tsv"
-    threads: CORES
+    threads: JOB_THREADS
     resources:
         mem="8GB",
         runtime="2h",
@@ -77,7 +77,7 @@ rule evaluate:
         f"{RESULTS}/logs/{{dataset}}/llm/{{method}}/{{selection}}/evaluate.log",
     benchmark:
         f"{RESULTS}/benchmarks/{{dataset}}/llm/{{method}}/{{selection}}/evaluate.tsv"
-    threads: CORES
+    threads: JOB_THREADS
     resources:
         mem="8GB",
         runtime="2h",

@@ -27,7 +27,7 @@ rule explain:
         f"{RESULTS}/logs/{{dataset}}/llm/{{method}}/{{selection}}/explain.log",
     benchmark:
         f"{RESULTS}/benchmarks/{{dataset}}/llm/{{method}}/{{selection}}/explain.tsv"
-    threads: CORES
+    threads: JOB_THREADS
     resources:
         mem="8GB",
         runtime="1h",

@@ -10,7 +10,7 @@ rule base_model:
         f"{RESULTS}/logs/models/base_model.log",
     benchmark:
         f"{RESULTS}/benchmarks/models/base_model.tsv"
-    threads: CORES
+    threads: JOB_THREADS
     resources:
         mem="6GB",
         runtime="30m",
@@ -36,7 +36,7 @@ rule sft:
         f"{RESULTS}/logs/{{dataset}}/llm/sft/{{selection}}/train.log",
     benchmark:
         f"{RESULTS}/benchmarks/{{dataset}}/llm/sft/{{selection}}/train.tsv"
-    threads: CORES
+    threads: JOB_THREADS
     resources:
         mem="12GB",
         runtime="4h",

@@ -20,7 +20,7 @@ rule reference_logprobs:
         f"{RESULTS}/logs/{{dataset}}/llm/sft/{{selection}}/reference_logprobs.log",
     benchmark:
         f"{RESULTS}/benchmarks/{{dataset}}/llm/sft/{{selection}}/reference_logprobs.tsv"
-    threads: CORES
+    threads: JOB_THREADS
     resources:
         mem="8GB",
         runtime="2h",
@@ -53,7 +53,7 @@ rule preference:
         f"{RESULTS}/logs/{{dataset}}/llm/{{method}}/{{selection}}/train.log",
     benchmark:
         f"{RESULTS}/benchmarks/{{dataset}}/llm/{{method}}/{{selection}}/train.tsv"
-    threads: CORES
+    threads: JOB_THREADS
     resources:
         mem="12GB",
         runtime="4h",

@@ -20,7 +20,7 @@ rule surrogate:
         f"{RESULTS}/logs/{{dataset}}/surrogate.log",
     benchmark:
         f"{RESULTS}/benchmarks/{{dataset}}/surrogate.tsv"
-    threads: CORES
+    threads: JOB_THREADS
     resources:
         mem="8GB",
         runtime="2h",
