@@ -36,6 +36,7 @@ rule sft:
         f"{RESULTS}/logs/{{dataset}}/llm/sft/{{selection}}/train.log",
     benchmark:
         f"{RESULTS}/benchmarks/{{dataset}}/llm/sft/{{selection}}/train.tsv"
+    priority: 10  # the chain every tuned result waits for (sft -> reference -> preference) starts first
     threads: JOB_THREADS
     resources:
         mem="12GB",

@@ -20,6 +20,7 @@ rule reference_logprobs:
         f"{RESULTS}/logs/{{dataset}}/llm/sft/{{selection}}/reference_logprobs.log",
     benchmark:
         f"{RESULTS}/benchmarks/{{dataset}}/llm/sft/{{selection}}/reference_logprobs.tsv"
+    priority: 10  # on the chain every tuned result waits for (see rule sft)
     threads: JOB_THREADS
     resources:
         mem="8GB",
@@ -53,6 +54,7 @@ rule preference:
         f"{RESULTS}/logs/{{dataset}}/llm/{{method}}/{{selection}}/train.log",
     benchmark:
         f"{RESULTS}/benchmarks/{{dataset}}/llm/{{method}}/{{selection}}/train.tsv"
+    priority: 10  # on the chain every tuned result waits for (see rule sft)
     threads: JOB_THREADS
     resources:
         mem="12GB",

@@ -47,6 +47,8 @@ def write_tiny_movielens(folder: Path, n_users: int = 24, n_items: int = 80) -> 
 def tiny_config(tmp: Path, model_dir: Path) -> dict:
     return {
         "seed": 7,
+        # every compute job takes --cores threads: the SLURM test checks 1- and 2-thread jobs
+        "threads_per_job": "all",
         "datasets": {"tiny": {"format": "movielens-100k", "path": str(tmp / "raw"), "domain": "movie"}},
         "prepare": {"kcore": 3, "max_history": 5, "n_candidates": 5,
                     "max_samples": {"valid": 6, "test": 8}},
