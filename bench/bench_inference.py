@@ -95,7 +95,6 @@ def main() -> None:
         open_answers, t_open = timed(lambda: evaluate.greedy_answers(
             model, tokenizer, inputs["open_prompt"], args.max_new_tokens, args.batch_size, bf16))
         results[name] = (logprob, answers, open_answers, t_cand[1], t_open[1])
-        del model
 
     first = next(iter(results.values()))
     print(f"{'loading':28s} {'lik+gen CPU s':>13s} {'open gen CPU s':>14s} {'total':>7s} {'speed-up':>8s} "
