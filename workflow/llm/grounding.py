@@ -105,13 +105,12 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default="auto")
 
     def run(args):
+        from workflow.llm.evaluate import load_for_evaluation
         from workflow.llm.model import autocast
 
         items = pd.read_parquet(args.items, columns=["item_id", "title"])
         if items["title"].isna().any():
             raise ValueError(f"{args.items}: {int(items['title'].isna().sum())} items without a title")
-        from workflow.llm.evaluate import load_for_evaluation
-
         model, tokenizer = load_for_evaluation(args.model_dir, device=args.device, dtype=args.dtype)
         device = next(model.parameters()).device
         embeddings = embed_texts(model, tokenizer, items["title"].tolist(), args.batch_size,

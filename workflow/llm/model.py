@@ -188,7 +188,7 @@ def resolve_attention(name: str = "auto", device: str | torch.device = "auto",
     kernel runs in fp32. Measured here: a LoRA SFT step is 1.34x faster with eager
     (bench/bench_sft.py), but a no-grad pass (evaluation, the reference log-probs) is 1.4x faster
     with sdpa, whose fused kernel skips eager's materialised mask-add and softmax
-    (bench/bench_evaluate.py). On CUDA, sdpa's fused kernels win. The scorer's 4D masks work with
+    (bench/bench_inference.py). On CUDA, sdpa's fused kernels win. The scorer's 4D masks work with
     both."""
     if name not in ATTENTION:
         raise ValueError(f"llm.attention={name!r}: expected one of {', '.join(ATTENTION)}")

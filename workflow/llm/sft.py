@@ -117,9 +117,7 @@ def run_sft(model_dir: str | Path, samples_path: str | Path, items_path: str | P
              sft["epochs"])
     model = train.add_lora(model, sft, seed)
     device = resolve_device(llm["device"])
-    compute = resolve_dtype(llm["dtype"], device)
-    if compute != torch.float32:
-        train.cast_frozen_linears(model, compute)  # same results as autocast's per-matmul casts, faster
+    train.cast_frozen_linears(model, resolve_dtype(llm["dtype"], device))  # autocast's results, faster
     checkpoint = train.checkpoint_dir_for(out)
     source = Path(model_dir) / "llmrec_source.json"
     train_log = train.train(
