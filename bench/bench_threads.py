@@ -37,7 +37,7 @@ def worker(args) -> None:
     """Time `args.steps` steps of one workload with `args.threads` threads; print JSON."""
     import torch
 
-    from workflow.llm.model import autocast, load_model
+    from workflow.llm.model import autocast
 
     torch.set_num_threads(args.threads)
     if args.workload == "train":
@@ -50,13 +50,11 @@ def worker(args) -> None:
         def step():
             step_fn("packed")
     else:
-        from workflow.llm import scoring, train
+        import bench_inference
 
-        model, tokenizer = load_model(args.model_dir, device="cpu", dtype="auto", training=False)
-        model = train.add_lora(model, {"lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.05,
-                                       "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}, seed=0).eval()
-        model.requires_grad_(False)
-        train.cast_frozen_linears(model, torch.bfloat16)
+        from workflow.llm import scoring
+
+        model, tokenizer = bench_inference.load(args.model_dir, "sdpa", precast=True)  # as evaluation loads
         prompt_ids, answer_ids = build_inputs(tokenizer, 8, 20)
 
         def step():
