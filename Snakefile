@@ -29,6 +29,7 @@ shell.prefix(f"export PYTHONPATH={PACKAGE_ROOT}${{{{PYTHONPATH:+:$PYTHONPATH}}}}
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/surrogate.smk"
+include: "rules/baselines.smk"
 include: "rules/selection.smk"
 include: "rules/llm.smk"
 include: "rules/preference.smk"

@@ -1,4 +1,5 @@
 # Input functions, wildcard constraints and small helpers shared by every rule file.
+import itertools
 import json
 from pathlib import Path
 
@@ -6,6 +7,7 @@ from snakemake.exceptions import WorkflowError
 
 from workflow.config import prepare_settings
 from workflow.formats import resolve_files
+from workflow.runs import PREFERENCE, Run, block as run_block, config_runs, parse as parse_run
 
 RESULTS = config["results"]
 # Rules that ask the scheduler for GPUs (llm.gpu > 0) run in the CUDA environment under --sdm conda.
@@ -26,6 +28,7 @@ JOB_THREADS = CORES if config["threads_per_job"] == "all" else min(int(config["t
 
 wildcard_constraints:
     dataset="|".join(DATASETS) if DATASETS else "[^/]+",
+    split="valid|test",
 
 
 def spec(obj):
@@ -55,57 +58,83 @@ def domain(wildcards):
     return config["datasets"][wildcards.dataset].get("domain") or "item"
 
 
-def evaluation_spec(wildcards):
-    """The config blocks the LLM evaluation reads; the collapse study's extra runs (`{method}-k{k}`)
-    use the study's protocols."""
-    evaluation = dict(config["evaluation"])
-    if "-k" in getattr(wildcards, "method", ""):
-        evaluation["protocols"] = config["collapse"]["protocols"]
-    return spec({"llm": config["llm"], "evaluation": evaluation, "domain": domain(wildcards)})
+# ---------------------------------------------------------------------------------------------
+# LLM runs: named {method}-{prompt}[-k..][-e..][-n..] (workflow/runs.py); the `run` wildcard.
+
+RUN_PATTERN = {
+    "base": "base-(candidate|open)",
+    "sft": "sft-(candidate|open)(-e[0-9]+)?(-n[0-9]+)?",
+    "preference": "(dmpo|sdpo|dynamicpo)-(candidate|open)(-k[0-9]+)?(-e[0-9]+)?(-n[0-9]+)?",
+}
+TRAINED_RUN_PATTERN = f"({RUN_PATTERN['sft']}|{RUN_PATTERN['preference']})"
+SELECTIONS = config["selection"]["strategies"]
+RUNS = config_runs(config)
+TRAINED_RUNS = [r for r in RUNS if r.method != "base"]
 
 
-def reference_spec(wildcards):
-    """What the reference log-probs depend on: the prompts (llm, domain) and the scoring batch."""
-    return spec({"llm": config["llm"], "evaluation": {"batch_size": config["evaluation"]["batch_size"]},
-                 "domain": domain(wildcards)})
+def run_spec(wildcards, **blocks):
+    """A stage's --spec: the config blocks given, the dataset's domain word and the run's prompt
+    and budget (its -n)."""
+    run = parse_run(wildcards.run)
+    return spec({**blocks, "domain": domain(wildcards), "prompt": run.prompt, "budget": run.budget})
 
 
 def sft_spec(wildcards):
-    return spec({"llm": config["llm"], "sft": config["sft"], "domain": domain(wildcards)})
-
-
-PREFERENCE_METHODS = ["dmpo", "sdpo", "dynamicpo"]
-# A preference run is named by its method, or `{method}-k{k}` for a run of the collapse study that
-# overrides the method's k (everything else from the method's config block).
-PREFERENCE_RUN = "(" + "|".join(PREFERENCE_METHODS) + r")(-k[0-9]+)?"
-
-
-def preference_method(run):
-    """(method, its config block with the run's k) for a preference run name."""
-    method, _, k = run.partition("-k")
-    block = dict(config[method])
-    if k:
-        block["k"] = int(k)
-    return method, block
+    return run_spec(wildcards, llm=config["llm"], sft=run_block(parse_run(wildcards.run), config))
 
 
 def preference_spec(wildcards):
-    _, block = preference_method(wildcards.method)
-    return spec({"llm": config["llm"], "preference": config["preference"], "method": block,
-                 "domain": domain(wildcards)})
+    return run_spec(wildcards, llm=config["llm"], preference=config["preference"],
+                    method=run_block(parse_run(wildcards.run), config))
+
+
+def reference_spec(wildcards):
+    """What the reference log-probs depend on: the prompts (llm, domain, prompt), budget and batch."""
+    return run_spec(wildcards, llm=config["llm"], evaluation={"batch_size": config["evaluation"]["batch_size"]})
+
+
+def sft_adapter(wildcards):
+    """The adapter a preference run starts from: the sft run of its prompt and budget."""
+    sft = parse_run(wildcards.run).sft().name
+    return f"{RESULTS}/{wildcards.dataset}/llm/{sft}/{wildcards.selection}/adapter"
+
+
+def sft_reference_logprobs(wildcards):
+    sft = parse_run(wildcards.run).sft().name
+    return f"{RESULTS}/{wildcards.dataset}/llm/{sft}/{wildcards.selection}/reference_logprobs.parquet"
+
+
+def run_protocols(run, split):
+    """Protocols a run is evaluated with on a split: `evaluation.protocols` for a run of `methods`
+    on one of `evaluation.splits`; otherwise (a study's run, or a study's split) the union of the
+    studies' protocols on that split. Only those the run's prompt supports."""
+    if run.name in {r.name for r in RUNS} and split in config["evaluation"]["splits"]:
+        wanted = config["evaluation"]["protocols"]
+    else:
+        wanted = [p for study in config["studies"].values() if study["split"] == split for p in study["protocols"]]
+    return run.protocols(list(dict.fromkeys(wanted)) or ["likelihood"])
+
+
+def evaluation_spec(wildcards):
+    """The evaluation of one run on one split (see run_protocols)."""
+    run = parse_run(wildcards.run)
+    evaluation = {**config["evaluation"], "splits": [wildcards.split], "protocols": run_protocols(run, wildcards.split)}
+    return run_spec(wildcards, llm=config["llm"], evaluation=evaluation)
 
 
 def explanation_spec(wildcards):
-    """The config blocks the explanation stage reads (evaluation: which splits were predicted, batch size)."""
-    return spec({"llm": config["llm"], "evaluation": config["evaluation"],
-                 "explanations": config["explanations"], "domain": domain(wildcards)})
+    """The config blocks the explanation stage reads (the test split's predictions, batch size)."""
+    return run_spec(wildcards, llm=config["llm"], evaluation={**config["evaluation"], "splits": ["test"]},
+                    explanations=config["explanations"])
 
 
 def explanation_reference(wildcards):
-    """The reference model's adapter as a named input; none for sft, whose reference is the base model."""
-    if wildcards.method == "sft":
+    """The reference model's adapter as a named input: the sft run a preference run started from;
+    none for sft, whose reference is the base model."""
+    run = parse_run(wildcards.run)
+    if run.method == "sft":
         return {}
-    return {"reference": f"{RESULTS}/{wildcards.dataset}/llm/sft/{wildcards.selection}/adapter"}
+    return {"reference": sft_adapter(wildcards)}
 
 
 def reference_adapter_args(wildcards, input):
@@ -113,24 +142,21 @@ def reference_adapter_args(wildcards, input):
     return ["--reference-adapter", input.reference] if "reference" in input.keys() else []
 
 
-TRAINED_METHODS = [m for m in config["methods"] if m != "base"]
-SELECTIONS = config["selection"]["strategies"]
-
-
 def method_runs():
-    """(method, selection) pairs the config asks for; the untuned model is (base, none)."""
-    runs = [("base", "none")] if "base" in config["methods"] else []
-    return runs + [(m, s) for m in TRAINED_METHODS for s in SELECTIONS]
+    """(run name, selection) pairs the config asks for; the untuned model's selection is `none`."""
+    return [(r.name, "none") if r.method == "base" else (r.name, s) for r in RUNS
+            for s in (["none"] if r.method == "base" else SELECTIONS)]
 
 
-def llm_metrics(dataset):
-    return [f"{RESULTS}/{dataset}/llm/{m}/{s}/metrics.parquet" for m, s in method_runs()]
+def run_metrics(dataset, run, selection, split="test"):
+    return f"{RESULTS}/{dataset}/llm/{run}/{selection}/{split}/metrics.parquet"
 
 
 def summary_metrics(wildcards):
-    """Every per-sample metrics table: the surrogate's and each LLM run's, for every dataset."""
-    return [f"{RESULTS}/{d}/surrogate/metrics.parquet" for d in DATASETS] + [
-        path for d in DATASETS for path in llm_metrics(d)]
+    """Every per-sample metrics table: the baselines', the surrogate's and each LLM run's (test split)."""
+    return ([f"{RESULTS}/{d}/baselines/metrics.parquet" for d in DATASETS]
+            + [f"{RESULTS}/{d}/surrogate/metrics.parquet" for d in DATASETS]
+            + [run_metrics(d, r, s) for d in DATASETS for r, s in method_runs()])
 
 
 def data_targets():
@@ -142,40 +168,79 @@ def surrogate_targets():
 
 
 def explanation_targets():
-    """Explanations page and table of every run whose method is in both `explanations.methods` and `methods`."""
-    methods = [m for m in config["explanations"]["methods"] if m in TRAINED_METHODS]
-    return expand(f"{RESULTS}/{{dataset}}/llm/{{method}}/{{selection}}/explanations.{{ext}}",
-                  dataset=DATASETS, method=methods, selection=SELECTIONS, ext=["parquet", "html"])
+    """Explanations of every trained run named by `explanations.methods` (a bare method: each of
+    its runs) that `methods` trains."""
+    wanted = config["explanations"]["methods"]
+    runs = [r.name for r in TRAINED_RUNS if r.name in wanted or r.method in wanted]
+    return expand(f"{RESULTS}/{{dataset}}/llm/{{run}}/{{selection}}/explanations.{{ext}}",
+                  dataset=DATASETS, run=runs, selection=SELECTIONS, ext=["parquet", "html"])
 
 
-def collapse_runs(dataset, selection):
-    """(method, k, metrics path) of every run of the collapse study. A main run whose k equals a
-    study k (and whose strategy is not `all`, which ignores k) is reused instead of retrained."""
-    runs = []
-    for method in config["collapse"]["methods"]:
-        for k in config["collapse"]["ks"]:
-            reuse = method in TRAINED_METHODS and config[method]["k"] == k and config[method]["strategy"] != "all"
-            run = method if reuse else f"{method}-k{k}"
-            runs.append((method, k, f"{RESULTS}/{dataset}/llm/{run}/{selection}/metrics.parquet"))
-    return runs
+# ---------------------------------------------------------------------------------------------
+# Studies: a grid of config variants of some methods -> runs -> one table and plot (workflow/study.py)
+
+STUDY_AXES = ("prompt", "k", "epochs", "budget")
 
 
-def collapse_inputs(wildcards):
-    runs = [path for d in DATASETS for s in SELECTIONS for _, _, path in collapse_runs(d, s)]
-    sft = [f"{RESULTS}/{d}/llm/sft/{s}/metrics.parquet" for d in DATASETS for s in SELECTIONS]
-    return {"runs": runs, "sft": sft}
+def study_points(name):
+    """(labels, run) of every run of a study: each method at every combination of the grid. A grid
+    value equal to the main config's is left out of the run's name, so a main run is reused, not
+    retrained; labels hold the effective values (what the table and the plot show)."""
+    study = config["studies"][name]
+    grid = study["grid"]
+    if study["x"] not in grid:
+        raise WorkflowError(f"config key 'studies.{name}.x': {study['x']!r} is not a key of its grid")
+    points = []
+    for method in study["methods"]:
+        for values in itertools.product(*grid.values()):
+            point = dict(zip(grid, values))
+            block = config[method]
+            prompt = point.get("prompt", block["prompt"])
+            k = point.get("k") if method in PREFERENCE else None
+            if "k" in point and method in PREFERENCE and k == block["k"] and block["strategy"] != "all":
+                k = None
+            epochs = None if point.get("epochs", block["epochs"]) == block["epochs"] else point["epochs"]
+            budget = point.get("budget")
+            # a `random` selection holds selection.budget samples (`all`: every train sample)
+            if budget is not None and "all" not in SELECTIONS:
+                if budget > config["selection"]["budget"]:
+                    raise WorkflowError(f"config key 'studies.{name}.grid.budget': {budget} exceeds "
+                                        f"selection.budget ({config['selection']['budget']})")
+                if budget == config["selection"]["budget"]:
+                    budget = None
+            run = Run(method, prompt, k=k, epochs=epochs, budget=budget)
+            labels = {"method": method, "prompt": prompt,
+                      "k": point.get("k", block["k"]) if method in PREFERENCE else None,
+                      "epochs": point.get("epochs", block["epochs"]),
+                      "budget": point.get("budget", config["selection"]["budget"])}
+            points.append((labels, run))
+    return points
 
 
-def collapse_run_args(wildcards, input):
-    """`--run METHOD K PATH` for every run of the study."""
-    return [arg for d in DATASETS for s in SELECTIONS for m, k, path in collapse_runs(d, s)
-            for arg in ("--run", m, str(k), path)]
+def study_runs(name):
+    """(labels, metrics path) of every run of a study, on every dataset and selection."""
+    split = config["studies"][name]["split"]
+    return [({**labels, "dataset": d, "selection": s}, run_metrics(d, run.name, s, split))
+            for d in DATASETS for s in SELECTIONS for labels, run in study_points(name)]
 
 
-def collapse_targets():
-    if not config["collapse"]["enabled"]:
-        return []
-    return [f"{RESULTS}/collapse/collapse.{ext}" for ext in ("parquet", "md", "png")]
+def study_inputs(wildcards):
+    """The study's runs and the baselines it draws as lines (popularity, SASRec; per dataset)."""
+    return {"runs": [path for _, path in study_runs(wildcards.study)],
+            "baselines": [f"{RESULTS}/{d}/baselines/metrics.parquet" for d in DATASETS]
+            + [f"{RESULTS}/{d}/surrogate/metrics.parquet" for d in DATASETS]}
+
+
+def study_spec(wildcards):
+    study = config["studies"][wildcards.study]
+    runs = [{**labels, "path": path} for labels, path in study_runs(wildcards.study)]
+    return spec({"name": wildcards.study, "x": study["x"], "split": study["split"], "metrics": study["metrics"],
+                 "bootstrap": config["summary"]["bootstrap"], "ci": config["summary"]["ci"], "runs": runs})
+
+
+def study_targets():
+    return [f"{RESULTS}/studies/{name}.{ext}" for name, study in config["studies"].items() if study["enabled"]
+            for ext in ("parquet", "md", "png")]
 
 
 REPORT = f"{RESULTS}/report"
@@ -184,14 +249,14 @@ RESOURCES_FIGURE = f"{REPORT}/resources.png"
 
 def trained_adapters(wildcards):
     """The adapters (with their train_log.parquet) of a dataset's trained runs, for the loss curves."""
-    return [f"{RESULTS}/{wildcards.dataset}/llm/{m}/{s}/adapter" for m, s in method_runs() if m != "base"]
+    return [f"{RESULTS}/{wildcards.dataset}/llm/{r}/{s}/adapter" for r, s in method_runs() if s != "none"]
 
 
 def report_targets():
     """The report's figures and tables (rules/report.smk); the resources figure comes last."""
     targets = [f"{REPORT}/summary.html", f"{REPORT}/metrics"]
     targets += expand(f"{REPORT}/data/{{dataset}}.{{ext}}", dataset=DATASETS, ext=["html", "png"])
-    if TRAINED_METHODS:
+    if TRAINED_RUNS:
         targets += expand(f"{REPORT}/training/{{dataset}}.png", dataset=DATASETS)
     return targets + [RESOURCES_FIGURE]
 
@@ -203,4 +268,4 @@ def report_inputs(wildcards):
 
 def all_targets():
     return (data_targets() + surrogate_targets() + [f"{RESULTS}/summary.parquet", f"{RESULTS}/summary.md"]
-            + explanation_targets() + collapse_targets() + report_targets())
+            + explanation_targets() + study_targets() + report_targets())

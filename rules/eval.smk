@@ -2,9 +2,6 @@
 # Input functions (evaluation_spec, summary_metrics) live in rules/common.smk.
 
 
-ruleorder: evaluate_base > evaluate
-
-
 rule title_embeddings:
     input:
         model=f"{RESULTS}/models/base",
@@ -37,15 +34,17 @@ rule evaluate_base:
         item_table=f"{RESULTS}/{{dataset}}/data/items.parquet",
         title_embeddings=f"{RESULTS}/{{dataset}}/llm/title_embeddings.parquet",
     output:
-        predictions=f"{RESULTS}/{{dataset}}/llm/base/none/predictions.parquet",
-        metrics=f"{RESULTS}/{{dataset}}/llm/base/none/metrics.parquet",
+        predictions=f"{RESULTS}/{{dataset}}/llm/{{run}}/none/{{split}}/predictions.parquet",
+        metrics=f"{RESULTS}/{{dataset}}/llm/{{run}}/none/{{split}}/metrics.parquet",
+    wildcard_constraints:
+        run=RUN_PATTERN["base"],
     params:
         spec=evaluation_spec,
         seed=config["seed"],
     log:
-        f"{RESULTS}/logs/{{dataset}}/llm/base/none/evaluate.log",
+        f"{RESULTS}/logs/{{dataset}}/llm/{{run}}/none/{{split}}/evaluate.log",
     benchmark:
-        f"{RESULTS}/benchmarks/{{dataset}}/llm/base/none/evaluate.tsv"
+        f"{RESULTS}/benchmarks/{{dataset}}/llm/{{run}}/none/{{split}}/evaluate.tsv"
     threads: JOB_THREADS
     resources:
         mem="8GB",
@@ -56,27 +55,29 @@ rule evaluate_base:
     shell:
         "python -m workflow.llm.evaluate --model-dir {input.model:q} --samples {input.samples:q} "
         "--items {input.item_table:q} --title-embeddings {input.title_embeddings:q} --spec {params.spec:q} "
-        "--dataset {wildcards.dataset} --method base --selection none --seed {params.seed} --threads {threads} "
+        "--dataset {wildcards.dataset} --method {wildcards.run} --selection none --seed {params.seed} --threads {threads} "
         "--predictions {output.predictions:q} --metrics {output.metrics:q} > {log:q} 2>&1"
 
 
 rule evaluate:
     input:
         model=f"{RESULTS}/models/base",
-        adapter=f"{RESULTS}/{{dataset}}/llm/{{method}}/{{selection}}/adapter",
+        adapter=f"{RESULTS}/{{dataset}}/llm/{{run}}/{{selection}}/adapter",
         samples=f"{RESULTS}/{{dataset}}/data/samples.parquet",
         item_table=f"{RESULTS}/{{dataset}}/data/items.parquet",
         title_embeddings=f"{RESULTS}/{{dataset}}/llm/title_embeddings.parquet",
     output:
-        predictions=f"{RESULTS}/{{dataset}}/llm/{{method}}/{{selection}}/predictions.parquet",
-        metrics=f"{RESULTS}/{{dataset}}/llm/{{method}}/{{selection}}/metrics.parquet",
+        predictions=f"{RESULTS}/{{dataset}}/llm/{{run}}/{{selection}}/{{split}}/predictions.parquet",
+        metrics=f"{RESULTS}/{{dataset}}/llm/{{run}}/{{selection}}/{{split}}/metrics.parquet",
+    wildcard_constraints:
+        run=TRAINED_RUN_PATTERN,
     params:
         spec=evaluation_spec,
         seed=config["seed"],
     log:
-        f"{RESULTS}/logs/{{dataset}}/llm/{{method}}/{{selection}}/evaluate.log",
+        f"{RESULTS}/logs/{{dataset}}/llm/{{run}}/{{selection}}/{{split}}/evaluate.log",
     benchmark:
-        f"{RESULTS}/benchmarks/{{dataset}}/llm/{{method}}/{{selection}}/evaluate.tsv"
+        f"{RESULTS}/benchmarks/{{dataset}}/llm/{{run}}/{{selection}}/{{split}}/evaluate.tsv"
     threads: JOB_THREADS
     resources:
         mem="8GB",
@@ -87,7 +88,7 @@ rule evaluate:
     shell:
         "python -m workflow.llm.evaluate --model-dir {input.model:q} --adapter {input.adapter:q} "
         "--samples {input.samples:q} --items {input.item_table:q} --title-embeddings {input.title_embeddings:q} "
-        "--spec {params.spec:q} --dataset {wildcards.dataset} --method {wildcards.method} "
+        "--spec {params.spec:q} --dataset {wildcards.dataset} --method {wildcards.run} "
         "--selection {wildcards.selection} --seed {params.seed} --threads {threads} "
         "--predictions {output.predictions:q} --metrics {output.metrics:q} > {log:q} 2>&1"
 

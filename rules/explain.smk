@@ -8,25 +8,25 @@ rule explain:
     input:
         unpack(explanation_reference),
         model=f"{RESULTS}/models/base",
-        adapter=f"{RESULTS}/{{dataset}}/llm/{{method}}/{{selection}}/adapter",
-        predictions=f"{RESULTS}/{{dataset}}/llm/{{method}}/{{selection}}/predictions.parquet",
+        adapter=f"{RESULTS}/{{dataset}}/llm/{{run}}/{{selection}}/adapter",
+        predictions=f"{RESULTS}/{{dataset}}/llm/{{run}}/{{selection}}/test/predictions.parquet",
         samples=f"{RESULTS}/{{dataset}}/data/samples.parquet",
         item_table=f"{RESULTS}/{{dataset}}/data/items.parquet",
     output:
-        parquet=f"{RESULTS}/{{dataset}}/llm/{{method}}/{{selection}}/explanations.parquet",
-        html=report(f"{RESULTS}/{{dataset}}/llm/{{method}}/{{selection}}/explanations.html",
+        parquet=f"{RESULTS}/{{dataset}}/llm/{{run}}/{{selection}}/explanations.parquet",
+        html=report(f"{RESULTS}/{{dataset}}/llm/{{run}}/{{selection}}/explanations.html",
                     caption="../report/explanations.rst", category="Explanations",
                     subcategory="{dataset}"),
     wildcard_constraints:
-        method="sft|dmpo|sdpo|dynamicpo",
+        run=TRAINED_RUN_PATTERN,
     params:
         spec=explanation_spec,
         reference=reference_adapter_args,
         seed=config["seed"],
     log:
-        f"{RESULTS}/logs/{{dataset}}/llm/{{method}}/{{selection}}/explain.log",
+        f"{RESULTS}/logs/{{dataset}}/llm/{{run}}/{{selection}}/explain.log",
     benchmark:
-        f"{RESULTS}/benchmarks/{{dataset}}/llm/{{method}}/{{selection}}/explain.tsv"
+        f"{RESULTS}/benchmarks/{{dataset}}/llm/{{run}}/{{selection}}/explain.tsv"
     threads: JOB_THREADS
     resources:
         mem="8GB",
@@ -38,5 +38,5 @@ rule explain:
         "python -m workflow.llm.explain --model-dir {input.model:q} --adapter {input.adapter:q} "
         "{params.reference:q} --predictions {input.predictions:q} --samples {input.samples:q} "
         "--items {input.item_table:q} --spec {params.spec:q} --dataset {wildcards.dataset} "
-        "--method {wildcards.method} --selection {wildcards.selection} --seed {params.seed} "
+        "--method {wildcards.run} --selection {wildcards.selection} --seed {params.seed} "
         "--threads {threads} --out-parquet {output.parquet:q} --out-html {output.html:q} > {log:q} 2>&1"

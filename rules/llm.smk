@@ -1,4 +1,5 @@
-# The LLM engine's training side: the base model converted once, then LoRA SFT per selection.
+# The LLM engine's training side: the base model converted once, then LoRA SFT per run
+# (`sft-{prompt}[-e..][-n..]`, workflow/runs.py) and selection.
 
 
 rule base_model:
@@ -28,14 +29,16 @@ rule sft:
         item_table=f"{RESULTS}/{{dataset}}/data/items.parquet",
         selection=f"{RESULTS}/{{dataset}}/selection/{{selection}}.parquet",
     output:
-        directory(f"{RESULTS}/{{dataset}}/llm/sft/{{selection}}/adapter"),
+        directory(f"{RESULTS}/{{dataset}}/llm/{{run}}/{{selection}}/adapter"),
+    wildcard_constraints:
+        run=RUN_PATTERN["sft"],
     params:
         spec=sft_spec,
         seed=config["seed"],
     log:
-        f"{RESULTS}/logs/{{dataset}}/llm/sft/{{selection}}/train.log",
+        f"{RESULTS}/logs/{{dataset}}/llm/{{run}}/{{selection}}/train.log",
     benchmark:
-        f"{RESULTS}/benchmarks/{{dataset}}/llm/sft/{{selection}}/train.tsv"
+        f"{RESULTS}/benchmarks/{{dataset}}/llm/{{run}}/{{selection}}/train.tsv"
     priority: 10  # the chain every tuned result waits for (sft -> reference -> preference) starts first
     threads: JOB_THREADS
     resources:

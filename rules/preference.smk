@@ -1,25 +1,27 @@
-# Preference optimisation (DMPO, S-DPO, DynamicPO), each starting from the SFT adapter of the same
-# selection, whose frozen copy is the reference; and the collapse study over their k.
+# Preference optimisation (DMPO, S-DPO, DynamicPO), each run starting from the SFT adapter of its
+# prompt, budget and selection, whose frozen copy is the reference (input functions in common.smk).
 
 
 # The reference never changes: every candidate of every selected sample is scored once under the
-# SFT model, and all preference runs of the selection (every method, every k) read this table.
+# SFT model, and all preference runs from it (every method, every k, every epoch count) read this table.
 rule reference_logprobs:
     input:
         model=f"{RESULTS}/models/base",
-        adapter=f"{RESULTS}/{{dataset}}/llm/sft/{{selection}}/adapter",
+        adapter=f"{RESULTS}/{{dataset}}/llm/{{run}}/{{selection}}/adapter",
         samples=f"{RESULTS}/{{dataset}}/data/samples.parquet",
         item_table=f"{RESULTS}/{{dataset}}/data/items.parquet",
         selection=f"{RESULTS}/{{dataset}}/selection/{{selection}}.parquet",
     output:
-        f"{RESULTS}/{{dataset}}/llm/sft/{{selection}}/reference_logprobs.parquet",
+        f"{RESULTS}/{{dataset}}/llm/{{run}}/{{selection}}/reference_logprobs.parquet",
+    wildcard_constraints:
+        run=RUN_PATTERN["sft"],
     params:
         spec=reference_spec,
         seed=config["seed"],
     log:
-        f"{RESULTS}/logs/{{dataset}}/llm/sft/{{selection}}/reference_logprobs.log",
+        f"{RESULTS}/logs/{{dataset}}/llm/{{run}}/{{selection}}/reference_logprobs.log",
     benchmark:
-        f"{RESULTS}/benchmarks/{{dataset}}/llm/sft/{{selection}}/reference_logprobs.tsv"
+        f"{RESULTS}/benchmarks/{{dataset}}/llm/{{run}}/{{selection}}/reference_logprobs.tsv"
     priority: 10  # on the chain every tuned result waits for (see rule sft)
     threads: JOB_THREADS
     resources:
@@ -37,23 +39,23 @@ rule reference_logprobs:
 rule preference:
     input:
         model=f"{RESULTS}/models/base",
-        adapter=f"{RESULTS}/{{dataset}}/llm/sft/{{selection}}/adapter",
-        reference=f"{RESULTS}/{{dataset}}/llm/sft/{{selection}}/reference_logprobs.parquet",
+        adapter=sft_adapter,
+        reference=sft_reference_logprobs,
         samples=f"{RESULTS}/{{dataset}}/data/samples.parquet",
         item_table=f"{RESULTS}/{{dataset}}/data/items.parquet",
         selection=f"{RESULTS}/{{dataset}}/selection/{{selection}}.parquet",
     output:
-        directory(f"{RESULTS}/{{dataset}}/llm/{{method}}/{{selection}}/adapter"),
+        directory(f"{RESULTS}/{{dataset}}/llm/{{run}}/{{selection}}/adapter"),
     wildcard_constraints:
-        method=PREFERENCE_RUN,
+        run=RUN_PATTERN["preference"],
     params:
-        method=lambda wildcards: preference_method(wildcards.method)[0],
+        method=lambda wildcards: parse_run(wildcards.run).method,
         spec=preference_spec,
         seed=config["seed"],
     log:
-        f"{RESULTS}/logs/{{dataset}}/llm/{{method}}/{{selection}}/train.log",
+        f"{RESULTS}/logs/{{dataset}}/llm/{{run}}/{{selection}}/train.log",
     benchmark:
-        f"{RESULTS}/benchmarks/{{dataset}}/llm/{{method}}/{{selection}}/train.tsv"
+        f"{RESULTS}/benchmarks/{{dataset}}/llm/{{run}}/{{selection}}/train.tsv"
     priority: 10  # on the chain every tuned result waits for (see rule sft)
     threads: JOB_THREADS
     resources:
@@ -69,21 +71,22 @@ rule preference:
         "--seed {params.seed} --threads {threads} --out {output:q} > {log:q} 2>&1"
 
 
-rule collapse_study:
+# A study: its runs (trained and evaluated by the rules above) -> one table and one plot.
+rule study:
     input:
-        unpack(collapse_inputs),
+        unpack(study_inputs),
     output:
-        parquet=f"{RESULTS}/collapse/collapse.parquet",
-        md=f"{RESULTS}/collapse/collapse.md",
-        png=report(f"{RESULTS}/collapse/collapse.png", caption="../report/collapse.rst", category="Collapse study"),
+        parquet=f"{RESULTS}/studies/{{study}}.parquet",
+        md=f"{RESULTS}/studies/{{study}}.md",
+        png=report(f"{RESULTS}/studies/{{study}}.png", caption="../report/study.rst", category="Studies",
+                   labels={"study": "{study}"}),
     params:
-        runs=collapse_run_args,
-        spec=spec(config["summary"]),
+        spec=study_spec,
         seed=config["seed"],
     log:
-        f"{RESULTS}/logs/collapse.log",
+        f"{RESULTS}/logs/studies/{{study}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/collapse.tsv"
+        f"{RESULTS}/benchmarks/studies/{{study}}.tsv"
     threads: 1
     resources:
         mem="4GB",
@@ -91,6 +94,5 @@ rule collapse_study:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "python -m workflow.collapse {params.runs:q} --reference {input.sft:q} --spec {params.spec:q} "
-        "--seed {params.seed} --out-parquet {output.parquet:q} --out-md {output.md:q} "
-        "--out-png {output.png:q} > {log:q} 2>&1"
+        "python -m workflow.study --spec {params.spec:q} --baselines {input.baselines:q} --seed {params.seed} "
+        "--out-parquet {output.parquet:q} --out-md {output.md:q} --out-png {output.png:q} > {log:q} 2>&1"

@@ -213,35 +213,72 @@ def test_cli_end_to_end_with_and_without_adapter(tiny_model_dir, tmp_path):
     get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)) \
         .save_pretrained(tmp_path / "adapter")
 
-    spec = json.dumps({"llm": LLM, "evaluation": EVALUATION, "domain": "movie"})
     outputs = {}
-    for method, adapter in (("base", []), ("sft", ["--adapter", str(tmp_path / "adapter")])):
-        pred_path, metrics_path = tmp_path / f"{method}_pred.parquet", tmp_path / f"{method}_metrics.parquet"
+    runs = (("base-candidate", [], "candidate"), ("base-open", [], "open"),
+            ("sft-open", ["--adapter", str(tmp_path / "adapter")], "open"))
+    for run, adapter, prompt in runs:
+        protocols = ["likelihood", "generation" if prompt == "candidate" else "grounded"]
+        # the open runs decode a seeded 2 of the 3 test samples
+        evaluation = {**EVALUATION, "protocols": protocols, "generation_samples": None if prompt == "candidate" else 2}
+        spec = json.dumps({"llm": LLM, "evaluation": evaluation, "domain": "movie", "prompt": prompt})
+        pred_path, metrics_path = tmp_path / f"{run}_pred.parquet", tmp_path / f"{run}_metrics.parquet"
         argv = ["--model-dir", str(tiny_model_dir), *adapter, "--samples", str(tmp_path / "samples.parquet"),
                 "--items", str(tmp_path / "items.parquet"), "--title-embeddings", str(emb), "--spec", spec,
-                "--dataset", "toy", "--method", method, "--selection", "none" if method == "base" else "random",
+                "--dataset", "toy", "--method", run, "--selection", "random" if adapter else "none",
                 "--seed", "0", "--threads", "1", "--predictions", str(pred_path), "--metrics", str(metrics_path)]
         assert evaluate.main(argv) == 0
-        outputs[method] = pd.read_parquet(pred_path), pd.read_parquet(metrics_path)
+        outputs[run] = pd.read_parquet(pred_path), pd.read_parquet(metrics_path)
 
-    pred, long = outputs["base"]
+    pred, long = outputs["base-candidate"]
     assert list(pred.columns) == evaluate.PREDICTIONS_SCHEMA.names
     assert pred["sample_id"].tolist() == ["s0", "s1", "s2"]  # test split only
     assert pred["candidate_logprob"].map(len).eq(4).all()
-    # grounded ranks the item universe (12 items here; 13 with the unused one), never the unused item
-    assert "unused" not in universe and pred["grounded_top"].map(len).eq(len(universe)).all()
-    assert all(set(top) <= set(universe) for top in pred["grounded_top"])
     assert list(long.columns) == metrics.FRAME_COLUMNS
     per_protocol = long.groupby("protocol")["metric"].nunique().to_dict()
-    assert per_protocol == {"likelihood": 6, "likelihood_norm": 6, "generation": 2, "grounded": 8}
-    assert len(long) == 3 * 22 and long["value"].between(0, 1).all()
-    assert (long["method"] == "base").all() and (long["selection"] == "none").all()
+    assert per_protocol == {"likelihood": 6, "likelihood_norm": 6, "generation": 2}
+    assert len(long) == 3 * 14 and long["value"].between(0, 1).all()
+    assert (long["method"] == "base-candidate").all() and (long["selection"] == "none").all()
     valid = long[long["metric"] == "valid"].set_index("sample_id")["value"]
     assert valid.to_dict() == {s: float(pd.notna(m)) for s, m in zip(pred["sample_id"], pred["matched_item"])}
+    assert pred["open_generated"].isna().all() and pred["grounded_top"].isna().all()
 
-    tuned_pred, tuned_long = outputs["sft"]
+    open_pred, open_long = outputs["base-open"]
+    # the open prompt scores the same candidates under another prompt: other log-probs
+    assert not np.allclose(np.stack(open_pred["candidate_logprob"]), np.stack(pred["candidate_logprob"]))
+    assert set(open_long["protocol"]) == {"likelihood", "likelihood_norm", "grounded"}
+    grounded = open_long[open_long["protocol"] == "grounded"]
+    decoded = open_pred["open_generated"].notna()
+    assert decoded.sum() == 2 and sorted(grounded["sample_id"].unique()) == sorted(open_pred["sample_id"][decoded])
+    assert grounded["metric"].nunique() == 8 and len(grounded) == 2 * 8
+    # grounded ranks the item universe (12 items here; 13 with the unused one), never the unused item
+    top = open_pred.loc[decoded, "grounded_top"]
+    assert "unused" not in universe and top.map(len).eq(len(universe)).all()
+    assert all(set(t) <= set(universe) for t in top)
+    assert open_pred["generated"].isna().all()
+
+    tuned_pred, tuned_long = outputs["sft-open"]
     assert (tuned_long["selection"] == "random").all()
-    assert not np.allclose(np.stack(tuned_pred["candidate_logprob"]), np.stack(pred["candidate_logprob"]))
+    # the same seeded subset is decoded for every run, so generation metrics stay paired
+    assert tuned_pred["open_generated"].notna().tolist() == decoded.tolist()
+    assert not np.allclose(np.stack(tuned_pred["candidate_logprob"]), np.stack(open_pred["candidate_logprob"]))
+
+
+def test_generation_subset_is_seeded_and_order_free():
+    ids = [f"s{i}" for i in range(20)]
+    mask = evaluate.generation_subset(ids, 5, seed=3)
+    assert mask.sum() == 5
+    again = evaluate.generation_subset(ids[::-1], 5, seed=3)[::-1]
+    np.testing.assert_array_equal(mask, again)  # the same samples whatever the row order
+    assert not np.array_equal(mask, evaluate.generation_subset(ids, 5, seed=4))
+    assert evaluate.generation_subset(ids, None, 0).all() and evaluate.generation_subset(ids, 50, 0).all()
+
+
+def test_a_protocol_the_prompt_cannot_serve_is_refused(tiny):
+    model, tokenizer = tiny
+    samples, items = tiny_data(n_test=2)
+    with pytest.raises(ValueError, match="grounded"):
+        evaluate.evaluate(model, tokenizer, samples[samples["split"] == "test"], items, protocols=["grounded"],
+                          domain="movie", llm=LLM, evaluation=EVALUATION, prompt="candidate")
 
 
 def test_cli_reports_a_bad_spec_key(tiny_model_dir, tmp_path):

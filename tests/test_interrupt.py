@@ -17,7 +17,7 @@ from workflow.llm.train import CHECKPOINT_FILE, checkpoint_dir_for
 
 pytestmark = pytest.mark.slow
 
-RUN = "results/tiny/llm/sft/random"
+RUN = "results/tiny/llm/sft-open/random"
 
 
 def kill_group(proc: subprocess.Popen, timeout: float = 30) -> None:
@@ -42,7 +42,7 @@ def test_killed_training_completes_with_rerun_incomplete(tiny_run, tmp_path):
     work = tmp_path / "work"
     shutil.copytree(tiny_run.workdir, work, symlinks=True)  # results and Snakemake's records
     shutil.rmtree(work / RUN)  # the SFT run and its evaluation are still to do
-    target = f"{RUN}/metrics.parquet"
+    target = f"{RUN}/test/metrics.parquet"
     checkpoint = checkpoint_dir_for(work / RUN / "adapter") / CHECKPOINT_FILE
 
     with open(tmp_path / "killed.log", "w") as out:
@@ -64,8 +64,8 @@ def test_killed_training_completes_with_rerun_incomplete(tiny_run, tmp_path):
     assert unlocked.returncode == 0, failure(unlocked)
     out = snakemake(work, tiny_run.configfile, "--rerun-incomplete", target)
     assert out.returncode == 0, failure(out)
-    train_log = (work / "results/logs/tiny/llm/sft/random/train.log").read_text()
+    train_log = (work / "results/logs/tiny/llm/sft-open/random/train.log").read_text()
     assert "resuming from" in train_log, train_log[-3000:]  # from the checkpoint, not from scratch
     assert not checkpoint.parent.exists(), "the finished run left its checkpoint behind"
     # adapter training log and per-sample metrics equal the uninterrupted run's
-    assert_same_results(work / "results", tiny_run.results, only="llm/sft/")
+    assert_same_results(work / "results", tiny_run.results, only="llm/sft-open/")

@@ -32,8 +32,10 @@ def test_choose_negatives_strategies():
 
 
 def test_settings_merge_and_validate():
-    llm, cfg, domain = preference.settings("dynamicpo", {"llm": LLM, "preference": PREF, "method": {"k": 4}})
-    assert cfg["k"] == 4 and cfg["margin"] == 6.0 and cfg["batch_size"] == 2 and domain == "item"
+    s = preference.settings("dynamicpo", {"llm": LLM, "preference": PREF, "method": {"k": 4}, "prompt": "open"})
+    cfg = s["cfg"]
+    assert cfg["k"] == 4 and cfg["margin"] == 6.0 and cfg["batch_size"] == 2 and s["domain"] == "item"
+    assert s["prompt"] == "open" and s["budget"] is None
     with pytest.raises(ValueError, match="dynamicpo.margin"):
         preference.settings("dynamicpo", {"method": {"margin": "wide"}})
     with pytest.raises(ValueError, match="unknown preference method"):

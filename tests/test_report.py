@@ -88,7 +88,8 @@ def test_report_shows_summary_in_chromium(tiny_run, tmp_path):
         assert label in text, label
     for metric in set(summary["metric"]):
         assert metric in text, metric
-    sft = summary.set_index(["protocol", "metric", "method"]).loc[("likelihood", "mrr", "sft")]
+    likelihood_mrr = summary[(summary["protocol"] == "likelihood") & (summary["metric"] == "mrr")]
+    sft = likelihood_mrr[likelihood_mrr["method"].str.startswith("sft-")].iloc[0]  # runs are sft-{prompt}
     assert f"{sft['value']:.3f}" in text and f"[{sft['ci_low']:.2f}, {sft['ci_high']:.2f}]" in text
 
     shot = tmp_path / "report.png"
@@ -116,3 +117,24 @@ def test_benchmark_records_read_with_unmeasured_memory(tmp_path):
     (tmp_path / "other.tsv").write_text("a\tb\n1\t2\n")
     with pytest.raises(ValueError, match="other.tsv: not a Snakemake benchmark record"):
         read_benchmarks(tmp_path)
+
+
+def test_summary_html_marks_rows_against_sft_and_popularity():
+    from workflow.report import summary_html
+    from workflow.summary import summarize
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for method, selection, rate in [("popularity", "all", 0.1), ("sft-open", "random", 0.4),
+                                    ("dmpo-open", "random", 0.9), ("base-open", "none", 0.05)]:
+        rows.append(pd.DataFrame({"dataset": "toy", "method": method, "selection": selection,
+                                  "protocol": "likelihood", "split": "test", "sample_id": [f"s{i}" for i in range(80)],
+                                  "user_id": [f"u{i}" for i in range(80)], "metric": "hr@1",
+                                  "value": (rng.random(80) < rate).astype(float)}))
+    fragment = summary_html(summarize(pd.concat(rows), 300, 0.95, seed=0), 0.95)
+    cells = {line.split("</td>")[0].removeprefix("<tr><td>"): line for line in fragment.splitlines()
+             if line.startswith("<tr><td>")}
+    assert "▲†</b>" in cells["dmpo-open / random"]  # above sft and above popularity
+    assert "▼</b>" in cells["base-open / none"]
+    assert "†" not in cells["popularity / all"]
+    assert list(cells)[0] == "popularity / all"  # baselines first

@@ -3,31 +3,51 @@ copy), with a tiny Llama as the base model: every rule runs through Snakemake as
 (the shared run `tiny_run`, see tests/tiny_workflow.py)."""
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 
 from tiny_workflow import failure, snakemake
+
+RUNS = {"base-open", "base-candidate", "sft-open", "dmpo-open", "sdpo-open", "dynamicpo-open", "sft-candidate",
+        "dmpo-candidate-n4"}
 
 
 def test_whole_dag_writes_every_artifact(tiny_run):
     results = tiny_run.results
     for rel in ["tiny/data/interactions.parquet", "tiny/data/items.parquet", "tiny/data/samples.parquet",
-                "summary.parquet", "summary.md"]:
+                "tiny/baselines/metrics.parquet", "summary.parquet", "summary.md"]:
         assert (results / rel).is_file(), rel
     summary = pd.read_parquet(results / "summary.parquet")
     assert {"dataset", "method", "selection", "protocol", "metric", "value", "n"} <= set(summary.columns)
     assert set(summary["dataset"]) == {"tiny"}
     assert summary["value"].notna().all()
-    assert set(summary["method"]) == {"sasrec", "base", "sft", "dmpo", "sdpo", "dynamicpo"}
-    llm = summary[summary["method"] != "sasrec"]
-    assert {"likelihood", "generation", "grounded"} <= set(llm["protocol"])
-    assert set(summary.loc[summary["method"] == "sasrec", "protocol"]) == {"likelihood", "full_ranking"}
-    # every LLM run is scored on the same test samples as the surrogate
+    assert set(summary["method"]) == {"random", "popularity", "sasrec"} | RUNS
+    # each prompt's runs report the protocols it supports
+    protocols = summary.groupby("method")["protocol"].agg(set).to_dict()
+    for run in RUNS:
+        free = "grounded" if "-open" in run else "generation"
+        assert protocols[run] == {"likelihood", "likelihood_norm", free}, (run, protocols[run])
+    assert protocols["sasrec"] == protocols["popularity"] == {"likelihood", "full_ranking"}
+    # every LLM run is scored on the same test samples as the surrogate and the baselines ...
     samples = pd.read_parquet(results / "tiny/data/samples.parquet")
     n_test = int((samples["split"] == "test").sum())
     likelihood = summary[(summary["protocol"] == "likelihood") & (summary["metric"] == "hr@1")]
     assert set(likelihood["n"]) == {n_test}
-    for method in ["sft", "dmpo", "sdpo", "dynamicpo"]:
-        assert (results / f"tiny/llm/{method}/random/adapter/adapter_model.safetensors").is_file()
+    # ... and generation and grounded on the same seeded 6 of them
+    decoded = summary[summary["protocol"].isin(["generation", "grounded"])]
+    assert set(decoded["n"]) == {6}
+    random_hr1 = likelihood.loc[likelihood["method"] == "random", "value"].item()
+    assert random_hr1 == 1 / 5  # the exact expectation with 5 candidates
+    # paired comparisons: a run against the sft it started from and the base model of its prompt
+    row = summary[(summary["method"] == "dmpo-candidate-n4") & (summary["protocol"] == "likelihood")].iloc[0]
+    assert row["sft_selection"] == "random" and row["base_selection"] == "none"
+    assert summary.loc[summary["method"] == "dmpo-open", "delta_vs_popularity"].notna().any()
+    for run in RUNS - {"base-open", "base-candidate"}:
+        assert (results / f"tiny/llm/{run}/random/adapter/adapter_model.safetensors").is_file()
+    # the nested budget: 4 of the 8 selected samples, under the candidate prompt
+    config = json.loads((results / "tiny/llm/sft-candidate-n4/random/adapter/training_config.json").read_text())
+    assert config["config"]["n_samples"] == 4 and config["config"]["prompt"] == "candidate"
     assert (results / "tiny/surrogate/item_embeddings.parquet").is_file()
 
 

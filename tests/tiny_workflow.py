@@ -56,15 +56,17 @@ def tiny_config(tmp: Path, model_dir: Path) -> dict:
                       "epochs": 2, "patience": 1, "batch_size": 64},
         "llm": {"base_model": str(model_dir), "dtype": "float32"},
         # checkpoint_every 1: the interruption test kills SFT after its first checkpoint
-        "sft": {"epochs": 1, "batch_size": 2, "grad_accum": 1, "lora_r": 4, "lora_alpha": 8,
+        "sft": {"prompt": "open", "epochs": 1, "batch_size": 2, "grad_accum": 1, "lora_r": 4, "lora_alpha": 8,
                 "checkpoint_every": 1},
         "selection": {"strategies": ["random"], "budget": 8},
-        "evaluation": {"max_new_tokens": 6, "batch_size": 4},
+        # generation and grounded decode 6 of the 8 test samples
+        "evaluation": {"max_new_tokens": 6, "batch_size": 4, "generation_samples": 6},
         "preference": {"batch_size": 2, "grad_accum": 1},
-        "dmpo": {"k": 2}, "sdpo": {"k": 2}, "dynamicpo": {"k": 3},
-        "methods": ["base", "sft", "dmpo", "sdpo", "dynamicpo"],
+        "dmpo": {"k": 2, "prompt": "open"}, "sdpo": {"k": 2, "prompt": "open"}, "dynamicpo": {"k": 3, "prompt": "open"},
+        # both prompts, and a run on a nested 4 of the 8 selected samples (it trains sft-candidate-n4 first)
+        "methods": ["base", "sft", "dmpo", "sdpo", "dynamicpo", "sft-candidate", "dmpo-candidate-n4"],
         # one explained run keeps the rule in the DAG; each costs a job on SLURM too
-        "explanations": {"n_samples": 4, "methods": ["dmpo"]},
+        "explanations": {"n_samples": 4, "methods": ["dmpo-open"]},
         "summary": {"bootstrap": 50},
     }
 

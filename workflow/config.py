@@ -71,14 +71,27 @@ def validate_block(block: str, settings: dict[str, Any], schema_path: str | Path
     return settings
 
 
+RUN_KEYS = ("domain", "prompt", "budget")
+
+
 def stage_settings(spec: dict[str, Any], blocks: dict[str, str]) -> dict[str, Any]:
     """The `--spec` of an LLM stage: each key named in `blocks` (spec key -> schema block) validated
-    with its defaults filled, plus `domain` (the dataset's item word, default "item")."""
-    unknown = set(spec) - set(blocks) - {"domain"}
+    with its defaults filled, plus what the run's name says (workflow/runs.py): `domain` (the
+    dataset's item word, default "item"), `prompt` (candidate or open, default candidate) and
+    `budget` (train on a nested subset of that many selected samples; default None = all)."""
+    from workflow.runs import PROMPTS
+
+    unknown = set(spec) - set(blocks) - set(RUN_KEYS)
     if unknown:
-        raise KeyError(f"--spec: unknown keys {sorted(unknown)} (expected {', '.join([*blocks, 'domain'])})")
+        raise KeyError(f"--spec: unknown keys {sorted(unknown)} (expected {', '.join([*blocks, *RUN_KEYS])})")
     out: dict[str, Any] = {key: validate_block(block, dict(spec.get(key) or {})) for key, block in blocks.items()}
     out["domain"] = spec.get("domain") or "item"
+    out["prompt"] = spec.get("prompt") or "candidate"
+    if out["prompt"] not in PROMPTS:
+        raise ValueError(f"--spec: prompt {out['prompt']!r} is not one of {', '.join(PROMPTS)}")
+    out["budget"] = spec.get("budget")
+    if out["budget"] is not None and (not isinstance(out["budget"], int) or out["budget"] < 1):
+        raise ValueError(f"--spec: budget must be a positive integer or null, got {out['budget']!r}")
     return out
 
 

@@ -25,7 +25,7 @@ import pandas as pd
 
 from workflow import cli
 from workflow.io import atomic_dir, atomic_path
-from workflow.summary import delta_marker, wide_table
+from workflow.summary import markers, wide_table
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def _html_cell(row: pd.Series) -> str:
     if not np.isfinite(row["value"]):
         return "n/a"
     cell = f"{row['value']:.3f}"
-    marker = delta_marker(row)
+    marker = markers(row)
     if marker:
         cell = f"<b>{cell} {marker}</b>"
     if np.isfinite(row["ci_low"]):
@@ -78,7 +78,8 @@ def _html_cell(row: pd.Series) -> str:
 
 def summary_html(summary: pd.DataFrame, level: float | None = None) -> str:
     """Per dataset and protocol, one table (rows method / selection, columns metrics) with the
-    statistic, its bootstrap interval below it and ▲ / ▼ against sft, as a self-contained fragment."""
+    statistic, its bootstrap interval below it, ▲ / ▼ against sft and † above popularity, as a
+    self-contained fragment."""
     ci = f"{level:.0%} " if level else ""
     parts = [STYLE, '<div class="llmrec-summary">']
     if summary.empty:
@@ -96,8 +97,9 @@ def summary_html(summary: pd.DataFrame, level: float | None = None) -> str:
                 parts.append(f"<tr><td>{html.escape(str(row))}</td>{tds}</tr>")
             parts.append("</table>")
     parts.append(f"<p>Each cell: the statistic on the test split and its {ci}bootstrap interval; "
-                 "▲ / ▼: the paired bootstrap interval of the difference to sft lies above / below zero "
-                 "(legend in summary.md).</p></div>")
+                 "▲ / ▼: the paired bootstrap interval of the difference to sft (the run sft-P of the row's "
+                 "prompt P) lies above / below zero; †: the paired interval of the difference to the "
+                 "popularity baseline lies above zero (legend and paired differences in summary.md).</p></div>")
     return "\n".join(parts)
 
 
@@ -113,7 +115,7 @@ def metric_chart(table: pd.DataFrame, title: str, colors: dict[str, str]):
     ax.bar(x, np.nan_to_num(values), color=[colors[m] for m in table["method"]],
            yerr=np.vstack([np.clip(low, 0, None), np.clip(high, 0, None)]), capsize=4, ecolor="#333")
     tops = np.nan_to_num(values) + np.clip(high, 0, None)
-    for xi, (value, top, marker) in enumerate(zip(values, tops, table.apply(delta_marker, axis=1))):
+    for xi, (value, top, marker) in enumerate(zip(values, tops, table.apply(markers, axis=1))):
         text = "n/a" if not np.isfinite(value) else f"{value:.3f}{' ' + marker if marker else ''}"
         ax.annotate(text, (xi, top), xytext=(0, 3), textcoords="offset points", ha="center", va="bottom",
                     fontsize=8)

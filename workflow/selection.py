@@ -38,6 +38,17 @@ def select(samples: pd.DataFrame, strategy: str, budget: int, seed: int) -> pd.D
     return pd.DataFrame({"sample_id": chosen.astype(str)})
 
 
+def nested_subset(sample_ids, budget: int, seed: int) -> list[str]:
+    """`budget` of the ids, sorted: the first `budget` of one seeded permutation of the sorted ids,
+    so a smaller budget's subset lies inside a larger one's (learning curves add data, they do not
+    swap it). The whole list when budget >= its length."""
+    ids = np.sort(np.asarray(list(sample_ids), dtype=object))
+    if budget >= len(ids):
+        return ids.astype(str).tolist()
+    order = np.random.default_rng([seed, 0x5B5E7]).permutation(len(ids))
+    return np.sort(ids[order[:budget]]).astype(str).tolist()
+
+
 def main(argv=None) -> int:
     p = cli.parser("Select the train samples the LLM methods are fine-tuned on.")
     p.add_argument("--samples", required=True)

@@ -1,8 +1,11 @@
 """The summary table: every metric of every (dataset, method, selection, protocol) on the test split,
-with a seeded bootstrap confidence interval and a paired bootstrap comparison against `sft`.
+with a seeded bootstrap confidence interval and paired bootstrap comparisons against `sft`, `base`
+and `popularity`.
 
 Input: the long per-sample metrics Parquets (dataset, method, selection, protocol, split, sample_id,
-user_id, metric, value) of the LLM methods and the surrogate. Only split `test` is summarised.
+user_id, metric, value) of the LLM runs, the surrogate and the baselines. Only split `test` is
+summarised. LLM runs are named `{method}-{prompt}[-...]` (`sft-open`, `dmpo-candidate-k7`); other
+rows (`sasrec`, `popularity`, `random`) have no prompt.
 
 Statistics (point estimate on all samples; CI = percentile interval of the statistic over
 `bootstrap` resamples of the test samples drawn with replacement):
@@ -11,13 +14,17 @@ Statistics (point estimate on all samples; CI = percentile interval of the stati
 - `hr@1_valid` (generation): a ratio, sum(hit) / sum(valid), recomputed on each resample (resamples
   without a valid answer are left out of the interval); no row when no answer at all is valid.
 
-Paired comparison: each row is compared with the `sft` row of the same dataset, protocol and metric,
-on the sample ids both have, with the same resamples applied to both sides (a paired bootstrap);
-`delta_vs_sft` = statistic(row) - statistic(sft). The sft reference is the sft run of the same
-selection when one exists, else the first sft selection (in `selections` of the spec when given,
-else alphabetical) -- so `base` (selection `none`) and the surrogate (selection `all`, unless sft
-was also trained on `all`) are compared with the default sft run. Column `sft_selection` names
-the reference; sft rows themselves carry no delta.
+Paired comparisons: a row is compared with a reference row of the same dataset and metric, on the
+sample ids both have, with the same resamples applied to both sides (a paired bootstrap);
+`delta_vs_{R}` = statistic(row) - statistic(reference R), with its interval. References R:
+- `sft`: for an LLM run with prompt P, the run `sft-P` (same protocol); not for `sft-P` itself;
+- `base`: for an LLM run with prompt P, the untuned `base-P`; not for `base-P` itself;
+- `popularity`: for every row but the baselines themselves; likelihood and likelihood_norm are read
+  against popularity's candidate ranking (`likelihood`), grounded and full_ranking against its
+  `full_ranking`; generation has no popularity counterpart.
+Of a reference's selections the row's own is taken when present, else the first (in `selections` of
+the spec when given, else alphabetical): `base-P` (selection `none`) is compared with the default
+sft run. Column `{R}_selection` names the reference's selection (null: no comparison).
 
 Resamples are drawn from a fresh generator seeded with `seed` for every statistic, so a figure
 does not depend on which other files were summarised, and methods evaluated on the same samples
@@ -33,13 +40,22 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from workflow import cli
+from workflow import cli, runs
 from workflow.io import atomic_path, write_parquet
 
 log = logging.getLogger(__name__)
 
 SPLIT = "test"
-REFERENCE = "sft"
+REFERENCES = ("sft", "base", "popularity")
+BASELINES = ("random", "popularity", "sasrec")  # listed first in the tables
+NO_POPULARITY = {"random", "popularity"}
+# Popularity ranks the candidate sets and all items: each protocol is read against the one ranking
+# the same items.
+POPULARITY_PROTOCOL = {"likelihood": "likelihood", "likelihood_norm": "likelihood",
+                       "grounded": "full_ranking", "full_ranking": "full_ranking"}
+# Headline metrics of the paired-differences tables of summary.md.
+HEADLINE = {"likelihood": ("hr@1", "mrr", "auc"), "likelihood_norm": ("hr@1", "mrr", "auc"),
+            "grounded": ("hr@10", "ndcg@10")}
 GROUP = ["dataset", "method", "selection", "protocol"]
 METRICS_COLUMNS = GROUP + ["split", "sample_id", "user_id", "metric", "value"]
 RATIO_METRICS = {"hr@1_valid": ("hit", "valid")}  # generation: correct answers / valid answers
@@ -48,9 +64,19 @@ PER_USER_METRICS = {"auc"}
 SCHEMA = pa.schema([
     ("dataset", pa.string()), ("method", pa.string()), ("selection", pa.string()),
     ("protocol", pa.string()), ("metric", pa.string()), ("value", pa.float64()), ("n", pa.int64()),
-    ("ci_low", pa.float64()), ("ci_high", pa.float64()), ("sft_selection", pa.string()),
-    ("delta_vs_sft", pa.float64()), ("delta_ci_low", pa.float64()), ("delta_ci_high", pa.float64()),
+    ("ci_low", pa.float64()), ("ci_high", pa.float64()),
+    *[field for r in REFERENCES for field in (
+        (f"{r}_selection", pa.string()), (f"delta_vs_{r}", pa.float64()),
+        (f"delta_vs_{r}_ci_low", pa.float64()), (f"delta_vs_{r}_ci_high", pa.float64()))],
 ])
+
+
+def run_prompt(method: str) -> str | None:
+    """The prompt of an LLM run `{method}-{prompt}[-...]`; None for other rows (sasrec, baselines)."""
+    try:
+        return runs.parse(method).prompt
+    except ValueError:
+        return None
 
 
 def read_metrics(paths: Sequence[str | Path]) -> pd.DataFrame:
@@ -144,10 +170,11 @@ def sort_by_user(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.rename_axis("sample_id").sort_values(["user_id", "sample_id"], kind="stable")
 
 
-def metric_frames(metrics: pd.DataFrame) -> dict[tuple, pd.DataFrame]:
-    """(dataset, method, selection, protocol, metric) -> per-sample frame indexed by sample_id, sorted by
-    user, holding user_id and the metric's column(s); derived ratio metrics are added here."""
-    test = metrics[metrics["split"] == SPLIT]
+def metric_frames(metrics: pd.DataFrame, split: str = SPLIT) -> dict[tuple, pd.DataFrame]:
+    """(dataset, method, selection, protocol, metric) -> per-sample frame of `split` indexed by
+    sample_id, sorted by user, holding user_id and the metric's column(s); derived ratio metrics
+    are added here."""
+    test = metrics[metrics["split"] == split]
     frames = {}
     for key, group in test.groupby(GROUP, sort=False):
         wide = group.pivot(index="sample_id", columns="metric", values="value")
@@ -171,40 +198,67 @@ def metric_frames(metrics: pd.DataFrame) -> dict[tuple, pd.DataFrame]:
     return frames
 
 
-def reference_key(key: tuple, keys: Sequence[tuple], selections: Sequence[str] | None) -> tuple | None:
+def reference_runs(method: str, protocol: str, reference: str) -> list[tuple[str, str]]:
+    """(method, protocol) of the rows that `reference` may compare a (method, protocol) row with,
+    the first present one is taken: popularity on the protocol ranking the same items; base-P for
+    a run of prompt P; for sft, the sft run a preference run started from (workflow/runs.py: same
+    prompt and budget), then sft-P."""
+    if reference == "popularity":
+        if method in NO_POPULARITY or protocol not in POPULARITY_PROTOCOL:
+            return []
+        return [("popularity", POPULARITY_PROTOCOL[protocol])]
+    prompt = run_prompt(method)
+    if prompt is None:
+        return []
+    names = [f"{reference}-{prompt}"]
+    if reference == "sft" and runs.parse(method).method in runs.PREFERENCE:
+        names.insert(0, runs.parse(method).sft().name)
+    return [(name, protocol) for name in dict.fromkeys(names) if name != method]
+
+
+def reference_key(key: tuple, reference: str, keys: Sequence[tuple], selections: Sequence[str] | None) -> tuple | None:
+    """The key of the reference row: its selection is the row's own when present, else the first of
+    `selections`, else the first alphabetically; None without a comparison."""
     dataset, method, selection, protocol, metric = key
-    if method == REFERENCE:
-        return None
-    available = [k[2] for k in keys if k[0] == dataset and k[1] == REFERENCE and k[3] == protocol and k[4] == metric]
-    if not available:
-        return None
-    if selection in available:
-        chosen = selection
+    for run in reference_runs(method, protocol, reference):
+        available = [k[2] for k in keys if k[:2] == (dataset, run[0]) and k[3:] == (run[1], metric)]
+        if available:
+            break
     else:
-        order = [s for s in (selections or []) if s in available] + sorted(available)
-        chosen = order[0]
-    return (dataset, REFERENCE, chosen, protocol, metric)
+        return None
+    order = [selection] + [s for s in (selections or []) if s in available] + sorted(available)
+    return (dataset, run[0], next(s for s in order if s in available), run[1], metric)
 
 
 def summarize(metrics: pd.DataFrame, resamples: int, level: float, seed: int,
               selections: Sequence[str] | None = None) -> pd.DataFrame:
     frames = metric_frames(metrics)
+    keys = list(frames)
     rows = []
     for key, frame in frames.items():
         value, lo, hi = estimate(key[4], frame, resamples, level, seed)
-        ref = reference_key(key, list(frames), selections)
-        delta = paired_delta(key[4], frame, frames[ref], resamples, level, seed) if ref else (np.nan,) * 3
-        rows.append((*key, value, len(frame), lo, hi, ref[2] if ref else None, *delta))
+        row = [*key, value, len(frame), lo, hi]
+        for reference in REFERENCES:
+            ref = reference_key(key, reference, keys, selections)
+            delta = paired_delta(key[4], frame, frames[ref], resamples, level, seed) if ref else (np.nan,) * 3
+            row += [ref[2] if ref else None, *delta]
+        rows.append(row)
     return pd.DataFrame(rows, columns=SCHEMA.names).astype({"n": "int64"})
 
 
-def delta_marker(row: pd.Series) -> str:
-    """▲ / ▼ when the paired interval of the difference to sft lies above / below zero, else ""."""
-    if np.isfinite(row["delta_ci_low"]) and row["delta_ci_low"] > 0:
+def delta_marker(row: pd.Series, reference: str = "sft") -> str:
+    """▲ / ▼ when the paired interval of the difference to `reference` lies above / below zero, else ""."""
+    lo, hi = row[f"delta_vs_{reference}_ci_low"], row[f"delta_vs_{reference}_ci_high"]
+    if np.isfinite(lo) and lo > 0:
         return "▲"
-    if np.isfinite(row["delta_ci_high"]) and row["delta_ci_high"] < 0:
+    if np.isfinite(hi) and hi < 0:
         return "▼"
     return ""
+
+
+def markers(row: pd.Series) -> str:
+    """▲ / ▼ against sft, then † when the row beats popularity (interval above zero)."""
+    return delta_marker(row) + ("†" if delta_marker(row, "popularity") == "▲" else "")
 
 
 def format_cell(row: pd.Series) -> str:
@@ -213,16 +267,53 @@ def format_cell(row: pd.Series) -> str:
     cell = f"{row['value']:.3f}"
     if np.isfinite(row["ci_low"]):
         cell += f" [{row['ci_low']:.2f}, {row['ci_high']:.2f}]"
-    marker = delta_marker(row)
+    marker = markers(row)
     return f"{cell} {marker}" if marker else cell
 
 
+def delta_cell(row: pd.Series, reference: str) -> str:
+    """`+0.034 [+0.011, +0.058]`: the paired difference to `reference` and its interval; "" without one."""
+    delta, lo, hi = (row[f"delta_vs_{reference}{s}"] for s in ("", "_ci_low", "_ci_high"))
+    if not np.isfinite(delta):
+        return ""
+    return f"{delta:+.3f}" + (f" [{lo:+.3f}, {hi:+.3f}]" if np.isfinite(lo) else "")
+
+
+def row_labels(table: pd.DataFrame) -> list[str]:
+    """`method / selection` of the rows: the baselines first (random, popularity, sasrec), then the
+    others in input order."""
+    pairs = list(dict.fromkeys(zip(table["method"], table["selection"])))
+    pairs.sort(key=lambda p: BASELINES.index(p[0]) if p[0] in BASELINES else len(BASELINES))
+    return [f"{m} / {s}" for m, s in pairs]
+
+
 def wide_table(table: pd.DataFrame, cell=format_cell) -> pd.DataFrame:
-    """One protocol's summary rows as rows `method / selection` by metric columns (in first-seen
-    order), each cell `cell(row)`."""
+    """One protocol's summary rows as rows `method / selection` (`row_labels` order) by metric
+    columns (in first-seen order), each cell `cell(row)`."""
     table = table.assign(row=table["method"] + " / " + table["selection"], cell=table.apply(cell, axis=1))
     wide = table.pivot(index="row", columns="metric", values="cell")
-    return wide.reindex(index=list(dict.fromkeys(table["row"])), columns=list(dict.fromkeys(table["metric"])))
+    return wide.reindex(index=row_labels(table), columns=list(dict.fromkeys(table["metric"])))
+
+
+def paired_table(by_dataset: pd.DataFrame, protocol: str) -> pd.DataFrame:
+    """The LLM runs of one protocol by columns `{metric} vs {R}` (headline metrics; R = base, sft,
+    popularity), each cell `delta_cell`; empty when the protocol has no LLM row."""
+    table = by_dataset[(by_dataset["protocol"] == protocol) & by_dataset["metric"].isin(HEADLINE[protocol])
+                       & by_dataset["method"].map(run_prompt).notna()]
+    if table.empty:
+        return pd.DataFrame()
+    references = ("base", "sft", "popularity")
+    long = pd.concat([table.assign(metric=table["metric"] + f" vs {r}", reference=r) for r in references])
+    wide = wide_table(long, cell=lambda row: delta_cell(row, row["reference"]))
+    return wide[[c for m in HEADLINE[protocol] for r in references if (c := f"{m} vs {r}") in wide.columns]]
+
+
+def markdown_table(wide: pd.DataFrame) -> list[str]:
+    header = ["method / selection", *wide.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, cells in wide.iterrows():
+        lines.append("| " + " | ".join([label, *(c if isinstance(c, str) else "" for c in cells)]) + " |")
+    return lines + [""]
 
 
 def markdown(summary: pd.DataFrame, resamples: int, level: float, seed: int) -> str:
@@ -232,25 +323,33 @@ def markdown(summary: pd.DataFrame, resamples: int, level: float, seed: int) -> 
     for dataset, by_dataset in summary.groupby("dataset", sort=False):
         parts += [f"## {dataset}", ""]
         for protocol, table in by_dataset.groupby("protocol", sort=False):
-            wide = wide_table(table)
             parts += [f"### {protocol} (n = {int(table['n'].max())} test samples)", ""]
-            header = ["method / selection", *wide.columns]
-            parts.append("| " + " | ".join(header) + " |")
-            parts.append("|" + "---|" * len(header))
-            for row, cells in wide.iterrows():
-                parts.append("| " + " | ".join([row, *(c if isinstance(c, str) else "" for c in cells)]) + " |")
-            parts.append("")
+            parts += markdown_table(wide_table(table))
+        for protocol in HEADLINE:
+            wide = paired_table(by_dataset, protocol)
+            if len(wide):
+                parts += [f"### Paired differences: {protocol}", ""]
+                parts += markdown_table(wide)
     parts += [
         "Legend: each cell is the statistic on the test split and its "
         f"{level:.0%} percentile bootstrap interval ({resamples} resamples of the test samples, seed {seed}). "
-        "▲ / ▼: the paired bootstrap interval of the difference to `sft` (same dataset, protocol and metric; "
-        "the same selection when sft has it, else the default sft run) lies above / below zero. "
+        "Paired differences (row minus reference, on the samples both have, the same resamples on both "
+        "sides) are taken against three references: `sft` = the run `sft-P` of the row's prompt P "
+        "(same protocol; the row's selection when sft has it, else the default sft run), `base` = the "
+        "untuned `base-P`, and `popularity` = the popularity baseline ranking the same items (its "
+        "candidate ranking for likelihood and likelihood_norm, its full ranking for grounded and "
+        "full_ranking). ▲ / ▼: the interval of the difference to `sft` lies above / below zero; †: the "
+        "interval of the difference to `popularity` lies above zero (the row beats popularity). The "
+        "Paired differences tables give each difference with its interval for a few headline metrics. "
+        "random: the exact expectation of a uniformly random ranking; popularity: items scored by their "
+        "count as a train-split target (ties ranked pessimistically, as in every row). "
         "likelihood: candidates ranked by sum log-prob of the title; likelihood_norm: by log-prob per token; "
         "auc: per user, then averaged over users. generation: greedy answer to the candidate prompt; "
         "valid = ValidRatio (exactly one candidate title in the answer), hit = HR@1 over all samples, "
         "hr@1_valid = HR@1 over valid answers only (hits / valid). grounded: the greedy answer to the open "
         "prompt embedded by the base model, all items ranked by L2 distance. full_ranking: the surrogate "
-        "ranking all items.",
+        "and the popularity and random baselines ranking all items (history items other than the target "
+        "excluded).",
         "",
     ]
     return "\n".join(parts)

@@ -1,10 +1,11 @@
 """Evaluate an LLM recommender (the base model, or the base model + a PEFT adapter) under the three
-protocols of DESIGN section 6, on the stored samples and candidate sets.
+protocols of DESIGN section 6, on the stored samples and candidate sets, with the run's prompt
+(`candidate` or `open`, workflow/runs.py): each prompt supports likelihood and one more protocol.
 
-- likelihood / likelihood_norm: candidates ranked by log pi(title|prompt), summed / per token, from
-  the shared-prefix scorer (`workflow.llm.scoring.candidate_logprobs`); HR@1, HR@5, NDCG@5,
-  NDCG@10, MRR, AUC per sample (workflow.metrics, pessimistic ties).
-- generation: greedy answer to the candidate prompt. Matching rule (`matched_candidates`): answer
+- likelihood / likelihood_norm: candidates ranked by log pi(title|prompt) under the run's prompt,
+  summed / per token, from the shared-prefix scorer (`workflow.llm.scoring.candidate_logprobs`);
+  HR@1, HR@5, NDCG@5, NDCG@10, MRR, AUC per sample (workflow.metrics, pessimistic ties).
+- generation (candidate prompt): greedy answer to the candidate prompt. Matching rule (`matched_candidates`): answer
   and titles are case-folded and their whitespace collapsed; a candidate title is found when it
   occurs as a substring of the answer, except that an occurrence lying inside an occurrence of a
   LONGER found title does not count (answer "Aliens (1986)" names "Aliens (1986)", not also
@@ -12,11 +13,16 @@ protocols of DESIGN section 6, on the stored samples and candidate sets.
   two candidates with the same normalised title are both found, hence invalid. Titles are matched
   as the prompt showed them (clipped to llm.max_title_tokens). Per sample: valid (0/1), hit (1 iff
   valid and the found candidate is the target); the summary adds hr@1_valid = hits / valid.
-- grounded: greedy answer to the open prompt, embedded by the BASE model (an adapter is disabled
+- grounded (open prompt): greedy answer to the open prompt, embedded by the BASE model (an adapter is disabled
   for embedding), all items ranked by L2 distance to the title embeddings (faiss). History items
   other than the target are excluded from the ranking, as workflow.metrics.full_ranking_ranks does
   for the surrogate; HR@K, NDCG@K for K in 1, 5, 10, 20. The ranked items are the dataset's item
   universe (`workflow.prepare.item_vocabulary`: every item of any sample), the surrogate's items.
+
+Generation and grounded ranking decode up to `max_new_tokens` per sample; with
+`evaluation.generation_samples` they run on a seeded subset of the samples (`generation_subset`,
+the same for every run, so their paired comparisons hold), while likelihood scores all samples.
+Each batch of prompts is encoded once: its KV cache serves the candidate scoring and the decoding.
 
 Ranks in predictions.parquet are 0-based (0 = the target comes first), as in workflow.metrics.
 """
@@ -37,6 +43,7 @@ import torch
 from workflow import cli, metrics
 from workflow.io import write_parquet
 from workflow.llm import grounding
+from workflow.llm.model import load_for_evaluation  # noqa: F401  (the evaluation's loading, used by callers as evaluate.load_for_evaluation)
 from workflow.prepare import item_vocabulary
 
 log = logging.getLogger(__name__)
@@ -89,26 +96,6 @@ def match_answer(answer: str, titles: Sequence[str]) -> int | None:
 
 # ---------------------------------------------------------------------------------------------
 # model passes
-
-def load_for_evaluation(model_dir, adapter=None, device="auto", dtype="auto", attention="auto"):
-    """(model, tokenizer) in eval mode, no parameter requiring gradients; with `adapter`, the base
-    model wrapped by the PEFT adapter. The no-grad attention (`resolve_attention(training=False)`),
-    and the linear weights stored in the compute dtype (`train.cast_frozen_linears`: the results of
-    autocast's per-matmul casts, without a cast of every weight at every generated token)."""
-    from workflow.llm.model import load_model, resolve_dtype
-    from workflow.llm.train import cast_frozen_linears
-
-    model, tokenizer = load_model(model_dir, device=device, dtype=dtype, attention=attention, training=False)
-    if adapter:
-        from peft import PeftModel
-
-        if not (Path(adapter) / "adapter_config.json").is_file():
-            raise FileNotFoundError(f"{adapter}: not a PEFT adapter folder (no adapter_config.json)")
-        model = PeftModel.from_pretrained(model, adapter, is_trainable=False)
-    model.requires_grad_(False)
-    cast_frozen_linears(model, resolve_dtype(dtype, device))
-    return model.eval(), tokenizer
-
 
 def base_model_only(model) -> contextlib.AbstractContextManager:
     """Run the BASE model: a PEFT model's adapter is switched off inside the block."""
@@ -210,6 +197,16 @@ def grounded_ranking(queries: np.ndarray, index, target_index: np.ndarray, histo
 # ---------------------------------------------------------------------------------------------
 # the evaluation of one model on one set of samples
 
+def generation_subset(sample_ids: Sequence[str], n: int | None, seed: int) -> np.ndarray:
+    """Boolean mask of the samples the generation protocols decode: `n` of them drawn by a seeded
+    generator from the sorted ids (independent of row order and of the model), all when n is None."""
+    ids = np.asarray(sample_ids, dtype=str)
+    if n is None or n >= len(ids):
+        return np.ones(len(ids), dtype=bool)
+    chosen = np.random.default_rng([seed, 0x6E4]).choice(np.sort(ids), size=n, replace=False)
+    return np.isin(ids, chosen)
+
+
 def prompt_inputs(samples: pd.DataFrame, items: pd.DataFrame, tokenizer, domain: str, llm: dict) -> dict[str, list]:
     """Token ids of the candidate and open prompts and of every candidate's answer, and the
     candidate titles as the prompt shows them (clipped)."""
@@ -240,29 +237,53 @@ def prompt_inputs(samples: pd.DataFrame, items: pd.DataFrame, tokenizer, domain:
 
 def evaluate(model, tokenizer, samples: pd.DataFrame, items: pd.DataFrame, *, protocols: Sequence[str],
              domain: str, llm: dict, evaluation: dict, autocast: Callable = contextlib.nullcontext,
-             title_embeddings: np.ndarray | None = None) -> tuple[pd.DataFrame, dict[str, dict[str, np.ndarray]]]:
-    """(predictions frame, protocol -> metric -> per-sample values), rows in the order of `samples`.
+             title_embeddings: np.ndarray | None = None, prompt: str = "candidate",
+             seed: int = 0) -> tuple[pd.DataFrame, dict[str, dict[str, np.ndarray]]]:
+    """(predictions frame, protocol -> metric -> per-sample values), rows in the order of `samples`;
+    a protocol run on a subset (generation_samples) has NaN for the other samples.
     `title_embeddings` [n_items, H] in the row order of `items` (grounded protocol only)."""
+    from workflow.runs import PROMPT_PROTOCOLS
+
+    unsupported = [p for p in protocols if p not in PROMPT_PROTOCOLS[prompt]]
+    if unsupported:
+        raise ValueError(f"protocol(s) {unsupported} need the other prompt than {prompt!r} "
+                         f"(the {prompt} prompt supports {', '.join(PROMPT_PROTOCOLS[prompt])})")
     n = len(samples)
     candidates = [list(map(str, c)) for c in samples["candidates"]]
     target_col = metrics.target_columns(candidates, samples["target"].astype(str).tolist(),
                                         samples["sample_id"].astype(str).tolist())
     inputs = prompt_inputs(samples, items, tokenizer, domain, llm)
+    prompt_ids = inputs[f"{prompt}_prompt"]
     batch, new_tokens = evaluation["batch_size"], evaluation["max_new_tokens"]
     pred = {"sample_id": samples["sample_id"].astype(str).to_numpy(), "split": samples["split"].astype(str).to_numpy(),
             "user_id": samples["user_id"].astype(str).to_numpy(), "target": samples["target"].astype(str).to_numpy(),
             "candidates": candidates}
     values: dict[str, dict[str, np.ndarray]] = {}
 
-    score, generate = "likelihood" in protocols, "generation" in protocols
-    if score or generate:
-        # one encoding of the candidate prompt serves both protocols (workflow.llm.scoring)
+    score = "likelihood" in protocols
+    free = next((p for p in protocols if p in ("generation", "grounded")), None)
+    decode = generation_subset(pred["sample_id"], evaluation.get("generation_samples"), seed) if free \
+        else np.zeros(n, dtype=bool)
+    logprob = np.zeros((n, len(candidates[0])), dtype=np.float32) if score else None
+    tokens = np.zeros_like(logprob, dtype=np.int64) if score else None
+    answers: list[str | None] = [None] * n
+    # One encoding per prompt serves scoring and decoding: the decoded subset in one pass, the rest
+    # scored only.
+    for rows, steps in ((np.flatnonzero(decode), new_tokens), (np.flatnonzero(~decode), 0)):
+        if len(rows) == 0 or not (score or steps):
+            continue
         start = time.perf_counter()
-        logprob, tokens, answers = prompt_passes(
-            model, tokenizer, inputs["candidate_prompt"], inputs["answers"] if score else None,
-            max_new_tokens=new_tokens if generate else 0, batch_size=batch, autocast=autocast)
-        log.info("%s: %d samples in %.1f s", " + ".join(p for p in ("likelihood", "generation") if p in protocols),
-                 n, time.perf_counter() - start)
+        lp, nt, decoded = prompt_passes(model, tokenizer, [prompt_ids[i] for i in rows],
+                                        [inputs["answers"][i] for i in rows] if score else None,
+                                        max_new_tokens=steps, batch_size=batch, autocast=autocast)
+        if score:
+            logprob[rows], tokens[rows] = lp, nt
+        if steps:
+            for i, answer in zip(rows, decoded):
+                answers[i] = answer
+        log.info("%s prompt, %s: %d samples in %.1f s", prompt,
+                 " + ".join(([("likelihood")] if score else []) + ([free] if steps else [])), len(rows),
+                 time.perf_counter() - start)
 
     if score:
         normalised = logprob / tokens
@@ -272,31 +293,41 @@ def evaluate(model, tokenizer, samples: pd.DataFrame, items: pd.DataFrame, *, pr
                  "target_rank": metrics.target_ranks(logprob, target_col),
                  "target_rank_norm": metrics.target_ranks(normalised, target_col)}
 
-    if generate:
-        found = [match_answer(a, t) for a, t in zip(answers, inputs["shown_titles"])]
+    if free == "generation":
+        found = [match_answer(a, t) if d else None for a, t, d in zip(answers, inputs["shown_titles"], decode)]
         valid = np.array([f is not None for f in found], dtype=np.float64)
         hit = np.array([f is not None and f == t for f, t in zip(found, target_col)], dtype=np.float64)
-        values["generation"] = {"valid": valid, "hit": hit}
+        values["generation"] = {"valid": np.where(decode, valid, np.nan), "hit": np.where(decode, hit, np.nan)}
         pred |= {"generated": answers, "matched_item": [None if f is None else c[f] for f, c in zip(found, candidates)]}
-        log.info("generation: valid %.3f, hit %.3f", valid.mean(), hit.mean())
+        log.info("generation on %d samples: valid %.3f, hit %.3f", decode.sum(), valid[decode].mean(),
+                 hit[decode].mean())
 
-    if "grounded" in protocols:
+    if free == "grounded":
         if title_embeddings is None:
             raise ValueError("the grounded protocol needs the title embeddings (--title-embeddings)")
         start = time.perf_counter()
-        answers = greedy_answers(model, tokenizer, inputs["open_prompt"], new_tokens, batch, autocast)
+        rows = np.flatnonzero(decode)
         with base_model_only(model):
-            queries = grounding.embed_texts(model, tokenizer, answers, batch_size=max(batch, 32), autocast=autocast)
+            queries = grounding.embed_texts(model, tokenizer, [answers[i] for i in rows], batch_size=max(batch, 32),
+                                            autocast=autocast)
         position = {item: i for i, item in enumerate(items["item_id"].astype(str))}
-        target_index = np.array([position[t] for t in pred["target"]])
-        history_index = [[position[i] for i in h] for h in samples["history"]]
+        target_index = np.array([position[t] for t in pred["target"][rows]])
+        history_index = [[position[i] for i in samples["history"].iloc[r]] for r in rows]
         ranks, tops = grounded_ranking(queries, grounding.item_index(title_embeddings), target_index, history_index)
         item_ids = items["item_id"].astype(str).to_numpy()
-        values["grounded"] = metrics.full_ranking_metrics(ranks)
-        pred |= {"open_generated": answers, "grounded_top": [list(item_ids[t]) for t in tops],
-                 "grounded_target_rank": ranks}
-        log.info("grounded: %d samples in %.1f s, hr@20 %.3f", n, time.perf_counter() - start,
-                 values["grounded"]["hr@20"].mean())
+        per_sample = metrics.full_ranking_metrics(ranks)
+        values["grounded"] = {}
+        for name, v in per_sample.items():
+            full = np.full(n, np.nan)
+            full[rows] = v
+            values["grounded"][name] = full
+        top_lists: list[list[str] | None] = [None] * n
+        rank_col: list[int | None] = [None] * n
+        for j, r in enumerate(rows):
+            top_lists[r], rank_col[r] = list(item_ids[tops[j]]), int(ranks[j])
+        pred |= {"open_generated": answers, "grounded_top": top_lists, "grounded_target_rank": rank_col}
+        log.info("grounded: %d samples embedded and ranked in %.1f s, hr@20 %.3f", len(rows),
+                 time.perf_counter() - start, per_sample["hr@20"].mean())
 
     frame = pd.DataFrame({name: pred.get(name, [None] * n) for name in PREDICTIONS_SCHEMA.names})
     return frame, values
@@ -304,17 +335,20 @@ def evaluate(model, tokenizer, samples: pd.DataFrame, items: pd.DataFrame, *, pr
 
 def metrics_table(samples: pd.DataFrame, values: dict[str, dict[str, np.ndarray]], *, dataset: str, method: str,
                   selection: str) -> pd.DataFrame:
+    """The long per-sample table; samples a protocol did not evaluate (NaN, see generation_samples)
+    have no rows."""
     frames = [metrics.ranking_metrics_frame(samples, per_metric, dataset=dataset, method=method, selection=selection,
                                             protocol=protocol) for protocol, per_metric in values.items()]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=metrics.FRAME_COLUMNS)
+    if not frames:
+        return pd.DataFrame(columns=metrics.FRAME_COLUMNS)
+    return pd.concat(frames, ignore_index=True).dropna(subset=["value"]).reset_index(drop=True)
 
 
-def settings(spec: dict[str, Any]) -> tuple[dict, dict, str]:
-    """(llm, evaluation, domain) from --spec, validated and completed by config/schema.yaml."""
+def settings(spec: dict[str, Any]) -> dict[str, Any]:
+    """{llm, evaluation, domain, prompt, budget} from --spec, validated and completed by config/schema.yaml."""
     from workflow.config import stage_settings
 
-    s = stage_settings(spec, {"llm": "llm", "evaluation": "evaluation"})
-    return s["llm"], s["evaluation"], s["domain"]
+    return stage_settings(spec, {"llm": "llm", "evaluation": "evaluation"})
 
 
 def read_samples(path, splits: Sequence[str]) -> pd.DataFrame:
@@ -342,7 +376,7 @@ def main(argv=None) -> int:
     p.add_argument("--items", required=True)
     p.add_argument("--title-embeddings", default=None, help="needed by the grounded protocol")
     p.add_argument("--spec", type=cli.json_arg, required=True,
-                   help='JSON {"llm": {...}, "evaluation": {...}, "domain": "movie"} (config blocks)')
+                   help='JSON {"llm": {...}, "evaluation": {...}, "domain": "movie", "prompt": "open"}')
     cli.add_run_arguments(p)
     p.add_argument("--predictions", required=True)
     p.add_argument("--metrics", required=True)
@@ -350,7 +384,8 @@ def main(argv=None) -> int:
     def run(args):
         from workflow.llm.model import autocast, resolve_device
 
-        llm, evaluation, domain = settings(args.spec)
+        s = settings(args.spec)
+        llm, evaluation, domain, prompt = s["llm"], s["evaluation"], s["domain"], s["prompt"]
         torch.manual_seed(args.seed)
         samples = read_samples(args.samples, evaluation["splits"])
         items = pd.read_parquet(args.items, columns=["item_id", "title"])
@@ -367,13 +402,15 @@ def main(argv=None) -> int:
         model, tokenizer = load_for_evaluation(args.model_dir, args.adapter, llm["device"], llm["dtype"],
                                                   llm["attention"])
         device = resolve_device(llm["device"])
-        log.info("%s/%s/%s: %d samples (%s), protocols %s", args.dataset, args.method, args.selection,
-                 len(samples), ", ".join(evaluation["splits"]), ", ".join(evaluation["protocols"]))
+        log.info("%s/%s/%s: %d samples (%s), %s prompt, protocols %s", args.dataset, args.method, args.selection,
+                 len(samples), ", ".join(evaluation["splits"]), prompt, ", ".join(evaluation["protocols"]))
         predictions, values = evaluate(model, tokenizer, samples, items, protocols=evaluation["protocols"],
                                        domain=domain, llm=llm, evaluation=evaluation,
-                                       autocast=lambda: autocast(device, llm["dtype"]), title_embeddings=embeddings)
+                                       autocast=lambda: autocast(device, llm["dtype"]), title_embeddings=embeddings,
+                                       prompt=prompt, seed=args.seed)
         table = metrics_table(samples, values, dataset=args.dataset, method=args.method, selection=args.selection)
-        provenance = dict(config={"llm": llm, "evaluation": evaluation, "domain": domain}, seed=args.seed,
+        provenance = dict(config={"llm": llm, "evaluation": evaluation, "domain": domain, "prompt": prompt},
+                          seed=args.seed,
                           model_dir=str(args.model_dir), adapter=str(args.adapter) if args.adapter else None)
         write_parquet(predictions, args.predictions, schema=PREDICTIONS_SCHEMA, **provenance)
         write_parquet(table, args.metrics, schema=METRICS_SCHEMA, **provenance)

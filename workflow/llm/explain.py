@@ -71,12 +71,12 @@ SCORE_TOLERANCE_FP32 = 1e-3
 SCORE_TOLERANCE_AUTOCAST = 0.1
 
 
-def settings(spec: dict[str, Any]) -> tuple[dict, dict, dict, str]:
-    """(llm, evaluation, explanations, domain) from --spec, validated and completed by config/schema.yaml."""
+def settings(spec: dict[str, Any]) -> tuple[dict, dict, dict, str, str]:
+    """(llm, evaluation, explanations, domain, prompt) from --spec, validated and completed by config/schema.yaml."""
     from workflow.config import stage_settings
 
     s = stage_settings(spec, {"llm": "llm", "evaluation": "evaluation", "explanations": "explanations"})
-    return s["llm"], s["evaluation"], s["explanations"], s["domain"]
+    return s["llm"], s["evaluation"], s["explanations"], s["domain"], s["prompt"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,12 +186,12 @@ def answer_token_logprobs(model, prompt_ids: Sequence[Sequence[int]], answer_ids
 def explain(model, tokenizer, samples: pd.DataFrame, items: pd.DataFrame, predictions: pd.DataFrame, *,
             reference: Callable[[], contextlib.AbstractContextManager], domain: str, llm: dict, batch_size: int,
             autocast: Callable = contextlib.nullcontext, score_tolerance: float = SCORE_TOLERANCE_FP32,
-            predictions_path: str | Path = "predictions.parquet") -> pd.DataFrame:
+            predictions_path: str | Path = "predictions.parquet", prompt: str = "candidate") -> pd.DataFrame:
     """One row per answer token of each sample's top candidate (EXPLANATIONS_SCHEMA columns), samples
     in the order given. `model` is the tuned model; inside `reference()` it is the reference."""
     top, predicted = top_candidates(samples, predictions, predictions_path)
     inputs = evaluate.prompt_inputs(samples, items, tokenizer, domain, llm)
-    prompt_ids = inputs["candidate_prompt"]
+    prompt_ids = inputs[f"{prompt}_prompt"]  # the run's prompt, under which its predictions were scored
     answer_ids = [answers[t] for answers, t in zip(inputs["answers"], top)]
     tuned = answer_token_logprobs(model, prompt_ids, answer_ids, batch_size, autocast)
     worst = check_scores(samples, tuned, predicted, score_tolerance, predictions_path)
@@ -305,7 +305,7 @@ def main(argv=None) -> int:
     def run(args):
         from workflow.llm.model import autocast, resolve_device
 
-        llm, evaluation, explanations, domain = settings(args.spec)
+        llm, evaluation, explanations, domain, prompt = settings(args.spec)
         torch.manual_seed(args.seed)
         samples = first_samples(evaluate.read_samples(args.samples, evaluation["splits"]),
                                 explanations["n_samples"], args.samples)
@@ -320,8 +320,9 @@ def main(argv=None) -> int:
         tokens = explain(model, tokenizer, samples, items, predictions, reference=reference, domain=domain, llm=llm,
                          batch_size=evaluation["batch_size"], autocast=lambda: autocast(device, llm["dtype"]),
                          score_tolerance=score_tolerance(llm["device"], llm["dtype"]),
-                         predictions_path=args.predictions)
-        provenance = dict(config={"llm": llm, "evaluation": evaluation, "explanations": explanations, "domain": domain},
+                         predictions_path=args.predictions, prompt=prompt)
+        provenance = dict(config={"llm": llm, "evaluation": evaluation, "explanations": explanations, "domain": domain,
+                                  "prompt": prompt},
                           seed=args.seed, model_dir=str(args.model_dir), adapter=str(args.adapter),
                           reference_adapter=str(args.reference_adapter) if args.reference_adapter else None,
                           predictions=str(args.predictions))

@@ -105,8 +105,7 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default="auto")
 
     def run(args):
-        from workflow.llm.evaluate import load_for_evaluation
-        from workflow.llm.model import autocast
+        from workflow.llm.model import autocast, load_for_evaluation
 
         items = pd.read_parquet(args.items, columns=["item_id", "title"])
         if items["title"].isna().any():

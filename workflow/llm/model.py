@@ -221,6 +221,25 @@ def load_model(model_dir: str | os.PathLike, device: str | torch.device = "auto"
     return model, tokenizer
 
 
+def load_for_evaluation(model_dir, adapter=None, device="auto", dtype="auto", attention="auto"):
+    """(model, tokenizer) in eval mode, no parameter requiring gradients; with `adapter`, the base
+    model wrapped by the PEFT adapter. The no-grad attention (`resolve_attention(training=False)`),
+    and the linear weights stored in the compute dtype (`train.cast_frozen_linears`: the results of
+    autocast's per-matmul casts, without a cast of every weight at every generated token)."""
+    from workflow.llm.train import cast_frozen_linears
+
+    model, tokenizer = load_model(model_dir, device=device, dtype=dtype, attention=attention, training=False)
+    if adapter:
+        from peft import PeftModel
+
+        if not (Path(adapter) / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"{adapter}: not a PEFT adapter folder (no adapter_config.json)")
+        model = PeftModel.from_pretrained(model, adapter, is_trainable=False)
+    model.requires_grad_(False)
+    cast_frozen_linears(model, resolve_dtype(dtype, device))
+    return model.eval(), tokenizer
+
+
 def main(argv=None) -> int:
     p = cli.parser("Convert the base LLM once into a safetensors model folder.")
     p.add_argument("--base-model", default="embedded", help="`embedded`, a .gguf path, or a HF model folder")

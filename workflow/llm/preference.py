@@ -37,20 +37,24 @@ log = logging.getLogger(__name__)
 METHODS = ("dmpo", "sdpo", "dynamicpo")
 
 
-def settings(method: str, spec: dict[str, Any]) -> tuple[dict, dict, str]:
-    """(llm, training settings = preference block + the method's block, domain), validated."""
+def settings(method: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """{llm, cfg (training settings = preference block + the method's block), domain, prompt,
+    budget}, validated."""
     from workflow.config import stage_settings
 
     if method not in METHODS:
         raise ValueError(f"unknown preference method {method!r} (known: {', '.join(METHODS)})")
     s = stage_settings(spec, {"llm": "llm", "preference": "preference", "method": method})
-    return s["llm"], {**s["preference"], **s["method"]}, s["domain"]
+    s["cfg"] = {**s.pop("preference"), **s.pop("method")}
+    return s
 
 
 def preference_examples(samples: pd.DataFrame, items: pd.DataFrame, tokenizer, domain: str,
-                        llm: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per sample: the candidate prompt, every candidate's answer ids, and the target's index."""
+                        llm: dict[str, Any], prompt: str = "candidate") -> list[dict[str, Any]]:
+    """Per sample: the run's prompt, every candidate's answer ids, and the target's index. Under
+    the open prompt the negatives are the other candidates' titles as answers to the history alone."""
     from workflow.llm import prompts
+    from workflow.llm.sft import prompt_ids
 
     titles = dict(zip(items["item_id"].astype(str), items["title"].astype(str)))
     examples = []
@@ -61,11 +65,10 @@ def preference_examples(samples: pd.DataFrame, items: pd.DataFrame, tokenizer, d
             raise ValueError(f"sample '{row.sample_id}': item '{missing[0]}' is not in the items table")
         if candidates.count(str(row.target)) != 1:
             raise ValueError(f"sample '{row.sample_id}': the target must be among its candidates exactly once")
-        prompt = prompts.candidate_prompt_ids(
-            tokenizer, [titles[str(i)] for i in row.history], [titles[i] for i in candidates], domain,
-            max_title_tokens=llm["max_title_tokens"], max_prompt_tokens=llm["max_prompt_tokens"])
+        ids = prompt_ids(tokenizer, prompt, [titles[str(i)] for i in row.history], [titles[i] for i in candidates],
+                         domain, llm)
         answers = [prompts.clipped_answer_ids(tokenizer, titles[i], llm["max_title_tokens"]) for i in candidates]
-        examples.append({"sample_id": str(row.sample_id), "prompt": prompt, "answers": answers,
+        examples.append({"sample_id": str(row.sample_id), "prompt": ids, "answers": answers,
                          "candidates": candidates, "target": candidates.index(str(row.target))})
     return examples
 
@@ -171,8 +174,9 @@ def run_preference(method: str, model_dir: str | Path, adapter: str | Path, samp
 
     from workflow.llm.model import autocast, load_model, resolve_device, resolve_dtype
 
-    llm, cfg, domain = settings(method, spec)
-    samples = read_training_samples(samples_path, selection_path)
+    s = settings(method, spec)
+    llm, cfg, domain = s["llm"], s["cfg"], s["domain"]
+    samples = read_training_samples(samples_path, selection_path, s["budget"], seed)
     items = pd.read_parquet(items_path, columns=["item_id", "title"])
     model, tokenizer = load_model(model_dir, device=llm["device"], dtype=llm["dtype"], attention=llm["attention"])
     if not (Path(adapter) / "adapter_config.json").is_file():
@@ -182,19 +186,20 @@ def run_preference(method: str, model_dir: str | Path, adapter: str | Path, samp
     train.cast_frozen_linears(model, resolve_dtype(llm["dtype"], device))  # as in SFT: autocast's results, faster
     amp = lambda: autocast(device, llm["dtype"])  # noqa: E731
 
-    examples = preference_examples(samples, items, tokenizer, domain, llm)
+    examples = preference_examples(samples, items, tokenizer, domain, llm, s["prompt"])
     full = read_reference(reference_path, examples)  # every candidate: `hardest` ranks them
     chosen = with_negatives(examples, cfg["k"], cfg["strategy"], seed, full)
     for example, ref in zip(chosen, full):
         example["reference"] = torch.tensor(ref[example["order"]], dtype=torch.float32)
-    log.info("%s on %d samples, %d negatives each (%s), beta %.3g", method, len(chosen),
+    log.info("%s on %d samples, %s prompt, %d negatives each (%s), beta %.3g", method, len(chosen), s["prompt"],
              len(chosen[0]["answers"]) - 1, cfg["strategy"], cfg["beta"])
 
     checkpoint = train.checkpoint_dir_for(out)
     train_log = train.train(model, chosen, collate, make_loss_fn(method, cfg), cfg, seed=seed,
                             checkpoint_dir=checkpoint, autocast=amp, desc=method,
                             fingerprint_extra={"adapter": str(adapter), "method": method})
-    config = {"llm": llm, method: cfg, "domain": domain, "model_dir": str(model_dir), "reference_adapter": str(adapter),
+    config = {"llm": llm, method: cfg, "domain": domain, "prompt": s["prompt"], "budget": s["budget"],
+              "model_dir": str(model_dir), "reference_adapter": str(adapter),
               "reference_logprobs": str(reference_path), "samples": str(samples_path),
               "selection": str(selection_path), "n_samples": len(chosen)}
     train.save_adapter(model, out, config, train_log, seed)

@@ -35,13 +35,13 @@ SCHEMA = pa.schema([
 
 
 def reference_table(model, tokenizer, samples: pd.DataFrame, items: pd.DataFrame, *, domain: str, llm: dict,
-                    batch_size: int, autocast: Callable) -> pd.DataFrame:
+                    batch_size: int, autocast: Callable, prompt: str = "candidate") -> pd.DataFrame:
     """One row per sample: its candidates (item ids, as in the samples) and their summed log-probs
     and answer token counts under `model`, with the prompts and answers preference training uses."""
     from workflow.llm.evaluate import prompt_passes
     from workflow.llm.preference import preference_examples
 
-    examples = preference_examples(samples, items, tokenizer, domain, llm)
+    examples = preference_examples(samples, items, tokenizer, domain, llm, prompt)
     logprob, tokens, _ = prompt_passes(model, tokenizer, [e["prompt"] for e in examples],
                                        [e["answers"] for e in examples], batch_size=batch_size, autocast=autocast)
     return pd.DataFrame({"sample_id": [e["sample_id"] for e in examples],
@@ -57,29 +57,33 @@ def main(argv=None) -> int:
     p.add_argument("--items", required=True)
     p.add_argument("--selection", required=True)
     p.add_argument("--spec", type=cli.json_arg, required=True,
-                   help='JSON {"llm": {...}, "evaluation": {"batch_size": 8}, "domain": "movie"}')
+                   help='JSON {"llm": {...}, "evaluation": {"batch_size": 8}, "domain": "movie", "prompt": "open", '
+                        '"budget": null}')
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out", required=True)
 
     def run(args):
-        from workflow.llm.evaluate import load_for_evaluation, settings
-        from workflow.llm.model import autocast, resolve_device
+        from workflow.llm.evaluate import settings
+        from workflow.llm.model import autocast, load_for_evaluation, resolve_device
         from workflow.llm.sft import read_training_samples
 
-        llm, evaluation, domain = settings(args.spec)
+        s = settings(args.spec)
+        llm, evaluation, domain = s["llm"], s["evaluation"], s["domain"]
         torch.manual_seed(args.seed)
-        samples = read_training_samples(args.samples, args.selection)
+        samples = read_training_samples(args.samples, args.selection, s["budget"], args.seed)
         items = pd.read_parquet(args.items, columns=["item_id", "title"])
         model, tokenizer = load_for_evaluation(args.model_dir, args.adapter, llm["device"], llm["dtype"],
                                                llm["attention"])
         device = resolve_device(llm["device"])
         start = time.perf_counter()
         table = reference_table(model, tokenizer, samples, items, domain=domain, llm=llm,
-                                batch_size=evaluation["batch_size"], autocast=lambda: autocast(device, llm["dtype"]))
+                                batch_size=evaluation["batch_size"], autocast=lambda: autocast(device, llm["dtype"]),
+                                prompt=s["prompt"])
         log.info("reference log-probs of %d samples x %d candidates in %.1f s", len(table),
                  len(table["candidates"].iloc[0]), time.perf_counter() - start)
         write_parquet(table, args.out, schema=SCHEMA, seed=args.seed,
-                      config={"llm": llm, "batch_size": evaluation["batch_size"], "domain": domain},
+                      config={"llm": llm, "batch_size": evaluation["batch_size"], "domain": domain,
+                              "prompt": s["prompt"], "budget": s["budget"]},
                       model_dir=str(args.model_dir), adapter=str(args.adapter), samples=str(args.samples),
                       selection=str(args.selection))
 

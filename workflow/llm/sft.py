@@ -1,5 +1,5 @@
-"""Supervised fine-tuning (SFT) with LoRA: the model learns to answer the candidate prompt (LLaRA
-style, workflow.llm.prompts) with the target's title.
+"""Supervised fine-tuning (SFT) with LoRA: the model learns to answer the run's prompt (`candidate`,
+LLaRA style, or `open`, BIGRec style; workflow.llm.prompts) with the target's title.
 
 Loss: cross-entropy on the answer tokens only (title + end-of-turn), token mean over the batch,
 computed by the shared scorer with one candidate per sample (`scoring.answer_logprobs`): the prompt
@@ -32,16 +32,17 @@ log = logging.getLogger(__name__)
 SAMPLE_COLUMNS = ["sample_id", "split", "history", "target", "candidates"]
 
 
-def settings(spec: dict[str, Any]) -> tuple[dict, dict, str]:
-    """(llm, sft, domain) from --spec, validated and completed by config/schema.yaml."""
+def settings(spec: dict[str, Any]) -> dict[str, Any]:
+    """{llm, sft, domain, prompt, budget} from --spec, validated and completed by config/schema.yaml."""
     from workflow.config import stage_settings
 
-    s = stage_settings(spec, {"llm": "llm", "sft": "sft"})
-    return s["llm"], s["sft"], s["domain"]
+    return stage_settings(spec, {"llm": "llm", "sft": "sft"})
 
 
-def read_training_samples(samples_path: str | Path, selection_path: str | Path) -> pd.DataFrame:
-    """The selected train samples, sorted by sample_id (the row order of the files does not matter)."""
+def read_training_samples(samples_path: str | Path, selection_path: str | Path, budget: int | None = None,
+                          seed: int = 0) -> pd.DataFrame:
+    """The selected train samples, sorted by sample_id (the row order of the files does not matter);
+    with `budget`, a nested seeded subset of that many (`selection.nested_subset`, a run's -n)."""
     samples = pd.read_parquet(samples_path)
     missing = [c for c in SAMPLE_COLUMNS if c not in samples.columns]
     if missing:
@@ -60,16 +61,34 @@ def read_training_samples(samples_path: str | Path, selection_path: str | Path) 
         raise ValueError(f"{selection_path}: sample '{not_train.iloc[0]}' is not a train sample")
     if picked.empty:
         raise ValueError(f"{selection_path}: selects no samples")
+    if budget is not None:
+        from workflow.selection import nested_subset
+
+        if budget > len(picked):
+            raise ValueError(f"{selection_path}: a budget of {budget} samples asked for, the selection holds "
+                             f"{len(picked)} (raise selection.budget or lower the run's -n)")
+        picked = picked[picked["sample_id"].isin(set(nested_subset(picked["sample_id"], budget, seed)))]
     return picked.sort_values("sample_id", kind="stable").reset_index(drop=True)
 
 
+def prompt_ids(tokenizer, prompt: str, history_titles, candidate_titles, domain: str, llm: dict[str, Any]) -> list[int]:
+    """The rendered prompt of kind `prompt` (candidate: history and candidates; open: history only)."""
+    from workflow.llm import prompts
+
+    budget = dict(max_title_tokens=llm["max_title_tokens"], max_prompt_tokens=llm["max_prompt_tokens"])
+    if prompt == "candidate":
+        return prompts.candidate_prompt_ids(tokenizer, history_titles, candidate_titles, domain, **budget)
+    if prompt == "open":
+        return prompts.open_prompt_ids(tokenizer, history_titles, domain, **budget)
+    raise ValueError(f"unknown prompt {prompt!r} (known: candidate, open)")
+
+
 def sft_examples(samples: pd.DataFrame, items: pd.DataFrame, tokenizer, domain: str,
-                 llm: dict[str, Any]) -> list[dict[str, list[int]]]:
-    """Per sample {"prompt": candidate prompt ids, "answer": the target's answer ids}."""
+                 llm: dict[str, Any], prompt: str = "candidate") -> list[dict[str, list[int]]]:
+    """Per sample {"prompt": the prompt's ids, "answer": the target's answer ids}."""
     from workflow.llm import prompts
 
     titles = dict(zip(items["item_id"].astype(str), items["title"].astype(str)))
-    budget = dict(max_title_tokens=llm["max_title_tokens"], max_prompt_tokens=llm["max_prompt_tokens"])
     examples = []
     for row in samples.itertuples(index=False):
         history, candidates, target = [str(i) for i in row.history], [str(i) for i in row.candidates], str(row.target)
@@ -78,10 +97,10 @@ def sft_examples(samples: pd.DataFrame, items: pd.DataFrame, tokenizer, domain: 
             raise ValueError(f"sample '{row.sample_id}': item '{unknown[0]}' is not in the items table")
         if target not in candidates:
             raise ValueError(f"sample '{row.sample_id}': the target is not among its candidates")
-        prompt = prompts.candidate_prompt_ids(tokenizer, [titles[i] for i in history],
-                                              [titles[i] for i in candidates], domain, **budget)
+        ids = prompt_ids(tokenizer, prompt, [titles[i] for i in history], [titles[i] for i in candidates],
+                         domain, llm)
         answer = prompts.clipped_answer_ids(tokenizer, titles[target], llm["max_title_tokens"])
-        examples.append({"prompt": prompt, "answer": answer})
+        examples.append({"prompt": ids, "answer": answer})
     return examples
 
 
@@ -106,15 +125,16 @@ def run_sft(model_dir: str | Path, samples_path: str | Path, items_path: str | P
     """Train a LoRA adapter by SFT and save it to `out` (see the module docstring)."""
     from workflow.llm.model import autocast, load_model, resolve_device, resolve_dtype
 
-    llm, sft, domain = settings(spec)
-    samples = read_training_samples(samples_path, selection_path)
+    s = settings(spec)
+    llm, sft, domain = s["llm"], s["sft"], s["domain"]
+    samples = read_training_samples(samples_path, selection_path, s["budget"], seed)
     items = pd.read_parquet(items_path, columns=["item_id", "title"])
     model, tokenizer = load_model(model_dir, device=llm["device"], dtype=llm["dtype"], attention=llm["attention"])
-    examples = sft_examples(samples, items, tokenizer, domain, llm)
+    examples = sft_examples(samples, items, tokenizer, domain, llm, s["prompt"])
     n_answer = sum(len(e["answer"]) for e in examples)
     n_prompt = sum(len(e["prompt"]) for e in examples)
-    log.info("SFT on %d samples: %d prompt + %d answer tokens, %d epochs", len(examples), n_prompt, n_answer,
-             sft["epochs"])
+    log.info("SFT on %d samples, %s prompt: %d prompt + %d answer tokens, %d epochs", len(examples), s["prompt"],
+             n_prompt, n_answer, sft["epochs"])
     model = train.add_lora(model, sft, seed)
     device = resolve_device(llm["device"])
     train.cast_frozen_linears(model, resolve_dtype(llm["dtype"], device))  # autocast's results, faster
@@ -125,7 +145,8 @@ def run_sft(model_dir: str | Path, samples_path: str | Path, items_path: str | P
         autocast=lambda: autocast(device, llm["dtype"]), desc="sft",
         fingerprint_extra={"model_dir": str(model_dir), "source": source.read_text() if source.exists() else None},
     )
-    config = {"llm": llm, "sft": sft, "domain": domain, "model_dir": str(model_dir),
+    config = {"llm": llm, "sft": sft, "domain": domain, "prompt": s["prompt"], "budget": s["budget"],
+              "model_dir": str(model_dir),
               "samples": str(samples_path), "selection": str(selection_path), "n_samples": len(examples)}
     train.save_adapter(model, out, config, train_log, seed)
     train.remove_checkpoint(checkpoint)
@@ -136,13 +157,13 @@ def run_sft(model_dir: str | Path, samples_path: str | Path, items_path: str | P
 
 
 def main(argv=None) -> int:
-    p = cli.parser("LoRA supervised fine-tuning on the candidate prompt, loss on the answer tokens.")
+    p = cli.parser("LoRA supervised fine-tuning on the candidate or open prompt, loss on the answer tokens.")
     p.add_argument("--model-dir", required=True, help="the base model folder (rule base_model)")
     p.add_argument("--samples", required=True)
     p.add_argument("--items", required=True)
     p.add_argument("--selection", required=True, help="Parquet with the sample_id column of the train samples to use")
     p.add_argument("--spec", type=cli.json_arg, required=True,
-                   help='JSON {"llm": {...}, "sft": {...}, "domain": "movie"} (config blocks)')
+                   help='JSON {"llm": {...}, "sft": {...}, "domain": "movie", "prompt": "open", "budget": null}')
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out", required=True, help="adapter folder to write")
     return cli.run(lambda a: run_sft(a.model_dir, a.samples, a.items, a.selection, a.spec, a.seed, a.out), p, argv)

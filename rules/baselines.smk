@@ -1,0 +1,25 @@
+# The random (exact expectation) and popularity (train-split target counts) baselines on the
+# stored candidate sets and in full ranking: the floor every LLM row is read against.
+
+
+rule baselines:
+    input:
+        samples=f"{RESULTS}/{{dataset}}/data/samples.parquet",
+        item_table=f"{RESULTS}/{{dataset}}/data/items.parquet",  # `items` would shadow Namedlist.items()
+    output:
+        f"{RESULTS}/{{dataset}}/baselines/metrics.parquet",
+    params:
+        seed=config["seed"],
+    log:
+        f"{RESULTS}/logs/{{dataset}}/baselines.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{dataset}}/baselines.tsv"
+    threads: 1
+    resources:
+        mem="4GB",
+        runtime="30m",
+    conda:
+        "../envs/cpu.yaml"
+    shell:
+        "python -m workflow.baselines --samples {input.samples:q} --items {input.item_table:q} "
+        "--dataset {wildcards.dataset:q} --seed {params.seed} --out {output:q} > {log:q} 2>&1"

@@ -1,0 +1,148 @@
+"""Studies (workflow/study.py): per-run statistics, paired differences against the smallest x of each
+series, the markdown table and the plot, from per-sample metrics files as the evaluation writes
+them; the collapse study (x = k) and a learning curve (x = budget, on the validation split)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import json
+
+from workflow import study
+from workflow.io import read_provenance
+
+
+def metrics_file(path, method, hr1, ndcg=None, selection="random", dataset="toy", split="test"):
+    ids = [f"s{i}" for i in range(len(hr1))]
+    rows = [pd.DataFrame({"dataset": dataset, "method": method, "selection": selection, "protocol": "likelihood",
+                          "split": split, "sample_id": ids, "user_id": [f"u{i}" for i in range(len(hr1))],
+                          "metric": metric, "value": np.asarray(values, dtype=float)})
+            for metric, values in (("hr@1", hr1), ("ndcg@10", ndcg if ndcg is not None else hr1))]
+    # another split's rows and another protocol must not leak into the study
+    rows.append(rows[0].assign(split="valid" if split == "test" else "test", value=1.0))
+    rows.append(rows[0].assign(protocol="generation", metric="hit", value=1.0))
+    pd.concat(rows, ignore_index=True).to_parquet(path)
+    return str(path)
+
+
+def run(method, k, path):
+    return {"dataset": "toy", "selection": "random", "method": method, "prompt": "open", "k": k, "epochs": 1,
+            "budget": 64, "path": path}
+
+
+@pytest.fixture()
+def runs(tmp_path):
+    return [
+        run("dmpo", 1, metrics_file(tmp_path / "d1.parquet", "dmpo-open-k1", [1, 1, 1, 0, 1, 0])),
+        run("dmpo", 3, metrics_file(tmp_path / "d3.parquet", "dmpo-open", [1, 0, 1, 0, 0, 0])),  # the reused main run
+        run("dmpo", 15, metrics_file(tmp_path / "d15.parquet", "dmpo-open-k15", [0, 0, 0, 0, 1, 0])),
+        run("dynamicpo", 1, metrics_file(tmp_path / "y1.parquet", "dynamicpo-open-k1", [1, 0, 1, 0, 1, 0])),
+        run("dynamicpo", 15, metrics_file(tmp_path / "y15.parquet", "dynamicpo-open-k15", [1, 0, 1, 1, 1, 0])),
+    ]
+
+
+def table_of(runs, resamples=300, seed=3, x="k", split="test"):
+    return study.study_table(runs, x, split, ["hr@1", "ndcg@10"], resamples, 0.95, seed)
+
+
+def pick(table, method, k, metric="hr@1"):
+    sel = table[(table["method"] == method) & (table["k"] == k) & (table["metric"] == metric)]
+    assert len(sel) == 1, sel
+    return sel.iloc[0]
+
+
+def test_values_and_paired_deltas_match_hand_computation(runs):
+    table = table_of(runs)
+    assert len(table) == 10  # 5 runs x (hr@1, ndcg@10)
+    assert pick(table, "dmpo", 1)["value"] == pytest.approx(4 / 6)
+    assert pick(table, "dmpo", 3)["value"] == pytest.approx(2 / 6)
+    assert pick(table, "dmpo", 15)["value"] == pytest.approx(1 / 6)
+    assert pick(table, "dynamicpo", 15)["value"] == pytest.approx(4 / 6)
+    # the smallest k of each method is the baseline of its deltas
+    assert np.isnan(pick(table, "dmpo", 1)["delta_vs_first"])
+    assert pick(table, "dmpo", 15)["delta_vs_first"] == pytest.approx(1 / 6 - 4 / 6)
+    assert pick(table, "dynamicpo", 15)["delta_vs_first"] == pytest.approx(1 / 6)
+    for _, r in table.iterrows():
+        assert r["n"] == 6
+        assert r["ci_low"] <= r["value"] <= r["ci_high"]
+    d = pick(table, "dmpo", 15)
+    assert d["delta_ci_low"] <= d["delta_vs_first"] <= d["delta_ci_high"]
+    # the same seed gives the same intervals
+    again = table_of(runs)
+    pd.testing.assert_frame_equal(table, again)
+
+
+def test_paired_interval_is_narrower_than_unpaired_when_runs_agree(tmp_path):
+    """Two runs that differ on one sample: the paired difference's interval is tight around it."""
+    base = [1, 0] * 20
+    moved = list(base)
+    moved[1] = 1
+    runs = [run("dmpo", 1, metrics_file(tmp_path / "a.parquet", "dmpo-open-k1", base)),
+            run("dmpo", 7, metrics_file(tmp_path / "b.parquet", "dmpo-open-k7", moved))]
+    r = pick(table_of(runs, resamples=500, seed=0), "dmpo", 7)
+    assert r["delta_vs_first"] == pytest.approx(1 / 40)
+    # resampled, the difference is (copies of that one sample) / 40: never negative, and far tighter
+    # than either run's own interval (each alone is as uncertain as a coin)
+    assert r["delta_ci_low"] >= 0
+    assert r["ci_high"] - r["ci_low"] > 0.2
+    assert r["delta_ci_high"] - r["delta_ci_low"] < (r["ci_high"] - r["ci_low"]) / 2
+
+
+def test_learning_curve_series_and_validation_split(tmp_path):
+    """x = budget: one series per (method, prompt, epochs); deltas against each series' smallest
+    budget; only the study's split is read."""
+    def point(method, prompt, budget, epochs, hr1):
+        name = f"{method}-{prompt}-e{epochs}-n{budget}"
+        path = metrics_file(tmp_path / f"{name}.parquet", name, hr1, split="valid")
+        return {"dataset": "toy", "selection": "random", "method": method, "prompt": prompt, "k": None,
+                "epochs": epochs, "budget": budget, "path": path}
+
+    runs = [point("sft", "open", 128, 1, [0, 0, 1, 0]), point("sft", "open", 512, 1, [1, 0, 1, 1]),
+            point("sft", "open", 128, 3, [1, 1, 1, 0]), point("sft", "open", 512, 3, [1, 1, 1, 1]),
+            point("sft", "candidate", 128, 1, [0, 0, 0, 0]), point("sft", "candidate", 512, 1, [0, 1, 0, 0])]
+    table = study.study_table(runs, "budget", "valid", ["hr@1"], 200, 0.9, 0)
+    assert len(table) == 6 and (table["n"] == 4).all()
+    row = table[(table["prompt"] == "open") & (table["epochs"] == 3) & (table["budget"] == 512)].iloc[0]
+    assert row["value"] == 1.0 and row["delta_vs_first"] == pytest.approx(1 - 3 / 4)
+    row = table[(table["prompt"] == "candidate") & (table["budget"] == 512)].iloc[0]
+    assert row["delta_vs_first"] == pytest.approx(1 / 4)
+    assert table.loc[table["budget"] == 128, "delta_vs_first"].isna().all()
+    # the files' test rows (all 1.0, see metrics_file) are another split: read only when asked for
+    assert (study.study_table(runs, "budget", "test", ["hr@1"], 10, 0.9, 0)["value"] == 1.0).all()
+
+
+def test_cli_writes_table_markdown_and_plot(runs, tmp_path):
+    base = metrics_file(tmp_path / "base.parquet", "popularity", [1, 0, 0, 0, 1, 0], selection="all")
+    out = tmp_path / "out"
+    spec = {"name": "collapse", "x": "k", "split": "test", "metrics": ["hr@1", "ndcg@10"], "bootstrap": 100,
+            "ci": 0.9, "runs": runs}
+    code = study.main(["--spec", json.dumps(spec), "--baselines", base, "--seed", "1",
+                       "--out-parquet", str(out / "c.parquet"), "--out-md", str(out / "c.md"),
+                       "--out-png", str(out / "c.png")])
+    assert code == 0
+    table = pd.read_parquet(out / "c.parquet")
+    assert set(table["method"]) == {"dmpo", "dynamicpo"} and sorted(set(table["k"])) == [1, 3, 15]
+    assert read_provenance(out / "c.parquet")["seed"] == 1
+    md = (out / "c.md").read_text()
+    assert "| run | k=1 | k=3 | k=15 |" in md
+    assert "| dynamicpo open e1 n64 | 0.500" in md
+    assert "| –" not in md.split("| dynamicpo")[0]  # the dmpo row is complete
+    assert "–" in md.split("| dynamicpo open e1 n64 |")[1].splitlines()[0]  # dynamicpo has no k=3 run
+    assert "Baselines: popularity 0.333" in md
+    assert (out / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(out.glob(".*tmp"))  # atomic writes leave no temp file behind
+
+
+def test_cli_rejects_a_bad_spec_and_files_without_likelihood_rows(runs, tmp_path):
+    out = ["--seed", "1", "--out-parquet", str(tmp_path / "c.parquet"),
+           "--out-md", str(tmp_path / "c.md"), "--out-png", str(tmp_path / "c.png")]
+    spec = {"name": "collapse", "x": "k", "split": "test", "metrics": ["hr@1"], "bootstrap": 10, "ci": 0.9}
+    assert study.main(["--spec", json.dumps(spec)] + out) == 1  # no runs
+    assert study.main(["--spec", json.dumps({**spec, "runs": runs, "x": "lr"})] + out) == 1
+    empty = tmp_path / "gen.parquet"
+    frame = pd.read_parquet(runs[0]["path"])
+    frame[frame["protocol"] == "generation"].to_parquet(empty)
+    with pytest.raises(ValueError, match="gen.parquet: no likelihood rows"):
+        table_of([{**runs[0], "path": str(empty)}], 10)
+    assert not (tmp_path / "c.parquet").exists()

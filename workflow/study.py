@@ -1,0 +1,241 @@
+"""Studies: a grid of config variants -> runs -> one table and one plot with paired differences.
+
+Every study has the same shape. Some methods are trained at every point of a grid of overrides
+(prompt, negatives k, epochs, training budget; `studies.<name>` in the config, runs named as in
+workflow/runs.py) on the same selection, and evaluated with the likelihood protocol on the same
+samples of one split, so the runs are paired. The table gives each run's statistic with its seeded
+bootstrap interval and the paired bootstrap difference against the same series at the smallest
+value of the study's x axis (workflow.summary's statistics, reused). Baselines (random, popularity,
+SASRec) on the same split are drawn as horizontal lines and listed under each table.
+
+- collapse (DynamicPO paper): dmpo and dynamicpo at k = 1, 3, 7, 15; x = k.
+- learning_curve: sft and dmpo at several training budgets and epochs, both prompts; x = budget;
+  evaluated on the validation split, where the default config's settings are chosen.
+
+    python -m workflow.study --spec '{"name": ..., "x": "budget", "split": "valid", "metrics": [...],
+        "bootstrap": 1000, "ci": 0.95, "runs": [{"dataset": ..., "selection": ..., "method": ...,
+        "prompt": ..., "k": ..., "epochs": ..., "budget": ..., "path": ".../metrics.parquet"}, ...]}' \
+        --baselines .../baselines/metrics.parquet .../surrogate/metrics.parquet --seed 42 \
+        --out-parquet results/studies/NAME.parquet --out-md ... --out-png ...
+"""
+from __future__ import annotations
+
+import logging
+import numbers
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from workflow import cli
+from workflow.io import atomic_path, write_parquet
+from workflow.summary import estimate, metric_frames, paired_delta, read_metrics
+
+log = logging.getLogger(__name__)
+
+PROTOCOL = "likelihood"
+AXES = ("prompt", "k", "epochs", "budget")
+LABELS = ("dataset", "selection", "method", *AXES)
+BASELINES = ("random", "popularity", "sasrec")
+SCHEMA = pa.schema([
+    ("dataset", pa.string()), ("selection", pa.string()), ("method", pa.string()), ("prompt", pa.string()),
+    ("k", pa.int64()), ("epochs", pa.int64()), ("budget", pa.int64()), ("metric", pa.string()),
+    ("value", pa.float64()), ("n", pa.int64()), ("ci_low", pa.float64()), ("ci_high", pa.float64()),
+    ("delta_vs_first", pa.float64()), ("delta_ci_low", pa.float64()), ("delta_ci_high", pa.float64()),
+])
+
+
+def label_key(run: dict[str, Any]) -> tuple:
+    return tuple(run.get(name) for name in LABELS)
+
+
+def run_frames(runs: Sequence[dict[str, Any]], split: str, metrics: Sequence[str]) -> dict[tuple, pd.DataFrame]:
+    """(labels..., metric) -> per-sample frame of the likelihood protocol on `split`. A run's file
+    may hold another method name (a main run reused at its own grid point)."""
+    frames = {}
+    for run in runs:
+        found = {key: frame for key, frame in metric_frames(read_metrics([run["path"]]), split=split).items()
+                 if key[3] == PROTOCOL and key[4] in metrics}
+        if not found:
+            raise ValueError(f"{run['path']}: no {PROTOCOL} rows of {list(metrics)} on the {split} split")
+        for (_, _, _, _, metric), frame in found.items():
+            frames[(*label_key(run), metric)] = frame
+    return frames
+
+
+def series_key(key: tuple, x: str) -> tuple:
+    """The key without its x value: the runs one line of the plot joins."""
+    return tuple(None if name == x else value for name, value in zip((*LABELS, "metric"), key))
+
+
+def sort_value(value) -> tuple:
+    """Numbers in numeric order (numpy's too), before strings; None last."""
+    if value is None or value is pd.NA:
+        return (2, 0, "")
+    return (0, float(value), "") if isinstance(value, numbers.Number) else (1, 0, str(value))
+
+
+def study_table(runs: Sequence[dict[str, Any]], x: str, split: str, metrics: Sequence[str], resamples: int,
+                level: float, seed: int) -> pd.DataFrame:
+    """One row per run and metric: its statistic and the paired difference against the run of the
+    same series at the smallest x."""
+    if x not in AXES:
+        raise ValueError(f"x must be one of {AXES}, got {x!r}")
+    frames = run_frames(runs, split, metrics)
+    position = (*LABELS, "metric").index(x)
+    first: dict[tuple, tuple] = {}
+    for key in frames:
+        series = series_key(key, x)
+        if series not in first or sort_value(key[position]) < sort_value(first[series][position]):
+            first[series] = key
+    rows = []
+    for key in sorted(frames, key=lambda k: tuple(sort_value(v) for v in k)):
+        value, lo, hi = estimate(key[-1], frames[key], resamples, level, seed)
+        ref = first[series_key(key, x)]
+        delta = (paired_delta(key[-1], frames[key], frames[ref], resamples, level, seed) if ref != key
+                 else (np.nan,) * 3)
+        rows.append((*key[:-1], key[-1], value, len(frames[key]), lo, hi, *delta))
+    table = pd.DataFrame(rows, columns=SCHEMA.names)
+    return table.astype({c: "Int64" for c in ("k", "epochs", "budget")})
+
+
+def baseline_values(paths: Sequence[str], split: str, metrics: Sequence[str], resamples: int, level: float,
+                    seed: int) -> pd.DataFrame:
+    """dataset, method, metric, value, ci_low, ci_high of the baselines (random, popularity, SASRec)
+    under the candidate protocol on `split`."""
+    rows = []
+    for path in paths:
+        for (dataset, method, _, protocol, metric), frame in metric_frames(read_metrics([path]), split=split).items():
+            if protocol == PROTOCOL and metric in metrics and method in BASELINES:
+                rows.append((dataset, method, metric, *estimate(metric, frame, resamples, level, seed)))
+    return pd.DataFrame(rows, columns=["dataset", "method", "metric", "value", "ci_low", "ci_high"])
+
+
+def series_label(row: pd.Series, x: str) -> str:
+    """`dmpo open e1 k3`: the method and the series' other axis values (budget as n)."""
+    parts = [row["method"]] + ([row["prompt"]] if x != "prompt" else [])
+    for name, flag in (("epochs", "e"), ("k", "k"), ("budget", "n")):
+        if name != x and not pd.isna(row[name]):
+            parts.append(f"{flag}{int(row[name])}")
+    return " ".join(parts)
+
+
+def markdown(name: str, table: pd.DataFrame, baselines: pd.DataFrame, x: str, split: str, resamples: int,
+             level: float) -> str:
+    lines = [f"# Study `{name}`: {PROTOCOL} protocol against {x} ({split} split)", "",
+             f"Point estimate [{level:.0%} bootstrap interval over {split} samples, {resamples} resamples]; "
+             f"Δ = paired bootstrap difference against the same series at the smallest {x}.", ""]
+    for (dataset, selection, metric), part in table.groupby(["dataset", "selection", "metric"], sort=True):
+        xs = sorted(part[x].dropna().unique(), key=sort_value)
+        lines += [f"## {dataset}, selection {selection}: {metric} (n = {int(part['n'].max())})", "",
+                  "| run | " + " | ".join(f"{x}={v}" for v in xs) + " |", "|---|" + "---|" * len(xs)]
+        part = part.assign(series=part.apply(series_label, axis=1, x=x))
+        for series, rows in part.groupby("series", sort=False):
+            by_x = rows.set_index(x)
+            cells = []
+            for v in xs:
+                if v not in by_x.index:
+                    cells.append("–")
+                    continue
+                r = by_x.loc[v]
+                cell = f"{r['value']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+                if np.isfinite(r["delta_vs_first"]):
+                    cell += f" Δ {r['delta_vs_first']:+.3f} [{r['delta_ci_low']:+.3f}, {r['delta_ci_high']:+.3f}]"
+                cells.append(cell)
+            lines.append(f"| {series} | " + " | ".join(cells) + " |")
+        here = baselines[(baselines["dataset"] == dataset) & (baselines["metric"] == metric)]
+        if len(here):
+            lines += ["", "Baselines: " + "; ".join(
+                f"{r.method} {r.value:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]" for r in here.itertuples())]
+        lines.append("")
+    return "\n".join(lines)
+
+
+BASELINE_STYLE = {"random": ":", "popularity": "--", "sasrec": "-."}
+
+
+def plot(table: pd.DataFrame, baselines: pd.DataFrame, x: str, out: str | Path) -> None:
+    """One panel per (dataset, selection) and metric: each series against x with its intervals;
+    the baselines as horizontal lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on a cluster node
+    import matplotlib.pyplot as plt
+
+    panels = sorted(table.groupby(["dataset", "selection", "metric"]).groups)
+    cols = max(len(panels), 1)
+    fig, axes = plt.subplots(1, cols, figsize=(5.2 * cols, 4.0), squeeze=False)
+    numeric = x != "prompt"
+    for ax, (dataset, selection, metric) in zip(axes[0], panels):
+        here = table[(table["dataset"] == dataset) & (table["selection"] == selection) & (table["metric"] == metric)]
+        here = here.assign(series=here.apply(series_label, axis=1, x=x))
+        xs = sorted(here[x].dropna().unique(), key=sort_value)
+        names = list(dict.fromkeys(here["series"]))
+        for i, series in enumerate(names):
+            rows = here[here["series"] == series].sort_values(x, key=lambda c: c.map(sort_value))
+            where = rows[x].astype(float).to_numpy() if numeric else rows[x].map(xs.index).to_numpy(float)
+            # series side by side around each x, so equal values do not hide each other
+            shift = (i - (len(names) - 1) / 2)
+            where = where * 1.04 ** shift if numeric else where + 0.05 * shift
+            err = np.vstack([rows["value"] - rows["ci_low"], rows["ci_high"] - rows["value"]])
+            ax.errorbar(where, rows["value"], yerr=np.nan_to_num(err), marker="o", capsize=3, label=series)
+        for r in baselines[(baselines["dataset"] == dataset) & (baselines["metric"] == metric)].itertuples():
+            ax.axhline(r.value, color="grey", linestyle=BASELINE_STYLE.get(r.method, "--"), label=r.method)
+        if numeric:
+            values = [float(v) for v in xs]
+            if len(values) > 1 and max(values) / max(min(values), 1e-9) >= 4:
+                ax.set_xscale("log", base=2)
+            ax.set_xticks(values, [str(v) for v in xs])
+        else:
+            ax.set_xticks(range(len(xs)), xs)
+        ax.set_xlabel(x)
+        ax.set_ylabel(f"{metric} ({PROTOCOL})")
+        ax.set_title(f"{dataset} / {selection}: {metric}")
+    axes[0][-1].legend(frameon=False, fontsize="small", loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    with atomic_path(out, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def check_spec(spec: dict[str, Any]) -> None:
+    for key in ("name", "x", "split", "metrics", "bootstrap", "ci", "runs"):
+        if key not in spec:
+            raise KeyError(f"--spec: missing key '{key}'")
+    if not spec["runs"]:
+        raise ValueError(f"--spec: study {spec['name']!r} has no runs")
+    for run in spec["runs"]:
+        missing = [k for k in ("dataset", "selection", "method", "path") if k not in run]
+        if missing:
+            raise KeyError(f"--spec: a run of study {spec['name']!r} lacks {missing}: {run}")
+
+
+def main(argv=None) -> int:
+    p = cli.parser("A study: runs at the points of a grid of config variants -> table and plot.")
+    p.add_argument("--spec", type=cli.json_arg, required=True, help="JSON (see the module docstring)")
+    p.add_argument("--baselines", nargs="*", default=[], help="metrics Parquets holding random, popularity, sasrec")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--out-parquet", required=True)
+    p.add_argument("--out-md", required=True)
+    p.add_argument("--out-png", required=True)
+
+    def run(args):
+        spec = args.spec
+        check_spec(spec)
+        resamples, level = int(spec["bootstrap"]), float(spec["ci"])
+        table = study_table(spec["runs"], spec["x"], spec["split"], spec["metrics"], resamples, level, args.seed)
+        baselines = baseline_values(args.baselines, spec["split"], spec["metrics"], resamples, level, args.seed)
+        write_parquet(table, args.out_parquet, schema=SCHEMA, config=spec, seed=args.seed,
+                      inputs=[r["path"] for r in spec["runs"]])
+        with atomic_path(args.out_md, suffix=".md") as tmp:
+            tmp.write_text(markdown(spec["name"], table, baselines, spec["x"], spec["split"], resamples, level))
+        plot(table, baselines, spec["x"], args.out_png)
+        log.info("study %s: %d rows from %d runs", spec["name"], len(table), len(spec["runs"]))
+
+    return cli.run(run, p, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
