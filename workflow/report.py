@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 
 DPI = 100
 # One colour per method, the same in every chart; methods not listed get the next free colour.
-METHOD_ORDER = ["sasrec", "base", "sft", "dmpo", "sdpo", "dynamicpo"]
+METHOD_ORDER = ["random", "popularity", "sasrec", "base-open", "base-candidate", "sft-open", "sft-candidate",
+                "dmpo-open", "sdpo-open", "dynamicpo-open"]
 
 # Scoped to the fragment's class: the fragment is also embedded in the report's first page.
 STYLE = """<style>
