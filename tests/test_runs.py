@@ -1,0 +1,91 @@
+"""Run names (workflow/runs.py) and the nested training budgets they name (workflow/selection.py)."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from workflow import runs
+from workflow.config import validate
+from workflow.llm.sft import read_training_samples
+from workflow.selection import nested_subset
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("sft-open", runs.Run("sft", "open")),
+    ("base-candidate", runs.Run("base", "candidate")),
+    ("dmpo-open-k15", runs.Run("dmpo", "open", k=15)),
+    ("sft-candidate-e3-n512", runs.Run("sft", "candidate", epochs=3, budget=512)),
+    ("dynamicpo-open-k7-e2-n128", runs.Run("dynamicpo", "open", k=7, epochs=2, budget=128)),
+])
+def test_names_round_trip(name, expected):
+    assert runs.parse(name) == expected and expected.name == name
+
+
+@pytest.mark.parametrize("name, message", [
+    ("sft", "is not"), ("sft-open-n", "is not"), ("sft-open-n128-e3", "is not"),  # fixed order
+    ("ipo-open", "unknown method"), ("sft-closed", "unknown prompt"), ("sft-open-k3", "-k"),
+    ("base-open-n128", "base model"), ("sft-open-n0", "positive"),
+])
+def test_malformed_names_say_what_is_wrong(name, message):
+    with pytest.raises(ValueError, match=message):
+        runs.parse(name)
+
+
+def test_a_preference_run_starts_from_the_sft_run_of_its_prompt_and_budget():
+    assert runs.parse("dmpo-open-k7-e3-n256").sft() == runs.Run("sft", "open", budget=256)
+    assert runs.parse("sdpo-candidate").sft().name == "sft-candidate"
+
+
+def test_each_prompt_supports_likelihood_and_one_free_answer_protocol():
+    wanted = ["likelihood", "generation", "grounded"]
+    assert runs.parse("sft-open").protocols(wanted) == ["likelihood", "grounded"]
+    assert runs.parse("base-candidate").protocols(wanted) == ["likelihood", "generation"]
+
+
+def config_with(methods, **blocks):
+    config = {"datasets": {"d": {"format": "recbole-atomic", "path": "embedded"}}, "methods": methods, **blocks}
+    return validate(config)
+
+
+def test_bare_methods_take_their_blocks_prompt_and_base_every_prompt_used():
+    config = config_with(["base", "sft", "dmpo", "sft-candidate-n128"], sft={"prompt": "open"},
+                         dmpo={"prompt": "open", "k": 5})
+    names = [r.name for r in runs.config_runs(config)]
+    assert names == ["base-candidate", "base-open", "sft-open", "dmpo-open", "sft-candidate-n128"]
+    only_base = config_with(["base"])
+    assert [r.name for r in runs.config_runs(only_base)] == ["base-candidate"]
+
+
+def test_block_applies_the_names_overrides_and_leaves_the_rest():
+    config = config_with(["dmpo"], dmpo={"beta": 0.5, "k": 3, "epochs": 1, "prompt": "open"})
+    block = runs.block(runs.parse("dmpo-open-k7-e2"), config)
+    assert block["k"] == 7 and block["epochs"] == 2 and block["beta"] == 0.5 and "prompt" not in block
+    assert runs.block(runs.parse("dmpo-open"), config)["k"] == 3
+
+
+def test_schema_rejects_a_malformed_methods_entry():
+    from workflow.config import ConfigError
+
+    with pytest.raises(ConfigError, match="methods"):
+        config_with(["sft-sideways"])
+
+
+def test_nested_subsets_are_seeded_and_grow_by_adding_samples():
+    ids = [f"s{i:03d}" for i in range(100)]
+    small, large = nested_subset(ids, 10, seed=1), nested_subset(ids, 40, seed=1)
+    assert len(small) == 10 and len(large) == 40 and set(small) <= set(large)
+    assert small == sorted(small) and nested_subset(ids[::-1], 10, seed=1) == small  # order-free
+    assert nested_subset(ids, 10, seed=2) != small
+    assert nested_subset(ids, 500, seed=1) == ids
+
+
+def test_training_samples_with_a_budget(tmp_path):
+    samples = pd.DataFrame({"sample_id": [f"t{i}" for i in range(8)] + ["v0"], "split": ["train"] * 8 + ["valid"],
+                            "history": [["a"]] * 9, "target": ["b"] * 9, "candidates": [["a", "b"]] * 9})
+    samples.to_parquet(tmp_path / "samples.parquet")
+    pd.DataFrame({"sample_id": [f"t{i}" for i in range(6)]}).to_parquet(tmp_path / "selection.parquet")
+    picked = read_training_samples(tmp_path / "samples.parquet", tmp_path / "selection.parquet", budget=4, seed=3)
+    assert picked["sample_id"].tolist() == nested_subset([f"t{i}" for i in range(6)], 4, seed=3)
+    assert len(read_training_samples(tmp_path / "samples.parquet", tmp_path / "selection.parquet")) == 6
+    with pytest.raises(ValueError, match="selection holds 6"):
+        read_training_samples(tmp_path / "samples.parquet", tmp_path / "selection.parquet", budget=7, seed=3)
