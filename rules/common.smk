@@ -179,9 +179,6 @@ def explanation_targets():
 # ---------------------------------------------------------------------------------------------
 # Studies: a grid of config variants of some methods -> runs -> one table and plot (workflow/study.py)
 
-STUDY_AXES = ("prompt", "k", "epochs", "budget")
-
-
 def study_points(name):
     """(labels, run) of every run of a study: each method at every combination of the grid. A grid
     value equal to the main config's is left out of the run's name, so a main run is reused, not
