@@ -7,7 +7,7 @@ from snakemake.exceptions import WorkflowError
 
 from workflow.config import prepare_settings
 from workflow.formats import resolve_files
-from workflow.runs import PREFERENCE, Run, block as run_block, config_runs, parse as parse_run
+from workflow.runs import block as run_block, config_runs, grid_point, parse as parse_run
 
 RESULTS = config["results"]
 # Rules that ask the scheduler for GPUs (llm.gpu > 0) run in the CUDA environment under --sdm conda.
@@ -65,8 +65,10 @@ RUN_PATTERN = {
     "base": "base-(candidate|open)",
     "sft": "sft-(candidate|open)(-e[0-9]+)?(-n[0-9]+)?",
     "preference": "(dmpo|sdpo|dynamicpo)-(candidate|open)(-k[0-9]+)?(-e[0-9]+)?(-n[0-9]+)?",
+    "hybrid": "(llara-(candidate|open)|ilora-(candidate|open)(-x[0-9]+)?(-g(sequence|random|uniform))?)(-e[0-9]+)?(-n[0-9]+)?",
+    "soft": "soft-(candidate|open)(-a[0-9]+([.][0-9]+)?)?(-e[0-9]+)?(-n[0-9]+)?",
 }
-TRAINED_RUN_PATTERN = f"({RUN_PATTERN['sft']}|{RUN_PATTERN['preference']})"
+TRAINED_RUN_PATTERN = "(" + "|".join(RUN_PATTERN[kind] for kind in ("sft", "preference", "hybrid", "soft")) + ")"
 SELECTIONS = config["selection"]["strategies"]
 RUNS = config_runs(config)
 TRAINED_RUNS = [r for r in RUNS if r.method != "base"]
@@ -180,38 +182,17 @@ def explanation_targets():
 # Studies: a grid of config variants of some methods -> runs -> one table and plot (workflow/study.py)
 
 def study_points(name):
-    """(labels, run) of every run of a study: each method at every combination of the grid. A grid
-    value equal to the main config's is left out of the run's name, so a main run is reused, not
-    retrained; labels hold the effective values (what the table and the plot show)."""
+    """(labels, run) of every run of a study: each method at every combination of the grid
+    (workflow/runs.py grid_point: a main run is reused, not retrained)."""
     study = config["studies"][name]
     grid = study["grid"]
     if study["x"] not in grid:
         raise WorkflowError(f"config key 'studies.{name}.x': {study['x']!r} is not a key of its grid")
-    points = []
-    for method in study["methods"]:
-        for values in itertools.product(*grid.values()):
-            point = dict(zip(grid, values))
-            block = config[method]
-            prompt = point.get("prompt", block["prompt"])
-            k = point.get("k") if method in PREFERENCE else None
-            if "k" in point and method in PREFERENCE and k == block["k"] and block["strategy"] != "all":
-                k = None
-            epochs = None if point.get("epochs", block["epochs"]) == block["epochs"] else point["epochs"]
-            budget = point.get("budget")
-            # a `random` selection holds selection.budget samples (`all`: every train sample)
-            if budget is not None and "all" not in SELECTIONS:
-                if budget > config["selection"]["budget"]:
-                    raise WorkflowError(f"config key 'studies.{name}.grid.budget': {budget} exceeds "
-                                        f"selection.budget ({config['selection']['budget']})")
-                if budget == config["selection"]["budget"]:
-                    budget = None
-            run = Run(method, prompt, k=k, epochs=epochs, budget=budget)
-            labels = {"method": method, "prompt": prompt,
-                      "k": point.get("k", block["k"]) if method in PREFERENCE else None,
-                      "epochs": point.get("epochs", block["epochs"]),
-                      "budget": point.get("budget", config["selection"]["budget"])}
-            points.append((labels, run))
-    return points
+    try:
+        return [grid_point(method, dict(zip(grid, values)), config)
+                for method in study["methods"] for values in itertools.product(*grid.values())]
+    except ValueError as exc:
+        raise WorkflowError(f"config key 'studies.{name}.grid': {exc}") from exc
 
 
 def study_runs(name):

@@ -2,19 +2,23 @@
 
 A run is one LLM method under one prompt, with optional overrides of its config block:
 
-    {method}-{prompt}[-k{negatives}][-e{epochs}][-n{budget}]
+    {method}-{prompt}[-k{negatives}][-x{experts}][-g{gate}][-a{alpha}][-e{epochs}][-n{budget}]
 
 e.g. `sft-open`, `base-candidate`, `dmpo-open-k15`, `sft-candidate-e3-n512`. The name is the
 `method` column of every metrics table and the folder of the run's outputs, so two runs that differ
 in anything that changes their result never share a name, and a reader of the summary sees the
 prompt of every row. Overrides:
 - `k`: negatives per sample (preference methods);
+- `x`, `g`: iLoRA's number of experts and gate input (sequence, random, uniform);
+- `a`: SOFT's curriculum alpha (e.g. `soft-open-a0.1`);
 - `e`: training epochs;
 - `n`: train on a seeded subset of `n` samples of the selection (the first n of one fixed seeded
   permutation, so n = 128 lies inside n = 512: learning-curve points differ only by the added data).
 
 A preference run starts from (and is referenced against) the sft run of the same prompt and budget,
-with sft's own epochs: `dmpo-open-e3-n512` starts from `sft-open-n512`.
+with sft's own epochs: `dmpo-open-e3-n512` starts from `sft-open-n512`; a SOFT run self-distils from
+that sft run too. LLaRA and iLoRA train a fresh LoRA on the base model with the hybrid prompt
+(SASRec item embeddings in the prompt); their summary rows are read against the same sft run.
 """
 from __future__ import annotations
 
@@ -22,15 +26,18 @@ import re
 from typing import Any, NamedTuple
 
 PROMPTS = ("candidate", "open")
-TRAINED = ("sft", "dmpo", "sdpo", "dynamicpo")
+TRAINED = ("sft", "dmpo", "sdpo", "dynamicpo", "llara", "ilora", "soft")
 PREFERENCE = ("dmpo", "sdpo", "dynamicpo")
+HYBRID = ("llara", "ilora")  # the hybrid prompt: SASRec item embeddings after each title
+GATES = ("sequence", "random", "uniform")  # iLoRA's gate inputs (workflow/llm/ilora.py)
 METHODS = ("base", *TRAINED)
 # The protocols a prompt supports beside likelihood: generation names one of the listed candidates,
 # grounded ranking embeds a free answer to the open prompt.
 PROMPT_PROTOCOLS = {"candidate": ("likelihood", "generation"), "open": ("likelihood", "grounded")}
 
-NAME = re.compile(r"^(?P<method>[a-z]+)-(?P<prompt>[a-z]+)(?:-k(?P<k>[0-9]+))?(?:-e(?P<epochs>[0-9]+))?"
-                  r"(?:-n(?P<budget>[0-9]+))?$")
+NAME = re.compile(r"^(?P<method>[a-z]+)-(?P<prompt>[a-z]+)(?:-k(?P<k>[0-9]+))?(?:-x(?P<experts>[0-9]+))?"
+                  r"(?:-g(?P<gate>[a-z]+))?(?:-a(?P<alpha>[0-9]+(?:\.[0-9]+)?))?(?:-e(?P<epochs>[0-9]+))?(?:-n(?P<budget>[0-9]+))?$")
+FLAGS = (("k", "k"), ("x", "experts"), ("g", "gate"), ("a", "alpha"), ("e", "epochs"), ("n", "budget"))
 
 
 class Run(NamedTuple):
@@ -39,16 +46,20 @@ class Run(NamedTuple):
     k: int | None = None
     epochs: int | None = None
     budget: int | None = None
+    experts: int | None = None
+    gate: str | None = None
+    alpha: float | None = None
 
     @property
     def name(self) -> str:
         parts = [self.method, self.prompt]
-        parts += [f"{flag}{value}" for flag, value in (("k", self.k), ("e", self.epochs), ("n", self.budget))
-                  if value is not None]
+        parts += [f"{flag}{getattr(self, key):g}" if key == "alpha" else f"{flag}{getattr(self, key)}"
+                  for flag, key in FLAGS if getattr(self, key) is not None]
         return "-".join(parts)
 
     def sft(self) -> "Run":
-        """The sft run a preference run starts from (same prompt and budget)."""
+        """The sft run a preference or SOFT run starts from, and every tuned run is read against
+        (same prompt and budget)."""
         return Run("sft", self.prompt, budget=self.budget)
 
     def protocols(self, wanted) -> list[str]:
@@ -60,20 +71,33 @@ def parse(name: str) -> Run:
     """The run a name stands for; a malformed name raises ValueError naming what is wrong."""
     match = NAME.match(name)
     if not match:
-        raise ValueError(f"run name {name!r} is not {{method}}-{{prompt}}[-k<int>][-e<int>][-n<int>]"
-                         f" (e.g. sft-open, dmpo-candidate-k7)")
+        raise ValueError(f"run name {name!r} is not {{method}}-{{prompt}}[-k<int>][-x<int>][-g<gate>][-e<int>]"
+                         f"[-a<number>][-n<int>] (e.g. sft-open, dmpo-candidate-k7, ilora-open-x4)")
     method, prompt = match["method"], match["prompt"]
     if method not in METHODS:
         raise ValueError(f"run name {name!r}: unknown method {method!r} (known: {', '.join(METHODS)})")
     if prompt not in PROMPTS:
         raise ValueError(f"run name {name!r}: unknown prompt {prompt!r} (known: {', '.join(PROMPTS)})")
-    values = {key: int(match[key]) for key in ("k", "epochs", "budget") if match[key] is not None}
+    values: dict[str, Any] = {key: int(match[key]) for key in ("k", "experts", "epochs", "budget")
+                              if match[key] is not None}
     if any(v < 1 for v in values.values()):
-        raise ValueError(f"run name {name!r}: k, e and n must be positive")
+        raise ValueError(f"run name {name!r}: k, x, e and n must be positive")
+    if match["gate"] is not None:
+        if match["gate"] not in GATES:
+            raise ValueError(f"run name {name!r}: unknown gate {match['gate']!r} (known: {', '.join(GATES)})")
+        values["gate"] = match["gate"]
+    if match["alpha"] is not None:
+        values["alpha"] = float(match["alpha"])
+        if values["alpha"] <= 0:
+            raise ValueError(f"run name {name!r}: -a (alpha) must be positive")
     if method == "base" and values:
-        raise ValueError(f"run name {name!r}: the untuned base model takes no -k/-e/-n")
+        raise ValueError(f"run name {name!r}: the untuned base model takes no -k/-x/-g/-e/-n")
     if "k" in values and method not in PREFERENCE:
         raise ValueError(f"run name {name!r}: -k (negatives) applies to {', '.join(PREFERENCE)} only")
+    if ("experts" in values or "gate" in values) and method != "ilora":
+        raise ValueError(f"run name {name!r}: -x (experts) and -g (gate) apply to ilora only")
+    if "alpha" in values and method != "soft":
+        raise ValueError(f"run name {name!r}: -a (alpha) applies to soft only")
     return Run(method, prompt, **values)
 
 
@@ -98,11 +122,44 @@ def config_runs(config: dict[str, Any]) -> list[Run]:
     return list(dict.fromkeys(runs))
 
 
+BLOCK_KEYS = {"k": "k", "epochs": "epochs", "experts": "n_experts", "gate": "gate", "alpha": "alpha"}
+
+
 def block(run: Run, config: dict[str, Any]) -> dict[str, Any]:
-    """The run's training settings: its method's config block with the name's -k and -e (the
-    prompt and -n budget travel beside the block, as every LLM stage's `prompt` and `budget`)."""
+    """The run's training settings: its method's config block with the name's -k, -x, -g and -e
+    (the prompt and -n budget travel beside the block, as every LLM stage's `prompt` and `budget`)."""
     settings = {key: value for key, value in config[run.method].items() if key != "prompt"}
-    for key in ("k", "epochs"):
-        if getattr(run, key) is not None:
-            settings[key] = getattr(run, key)
+    for field, key in BLOCK_KEYS.items():
+        if getattr(run, field) is not None:
+            settings[key] = getattr(run, field)
     return settings
+
+
+# Study grid axes: axis -> (the Run field it sets, the methods it applies to; None = every method).
+# `prompt` and `budget` apply to every method; the others override a key of the method's block.
+AXES = {"prompt": ("prompt", None), "k": ("k", PREFERENCE), "epochs": ("epochs", None),
+        "budget": ("budget", None), "n_experts": ("experts", ("ilora",)), "gate": ("gate", ("ilora",)),
+        "alpha": ("alpha", ("soft",))}
+
+
+def grid_point(method: str, point: dict[str, Any], config: dict[str, Any]) -> tuple[dict[str, Any], Run]:
+    """(labels, run) of one method at one study grid point. A value equal to the main config's is
+    left out of the run's name, so a main run is reused rather than retrained; labels hold the
+    effective value of every axis that applies to the method (what the table and the plot show)."""
+    block_cfg = config[method]
+    pool = config["selection"]["budget"]
+    labels: dict[str, Any] = {"method": method}
+    fields: dict[str, Any] = {}
+    for axis, (field, methods) in AXES.items():
+        if methods is not None and method not in methods:
+            labels[axis] = None
+            continue
+        default = pool if axis == "budget" else block_cfg.get(BLOCK_KEYS.get(field, axis), None)
+        value = point.get(axis, default)
+        labels[axis] = value
+        if axis == "budget" and value is not None and value > pool and "all" not in config["selection"]["strategies"]:
+            raise ValueError(f"study grid budget {value} exceeds selection.budget ({pool})")
+        explicit = axis == "k" and block_cfg.get("strategy") == "all"  # k is then the data's, not the block's
+        if axis == "prompt" or (value != default or explicit) and axis in point:
+            fields[field] = value
+    return labels, Run(method, **fields)

@@ -87,6 +87,19 @@ def lr_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio
     return get_cosine_schedule_with_warmup(optimizer, math.ceil(warmup_ratio * total_steps), total_steps)
 
 
+def param_groups(trainable: dict[str, torch.nn.Parameter], spec: dict[str, Any],
+                 options: Callable[[str], dict[str, float]] | None = None) -> list[dict[str, Any]]:
+    """AdamW parameter groups: the spec's lr and weight_decay, scaled or replaced per parameter by
+    `options(name)` ({"lr_scale": .., "weight_decay": ..}); parameters with equal options share a group."""
+    lr, decay = float(spec["lr"]), float(spec.get("weight_decay", 0.0))
+    groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
+    for name, p in trainable.items():
+        opts = options(name) if options is not None else {}
+        key = (lr * float(opts.get("lr_scale", 1.0)), float(opts.get("weight_decay", decay)))
+        groups.setdefault(key, []).append(p)
+    return [{"params": ps, "lr": group_lr, "weight_decay": wd} for (group_lr, wd), ps in groups.items()]
+
+
 def epoch_order(n_examples: int, seed: int, epoch: int) -> np.ndarray:
     """The example order of one epoch, a function of (seed, epoch) alone, so a resumed run needs
     only its position to continue with the same batches."""
@@ -222,7 +235,10 @@ def train_step(model: torch.nn.Module, micro_batches: Sequence[Any], loss_fn: Lo
 def train(model: torch.nn.Module, examples: Sequence[Any], collate: Callable[[list[Any]], Any], loss_fn: LossFn,
           spec: dict[str, Any], *, seed: int, checkpoint_dir: str | Path | None = None,
           autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-          fingerprint_extra: Any = None, desc: str = "train") -> pd.DataFrame:
+          fingerprint_extra: Any = None, desc: str = "train",
+          param_options: Callable[[str], dict[str, float]] | None = None,
+          step_start: Callable[[int, int], None] | None = None,
+          epoch_start: Callable[[int], dict[str, float]] | None = None) -> pd.DataFrame:
     """Train the parameters of `model` that require grad on `examples`; return the per-step log.
 
     `collate(list of examples) -> batch` builds a micro-batch; `loss_fn(model, batch)` returns
@@ -231,7 +247,16 @@ def train(model: torch.nn.Module, examples: Sequence[Any], collate: Callable[[li
     weighted means, and a `tokens` entry, when present, is the count of tokens the forward pass
     processed (prompt included), used for tokens/s. With `checkpoint_dir`, a checkpoint is written
     at the end of every epoch and every `checkpoint_every` optimizer steps, and an existing one of
-    the same run is resumed. The caller removes it once the result is saved."""
+    the same run is resumed. The caller removes it once the result is saved.
+
+    Plug-ins of the methods built on this loop:
+    - `param_options(name) -> {"lr_scale", "weight_decay"}` per trainable parameter (iLoRA's router
+      at 0.3x the learning rate, the projector's weight decay); default: one group;
+    - `step_start(global_step, total_steps)` before every optimizer step, global_step counted from 0
+      (LLaRA's curriculum draws hybrid or text-only batches from it);
+    - `epoch_start(epoch) -> dict of floats` before an epoch's first step (SOFT's lambda_e, measured
+      on the current model): the values are logged with every step of the epoch and kept in the
+      checkpoint, so a run resumed within the epoch uses them instead of measuring again."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters (add a LoRA adapter first)")
@@ -241,7 +266,7 @@ def train(model: torch.nn.Module, examples: Sequence[Any], collate: Callable[[li
     bs, accum, epochs = int(spec["batch_size"]), int(spec["grad_accum"]), int(spec["epochs"])
     per_epoch = steps_per_epoch(len(examples), bs, accum)
     total = epochs * per_epoch
-    optimizer = torch.optim.AdamW(params, lr=float(spec["lr"]), weight_decay=float(spec.get("weight_decay", 0.0)))
+    optimizer = torch.optim.AdamW(param_groups(trainable, spec, param_options))
     scheduler = lr_schedule(optimizer, total, float(spec.get("warmup_ratio", 0.0)))
     max_grad_norm = float(spec.get("max_grad_norm", 1.0) or 0.0)
     checkpoint_every = int(spec.get("checkpoint_every", 0) or 0)
@@ -260,8 +285,10 @@ def train(model: torch.nn.Module, examples: Sequence[Any], collate: Callable[[li
 
     def checkpoint(epoch: int, step_in_epoch: int) -> None:
         if checkpoint_dir is not None:
-            save_checkpoint(checkpoint_dir, trainable, optimizer, scheduler,
-                            {"epoch": epoch, "step_in_epoch": step_in_epoch}, log_rows, run_id)
+            where = {"epoch": epoch, "step_in_epoch": step_in_epoch}
+            if step_in_epoch:  # within an epoch: its measured state goes on with it
+                where["epoch_state"] = position["epoch_state"]
+            save_checkpoint(checkpoint_dir, trainable, optimizer, scheduler, where, log_rows, run_id)
 
     global_step = position["epoch"] * per_epoch + position["step_in_epoch"]
     bar = tqdm(total=total, initial=global_step, desc=desc, unit="step", dynamic_ncols=True)
@@ -270,15 +297,22 @@ def train(model: torch.nn.Module, examples: Sequence[Any], collate: Callable[[li
         order = epoch_order(len(examples), seed, epoch).tolist()
         batches = [order[i:i + bs] for i in range(0, len(order), bs)]
         start = position["step_in_epoch"] if epoch == position["epoch"] else 0
+        if start == 0 or "epoch_state" not in position:
+            position["epoch_state"] = dict(epoch_start(epoch)) if epoch_start is not None else {}
+            if position["epoch_state"]:
+                log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k} {v:.4g}" for k, v in position["epoch_state"].items()))
+        epoch_state = position["epoch_state"]
         for step_in_epoch in range(start, per_epoch):
             group = batches[step_in_epoch * accum:(step_in_epoch + 1) * accum]
+            if step_start is not None:
+                step_start(global_step, total)
             t0 = time.perf_counter()
             row = train_step(model, [collate([examples[i] for i in b]) for b in group], loss_fn, optimizer,
                              scheduler, params, max_grad_norm, autocast)
             seconds = time.perf_counter() - t0
             global_step += 1
             run_tokens += row["tokens"]
-            log_rows.append({"step": global_step, "epoch": epoch + 1, **row, "seconds": seconds,
+            log_rows.append({"step": global_step, "epoch": epoch + 1, **row, **epoch_state, "seconds": seconds,
                              "tokens_per_s": row["tokens"] / seconds})
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}",
