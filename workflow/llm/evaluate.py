@@ -42,11 +42,13 @@ import torch
 
 from workflow import cli, metrics
 from workflow.io import write_parquet
-from workflow.llm import grounding
+from workflow.llm import grounding, llara
 from workflow.llm.model import load_for_evaluation  # noqa: F401  (the evaluation's loading, used by callers as evaluate.load_for_evaluation)
 from workflow.prepare import item_vocabulary
 
 log = logging.getLogger(__name__)
+# rows of a batch -> (the scorer's inputs_embeds_fn or None, a context manager around the batch's passes)
+SampleHooks = Callable[[Sequence[int]], "tuple[Callable | None, contextlib.AbstractContextManager]"]
 
 GROUNDED_TOP = 20
 ENCODE_CHUNK = 256  # open answers embedded and ranked this many at a time (bounds the score matrix)
@@ -129,11 +131,18 @@ def pad_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
+def no_sample_hooks(rows: Sequence[int]):
+    return None, contextlib.nullcontext()
+
+
 @torch.no_grad()
 def prompt_passes(model, tokenizer, prompt_ids, answer_ids=None, *, max_new_tokens: int = 0, batch_size: int,
-                  autocast: Callable) -> tuple[np.ndarray | None, np.ndarray | None, list[str] | None]:
+                  autocast: Callable, sample_hooks: SampleHooks | None = None
+                  ) -> tuple[np.ndarray | None, np.ndarray | None, list[str] | None]:
     """Each batch of prompts (similar lengths together) is encoded ONCE; its KV cache serves both
     candidate scoring (when `answer_ids` is given) and greedy generation (when max_new_tokens > 0).
+    `sample_hooks(rows) -> (inputs_embeds_fn or None, context manager)` plugs a method's per-sample
+    parts into a batch of those rows (LLaRA's item embeddings in the prompt, iLoRA's gate).
 
     Returns (log pi(y|x) summed [N, C] float32 or None, answer tokens [N, C] or None, decoded
     answers or None), rows in the order of `prompt_ids`.
@@ -146,9 +155,12 @@ def prompt_passes(model, tokenizer, prompt_ids, answer_ids=None, *, max_new_toke
     tokens = np.zeros((n, len(answer_ids[0])), dtype=np.int64) if score else None
     answers = [""] * n if generate else None
     config = generation_config(tokenizer, max_new_tokens) if generate else None
+    hooks = sample_hooks or no_sample_hooks
     for chosen in batches(by_length(prompt_ids), batch_size):
-        with autocast():
-            cache = encode_prompts(model, [prompt_ids[i] for i in chosen], pad_id(tokenizer))
+        embeds_fn, context = hooks(chosen)
+        with autocast(), context:
+            cache = encode_prompts(model, [prompt_ids[i] for i in chosen], pad_id(tokenizer),
+                                   inputs_embeds_fn=embeds_fn)
             if score:
                 lp, nt = cached_candidate_logprobs(model, cache, [answer_ids[i] for i in chosen])
                 logprob[chosen], tokens[chosen] = lp.float().cpu().numpy(), nt.cpu().numpy()
@@ -207,13 +219,16 @@ def generation_subset(sample_ids: Sequence[str], n: int | None, seed: int) -> np
     return np.isin(ids, chosen)
 
 
-def prompt_inputs(samples: pd.DataFrame, items: pd.DataFrame, tokenizer, domain: str, llm: dict) -> dict[str, list]:
-    """Token ids of the candidate and open prompts and of every candidate's answer, and the
-    candidate titles as the prompt shows them (clipped)."""
+def prompt_inputs(samples: pd.DataFrame, items: pd.DataFrame, tokenizer, domain: str, llm: dict,
+                  item_marker: str | None = None) -> dict[str, list]:
+    """Token ids of the candidate and open prompts (with `item_marker` after every listed title:
+    the hybrid prompt) and of every candidate's answer, and the candidate titles as the prompt
+    shows them (clipped)."""
     from workflow.llm import prompts
 
     titles = dict(zip(items["item_id"].astype(str), items["title"].astype(str)))
-    budget = dict(max_title_tokens=llm["max_title_tokens"], max_prompt_tokens=llm["max_prompt_tokens"])
+    budget = dict(max_title_tokens=llm["max_title_tokens"], max_prompt_tokens=llm["max_prompt_tokens"],
+                  item_marker=item_marker)
     needed = {i for seq in samples["candidates"] for i in seq} | {i for seq in samples["history"] for i in seq}
     unknown = sorted(needed - titles.keys())
     if unknown:
@@ -238,10 +253,14 @@ def prompt_inputs(samples: pd.DataFrame, items: pd.DataFrame, tokenizer, domain:
 def evaluate(model, tokenizer, samples: pd.DataFrame, items: pd.DataFrame, *, protocols: Sequence[str],
              domain: str, llm: dict, evaluation: dict, autocast: Callable = contextlib.nullcontext,
              title_embeddings: np.ndarray | None = None, prompt: str = "candidate",
-             seed: int = 0) -> tuple[pd.DataFrame, dict[str, dict[str, np.ndarray]]]:
+             seed: int = 0, item_marker: str | None = None,
+             hooks_for: Callable[[pd.DataFrame, list], SampleHooks] | None = None
+             ) -> tuple[pd.DataFrame, dict[str, dict[str, np.ndarray]]]:
     """(predictions frame, protocol -> metric -> per-sample values), rows in the order of `samples`;
     a protocol run on a subset (generation_samples) has NaN for the other samples.
-    `title_embeddings` [n_items, H] in the row order of `items` (grounded protocol only)."""
+    `title_embeddings` [n_items, H] in the row order of `items` (grounded protocol only).
+    A hybrid-prompt model (workflow/llm/llara.py) passes its `item_marker` and
+    `hooks_for(samples, prompt_ids) -> sample_hooks` (see prompt_passes)."""
     from workflow.runs import PROMPT_PROTOCOLS
 
     unsupported = [p for p in protocols if p not in PROMPT_PROTOCOLS[prompt]]
@@ -252,8 +271,9 @@ def evaluate(model, tokenizer, samples: pd.DataFrame, items: pd.DataFrame, *, pr
     candidates = [list(map(str, c)) for c in samples["candidates"]]
     target_col = metrics.target_columns(candidates, samples["target"].astype(str).tolist(),
                                         samples["sample_id"].astype(str).tolist())
-    inputs = prompt_inputs(samples, items, tokenizer, domain, llm)
+    inputs = prompt_inputs(samples, items, tokenizer, domain, llm, item_marker)
     prompt_ids = inputs[f"{prompt}_prompt"]
+    all_hooks = hooks_for(samples, prompt_ids) if hooks_for is not None else no_sample_hooks
     batch, new_tokens = evaluation["batch_size"], evaluation["max_new_tokens"]
     pred = {"sample_id": samples["sample_id"].astype(str).to_numpy(), "split": samples["split"].astype(str).to_numpy(),
             "user_id": samples["user_id"].astype(str).to_numpy(), "target": samples["target"].astype(str).to_numpy(),
@@ -275,7 +295,8 @@ def evaluate(model, tokenizer, samples: pd.DataFrame, items: pd.DataFrame, *, pr
         start = time.perf_counter()
         lp, nt, decoded = prompt_passes(model, tokenizer, [prompt_ids[i] for i in rows],
                                         [inputs["answers"][i] for i in rows] if score else None,
-                                        max_new_tokens=steps, batch_size=batch, autocast=autocast)
+                                        max_new_tokens=steps, batch_size=batch, autocast=autocast,
+                                        sample_hooks=lambda chosen, rows=rows: all_hooks(rows[chosen]))
         if score:
             logprob[rows], tokens[rows] = lp, nt
         if steps:
@@ -375,6 +396,7 @@ def main(argv=None) -> int:
     p.add_argument("--samples", required=True)
     p.add_argument("--items", required=True)
     p.add_argument("--title-embeddings", default=None, help="needed by the grounded protocol")
+    p.add_argument("--surrogate", default=None, help="the surrogate folder: needed by llara and ilora adapters")
     p.add_argument("--spec", type=cli.json_arg, required=True,
                    help='JSON {"llm": {...}, "evaluation": {...}, "domain": "movie", "prompt": "open"}')
     cli.add_run_arguments(p)
@@ -399,15 +421,25 @@ def main(argv=None) -> int:
             if not args.title_embeddings:
                 raise ValueError("evaluation.protocols has grounded: pass --title-embeddings")
             embeddings = grounding.read_title_embeddings(args.title_embeddings, items["item_id"].tolist())
-        model, tokenizer = load_for_evaluation(args.model_dir, args.adapter, llm["device"], llm["dtype"],
-                                                  llm["attention"])
+        hybrid = {}
+        if args.adapter and (Path(args.adapter) / llara.HYBRID_FILE).is_file():
+            if not args.surrogate:
+                raise ValueError(f"{args.adapter} is a llara/ilora adapter: pass --surrogate")
+            model, tokenizer, parts = llara.load_for_evaluation(args.model_dir, args.adapter, args.surrogate,
+                                                                llm["device"], llm["dtype"], llm["attention"])
+            hybrid = {"item_marker": llara.PLACEHOLDER,
+                      "hooks_for": lambda frame, ids: llara.evaluation_hooks(parts, model, frame, ids, prompt,
+                                                                             args.surrogate)}
+        else:
+            model, tokenizer = load_for_evaluation(args.model_dir, args.adapter, llm["device"], llm["dtype"],
+                                                   llm["attention"])
         device = resolve_device(llm["device"])
         log.info("%s/%s/%s: %d samples (%s), %s prompt, protocols %s", args.dataset, args.method, args.selection,
                  len(samples), ", ".join(evaluation["splits"]), prompt, ", ".join(evaluation["protocols"]))
         predictions, values = evaluate(model, tokenizer, samples, items, protocols=evaluation["protocols"],
                                        domain=domain, llm=llm, evaluation=evaluation,
                                        autocast=lambda: autocast(device, llm["dtype"]), title_embeddings=embeddings,
-                                       prompt=prompt, seed=args.seed)
+                                       prompt=prompt, seed=args.seed, **hybrid)
         table = metrics_table(samples, values, dataset=args.dataset, method=args.method, selection=args.selection)
         provenance = dict(config={"llm": llm, "evaluation": evaluation, "domain": domain, "prompt": prompt},
                           seed=args.seed,

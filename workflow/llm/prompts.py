@@ -157,19 +157,28 @@ def _fit(tokenizer, history: list[str], build, max_prompt_tokens: int) -> list[i
                      "even with a single history title")
 
 
+def _listed(tokenizer, titles: Sequence[str], max_title_tokens: int, item_marker: str | None) -> list[str]:
+    # a title as the prompt lists it: clipped, then the hybrid prompt's item placeholder (LLaRA)
+    clipped = [clip_title(tokenizer, t, max_title_tokens) for t in titles]
+    return [f"{t} {item_marker}" for t in clipped] if item_marker else clipped
+
+
 def candidate_prompt_ids(tokenizer, history_titles: Sequence[str], candidate_titles: Sequence[str],
                          domain: str = "item", *, max_title_tokens: int = 24,
-                         max_prompt_tokens: int = 512) -> list[int]:
-    """Rendered candidate prompt with titles clipped and the oldest history dropped to fit."""
-    history = [clip_title(tokenizer, t, max_title_tokens) for t in history_titles]
-    candidates = [clip_title(tokenizer, t, max_title_tokens) for t in candidate_titles]
+                         max_prompt_tokens: int = 512, item_marker: str | None = None) -> list[int]:
+    """Rendered candidate prompt with titles clipped and the oldest history dropped to fit;
+    `item_marker` (the hybrid prompt's placeholder token) follows every listed title."""
+    history = _listed(tokenizer, history_titles, max_title_tokens, item_marker)
+    candidates = _listed(tokenizer, candidate_titles, max_title_tokens, item_marker)
     return _fit(tokenizer, history, lambda h: candidate_prompt(h, candidates, domain), max_prompt_tokens)
 
 
 def open_prompt_ids(tokenizer, history_titles: Sequence[str], domain: str = "item", *,
-                    max_title_tokens: int = 24, max_prompt_tokens: int = 512) -> list[int]:
-    """Rendered open prompt with titles clipped and the oldest history dropped to fit."""
-    history = [clip_title(tokenizer, t, max_title_tokens) for t in history_titles]
+                    max_title_tokens: int = 24, max_prompt_tokens: int = 512,
+                    item_marker: str | None = None) -> list[int]:
+    """Rendered open prompt with titles clipped and the oldest history dropped to fit;
+    `item_marker` follows every history title."""
+    history = _listed(tokenizer, history_titles, max_title_tokens, item_marker)
     return _fit(tokenizer, history, lambda h: open_prompt(h, domain), max_prompt_tokens)
 
 

@@ -262,16 +262,21 @@ class PromptCache(NamedTuple):
 
 
 @torch.no_grad()
-def encode_prompts(model, prompt_ids: Sequence[Sequence[int]], pad_id: int | None = None) -> PromptCache:
-    """Run the left-padded prompts minus their last token through the model once, keeping the cache."""
+def encode_prompts(model, prompt_ids: Sequence[Sequence[int]], pad_id: int | None = None, *,
+                   inputs_embeds_fn: EmbedsFn | None = None) -> PromptCache:
+    """Run the left-padded prompts minus their last token through the model once, keeping the cache.
+    `inputs_embeds_fn` as in `token_logprobs` (it sees the [B, P-1] left-padded ids); a prompt's last
+    token, which generation feeds again, must not be one it replaces."""
     if not prompt_ids or any(len(p) < 2 for p in prompt_ids):
         raise ValueError("every prompt needs at least 2 tokens (the cache holds all but the last)")
     decoder, lm_head, config = _parts(model)
     device = lm_head.weight.device
     pad = _pad_id(config) if pad_id is None else pad_id
     ids, attention, positions = (t.to(device) for t in left_pad(prompt_ids, pad))
-    out = decoder(input_ids=ids[:, :-1], attention_mask=attention[:, :-1], position_ids=positions[:, :-1],
-                  use_cache=True)
+    inputs = {"input_ids": ids[:, :-1]}
+    if inputs_embeds_fn is not None:
+        inputs = {"inputs_embeds": inputs_embeds_fn(ids[:, :-1], decoder.get_input_embeddings()(ids[:, :-1]))}
+    out = decoder(**inputs, attention_mask=attention[:, :-1], position_ids=positions[:, :-1], use_cache=True)
     return PromptCache(out.past_key_values, ids, attention, attention.sum(-1))
 
 

@@ -71,11 +71,14 @@ def read_training_samples(samples_path: str | Path, selection_path: str | Path, 
     return picked.sort_values("sample_id", kind="stable").reset_index(drop=True)
 
 
-def prompt_ids(tokenizer, prompt: str, history_titles, candidate_titles, domain: str, llm: dict[str, Any]) -> list[int]:
-    """The rendered prompt of kind `prompt` (candidate: history and candidates; open: history only)."""
+def prompt_ids(tokenizer, prompt: str, history_titles, candidate_titles, domain: str, llm: dict[str, Any],
+               item_marker: str | None = None) -> list[int]:
+    """The rendered prompt of kind `prompt` (candidate: history and candidates; open: history only);
+    `item_marker` after every listed title for the hybrid prompt (workflow/llm/llara.py)."""
     from workflow.llm import prompts
 
-    budget = dict(max_title_tokens=llm["max_title_tokens"], max_prompt_tokens=llm["max_prompt_tokens"])
+    budget = dict(max_title_tokens=llm["max_title_tokens"], max_prompt_tokens=llm["max_prompt_tokens"],
+                  item_marker=item_marker)
     if prompt == "candidate":
         return prompts.candidate_prompt_ids(tokenizer, history_titles, candidate_titles, domain, **budget)
     if prompt == "open":
@@ -84,7 +87,8 @@ def prompt_ids(tokenizer, prompt: str, history_titles, candidate_titles, domain:
 
 
 def sft_examples(samples: pd.DataFrame, items: pd.DataFrame, tokenizer, domain: str,
-                 llm: dict[str, Any], prompt: str = "candidate") -> list[dict[str, list[int]]]:
+                 llm: dict[str, Any], prompt: str = "candidate", item_marker: str | None = None
+                 ) -> list[dict[str, list[int]]]:
     """Per sample {"prompt": the prompt's ids, "answer": the target's answer ids}."""
     from workflow.llm import prompts
 
@@ -98,7 +102,7 @@ def sft_examples(samples: pd.DataFrame, items: pd.DataFrame, tokenizer, domain: 
         if target not in candidates:
             raise ValueError(f"sample '{row.sample_id}': the target is not among its candidates")
         ids = prompt_ids(tokenizer, prompt, [titles[i] for i in history], [titles[i] for i in candidates],
-                         domain, llm)
+                         domain, llm, item_marker)
         answer = prompts.clipped_answer_ids(tokenizer, titles[target], llm["max_title_tokens"])
         examples.append({"prompt": ids, "answer": answer})
     return examples

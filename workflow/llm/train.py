@@ -153,12 +153,21 @@ def fingerprint(examples: Sequence[Any], spec: dict[str, Any], seed: int, traina
     return h.hexdigest()
 
 
+def running_statistics(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Buffers that training changes without being parameters: batch-norm statistics (iLoRA's
+    router). A checkpoint keeps them, so a resumed run ends with the same ones."""
+    norms = {name for name, m in model.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
+    return {name: b for name, b in model.named_buffers() if name.rsplit(".", 1)[0] in norms}
+
+
 def save_checkpoint(folder: Path, trainable: dict[str, torch.Tensor], optimizer, scheduler,
-                    position: dict[str, int], log_rows: list[dict[str, Any]], run_id: str) -> None:
+                    position: dict[str, int], log_rows: list[dict[str, Any]], run_id: str,
+                    buffers: dict[str, torch.Tensor] | None = None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     state = {
         "fingerprint": run_id, "position": position, "log": log_rows, "rng": _rng_state(),
         "trainable": {n: p.detach().clone() for n, p in trainable.items()},
+        "buffers": {n: b.detach().clone() for n, b in (buffers or {}).items()},
         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
     }
     with atomic_path(folder / CHECKPOINT_FILE, suffix=".pt") as tmp:
@@ -166,7 +175,8 @@ def save_checkpoint(folder: Path, trainable: dict[str, torch.Tensor], optimizer,
 
 
 def load_checkpoint(folder: Path, trainable: dict[str, torch.Tensor], optimizer, scheduler,
-                    run_id: str) -> tuple[dict[str, int], list[dict[str, Any]]] | None:
+                    run_id: str, buffers: dict[str, torch.Tensor] | None = None
+                    ) -> tuple[dict[str, int], list[dict[str, Any]]] | None:
     """Restore a checkpoint of this same run in place; None when there is none (or a stale one)."""
     path = folder / CHECKPOINT_FILE
     if not path.exists():
@@ -180,6 +190,8 @@ def load_checkpoint(folder: Path, trainable: dict[str, torch.Tensor], optimizer,
     with torch.no_grad():
         for name, p in trainable.items():
             p.copy_(state["trainable"][name])
+        for name, b in (buffers or {}).items():
+            b.copy_(state.get("buffers", {})[name])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     _set_rng_state(state["rng"])
@@ -263,6 +275,7 @@ def train(model: torch.nn.Module, examples: Sequence[Any], collate: Callable[[li
     if not examples:
         raise ValueError("no training examples")
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    buffers = running_statistics(model)
     bs, accum, epochs = int(spec["batch_size"]), int(spec["grad_accum"]), int(spec["epochs"])
     per_epoch = steps_per_epoch(len(examples), bs, accum)
     total = epochs * per_epoch
@@ -277,7 +290,7 @@ def train(model: torch.nn.Module, examples: Sequence[Any], collate: Callable[[li
     if checkpoint_dir is not None:
         checkpoint_dir = Path(checkpoint_dir)
         run_id = fingerprint(examples, spec, seed, trainable, fingerprint_extra)
-        resumed = load_checkpoint(checkpoint_dir, trainable, optimizer, scheduler, run_id)
+        resumed = load_checkpoint(checkpoint_dir, trainable, optimizer, scheduler, run_id, buffers)
         if resumed is not None:
             position, log_rows = resumed
             log.info("resuming from %s at epoch %d, step %d of %d", checkpoint_dir, position["epoch"] + 1,
@@ -288,7 +301,7 @@ def train(model: torch.nn.Module, examples: Sequence[Any], collate: Callable[[li
             where = {"epoch": epoch, "step_in_epoch": step_in_epoch}
             if step_in_epoch:  # within an epoch: its measured state goes on with it
                 where["epoch_state"] = position["epoch_state"]
-            save_checkpoint(checkpoint_dir, trainable, optimizer, scheduler, where, log_rows, run_id)
+            save_checkpoint(checkpoint_dir, trainable, optimizer, scheduler, where, log_rows, run_id, buffers)
 
     global_step = position["epoch"] * per_epoch + position["step_in_epoch"]
     bar = tqdm(total=total, initial=global_step, desc=desc, unit="step", dynamic_ncols=True)
@@ -329,11 +342,15 @@ def train(model: torch.nn.Module, examples: Sequence[Any], collate: Callable[[li
 
 
 def save_adapter(model: torch.nn.Module, out: str | Path, config: dict[str, Any], train_log: pd.DataFrame,
-                 seed: int) -> Path:
-    """Write the PEFT adapter (safetensors + adapter_config.json), the config slice that made it
-    (training_config.json) and the per-step log (train_log.parquet), all at once."""
+                 seed: int, save_weights: Callable[[Path], None] | None = None) -> Path:
+    """Write the PEFT adapter (safetensors + adapter_config.json; or what `save_weights(folder)`
+    writes), the config slice that made it (training_config.json) and the per-step log
+    (train_log.parquet), all at once."""
     with atomic_dir(out) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        if save_weights is None:
+            model.save_pretrained(tmp, safe_serialization=True)
+        else:
+            save_weights(tmp)
         write_json({"config": config, "seed": seed}, tmp / "training_config.json")
         write_parquet(train_log, tmp / "train_log.parquet", config=config, seed=seed)
     return Path(out)

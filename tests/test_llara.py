@@ -1,0 +1,181 @@
+"""LLaRA's hybrid prompt and the llara / ilora runs (workflow/llm/llara.py) on a tiny Llama, fp32."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from test_sft import LLM, SFT, inputs, tables  # noqa: F401 (inputs is a fixture)
+from workflow.llm import evaluate, llara, train
+from workflow.llm.model import load_tokenizer
+from workflow.llm.scoring import candidate_logprobs
+
+D = 8
+HYBRID = {**SFT, "epochs": 2, "projector_hidden": 16, "curriculum": "linear"}
+ILORA = {**HYBRID, "n_experts": 2, "gate": "sequence", "router": "resnet", "router_lr_scale": 0.3}
+
+
+@pytest.fixture
+def surrogate(tmp_path):
+    """A surrogate folder with the two tables the hybrid methods read (random vectors)."""
+    samples, items = tables()
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "surrogate"
+    folder.mkdir()
+    pd.DataFrame({"item_id": items["item_id"],
+                  "embedding": list(rng.standard_normal((len(items), D)).astype(np.float32))}
+                 ).to_parquet(folder / "item_embeddings.parquet")
+    pd.DataFrame({"sample_id": samples["sample_id"],
+                  "repr": list(rng.standard_normal((len(samples), D)).astype(np.float32))}
+                 ).to_parquet(folder / "sequence_repr.parquet")
+    return folder
+
+
+def test_placeholder_after_every_listed_title_and_items_read_back(tiny_model_dir):
+    tokenizer = load_tokenizer(tiny_model_dir)
+    marker = llara.placeholder_id(tokenizer)
+    samples, items = tables()
+    for prompt in ("open", "candidate"):
+        examples = llara.hybrid_examples(samples.head(2), items, tokenizer, "movie", LLM, prompt, marker)
+        row = samples.iloc[0]
+        n_listed = len(row.history) + (len(row.candidates) if prompt == "candidate" else 0)
+        assert examples[0]["prompt"].count(marker) == n_listed
+        assert examples[0]["items"] == list(row.history) + (list(row.candidates) if prompt == "candidate" else [])
+        assert marker not in examples[0]["answer"]
+        text = tokenizer.decode(examples[0]["prompt"])
+        assert f"Alien (1970) {llara.PLACEHOLDER}\n" in text
+    # the oldest history titles (and their placeholders) go first when the prompt is too long
+    short = {**LLM, "max_prompt_tokens": len(examples[0]["prompt"]) - 3}
+    clipped = llara.hybrid_examples(samples.head(1), items, tokenizer, "movie", short, "candidate", marker)
+    assert clipped[0]["items"] == list(samples.iloc[0].history[1:]) + list(samples.iloc[0].candidates)
+
+
+def test_placeholder_embeddings_are_the_projected_items_in_order():
+    torch.manual_seed(0)
+    projector = llara.build_projector(D, 16, 12)
+    vectors = torch.randn(5, D)
+    ids = torch.tensor([[3, 99, 4, 99, 5], [99, 6, 7, 8, 0]])
+    embeds = torch.randn(2, 5, 12)
+    got = llara.placeholder_embeds(projector, vectors, [[4, 1], [2]], marker_id=99)(ids, embeds)
+    expected = embeds.clone()
+    expected[0, 1], expected[0, 3], expected[1, 0] = projector(vectors[4]), projector(vectors[1]), projector(vectors[2])
+    torch.testing.assert_close(got, expected)
+    got.sum().backward()  # the projector learns through the replaced rows
+    assert projector[0].weight.grad is not None and projector[0].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="placeholders per row"):
+        llara.placeholder_embeds(projector, vectors, [[4], [2]], marker_id=99)(ids, embeds)
+
+
+def test_curriculum_ramps_from_text_to_hybrid():
+    total, per_epoch = 400, 200
+    assert llara.hybrid_probability(0, total, per_epoch, "linear") == 0.0
+    assert llara.hybrid_probability(300, total, per_epoch, "linear") == 0.75
+    assert llara.hybrid_probability(250, total, per_epoch, "per_epoch") == 0.25
+    assert llara.hybrid_probability(5, total, per_epoch, "hybrid") == 1.0
+    draws = [llara.is_hybrid_step(s, llara.hybrid_probability(s, total, per_epoch, "linear"), seed=3)
+             for s in range(total)]
+    assert draws == [llara.is_hybrid_step(s, llara.hybrid_probability(s, total, per_epoch, "linear"), seed=3)
+                     for s in range(total)]  # seeded per step: a resumed run draws the same
+    assert sum(draws[:200]) < sum(draws[200:])
+    assert abs(sum(draws) / total - 0.5) < 0.1
+
+
+def run_args(tiny_model_dir, paths, surrogate, out, method, block):
+    spec = {"llm": LLM, method: block, "domain": "movie", "prompt": "open"}
+    return ["--method", method, "--model-dir", str(tiny_model_dir), "--samples", str(paths["samples"]),
+            "--items", str(paths["items"]), "--selection", str(paths["selection"]), "--surrogate", str(surrogate),
+            "--spec", json.dumps(spec), "--seed", "0", "--threads", "1", "--out", str(out)]
+
+
+def weights(folder):
+    from safetensors.torch import load_file
+
+    return {f.name + ":" + k: v for f in sorted(folder.glob("*.safetensors")) for k, v in load_file(f).items()}
+
+
+@pytest.mark.parametrize("method,block", [("llara", HYBRID), ("ilora", ILORA)])
+def test_trains_saves_and_evaluation_reproduces_the_training_scorer(method, block, tiny_model_dir, inputs, surrogate,
+                                                                     tmp_path):
+    out = tmp_path / method / "adapter"
+    assert llara.main(run_args(tiny_model_dir, inputs, surrogate, out, method, block)) == 0
+    log = pd.read_parquet(out / "train_log.parquet")
+    assert set(log["hybrid"]) <= {0.0, 1.0} and log.loc[0, "hybrid"] == 0.0  # step 0: probability 0
+    saved = {f.name for f in out.iterdir()}
+    assert {"projector.safetensors", "hybrid.json", "train_log.parquet"} <= saved
+    assert ("experts.safetensors" in saved and "router.safetensors" in saved) if method == "ilora" \
+        else "adapter_model.safetensors" in saved
+
+    model, tokenizer, parts = llara.load_for_evaluation(tiny_model_dir, out, surrogate, "cpu", "float32", "eager")
+    samples, items = tables()
+    test = samples[samples["split"] == "test"].reset_index(drop=True)
+    ins = evaluate.prompt_inputs(test, items, tokenizer, "movie", LLM, llara.PLACEHOLDER)
+    hooks = llara.evaluation_hooks(parts, model, test, ins["open_prompt"], "open", surrogate)
+    cached, _, _ = evaluate.prompt_passes(model, tokenizer, ins["open_prompt"], ins["answers"], batch_size=2,
+                                          autocast=torch.autograd.grad_mode.no_grad, sample_hooks=hooks)
+    # the training path: packed scorer with the same placeholder embeddings and gates
+    embeds_fn, context = hooks([0, 1])
+    with torch.no_grad(), context:
+        packed, _ = candidate_logprobs(model, ins["open_prompt"], ins["answers"], inputs_embeds_fn=embeds_fn)
+    np.testing.assert_allclose(cached, packed.numpy(), atol=1e-4, rtol=1e-4)
+    # the hybrid parts matter: without the item embeddings the scores differ
+    text_only, _, _ = evaluate.prompt_passes(model, tokenizer, ins["open_prompt"], ins["answers"], batch_size=2,
+                                             autocast=torch.autograd.grad_mode.no_grad,
+                                             sample_hooks=lambda rows: (None, hooks(rows)[1]))
+    assert np.abs(cached - text_only).max() > 1e-4
+    # generation continues from the hybrid prompt cache
+    _, _, answers = evaluate.prompt_passes(model, tokenizer, ins["open_prompt"], max_new_tokens=3, batch_size=2,
+                                           autocast=torch.autograd.grad_mode.no_grad, sample_hooks=hooks)
+    assert len(answers) == 2
+
+
+def test_ilora_gates_differ_by_sequence_and_uniform_has_no_router(tiny_model_dir, inputs, surrogate, tmp_path):
+    out = tmp_path / "uniform" / "adapter"
+    assert llara.main(run_args(tiny_model_dir, inputs, surrogate, out, "ilora", {**ILORA, "gate": "uniform"})) == 0
+    assert not (out / "router.safetensors").exists()
+    samples, _ = tables()
+    seq = llara.gate_inputs("sequence", surrogate, ["s0", "s1"], D)
+    assert seq.shape == (2, D) and not np.allclose(seq[0], seq[1])
+    rnd = llara.gate_inputs("random", surrogate, ["s0", "s1"], D)
+    np.testing.assert_array_equal(rnd, llara.gate_inputs("random", surrogate, ["s0", "s1"], D))
+    assert llara.gate_inputs("uniform", surrogate, ["s0"], D) is None
+
+
+def test_same_seed_same_adapter_and_resume_after_kill(tiny_model_dir, inputs, surrogate, tmp_path, monkeypatch):
+    whole = tmp_path / "a" / "adapter"
+    assert llara.main(run_args(tiny_model_dir, inputs, surrogate, whole, "ilora", ILORA)) == 0
+    killed = tmp_path / "b" / "adapter"
+    real = llara.make_loss_fn
+    calls = {"n": 0}
+
+    def dying(parts, state):
+        loss_fn = real(parts, state)
+
+        def wrapped(model, batch):
+            calls["n"] += 1
+            if calls["n"] > 5:
+                raise KeyboardInterrupt
+            return loss_fn(model, batch)
+        return wrapped
+
+    monkeypatch.setattr(llara, "make_loss_fn", dying)
+    with pytest.raises(KeyboardInterrupt):
+        llara.main(run_args(tiny_model_dir, inputs, surrogate, killed, "ilora", ILORA))
+    assert (train.checkpoint_dir_for(killed) / train.CHECKPOINT_FILE).exists()
+    monkeypatch.setattr(llara, "make_loss_fn", real)
+    assert llara.main(run_args(tiny_model_dir, inputs, surrogate, killed, "ilora", ILORA)) == 0
+    a, b = weights(whole), weights(killed)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    log_a, log_b = pd.read_parquet(whole / "train_log.parquet"), pd.read_parquet(killed / "train_log.parquet")
+    assert log_a["hybrid"].tolist() == log_b["hybrid"].tolist()
+
+
+def test_missing_surrogate_tables_are_clear_errors(tiny_model_dir, inputs, tmp_path, capsys):
+    empty = tmp_path / "nothing"
+    empty.mkdir()
+    assert llara.main(run_args(tiny_model_dir, inputs, empty, tmp_path / "x" / "adapter", "llara", HYBRID)) != 0
+    assert "item_embeddings.parquet" in capsys.readouterr().err
