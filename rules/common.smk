@@ -7,7 +7,7 @@ from snakemake.exceptions import WorkflowError
 
 from workflow.config import prepare_settings
 from workflow.formats import resolve_files
-from workflow.runs import block as run_block, config_runs, grid_point, parse as parse_run
+from workflow.runs import HYBRID, block as run_block, config_runs, grid_point, parse as parse_run
 
 RESULTS = config["results"]
 # Rules that ask the scheduler for GPUs (llm.gpu > 0) run in the CUDA environment under --sdm conda.
@@ -83,6 +83,26 @@ def run_spec(wildcards, **blocks):
 
 def sft_spec(wildcards):
     return run_spec(wildcards, llm=config["llm"], sft=run_block(parse_run(wildcards.run), config))
+
+
+def hybrid_spec(wildcards):
+    run = parse_run(wildcards.run)
+    return run_spec(wildcards, llm=config["llm"], **{run.method: run_block(run, config)})
+
+
+def hybrid_surrogate(wildcards):
+    """The surrogate folder as a named input of a llara or ilora run's evaluation (item embeddings in
+    the prompt, the gate's sequence representations); nothing for other runs."""
+    if parse_run(wildcards.run).method in HYBRID:
+        folder = f"{RESULTS}/{wildcards.dataset}/surrogate"
+        return {"item_vectors": f"{folder}/item_embeddings.parquet",
+                "sequence_vectors": f"{folder}/sequence_repr.parquet"}
+    return {}
+
+
+def surrogate_args(wildcards, input):
+    """`--surrogate FOLDER` for a llara or ilora run (see hybrid_surrogate), else nothing."""
+    return ["--surrogate", str(Path(input.item_vectors).parent)] if "item_vectors" in input.keys() else []
 
 
 def preference_spec(wildcards):
@@ -189,10 +209,17 @@ def study_points(name):
     if study["x"] not in grid:
         raise WorkflowError(f"config key 'studies.{name}.x': {study['x']!r} is not a key of its grid")
     try:
-        return [grid_point(method, dict(zip(grid, values)), config)
-                for method in study["methods"] for values in itertools.product(*grid.values())]
+        points = [grid_point(method, dict(zip(grid, values)), config)
+                  for method in study["methods"] for values in itertools.product(*grid.values())]
+        if study.get("reference"):
+            # the reference method's run at each prompt and budget the grid visits
+            shared = {tuple((axis, labels[axis]) for axis in ("prompt", "budget") if axis in grid)
+                      for labels, _ in points}
+            references = [grid_point(study["reference"], dict(point), config) for point in sorted(shared)]
+            points += [({**labels, "reference": True}, run) for labels, run in references]
     except ValueError as exc:
         raise WorkflowError(f"config key 'studies.{name}.grid': {exc}") from exc
+    return points
 
 
 def study_runs(name):
@@ -247,3 +274,61 @@ def report_inputs(wildcards):
 def all_targets():
     return (data_targets() + surrogate_targets() + [f"{RESULTS}/summary.parquet", f"{RESULTS}/summary.md"]
             + explanation_targets() + study_targets() + report_targets())
+
+
+# ---------------------------------------------------------------------------------------------
+# DEALRec selections (rules/selection.smk): each score stage gets only its own config slice, so
+# changing one (e.g. the LiSSA depth) does not rerun the other.
+import shlex
+
+
+def influence_spec(wildcards):
+    return spec({"dealrec": {"influence": config["selection"]["dealrec"]["influence"]}})
+
+
+def effort_spec(wildcards):
+    """The LLM the effort is measured on: the base model with the sft block's LoRA and prompt."""
+    lora = {k: config["sft"][k] for k in ("lora_r", "lora_alpha", "lora_dropout", "target_modules")}
+    return spec({"llm": config["llm"], "sft": lora, "domain": domain(wildcards), "prompt": config["sft"]["prompt"],
+                 "selection": {"dealrec": {"effort": config["selection"]["dealrec"]["effort"]}}})
+
+
+def dealrec_spec(wildcards):
+    return spec({"dealrec": config["selection"]["dealrec"]})
+
+
+def dealrec_inputs(wildcards):
+    """The samples and the score tables a DEALRec strategy selects from."""
+    scores = f"{RESULTS}/{wildcards.dataset}/selection/scores"
+    inputs = {"samples": f"{RESULTS}/{wildcards.dataset}/data/samples.parquet"}
+    if wildcards.selection in ("dealrec", "influence"):
+        inputs["influence"] = f"{scores}/influence.parquet"
+    if wildcards.selection in ("dealrec", "effort"):
+        inputs["effort"] = f"{scores}/effort.parquet"
+    return inputs
+
+
+def dealrec_score_args(wildcards, input):
+    return " ".join(f"--{name} {shlex.quote(input[name])}" for name in ("influence", "effort") if name in input.keys())
+
+
+# ---------------------------------------------------------------------------------------------
+# SOFT (rules/soft.smk): the sft backbone's self-distilled answers, then the SOFT runs on them.
+
+def self_distill_spec(wildcards):
+    """What the self-distilled answers depend on (not alpha, epochs or lr: every SOFT run of a
+    backbone shares them): the prompts, the beam settings and the generation batch."""
+    beams = {key: config["soft"][key] for key in ("num_beams", "max_new_tokens")}
+    return run_spec(wildcards, llm=config["llm"], soft=beams,
+                    evaluation={"batch_size": config["evaluation"]["batch_size"]})
+
+
+def soft_spec(wildcards):
+    return run_spec(wildcards, llm=config["llm"], soft=run_block(parse_run(wildcards.run), config),
+                    evaluation={"batch_size": config["evaluation"]["batch_size"]})
+
+
+def sft_self_distilled(wildcards):
+    """The self-distilled answers a SOFT run trains on: those of the sft run of its prompt and budget."""
+    sft = parse_run(wildcards.run).sft().name
+    return f"{RESULTS}/{wildcards.dataset}/llm/{sft}/{wildcards.selection}/self_distilled.parquet"

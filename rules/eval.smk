@@ -61,6 +61,7 @@ rule evaluate_base:
 
 rule evaluate:
     input:
+        unpack(hybrid_surrogate),
         model=f"{RESULTS}/models/base",
         adapter=f"{RESULTS}/{{dataset}}/llm/{{run}}/{{selection}}/adapter",
         samples=f"{RESULTS}/{{dataset}}/data/samples.parquet",
@@ -73,6 +74,7 @@ rule evaluate:
         run=TRAINED_RUN_PATTERN,
     params:
         spec=evaluation_spec,
+        surrogate=surrogate_args,
         seed=config["seed"],
     log:
         f"{RESULTS}/logs/{{dataset}}/llm/{{run}}/{{selection}}/{{split}}/evaluate.log",
@@ -88,7 +90,7 @@ rule evaluate:
     shell:
         "python -m workflow.llm.evaluate --model-dir {input.model:q} --adapter {input.adapter:q} "
         "--samples {input.samples:q} --items {input.item_table:q} --title-embeddings {input.title_embeddings:q} "
-        "--spec {params.spec:q} --dataset {wildcards.dataset} --method {wildcards.run} "
+        "--spec {params.spec:q} {params.surrogate:q} --dataset {wildcards.dataset} --method {wildcards.run} "
         "--selection {wildcards.selection} --seed {params.seed} --threads {threads} "
         "--predictions {output.predictions:q} --metrics {output.metrics:q} > {log:q} 2>&1"
 

@@ -51,3 +51,40 @@ rule sft:
         "python -m workflow.llm.sft --model-dir {input.model:q} --samples {input.samples:q} "
         "--items {input.item_table:q} --selection {input.selection:q} --spec {params.spec:q} "
         "--seed {params.seed} --threads {threads} --out {output:q} > {log:q} 2>&1"
+
+
+rule hybrid:
+    """LLaRA (one LoRA) or iLoRA (gated LoRA experts) on the hybrid prompt: SASRec item embeddings
+    after the titles, a fresh adapter on the base model (workflow/llm/llara.py)."""
+    input:
+        model=f"{RESULTS}/models/base",
+        samples=f"{RESULTS}/{{dataset}}/data/samples.parquet",
+        item_table=f"{RESULTS}/{{dataset}}/data/items.parquet",
+        selection=f"{RESULTS}/{{dataset}}/selection/{{selection}}.parquet",
+        item_vectors=f"{RESULTS}/{{dataset}}/surrogate/item_embeddings.parquet",
+        sequence_vectors=f"{RESULTS}/{{dataset}}/surrogate/sequence_repr.parquet",
+    output:
+        directory(f"{RESULTS}/{{dataset}}/llm/{{run}}/{{selection}}/adapter"),
+    wildcard_constraints:
+        run=RUN_PATTERN["hybrid"],
+    params:
+        method=lambda wildcards: parse_run(wildcards.run).method,
+        spec=hybrid_spec,
+        surrogate=lambda wildcards, input: Path(input.item_vectors).parent,
+        seed=config["seed"],
+    log:
+        f"{RESULTS}/logs/{{dataset}}/llm/{{run}}/{{selection}}/train.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{dataset}}/llm/{{run}}/{{selection}}/train.tsv"
+    threads: JOB_THREADS
+    resources:
+        mem="12GB",
+        runtime="4h",
+        gpu=config["llm"]["gpu"],
+    conda:
+        LLM_ENV
+    shell:
+        "python -m workflow.llm.llara --method {params.method} --model-dir {input.model:q} "
+        "--samples {input.samples:q} --items {input.item_table:q} --selection {input.selection:q} "
+        "--surrogate {params.surrogate:q} --spec {params.spec:q} --seed {params.seed} --threads {threads} "
+        "--out {output:q} > {log:q} 2>&1"

@@ -60,14 +60,14 @@ def test_values_and_paired_deltas_match_hand_computation(runs):
     assert pick(table, "dmpo", 15)["value"] == pytest.approx(1 / 6)
     assert pick(table, "dynamicpo", 15)["value"] == pytest.approx(4 / 6)
     # the smallest k of each method is the baseline of its deltas
-    assert np.isnan(pick(table, "dmpo", 1)["delta_vs_first"])
-    assert pick(table, "dmpo", 15)["delta_vs_first"] == pytest.approx(1 / 6 - 4 / 6)
-    assert pick(table, "dynamicpo", 15)["delta_vs_first"] == pytest.approx(1 / 6)
+    assert np.isnan(pick(table, "dmpo", 1)["delta"])
+    assert pick(table, "dmpo", 15)["delta"] == pytest.approx(1 / 6 - 4 / 6)
+    assert pick(table, "dynamicpo", 15)["delta"] == pytest.approx(1 / 6)
     for _, r in table.iterrows():
         assert r["n"] == 6
         assert r["ci_low"] <= r["value"] <= r["ci_high"]
     d = pick(table, "dmpo", 15)
-    assert d["delta_ci_low"] <= d["delta_vs_first"] <= d["delta_ci_high"]
+    assert d["delta_ci_low"] <= d["delta"] <= d["delta_ci_high"]
     # the same seed gives the same intervals
     again = table_of(runs)
     pd.testing.assert_frame_equal(table, again)
@@ -81,7 +81,7 @@ def test_paired_interval_is_narrower_than_unpaired_when_runs_agree(tmp_path):
     runs = [run("dmpo", 1, metrics_file(tmp_path / "a.parquet", "dmpo-open-k1", base)),
             run("dmpo", 7, metrics_file(tmp_path / "b.parquet", "dmpo-open-k7", moved))]
     r = pick(table_of(runs, resamples=500, seed=0), "dmpo", 7)
-    assert r["delta_vs_first"] == pytest.approx(1 / 40)
+    assert r["delta"] == pytest.approx(1 / 40)
     # resampled, the difference is (copies of that one sample) / 40: never negative, and far tighter
     # than either run's own interval (each alone is as uncertain as a coin)
     assert r["delta_ci_low"] >= 0
@@ -104,10 +104,10 @@ def test_learning_curve_series_and_validation_split(tmp_path):
     table = study.study_table(runs, "budget", "valid", ["hr@1"], 200, 0.9, 0)
     assert len(table) == 6 and (table["n"] == 4).all()
     row = table[(table["prompt"] == "open") & (table["epochs"] == 3) & (table["budget"] == 512)].iloc[0]
-    assert row["value"] == 1.0 and row["delta_vs_first"] == pytest.approx(1 - 3 / 4)
+    assert row["value"] == 1.0 and row["delta"] == pytest.approx(1 - 3 / 4)
     row = table[(table["prompt"] == "candidate") & (table["budget"] == 512)].iloc[0]
-    assert row["delta_vs_first"] == pytest.approx(1 / 4)
-    assert table.loc[table["budget"] == 128, "delta_vs_first"].isna().all()
+    assert row["delta"] == pytest.approx(1 / 4)
+    assert table.loc[table["budget"] == 128, "delta"].isna().all()
     # the files' test rows (all 1.0, see metrics_file) are another split: read only when asked for
     assert (study.study_table(runs, "budget", "test", ["hr@1"], 10, 0.9, 0)["value"] == 1.0).all()
 
@@ -146,3 +146,25 @@ def test_cli_rejects_a_bad_spec_and_files_without_likelihood_rows(runs, tmp_path
     with pytest.raises(ValueError, match="gen.parquet: no likelihood rows"):
         table_of([{**runs[0], "path": str(empty)}], 10)
     assert not (tmp_path / "c.parquet").exists()
+
+
+def test_differences_against_a_reference_method(tmp_path):
+    """A study with `reference` (iLoRA's experts against LLaRA): every run's delta is against the
+    reference run, which is listed under the table and is not a series."""
+    def expert_run(n, hr1):
+        return {"dataset": "toy", "selection": "random", "method": "ilora", "prompt": "open", "k": None,
+                "epochs": 1, "budget": 64, "n_experts": n, "gate": "sequence", "alpha": None,
+                "path": metrics_file(tmp_path / f"i{n}.parquet", f"ilora-open-x{n}", hr1)}
+
+    reference = {"dataset": "toy", "selection": "random", "method": "llara", "prompt": "open", "k": None,
+                 "epochs": 1, "budget": 64, "n_experts": None, "gate": None, "alpha": None, "reference": True,
+                 "path": metrics_file(tmp_path / "llara.parquet", "llara-open", [1, 0, 0, 0, 1, 0])}
+    runs = [expert_run(1, [1, 0, 0, 0, 0, 0]), expert_run(4, [1, 1, 1, 0, 1, 0]), reference]
+    table = study.study_table(runs, "n_experts", "test", ["hr@1"], 300, 0.95, 3)
+    experts = table[~table["is_reference"]].set_index("n_experts")
+    assert experts.loc[1, "delta"] == pytest.approx(1 / 6 - 2 / 6)
+    assert experts.loc[4, "delta"] == pytest.approx(4 / 6 - 2 / 6)
+    assert table.loc[table["is_reference"], "delta"].isna().all()
+    md = study.markdown("experts", table, pd.DataFrame(columns=["dataset", "metric"]), "n_experts", "test", 300, 0.95)
+    assert "Reference: llara open" in md and "against the reference run" in md
+    assert "| ilora open" in md and "n_experts=4" in md

@@ -54,7 +54,7 @@ def test_collapse_and_learning_curve_train_only_the_missing_runs(tiny_run, tmp_p
     samples = pd.read_parquet(results / "tiny/data/samples.parquet")
     assert set(curve["n"]) == {int((samples["split"] == "valid").sum())}
     assert sorted(curve["budget"].unique()) == [4, 8] and set(curve["method"]) == {"sft", "dmpo"}
-    assert curve.loc[curve["budget"] == 8, "delta_vs_first"].notna().all()
+    assert curve.loc[curve["budget"] == 8, "delta"].notna().all()
     valid = pd.read_parquet(results / "tiny/llm/sft-open-n4/random/valid/metrics.parquet")
     assert set(valid["split"]) == {"valid"}
     md = (results / "studies/learning_curve.md").read_text()

@@ -1,16 +1,22 @@
 """Studies: a grid of config variants -> runs -> one table and one plot with paired differences.
 
 Every study has the same shape. Some methods are trained at every point of a grid of overrides
-(prompt, negatives k, epochs, training budget; `studies.<name>` in the config, runs named as in
-workflow/runs.py) on the same selection, and evaluated with the likelihood protocol on the same
-samples of one split, so the runs are paired. The table gives each run's statistic with its seeded
-bootstrap interval and the paired bootstrap difference against the same series at the smallest
-value of the study's x axis (workflow.summary's statistics, reused). Baselines (random, popularity,
-SASRec) on the same split are drawn as horizontal lines and listed under each table.
+(prompt, negatives k, epochs, training budget, iLoRA's experts and gate, SOFT's alpha;
+`studies.<name>` in the config, runs named as in workflow/runs.py) on the same selection, and
+evaluated with the likelihood protocol on the same samples of one split, so the runs are paired. The
+table gives each run's statistic with its seeded bootstrap interval and the paired bootstrap
+difference (`delta`) against the same series at the smallest value of the study's x axis, or, when
+the study names a `reference` method, against that method's run (e.g. iLoRA's experts against
+LLaRA; marked `"reference": true` among the runs, drawn as a line). workflow.summary's statistics
+are reused. Baselines (random, popularity, SASRec) on the same split are drawn as horizontal lines
+and listed under each table.
 
 - collapse (DynamicPO paper): dmpo and dynamicpo at k = 1, 3, 7, 15; x = k.
 - learning_curve: sft and dmpo at several training budgets and epochs, both prompts; x = budget;
   evaluated on the validation split, where the default config's settings are chosen.
+- experts / gates (iLoRA paper): ilora at 1, 2, 4, 8 experts, and with the sequence, random and
+  uniform gate; x = n_experts / gate; reference llara.
+- alpha (SOFT paper): soft at alpha 0.1, 1, 10, 100; x = alpha; reference sft.
 
     python -m workflow.study --spec '{"name": ..., "x": "budget", "split": "valid", "metrics": [...],
         "bootstrap": 1000, "ci": 0.95, "runs": [{"dataset": ..., "selection": ..., "method": ...,
@@ -36,15 +42,17 @@ from workflow.summary import estimate, metric_frames, paired_delta, read_metrics
 log = logging.getLogger(__name__)
 
 PROTOCOL = "likelihood"
-AXES = ("prompt", "k", "epochs", "budget")
+AXES = ("prompt", "k", "epochs", "budget", "n_experts", "gate", "alpha")
 LABELS = ("dataset", "selection", "method", *AXES)
 BASELINES = ("random", "popularity", "sasrec")
 SCHEMA = pa.schema([
     ("dataset", pa.string()), ("selection", pa.string()), ("method", pa.string()), ("prompt", pa.string()),
-    ("k", pa.int64()), ("epochs", pa.int64()), ("budget", pa.int64()), ("metric", pa.string()),
+    ("k", pa.int64()), ("epochs", pa.int64()), ("budget", pa.int64()), ("n_experts", pa.int64()),
+    ("gate", pa.string()), ("alpha", pa.float64()), ("metric", pa.string()), ("is_reference", pa.bool_()),
     ("value", pa.float64()), ("n", pa.int64()), ("ci_low", pa.float64()), ("ci_high", pa.float64()),
-    ("delta_vs_first", pa.float64()), ("delta_ci_low", pa.float64()), ("delta_ci_high", pa.float64()),
+    ("delta", pa.float64()), ("delta_ci_low", pa.float64()), ("delta_ci_high", pa.float64()),
 ])
+INTEGER_AXES = ("k", "epochs", "budget", "n_experts")
 
 
 def label_key(run: dict[str, Any]) -> tuple:
@@ -80,25 +88,38 @@ def sort_value(value) -> tuple:
 def study_table(runs: Sequence[dict[str, Any]], x: str, split: str, metrics: Sequence[str], resamples: int,
                 level: float, seed: int) -> pd.DataFrame:
     """One row per run and metric: its statistic and the paired difference against the run of the
-    same series at the smallest x."""
+    same series at the smallest x, or against the reference run of the same dataset, selection,
+    prompt and budget when the runs hold one (`"reference": true`)."""
     if x not in AXES:
         raise ValueError(f"x must be one of {AXES}, got {x!r}")
     frames = run_frames(runs, split, metrics)
-    position = (*LABELS, "metric").index(x)
+    reference_keys = {(*label_key(r), m) for r in runs if r.get("reference") for m in metrics} & frames.keys()
+    names = (*LABELS, "metric")
+    position = names.index(x)
+
+    def matching(key: tuple) -> tuple:  # what a run shares with its reference run
+        return tuple(key[names.index(n)] for n in ("dataset", "selection", "prompt", "budget", "metric"))
+
     first: dict[tuple, tuple] = {}
     for key in frames:
         series = series_key(key, x)
-        if series not in first or sort_value(key[position]) < sort_value(first[series][position]):
+        if key not in reference_keys and (series not in first
+                                          or sort_value(key[position]) < sort_value(first[series][position])):
             first[series] = key
+    by_match = {matching(key): key for key in reference_keys}
     rows = []
     for key in sorted(frames, key=lambda k: tuple(sort_value(v) for v in k)):
         value, lo, hi = estimate(key[-1], frames[key], resamples, level, seed)
-        ref = first[series_key(key, x)]
-        delta = (paired_delta(key[-1], frames[key], frames[ref], resamples, level, seed) if ref != key
-                 else (np.nan,) * 3)
-        rows.append((*key[:-1], key[-1], value, len(frames[key]), lo, hi, *delta))
+        is_reference = key in reference_keys
+        ref = None if is_reference else (by_match.get(matching(key)) if reference_keys else first[series_key(key, x)])
+        if reference_keys and ref is None and not is_reference:
+            raise ValueError(f"study run {dict(zip(names, key))} has no reference run of the same dataset, "
+                             "selection, prompt and budget")
+        delta = (paired_delta(key[-1], frames[key], frames[ref], resamples, level, seed)
+                 if ref is not None and ref != key else (np.nan,) * 3)
+        rows.append((*key[:-1], key[-1], is_reference, value, len(frames[key]), lo, hi, *delta))
     table = pd.DataFrame(rows, columns=SCHEMA.names)
-    return table.astype({c: "Int64" for c in ("k", "epochs", "budget")})
+    return table.astype({c: "Int64" for c in INTEGER_AXES})
 
 
 def baseline_values(paths: Sequence[str], split: str, metrics: Sequence[str], resamples: int, level: float,
@@ -114,11 +135,14 @@ def baseline_values(paths: Sequence[str], split: str, metrics: Sequence[str], re
 
 
 def series_label(row: pd.Series, x: str) -> str:
-    """`dmpo open e1 k3`: the method and the series' other axis values (budget as n)."""
+    """`dmpo open e1 k3`: the method and the series' other axis values (budget as n, experts as x,
+    gate as g, alpha as a)."""
     parts = [row["method"]] + ([row["prompt"]] if x != "prompt" else [])
-    for name, flag in (("epochs", "e"), ("k", "k"), ("budget", "n")):
+    for name, flag in (("epochs", "e"), ("k", "k"), ("budget", "n"), ("n_experts", "x"), ("gate", "g"),
+                       ("alpha", "a")):
         if name != x and not pd.isna(row[name]):
-            parts.append(f"{flag}{int(row[name])}")
+            value = row[name]
+            parts.append(f"{flag}{value:g}" if isinstance(value, float) else f"{flag}{value}")
     return " ".join(parts)
 
 
@@ -126,8 +150,12 @@ def markdown(name: str, table: pd.DataFrame, baselines: pd.DataFrame, x: str, sp
              level: float) -> str:
     lines = [f"# Study `{name}`: {PROTOCOL} protocol against {x} ({split} split)", "",
              f"Point estimate [{level:.0%} bootstrap interval over {split} samples, {resamples} resamples]; "
-             f"Δ = paired bootstrap difference against the same series at the smallest {x}.", ""]
+             + ("Δ = paired bootstrap difference against the reference run (listed under each table)."
+              if table["is_reference"].any() else
+              f"Δ = paired bootstrap difference against the same series at the smallest {x}."), ""]
     for (dataset, selection, metric), part in table.groupby(["dataset", "selection", "metric"], sort=True):
+        references = part[part["is_reference"]]
+        part = part[~part["is_reference"]]
         xs = sorted(part[x].dropna().unique(), key=sort_value)
         lines += [f"## {dataset}, selection {selection}: {metric} (n = {int(part['n'].max())})", "",
                   "| run | " + " | ".join(f"{x}={v}" for v in xs) + " |", "|---|" + "---|" * len(xs)]
@@ -141,10 +169,14 @@ def markdown(name: str, table: pd.DataFrame, baselines: pd.DataFrame, x: str, sp
                     continue
                 r = by_x.loc[v]
                 cell = f"{r['value']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
-                if np.isfinite(r["delta_vs_first"]):
-                    cell += f" Δ {r['delta_vs_first']:+.3f} [{r['delta_ci_low']:+.3f}, {r['delta_ci_high']:+.3f}]"
+                if np.isfinite(r["delta"]):
+                    cell += f" Δ {r['delta']:+.3f} [{r['delta_ci_low']:+.3f}, {r['delta_ci_high']:+.3f}]"
                 cells.append(cell)
             lines.append(f"| {series} | " + " | ".join(cells) + " |")
+        if len(references):
+            lines += ["", "Reference: " + "; ".join(
+                f"{series_label(r, '')} {r['value']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+                for _, r in references.iterrows())]
         here = baselines[(baselines["dataset"] == dataset) & (baselines["metric"] == metric)]
         if len(here):
             lines += ["", "Baselines: " + "; ".join(
@@ -167,9 +199,13 @@ def plot(table: pd.DataFrame, baselines: pd.DataFrame, x: str, out: str | Path) 
     panels = sorted(table.groupby(["dataset", "selection", "metric"]).groups)
     cols = max(len(panels), 1)
     fig, axes = plt.subplots(1, cols, figsize=(5.2 * cols, 4.0), squeeze=False)
-    numeric = x != "prompt"
+    numeric = x not in ("prompt", "gate")
     for ax, (dataset, selection, metric) in zip(axes[0], panels):
         here = table[(table["dataset"] == dataset) & (table["selection"] == selection) & (table["metric"] == metric)]
+        for _, r in here[here["is_reference"]].iterrows():
+            ax.axhline(r["value"], color="black", linewidth=1.2, label=series_label(r, ""))
+            ax.axhspan(r["ci_low"], r["ci_high"], color="black", alpha=0.06)
+        here = here[~here["is_reference"]]
         here = here.assign(series=here.apply(series_label, axis=1, x=x))
         xs = sorted(here[x].dropna().unique(), key=sort_value)
         names = list(dict.fromkeys(here["series"]))
