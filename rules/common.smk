@@ -257,9 +257,16 @@ def trained_adapters(wildcards):
     return [f"{RESULTS}/{wildcards.dataset}/llm/{r}/{s}/adapter" for r, s in method_runs() if s != "none"]
 
 
+def gate_targets():
+    """iLoRA's gate showcase of every ilora run of `methods` that has a gate (not `uniform`)."""
+    runs = [r.name for r in TRAINED_RUNS if r.method == "ilora" and run_block(r, config)["gate"] != "uniform"]
+    return expand(f"{RESULTS}/{{dataset}}/llm/{{run}}/{{selection}}/gates.{{ext}}",
+                  dataset=DATASETS, run=runs, selection=SELECTIONS, ext=["parquet", "png"])
+
+
 def report_targets():
     """The report's figures and tables (rules/report.smk); the resources figure comes last."""
-    targets = [f"{REPORT}/summary.html", f"{REPORT}/metrics"]
+    targets = [f"{REPORT}/summary.html", f"{REPORT}/metrics"] + gate_targets()
     targets += expand(f"{REPORT}/data/{{dataset}}.{{ext}}", dataset=DATASETS, ext=["html", "png"])
     if TRAINED_RUNS:
         targets += expand(f"{REPORT}/training/{{dataset}}.png", dataset=DATASETS)

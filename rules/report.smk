@@ -101,3 +101,37 @@ rule report_resources:
         "../envs/cpu.yaml"
     shell:
         "python -m workflow.report resources --benchmarks {params.benchmarks:q} --out {output:q} > {log:q} 2>&1"
+
+
+rule gates:
+    """iLoRA's expert showcase: the gate weights of the first test samples (workflow/llm/gates.py)."""
+    input:
+        adapter=f"{RESULTS}/{{dataset}}/llm/{{run}}/{{selection}}/adapter",
+        item_vectors=f"{RESULTS}/{{dataset}}/surrogate/item_embeddings.parquet",
+        sequence_vectors=f"{RESULTS}/{{dataset}}/surrogate/sequence_repr.parquet",
+        samples=f"{RESULTS}/{{dataset}}/data/samples.parquet",
+        item_table=f"{RESULTS}/{{dataset}}/data/items.parquet",
+    output:
+        parquet=f"{RESULTS}/{{dataset}}/llm/{{run}}/{{selection}}/gates.parquet",
+        png=report(f"{RESULTS}/{{dataset}}/llm/{{run}}/{{selection}}/gates.png", caption="../report/gates.rst",
+                   category="iLoRA gates", labels={"run": "{run}", "selection": "{selection}"}),
+    wildcard_constraints:
+        run="ilora-.*",
+    params:
+        surrogate=lambda wildcards, input: Path(input.item_vectors).parent,
+        n_samples=config["explanations"]["n_samples"],
+    log:
+        f"{RESULTS}/logs/{{dataset}}/llm/{{run}}/{{selection}}/gates.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{dataset}}/llm/{{run}}/{{selection}}/gates.tsv"
+    threads: 1
+    resources:
+        mem="2GB",
+        runtime="10m",
+    conda:
+        "../envs/cpu.yaml"
+    shell:
+        "python -m workflow.llm.gates --adapter {input.adapter:q} --surrogate {params.surrogate:q} "
+        "--samples {input.samples:q} --items {input.item_table:q} --n-samples {params.n_samples} "
+        "--title '{wildcards.run} ({wildcards.selection})' "
+        "--out-parquet {output.parquet:q} --out-png {output.png:q} > {log:q} 2>&1"
