@@ -52,12 +52,13 @@ def heat_map(weights: np.ndarray, labels: list[str], title: str, out: str | Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(3.0 + 0.6 * weights.shape[1], 0.9 + 0.45 * len(labels)))
+    fig, ax = plt.subplots(figsize=(5.0 + 0.6 * weights.shape[1], 1.2 + 0.45 * len(labels)))
     image = ax.imshow(weights, cmap="viridis", vmin=0.0, vmax=max(float(weights.max()), 1e-6), aspect="auto")
     for (r, c), w in np.ndenumerate(weights):
         ax.text(c, r, f"{w:.2f}", ha="center", va="center", fontsize=7,
                 color="white" if w < 0.6 * weights.max() else "black")
-    ax.set_xticks(range(weights.shape[1]), [f"expert {k + 1}" for k in range(weights.shape[1])])
+    ax.set_xticks(range(weights.shape[1]), [str(k + 1) for k in range(weights.shape[1])])
+    ax.set_xlabel("expert")
     ax.set_yticks(range(len(labels)), labels, fontsize=7)
     ax.set_title(title, fontsize=9)
     fig.colorbar(image, ax=ax, fraction=0.04)
@@ -85,7 +86,7 @@ def main(argv=None) -> int:
             raise ValueError(f"{args.samples}: no test samples")
         weights = gate_weights(args.adapter, args.surrogate, test)
         titles = dict(zip(*pd.read_parquet(args.items, columns=["item_id", "title"]).astype(str).T.values))
-        labels = [textwrap.shorten(" / ".join(titles.get(str(i), str(i)) for i in h[-3:]), 60)
+        labels = [textwrap.shorten(" / ".join(titles.get(str(i), str(i)) for i in h[-2:]), 48)
                   for h in test["history"]]
         n = weights.shape[1]
         table = pd.DataFrame({"sample_id": np.repeat(test["sample_id"].astype(str).to_numpy(), n),
