@@ -164,10 +164,21 @@ def reference_adapter_args(wildcards, input):
     return ["--reference-adapter", input.reference] if "reference" in input.keys() else []
 
 
+def run_selections(run):
+    """The selections a run of `methods` trains on: every strategy for the runs (or bare methods)
+    `selection.compare_methods` names (all when it is null), the first strategy for the others;
+    `none` for the untuned model."""
+    if run.method == "base":
+        return ["none"]
+    compared = config["selection"].get("compare_methods")
+    if compared is None or run.name in compared or run.method in compared:
+        return SELECTIONS
+    return SELECTIONS[:1]
+
+
 def method_runs():
-    """(run name, selection) pairs the config asks for; the untuned model's selection is `none`."""
-    return [(r.name, "none") if r.method == "base" else (r.name, s) for r in RUNS
-            for s in (["none"] if r.method == "base" else SELECTIONS)]
+    """(run name, selection) pairs the config asks for."""
+    return [(r.name, s) for r in RUNS for s in run_selections(r)]
 
 
 def run_metrics(dataset, run, selection, split="test"):
@@ -194,8 +205,8 @@ def explanation_targets():
     its runs) that `methods` trains."""
     wanted = config["explanations"]["methods"]
     runs = [r.name for r in TRAINED_RUNS if r.name in wanted or r.method in wanted]
-    return expand(f"{RESULTS}/{{dataset}}/llm/{{run}}/{{selection}}/explanations.{{ext}}",
-                  dataset=DATASETS, run=runs, selection=SELECTIONS, ext=["parquet", "html"])
+    return [f"{RESULTS}/{d}/llm/{r.name}/{s}/explanations.{ext}" for d in DATASETS for r in TRAINED_RUNS
+            if r.name in runs for s in run_selections(r) for ext in ("parquet", "html")]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,10 +234,10 @@ def study_points(name):
 
 
 def study_runs(name):
-    """(labels, metrics path) of every run of a study, on every dataset and selection."""
+    """(labels, metrics path) of every run of a study, on every dataset and the first selection strategy."""
     split = config["studies"][name]["split"]
     return [({**labels, "dataset": d, "selection": s}, run_metrics(d, run.name, s, split))
-            for d in DATASETS for s in SELECTIONS for labels, run in study_points(name)]
+            for d in DATASETS for s in SELECTIONS[:1] for labels, run in study_points(name)]
 
 
 def study_inputs(wildcards):
@@ -259,9 +270,9 @@ def trained_adapters(wildcards):
 
 def gate_targets():
     """iLoRA's gate showcase of every ilora run of `methods` that has a gate (not `uniform`)."""
-    runs = [r.name for r in TRAINED_RUNS if r.method == "ilora" and run_block(r, config)["gate"] != "uniform"]
-    return expand(f"{RESULTS}/{{dataset}}/llm/{{run}}/{{selection}}/gates.{{ext}}",
-                  dataset=DATASETS, run=runs, selection=SELECTIONS, ext=["parquet", "png"])
+    return [f"{RESULTS}/{d}/llm/{r.name}/{s}/gates.{ext}" for d in DATASETS for r in TRAINED_RUNS
+            if r.method == "ilora" and run_block(r, config)["gate"] != "uniform"
+            for s in run_selections(r) for ext in ("parquet", "png")]
 
 
 def report_targets():
