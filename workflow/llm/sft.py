@@ -42,7 +42,7 @@ def settings(spec: dict[str, Any]) -> dict[str, Any]:
 def read_training_samples(samples_path: str | Path, selection_path: str | Path, budget: int | None = None,
                           seed: int = 0) -> pd.DataFrame:
     """The selected train samples, sorted by sample_id (the row order of the files does not matter);
-    with `budget`, a nested seeded subset of that many (`selection.nested_subset`, a run's -n)."""
+    with `budget`, that many of them (`selection.subset`, a run's -n)."""
     samples = pd.read_parquet(samples_path)
     missing = [c for c in SAMPLE_COLUMNS if c not in samples.columns]
     if missing:
@@ -62,12 +62,14 @@ def read_training_samples(samples_path: str | Path, selection_path: str | Path, 
     if picked.empty:
         raise ValueError(f"{selection_path}: selects no samples")
     if budget is not None:
-        from workflow.selection import nested_subset
+        from workflow.selection import subset
 
         if budget > len(picked):
             raise ValueError(f"{selection_path}: a budget of {budget} samples asked for, the selection holds "
                              f"{len(picked)} (raise selection.budget or lower the run's -n)")
-        picked = picked[picked["sample_id"].isin(set(nested_subset(picked["sample_id"], budget, seed)))]
+        # random: a nested seeded subset; a DEALRec selection: DEALRec re-run at this budget on the
+        # selection's scored candidates (not necessarily inside the larger selection)
+        picked = samples[samples["sample_id"].isin(set(subset(selection_path, budget, seed)))]
     return picked.sort_values("sample_id", kind="stable").reset_index(drop=True)
 
 
