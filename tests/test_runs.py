@@ -1,4 +1,4 @@
-"""Run names (workflow/runs.py) and the nested training budgets they name (workflow/selection.py)."""
+"""Run names (workflow/runs.py) and the nested training budgets they name (workflow/selection/random_subset.py)."""
 from __future__ import annotations
 
 import pandas as pd
@@ -16,6 +16,10 @@ from workflow.selection import nested_subset
     ("dmpo-open-k15", runs.Run("dmpo", "open", k=15)),
     ("sft-candidate-e3-n512", runs.Run("sft", "candidate", epochs=3, budget=512)),
     ("dynamicpo-open-k7-e2-n128", runs.Run("dynamicpo", "open", k=7, epochs=2, budget=128)),
+    ("ilora-open-x8-grandom-n256", runs.Run("ilora", "open", budget=256, experts=8, gate="random")),
+    ("llara-candidate", runs.Run("llara", "candidate")),
+    ("soft-open-a0.1-n256", runs.Run("soft", "open", budget=256, alpha=0.1)),
+    ("soft-open-a100", runs.Run("soft", "open", alpha=100.0)),
 ])
 def test_names_round_trip(name, expected):
     assert runs.parse(name) == expected and expected.name == name
@@ -25,6 +29,7 @@ def test_names_round_trip(name, expected):
     ("sft", "is not"), ("sft-open-n", "is not"), ("sft-open-n128-e3", "is not"),  # fixed order
     ("ipo-open", "unknown method"), ("sft-closed", "unknown prompt"), ("sft-open-k3", "-k"),
     ("base-open-n128", "base model"), ("sft-open-n0", "positive"),
+    ("llara-open-x4", "ilora only"), ("ilora-open-gsideways", "unknown gate"), ("sft-open-a1", "soft only"),
 ])
 def test_malformed_names_say_what_is_wrong(name, message):
     with pytest.raises(ValueError, match=message):
@@ -89,3 +94,17 @@ def test_training_samples_with_a_budget(tmp_path):
     assert len(read_training_samples(tmp_path / "samples.parquet", tmp_path / "selection.parquet")) == 6
     with pytest.raises(ValueError, match="selection holds 6"):
         read_training_samples(tmp_path / "samples.parquet", tmp_path / "selection.parquet", budget=7, seed=3)
+
+
+def test_grid_points_reuse_main_runs_and_label_every_axis():
+    config = config_with(["ilora-open-n256"], ilora={"prompt": "open", "n_experts": 4},
+                         llara={"prompt": "open"}, selection={"budget": 1024})
+    labels, run = runs.grid_point("ilora", {"prompt": "open", "budget": 256, "n_experts": 4}, config)
+    assert run.name == "ilora-open-n256"  # the main run: n_experts equals the block's
+    assert labels["n_experts"] == 4 and labels["gate"] == "sequence" and labels["k"] is None
+    labels, run = runs.grid_point("ilora", {"budget": 256, "gate": "uniform"}, config)
+    assert run.name == "ilora-open-guniform-n256" and labels["n_experts"] == 4
+    labels, run = runs.grid_point("llara", {"budget": 256, "n_experts": 8}, config)
+    assert run.name == "llara-open-n256" and labels["n_experts"] is None  # the axis does not apply
+    with pytest.raises(ValueError, match="selection.budget"):
+        runs.grid_point("ilora", {"budget": 4096}, config)
