@@ -10,13 +10,15 @@ import pandas as pd
 from tiny_workflow import failure, snakemake
 
 RUNS = {"base-open", "base-candidate", "sft-open", "dmpo-open", "sdpo-open", "dynamicpo-open", "sft-candidate",
-        "dmpo-candidate-n4"}
+        "dmpo-candidate-n4", "llara-candidate", "ilora-open", "soft-open"}
 
 
 def test_whole_dag_writes_every_artifact(tiny_run):
     results = tiny_run.results
     for rel in ["tiny/data/interactions.parquet", "tiny/data/items.parquet", "tiny/data/samples.parquet",
-                "tiny/baselines/metrics.parquet", "summary.parquet", "summary.md"]:
+                "tiny/baselines/metrics.parquet", "summary.parquet", "summary.md",
+                "tiny/llm/ilora-open/random/gates.png", "tiny/llm/llara-candidate/random/adapter/projector.safetensors",
+                "tiny/llm/sft-open/random/self_distilled.parquet"]:
         assert (results / rel).is_file(), rel
     summary = pd.read_parquet(results / "summary.parquet")
     assert {"dataset", "method", "selection", "protocol", "metric", "value", "n"} <= set(summary.columns)

@@ -63,8 +63,15 @@ def tiny_config(tmp: Path, model_dir: Path) -> dict:
         "evaluation": {"max_new_tokens": 6, "batch_size": 4, "generation_samples": 6},
         "preference": {"batch_size": 2, "grad_accum": 1},
         "dmpo": {"k": 2, "prompt": "open"}, "sdpo": {"k": 2, "prompt": "open"}, "dynamicpo": {"k": 3, "prompt": "open"},
+        # the hybrid prompt under the candidate prompt (placeholders after history and candidates)
+        "llara": {"prompt": "candidate", "batch_size": 2, "grad_accum": 1, "lora_r": 4, "lora_alpha": 8},
+        "ilora": {"prompt": "open", "batch_size": 2, "grad_accum": 1, "lora_r": 4, "lora_alpha": 8, "n_experts": 2},
+        # SOFT on the sft-open backbone: its 8 self-distilled answers, d measured on 2 probe prompts
+        "soft": {"prompt": "open", "batch_size": 2, "grad_accum": 1, "lora_r": 4, "lora_alpha": 8, "probe_size": 2,
+                 "num_beams": 2},
         # both prompts, and a run on a nested 4 of the 8 selected samples (it trains sft-candidate-n4 first)
-        "methods": ["base", "sft", "dmpo", "sdpo", "dynamicpo", "sft-candidate", "dmpo-candidate-n4"],
+        "methods": ["base", "sft", "dmpo", "sdpo", "dynamicpo", "sft-candidate", "dmpo-candidate-n4",
+                    "llara", "ilora", "soft"],
         # one explained run keeps the rule in the DAG; each costs a job on SLURM too
         "explanations": {"n_samples": 4, "methods": ["dmpo-open"]},
         "summary": {"bootstrap": 50},

@@ -159,9 +159,25 @@ def read_train_logs(adapters: Sequence[str | Path]) -> dict[str, pd.DataFrame]:
     return logs
 
 
+CURRICULUM_COLUMNS = ("d_0", "d_e", "lambda_e")  # SOFT's per-epoch curriculum (workflow/llm/soft.py)
+
+
+def curriculum_axis(ax, frame: pd.DataFrame) -> None:
+    """SOFT's curriculum on a second axis of a loss panel: lambda_e, the self-distilled answers'
+    weight of each step's epoch, and d_e / d_0, the probe distance it was set from (measured before
+    the epoch) relative to the untuned model's."""
+    right = ax.twinx()
+    right.step(frame["step"], frame["lambda_e"], where="post", color="black", lw=1, label="lambda_e")
+    right.step(frame["step"], frame["d_e"] / frame["d_0"], where="post", color="gray", lw=1, ls="--",
+               label="d_e / d_0")
+    right.set_ylim(0, max(1.05, float((frame["d_e"] / frame["d_0"]).max()) * 1.05))
+    right.legend(fontsize=7, loc="upper right")
+
+
 def loss_curves(logs: dict[str, pd.DataFrame], title: str):
-    """One panel per trained run: its loss per optimizer step (and a running mean on long runs).
-    Panels, not one plot: SFT's cross-entropy and the preference losses are on different scales."""
+    """One panel per trained run: its loss per optimizer step (and a running mean on long runs);
+    a SOFT run's panel also shows its curriculum (`curriculum_axis`). Panels, not one plot: SFT's
+    cross-entropy and the preference losses are on different scales."""
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
 
@@ -181,6 +197,8 @@ def loss_curves(logs: dict[str, pd.DataFrame], title: str):
             ax.plot(frame["step"], frame["loss"].rolling(max(5, len(frame) // 20), min_periods=1).mean(),
                     color=color, lw=2)
         ax.ticklabel_format(axis="y", useOffset=False)  # losses near ln 2 would show as 1e-5 + 0.6931
+        if set(CURRICULUM_COLUMNS) <= set(frame.columns):
+            curriculum_axis(ax, frame)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(f"{name} ({len(frame)} steps)", fontsize=10)
         ax.set_xlabel("optimizer step", fontsize=8)

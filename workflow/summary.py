@@ -201,8 +201,9 @@ def metric_frames(metrics: pd.DataFrame, split: str = SPLIT) -> dict[tuple, pd.D
 def reference_runs(method: str, protocol: str, reference: str) -> list[tuple[str, str]]:
     """(method, protocol) of the rows that `reference` may compare a (method, protocol) row with,
     the first present one is taken: popularity on the protocol ranking the same items; base-P for
-    a run of prompt P; for sft, the sft run a preference run started from (workflow/runs.py: same
-    prompt and budget), then sft-P."""
+    a run of prompt P; for sft, the sft run of the row's prompt and budget (workflow/runs.py
+    Run.sft: what a preference or SOFT run started from, what LLaRA and iLoRA are read against),
+    then sft-P."""
     if reference == "popularity":
         if method in NO_POPULARITY or protocol not in POPULARITY_PROTOCOL:
             return []
@@ -211,7 +212,7 @@ def reference_runs(method: str, protocol: str, reference: str) -> list[tuple[str
     if prompt is None:
         return []
     names = [f"{reference}-{prompt}"]
-    if reference == "sft" and runs.parse(method).method in runs.PREFERENCE:
+    if reference == "sft" and runs.parse(method).method not in ("base", "sft"):
         names.insert(0, runs.parse(method).sft().name)
     return [(name, protocol) for name in dict.fromkeys(names) if name != method]
 

@@ -4,6 +4,9 @@ Every function takes summed answer log-probs (log pi(y|x)) of the policy and of 
 for the chosen answer, shape [B], and for k negatives, shape [B, k], and returns
 (loss: scalar tensor, diagnostics: dict of floats). Rewards are r = log pi_theta - log pi_ref.
 The trainers call these and never re-implement them.
+
+SOFT's mixed cross-entropy (`soft_mixed_ce`, at the end) takes the policy's summed log-probs and
+token counts of the true and the self-distilled answer of each sample instead (no reference).
 """
 from __future__ import annotations
 
@@ -130,3 +133,19 @@ def dynamicpo(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: fl
 
 
 OBJECTIVES = {"dpo": dpo, "dmpo": dmpo, "sdpo": sdpo, "dynamicpo": dynamicpo}
+
+
+# ----------------------------------------------------------------------------- SOFT
+
+def soft_mixed_ce(true_logprob, true_tokens, distilled_logprob, distilled_tokens, lam: float):
+    """SOFT: (1 - lam) CE(x, y) + lam CE(x, y_hat), y the true answer, y_hat the self-distilled one.
+
+    Inputs [B]: summed answer log-probs and answer token counts. Each CE is the token mean of its
+    answers' negative log-likelihood over the batch (SFT's `sft_loss`), so lam = 0 is SFT on the
+    true answers and lam = 1 SFT on the self-distilled ones."""
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"SOFT's lambda must lie in [0, 1], got {lam}")
+    ce_true = -true_logprob.sum() / true_tokens.sum()
+    ce_distilled = -distilled_logprob.sum() / distilled_tokens.sum()
+    loss = (1.0 - lam) * ce_true + lam * ce_distilled
+    return loss, {"ce_true": float(ce_true.detach()), "ce_distilled": float(ce_distilled.detach())}
