@@ -46,7 +46,9 @@ def test_whole_dag_writes_every_artifact(tiny_run):
     assert row["sft_selection"] == "random" and row["base_selection"] == "none"
     assert summary.loc[summary["method"] == "dmpo-open", "delta_vs_popularity"].notna().any()
     for run in RUNS - {"base-open", "base-candidate"}:
-        assert (results / f"tiny/llm/{run}/random/adapter/adapter_model.safetensors").is_file()
+        adapter = results / f"tiny/llm/{run}/random/adapter"
+        weights = "experts.safetensors" if run.startswith("ilora") else "adapter_model.safetensors"
+        assert (adapter / weights).is_file() and (adapter / "training_config.json").is_file(), run
     # the nested budget: 4 of the 8 selected samples, under the candidate prompt
     config = json.loads((results / "tiny/llm/sft-candidate-n4/random/adapter/training_config.json").read_text())
     assert config["config"]["n_samples"] == 4 and config["config"]["prompt"] == "candidate"
