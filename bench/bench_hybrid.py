@@ -65,9 +65,9 @@ def run_variant(name: str, args) -> dict:
             model = train.add_lora(model, block, 0)
         else:
             ilora.add_experts(model, block, args.experts, 0)
-        _, vectors = llara.read_item_vectors(surrogate)
-        cfg = llara.hybrid_config(method, block, vectors.shape[1], model.config.hidden_size, block["target_modules"])
-        parts = llara.build_parts(cfg, tokenizer, surrogate)
+        item_table = llara.read_item_vectors(surrogate)
+        cfg = llara.hybrid_config(method, block, item_table[1].shape[1], model.config.hidden_size)
+        parts = llara.build_parts(cfg, tokenizer, surrogate, item_table)
         model.add_module("hybrid_projector", parts.projector)
         if parts.router is not None:
             model.add_module("ilora_router", parts.router)
@@ -102,7 +102,7 @@ def run_variant(name: str, args) -> dict:
         else:
             model = train.add_lora(model, block, 0)
         model.eval().requires_grad_(False)
-        parts = llara.build_parts(cfg, tokenizer, surrogate)
+        parts = llara.build_parts(cfg, tokenizer, surrogate, item_table)
         parts.projector.eval(), parts.router.eval() if parts.router is not None else None
         marker = llara.PLACEHOLDER
     inputs = evaluate.prompt_inputs(test_rows, items, tokenizer, "movie", LLM, marker)

@@ -50,6 +50,20 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, required=True)
 
 
+def add_training_arguments(p: argparse.ArgumentParser, method_block: str) -> None:
+    """The inputs and output every LoRA training stage takes: the base model folder, the samples,
+    items and selection, the --spec (with the method's config block) and seed, the adapter to write."""
+    p.add_argument("--model-dir", required=True, help="the base model folder (rule base_model)")
+    p.add_argument("--samples", required=True)
+    p.add_argument("--items", required=True)
+    p.add_argument("--selection", required=True, help="Parquet with the sample_id column of the train samples to use")
+    p.add_argument("--spec", type=json_arg, required=True,
+                   help=f'JSON {{"llm": {{...}}, "{method_block}": {{...}}, "domain": "movie", "prompt": "open", '
+                        f'"budget": null}}')
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--out", required=True, help="adapter folder to write")
+
+
 def run(main: Callable[[argparse.Namespace], Any], p: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     """Parse, set up logging and threads, run; a handled error becomes one clear line and exit 1."""
     args = p.parse_args(argv)

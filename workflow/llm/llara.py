@@ -10,7 +10,7 @@ their placeholders: the items of a prompt are read back from its placeholder cou
 
 The replacement is the scorer's `inputs_embeds_fn` plug-in: the packed training scorer, the prompt
 cache of evaluation (`scoring.encode_prompts`; generation then continues from that cache and never
-feeds a placeholder) and the explanations all take it.
+feeds a placeholder) both take it (the explanations stage does not yet).
 
 Curriculum: each optimizer step is hybrid with probability step / total_steps (seeded per step, so
 a resumed run draws the same), else text-only: the placeholders stay ordinary token embeddings and
@@ -177,18 +177,21 @@ class Hybrid(NamedTuple):
         return ilora.experts_gate(model, gates) if gates is not None else contextlib.nullcontext()
 
 
-def hybrid_config(method: str, block: dict[str, Any], d: int, hidden_llm: int, target_modules) -> dict[str, Any]:
+def hybrid_config(method: str, block: dict[str, Any], d: int, hidden_llm: int) -> dict[str, Any]:
     cfg = {"method": method, "d": d, "projector_hidden": block.get("projector_hidden") or hidden_llm,
            "hidden": hidden_llm, "placeholder": PLACEHOLDER}
     if method == "ilora":
         cfg |= {"n_experts": int(block["n_experts"]), "gate": block["gate"], "router": block["router"],
                 "lora_r": int(block["lora_r"]), "lora_alpha": float(block["lora_alpha"]),
-                "lora_dropout": float(block["lora_dropout"]), "target_modules": list(target_modules)}
+                "lora_dropout": float(block["lora_dropout"]), "target_modules": list(block["target_modules"])}
     return cfg
 
 
-def build_parts(cfg: dict[str, Any], tokenizer, surrogate_dir: str | Path) -> Hybrid:
-    item_row, vectors = read_item_vectors(surrogate_dir)
+def build_parts(cfg: dict[str, Any], tokenizer, surrogate_dir: str | Path,
+                item_table: tuple[dict[str, int], torch.Tensor] | None = None) -> Hybrid:
+    """The projector (and router) of `cfg`, freshly initialised, with the surrogate's item table
+    (`read_item_vectors`, read here unless the caller has it)."""
+    item_row, vectors = item_table or read_item_vectors(surrogate_dir)
     if vectors.shape[1] != cfg["d"]:
         raise ValueError(f"{surrogate_dir}: item embeddings of size {vectors.shape[1]}, the adapter expects {cfg['d']}")
     projector = build_projector(cfg["d"], cfg["projector_hidden"], cfg["hidden"])
@@ -321,7 +324,7 @@ def run_hybrid(method: str, model_dir: str | Path, samples_path: str | Path, ite
     model, tokenizer = load_model(model_dir, device=llm["device"], dtype=llm["dtype"], attention=llm["attention"])
     device = resolve_device(llm["device"])
     item_row, vectors = read_item_vectors(surrogate_dir)
-    cfg = hybrid_config(method, block, vectors.shape[1], model.config.hidden_size, block["target_modules"])
+    cfg = hybrid_config(method, block, vectors.shape[1], model.config.hidden_size)
     examples = hybrid_examples(samples, items, tokenizer, domain, llm, prompt, placeholder_id(tokenizer))
     unknown = sorted({i for e in examples for i in e["items"]} - item_row.keys())
     if unknown:
@@ -332,7 +335,7 @@ def run_hybrid(method: str, model_dir: str | Path, samples_path: str | Path, ite
     else:
         ilora.add_experts(model, block, int(block["n_experts"]), seed)
     torch.manual_seed(seed + 1)  # the projector's and router's initial weights: a function of the seed
-    parts = build_parts(cfg, tokenizer, surrogate_dir)
+    parts = build_parts(cfg, tokenizer, surrogate_dir, (item_row, vectors))
     parts = parts._replace(item_vectors=parts.item_vectors.to(device))
     model.add_module("hybrid_projector", parts.projector.to(device))
     if parts.router is not None:
@@ -394,15 +397,8 @@ def run_hybrid(method: str, model_dir: str | Path, samples_path: str | Path, ite
 def main(argv=None) -> int:
     p = cli.parser("Train LLaRA (one LoRA) or iLoRA (gated LoRA experts) on the hybrid prompt.")
     p.add_argument("--method", required=True, choices=["llara", "ilora"])
-    p.add_argument("--model-dir", required=True, help="the base model folder (rule base_model)")
-    p.add_argument("--samples", required=True)
-    p.add_argument("--items", required=True)
-    p.add_argument("--selection", required=True)
+    cli.add_training_arguments(p, "<method>")
     p.add_argument("--surrogate", required=True, help="the surrogate folder (item embeddings, sequence representations)")
-    p.add_argument("--spec", type=cli.json_arg, required=True,
-                   help='JSON {"llm": {...}, "<method>": {...}, "domain": "movie", "prompt": "open", "budget": null}')
-    p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--out", required=True, help="adapter folder to write")
     return cli.run(lambda a: run_hybrid(a.method, a.model_dir, a.samples, a.items, a.selection, a.surrogate,
                                         a.spec, a.seed, a.out), p, argv)
 

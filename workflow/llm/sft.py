@@ -164,14 +164,7 @@ def run_sft(model_dir: str | Path, samples_path: str | Path, items_path: str | P
 
 def main(argv=None) -> int:
     p = cli.parser("LoRA supervised fine-tuning on the candidate or open prompt, loss on the answer tokens.")
-    p.add_argument("--model-dir", required=True, help="the base model folder (rule base_model)")
-    p.add_argument("--samples", required=True)
-    p.add_argument("--items", required=True)
-    p.add_argument("--selection", required=True, help="Parquet with the sample_id column of the train samples to use")
-    p.add_argument("--spec", type=cli.json_arg, required=True,
-                   help='JSON {"llm": {...}, "sft": {...}, "domain": "movie", "prompt": "open", "budget": null}')
-    p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--out", required=True, help="adapter folder to write")
+    cli.add_training_arguments(p, "sft")
     return cli.run(lambda a: run_sft(a.model_dir, a.samples, a.items, a.selection, a.spec, a.seed, a.out), p, argv)
 
 
