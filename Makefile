@@ -4,6 +4,8 @@ PYTHON ?= python3.11
 BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.installed
 CORES ?= all
+# pytest-xdist workers of `make test` (test files and the shared tiny run are spread over them)
+TEST_WORKERS ?= auto
 export PATH := $(BIN):$(PATH)
 
 .PHONY: run test lint bench clean-results
@@ -21,7 +23,7 @@ run: $(STAMP)
 	snakemake --cores $(CORES)
 
 test: $(STAMP)
-	pytest -q tests
+	pytest -q -n $(TEST_WORKERS) --dist loadgroup tests
 
 lint: $(STAMP)
 	snakemake --lint

@@ -35,6 +35,7 @@ include: "rules/llm.smk"
 include: "rules/preference.smk"
 include: "rules/soft.smk"
 include: "rules/eval.smk"
+include: "rules/transfer.smk"
 include: "rules/explain.smk"
 include: "rules/report.smk"
 

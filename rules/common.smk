@@ -7,7 +7,8 @@ from snakemake.exceptions import WorkflowError
 
 from workflow.config import prepare_settings
 from workflow.formats import resolve_files
-from workflow.runs import HYBRID, block as run_block, config_runs, grid_point, parse as parse_run
+from workflow.runs import HYBRID, block as run_block, config_runs, config_seeds, grid_point, parse as parse_run, run_seed
+from workflow.transfer import transfers
 
 RESULTS = config["results"]
 # Rules that ask the scheduler for GPUs (llm.gpu > 0) run in the CUDA environment under --sdm conda.
@@ -59,19 +60,37 @@ def domain(wildcards):
 
 
 # ---------------------------------------------------------------------------------------------
-# LLM runs: named {method}-{prompt}[-k..][-e..][-n..] (workflow/runs.py); the `run` wildcard.
+# LLM runs: named {method}-{prompt}[-k..][-e..][-n..][-s..] (workflow/runs.py); the `run` wildcard.
 
 RUN_PATTERN = {
     "base": "base-(candidate|open)",
-    "sft": "sft-(candidate|open)(-e[0-9]+)?(-n[0-9]+)?",
-    "preference": "(dmpo|sdpo|dynamicpo)-(candidate|open)(-k[0-9]+)?(-e[0-9]+)?(-n[0-9]+)?",
-    "hybrid": "(llara-(candidate|open)|ilora-(candidate|open)(-x[0-9]+)?(-g(sequence|random|uniform))?)(-e[0-9]+)?(-n[0-9]+)?",
-    "soft": "soft-(candidate|open)(-a[0-9]+([.][0-9]+)?)?(-e[0-9]+)?(-n[0-9]+)?",
+    "sft": "sft-(candidate|open)(-e[0-9]+)?(-n[0-9]+)?(-s[0-9]+)?",
+    "preference": "(dmpo|sdpo|dynamicpo)-(candidate|open)(-k[0-9]+)?(-e[0-9]+)?(-n[0-9]+)?(-s[0-9]+)?",
+    "hybrid": "(llara-(candidate|open)|ilora-(candidate|open)(-x[0-9]+)?(-g(sequence|random|uniform))?)(-e[0-9]+)?(-n[0-9]+)?(-s[0-9]+)?",
+    "soft": "soft-(candidate|open)(-a[0-9]+([.][0-9]+)?)?(-e[0-9]+)?(-n[0-9]+)?(-s[0-9]+)?",
 }
 TRAINED_RUN_PATTERN = "(" + "|".join(RUN_PATTERN[kind] for kind in ("sft", "preference", "hybrid", "soft")) + ")"
 SELECTIONS = config["selection"]["strategies"]
 RUNS = config_runs(config)
 TRAINED_RUNS = [r for r in RUNS if r.method != "base"]
+# Training seeds (config `seeds`; workflow/runs.py): every trained run of `methods` once per seed.
+# Showcases (explanations, iLoRA's gates) are of the first seed's runs only.
+SEEDS = config_seeds(config)
+SHOWCASE_RUNS = [r for r in TRAINED_RUNS if run_seed(r, config) == SEEDS[0]]
+
+
+def training_seed(wildcards):
+    """The `--seed` of a run's training stages: its -s, else the config's `seed`."""
+    return run_seed(parse_run(wildcards.run), config)
+
+
+def training_selection(wildcards):
+    """The selection a run trains on. `random` is drawn once per training seed (`random-s43.parquet`,
+    rule select_random_at_seed; the config seed's is `random.parquet`); `all` and the DEALRec selections are seed-independent (a
+    DEALRec run's -n re-runs its coverage sampling with the run's seed)."""
+    seed = parse_run(wildcards.run).seed
+    name = f"{wildcards.selection}-s{seed}" if wildcards.selection == "random" and seed is not None else wildcards.selection
+    return f"{RESULTS}/{wildcards.dataset}/selection/{name}.parquet"
 
 
 def run_spec(wildcards, **blocks):
@@ -171,7 +190,7 @@ def run_selections(run):
     if run.method == "base":
         return ["none"]
     compared = config["selection"].get("compare_methods")
-    if compared is None or run.name in compared or run.method in compared:
+    if compared is None or run._replace(seed=None).name in compared or run.method in compared:
         return SELECTIONS
     return SELECTIONS[:1]
 
@@ -186,10 +205,29 @@ def run_metrics(dataset, run, selection, split="test"):
 
 
 def summary_metrics(wildcards):
-    """Every per-sample metrics table: the baselines', the surrogate's and each LLM run's (test split)."""
+    """Every per-sample metrics table: the baselines', the surrogate's, each LLM run's and each
+    transferred run's (test split)."""
     return ([f"{RESULTS}/{d}/baselines/metrics.parquet" for d in DATASETS]
             + [f"{RESULTS}/{d}/surrogate/metrics.parquet" for d in DATASETS]
-            + [run_metrics(d, r, s) for d in DATASETS for r, s in method_runs()])
+            + [run_metrics(d, r, s) for d in DATASETS for r, s in method_runs()] + transfer_targets())
+
+
+# Cross-domain transfer (rules/transfer.smk, workflow/transfer.py): a run's adapter trained on dataset
+# `from` evaluated on dataset `to`; the config's `transfer` list, checked here (errors name the entry).
+try:
+    TRANSFERS = transfers(config)
+except ValueError as exc:
+    raise WorkflowError(str(exc)) from exc
+TRANSFER_RUN_PATTERN = "(" + "|".join(RUN_PATTERN[kind] for kind in ("sft", "preference", "soft")) + ")"
+
+
+def transfer_metrics(dataset, trained_on, run, selection, split="test"):
+    return f"{RESULTS}/{dataset}/transfer/{trained_on}/{run}/{selection}/{split}/metrics.parquet"
+
+
+def transfer_targets():
+    """The test metrics of every transferred run, on each selection it trains on."""
+    return [transfer_metrics(t.dataset, t.trained_on, t.run.name, s) for t in TRANSFERS for s in run_selections(t.run)]
 
 
 def data_targets():
@@ -202,11 +240,16 @@ def surrogate_targets():
 
 def explanation_targets():
     """Explanations of every trained run named by `explanations.methods` (a bare method: each of
-    its runs) that `methods` trains."""
+    its runs) that `methods` trains, at the first training seed (`showcased`)."""
     wanted = config["explanations"]["methods"]
-    runs = [r.name for r in TRAINED_RUNS if r.name in wanted or r.method in wanted]
     return [f"{RESULTS}/{d}/llm/{r.name}/{s}/explanations.{ext}" for d in DATASETS for r in TRAINED_RUNS
-            if r.name in runs for s in run_selections(r) for ext in ("parquet", "html")]
+            if showcased(r, wanted) for s in run_selections(r) for ext in ("parquet", "html")]
+
+
+def showcased(run, wanted):
+    """Whether a list of runs or bare methods (`explanations.methods`) names the run: by its full
+    name, or, at the first training seed, by its name without -s or its bare method."""
+    return run.name in wanted or run in SHOWCASE_RUNS and (run._replace(seed=None).name in wanted or run.method in wanted)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,8 +312,9 @@ def trained_adapters(wildcards):
 
 
 def gate_targets():
-    """iLoRA's gate showcase of every ilora run of `methods` that has a gate (not `uniform`)."""
-    return [f"{RESULTS}/{d}/llm/{r.name}/{s}/gates.{ext}" for d in DATASETS for r in TRAINED_RUNS
+    """iLoRA's gate showcase of every ilora run of `methods` that has a gate (not `uniform`), at the
+    first training seed (SHOWCASE_RUNS)."""
+    return [f"{RESULTS}/{d}/llm/{r.name}/{s}/gates.{ext}" for d in DATASETS for r in SHOWCASE_RUNS
             if r.method == "ilora" and run_block(r, config)["gate"] != "uniform"
             for s in run_selections(r) for ext in ("parquet", "png")]
 

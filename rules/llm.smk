@@ -1,5 +1,6 @@
 # The LLM engine's training side: the base model converted once, then LoRA SFT per run
-# (`sft-{prompt}[-e..][-n..]`, workflow/runs.py) and selection.
+# (`sft-{prompt}[-e..][-n..][-s..]`, workflow/runs.py) and selection. Training stages take the run's
+# seed (training_seed) and selection (training_selection: `random` drawn per seed), rules/common.smk.
 
 
 rule base_model:
@@ -27,14 +28,14 @@ rule sft:
         model=f"{RESULTS}/models/base",
         samples=f"{RESULTS}/{{dataset}}/data/samples.parquet",
         item_table=f"{RESULTS}/{{dataset}}/data/items.parquet",
-        selection=f"{RESULTS}/{{dataset}}/selection/{{selection}}.parquet",
+        selection=training_selection,
     output:
         directory(f"{RESULTS}/{{dataset}}/llm/{{run}}/{{selection}}/adapter"),
     wildcard_constraints:
         run=RUN_PATTERN["sft"],
     params:
         spec=sft_spec,
-        seed=config["seed"],
+        seed=training_seed,
     log:
         f"{RESULTS}/logs/{{dataset}}/llm/{{run}}/{{selection}}/train.log",
     benchmark:
@@ -60,7 +61,7 @@ rule hybrid:
         model=f"{RESULTS}/models/base",
         samples=f"{RESULTS}/{{dataset}}/data/samples.parquet",
         item_table=f"{RESULTS}/{{dataset}}/data/items.parquet",
-        selection=f"{RESULTS}/{{dataset}}/selection/{{selection}}.parquet",
+        selection=training_selection,
         item_vectors=f"{RESULTS}/{{dataset}}/surrogate/item_embeddings.parquet",
         sequence_vectors=f"{RESULTS}/{{dataset}}/surrogate/sequence_repr.parquet",
     output:
@@ -71,7 +72,7 @@ rule hybrid:
         method=lambda wildcards: parse_run(wildcards.run).method,
         spec=hybrid_spec,
         surrogate=lambda wildcards, input: Path(input.item_vectors).parent,
-        seed=config["seed"],
+        seed=training_seed,
     log:
         f"{RESULTS}/logs/{{dataset}}/llm/{{run}}/{{selection}}/train.log",
     benchmark:

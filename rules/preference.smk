@@ -10,14 +10,14 @@ rule reference_logprobs:
         adapter=f"{RESULTS}/{{dataset}}/llm/{{run}}/{{selection}}/adapter",
         samples=f"{RESULTS}/{{dataset}}/data/samples.parquet",
         item_table=f"{RESULTS}/{{dataset}}/data/items.parquet",
-        selection=f"{RESULTS}/{{dataset}}/selection/{{selection}}.parquet",
+        selection=training_selection,
     output:
         f"{RESULTS}/{{dataset}}/llm/{{run}}/{{selection}}/reference_logprobs.parquet",
     wildcard_constraints:
         run=RUN_PATTERN["sft"],
     params:
         spec=reference_spec,
-        seed=config["seed"],
+        seed=training_seed,
     log:
         f"{RESULTS}/logs/{{dataset}}/llm/{{run}}/{{selection}}/reference_logprobs.log",
     benchmark:
@@ -43,7 +43,7 @@ rule preference:
         reference=sft_reference_logprobs,
         samples=f"{RESULTS}/{{dataset}}/data/samples.parquet",
         item_table=f"{RESULTS}/{{dataset}}/data/items.parquet",
-        selection=f"{RESULTS}/{{dataset}}/selection/{{selection}}.parquet",
+        selection=training_selection,
     output:
         directory(f"{RESULTS}/{{dataset}}/llm/{{run}}/{{selection}}/adapter"),
     wildcard_constraints:
@@ -51,7 +51,7 @@ rule preference:
     params:
         method=lambda wildcards: parse_run(wildcards.run).method,
         spec=preference_spec,
-        seed=config["seed"],
+        seed=training_seed,
     log:
         f"{RESULTS}/logs/{{dataset}}/llm/{{run}}/{{selection}}/train.log",
     benchmark:

@@ -27,6 +27,32 @@ rule select_training_data:
         "--budget {params.budget} --seed {params.seed} --out {output:q} > {log:q} 2>&1"
 
 
+# The random selection of another training seed (config `seeds`; training_selection in common.smk);
+# the config seed's is random.parquet above, so a default config's jobs stay as they were.
+rule select_random_at_seed:
+    input:
+        samples=f"{RESULTS}/{{dataset}}/data/samples.parquet",
+    output:
+        f"{RESULTS}/{{dataset}}/selection/random-s{{seed}}.parquet",
+    wildcard_constraints:
+        seed="[0-9]+",
+    params:
+        budget=config["selection"]["budget"],
+    log:
+        f"{RESULTS}/logs/{{dataset}}/selection/random-s{{seed}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{dataset}}/selection/random-s{{seed}}.tsv"
+    threads: 1
+    resources:
+        mem="2GB",
+        runtime="10m",
+    conda:
+        "../envs/cpu.yaml"
+    shell:
+        "python -m workflow.selection --samples {input.samples:q} --strategy random "
+        "--budget {params.budget} --seed {wildcards.seed} --out {output:q} > {log:q} 2>&1"
+
+
 rule influence_scores:
     input:
         model=f"{RESULTS}/{{dataset}}/surrogate/model.pt",
@@ -67,6 +93,7 @@ rule effort_scores:
         f"{RESULTS}/logs/{{dataset}}/selection/effort_scores.log",
     benchmark:
         f"{RESULTS}/benchmarks/{{dataset}}/selection/effort_scores.tsv"
+    priority: 10  # the longest job before the DEALRec selection: starts with the sft chain (see rule sft)
     threads: JOB_THREADS
     resources:
         mem="8GB",

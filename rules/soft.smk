@@ -9,7 +9,7 @@ rule self_distill:
         adapter=f"{RESULTS}/{{dataset}}/llm/{{run}}/{{selection}}/adapter",
         samples=f"{RESULTS}/{{dataset}}/data/samples.parquet",
         item_table=f"{RESULTS}/{{dataset}}/data/items.parquet",
-        selection=f"{RESULTS}/{{dataset}}/selection/{{selection}}.parquet",
+        selection=training_selection,
     output:
         table=f"{RESULTS}/{{dataset}}/llm/{{run}}/{{selection}}/self_distilled.parquet",
         stats=f"{RESULTS}/{{dataset}}/llm/{{run}}/{{selection}}/self_distilled_stats.tsv",
@@ -17,7 +17,7 @@ rule self_distill:
         run=RUN_PATTERN["sft"],
     params:
         spec=self_distill_spec,
-        seed=config["seed"],
+        seed=training_seed,
     log:
         f"{RESULTS}/logs/{{dataset}}/llm/{{run}}/{{selection}}/self_distill.log",
     benchmark:
@@ -43,14 +43,14 @@ rule soft:
         distilled=sft_self_distilled,
         samples=f"{RESULTS}/{{dataset}}/data/samples.parquet",
         item_table=f"{RESULTS}/{{dataset}}/data/items.parquet",
-        selection=f"{RESULTS}/{{dataset}}/selection/{{selection}}.parquet",
+        selection=training_selection,
     output:
         directory(f"{RESULTS}/{{dataset}}/llm/{{run}}/{{selection}}/adapter"),
     wildcard_constraints:
         run=RUN_PATTERN["soft"],
     params:
         spec=soft_spec,
-        seed=config["seed"],
+        seed=training_seed,
     log:
         f"{RESULTS}/logs/{{dataset}}/llm/{{run}}/{{selection}}/train.log",
     benchmark:

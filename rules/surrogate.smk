@@ -20,6 +20,7 @@ rule surrogate:
         f"{RESULTS}/logs/{{dataset}}/surrogate.log",
     benchmark:
         f"{RESULTS}/benchmarks/{{dataset}}/surrogate.tsv"
+    priority: 10  # gates llara, ilora and DEALRec's influence: starts with the sft chain (see rule sft)
     threads: JOB_THREADS
     resources:
         mem="8GB",

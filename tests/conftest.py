@@ -96,3 +96,13 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's worker hook, which reads the groups
+def pytest_collection_modifyitems(items):
+    """Groups for `pytest -n N --dist loadgroup` (pytest-xdist; `make test`): each test file runs on
+    one worker, so its module-scoped fixtures (a tiny Snakemake run, a trained model) are built once,
+    and every test that reads the shared `tiny_run` runs on one worker, so that run is made once."""
+    for item in items:
+        group = "tiny_run" if "tiny_run" in item.fixturenames else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))

@@ -12,7 +12,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 ENVS = ["cpu", "gpu"]
 # The rules do not run the test suite: pyproject's test runner need not be in their environments.
-TEST_ONLY = {"pytest"}
+TEST_ONLY = {"pytest", "pytest-xdist"}
 # Where gpu.yaml may pin differently from pyproject.toml (name -> why). Empty: the PyPI torch
 # wheel for Linux carries its own CUDA runtime, so the same pins serve both (see gpu.yaml).
 GPU_DIFFERENCES: dict[str, str] = {}

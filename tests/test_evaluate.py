@@ -138,7 +138,7 @@ def test_generation_metrics_from_the_answers(tiny, monkeypatch):
     title = dict(zip(items["item_id"], items["title"]))
     other = [next(c for c in cands if c != t) for cands, t in zip(samples["candidates"], samples["target"])]
     answers = [f"I think {title[samples['target'][0]].upper()}.", title[other[1]], "no idea"]
-    monkeypatch.setattr(evaluate, "prompt_passes", lambda *a, **k: (None, None, answers))
+    monkeypatch.setattr(evaluate, "encoded_passes", lambda *a, **k: evaluate.PassOutputs(None, None, answers, None))
     pred, values = evaluate.evaluate(model, tokenizer, samples, items, protocols=["generation"], domain="movie",
                                      llm=LLM, evaluation=EVALUATION)
     np.testing.assert_array_equal(values["generation"]["valid"], [1, 1, 0])
@@ -217,7 +217,8 @@ def test_cli_end_to_end_with_and_without_adapter(tiny_model_dir, tmp_path):
     runs = (("base-candidate", [], "candidate"), ("base-open", [], "open"),
             ("sft-open", ["--adapter", str(tmp_path / "adapter")], "open"))
     for run, adapter, prompt in runs:
-        protocols = ["likelihood", "generation" if prompt == "candidate" else "grounded"]
+        protocols = ["likelihood", *(("generation", "generation_constrained", "likelihood_reversed")
+                                     if prompt == "candidate" else ("grounded",))]
         # the open runs decode a seeded 2 of the 3 test samples
         evaluation = {**EVALUATION, "protocols": protocols, "generation_samples": None if prompt == "candidate" else 2}
         spec = json.dumps({"llm": LLM, "evaluation": evaluation, "domain": "movie", "prompt": prompt})
@@ -235,11 +236,14 @@ def test_cli_end_to_end_with_and_without_adapter(tiny_model_dir, tmp_path):
     assert pred["candidate_logprob"].map(len).eq(4).all()
     assert list(long.columns) == metrics.FRAME_COLUMNS
     per_protocol = long.groupby("protocol")["metric"].nunique().to_dict()
-    assert per_protocol == {"likelihood": 6, "likelihood_norm": 6, "generation": 2}
-    assert len(long) == 3 * 14 and long["value"].between(0, 1).all()
+    assert per_protocol == {"likelihood": 6, "likelihood_norm": 6, "generation": 6, "generation_constrained": 2,
+                            "likelihood_reversed": 7}
+    assert len(long) == 3 * 27 and long["value"].between(0, 1).all()
     assert (long["method"] == "base-candidate").all() and (long["selection"] == "none").all()
-    valid = long[long["metric"] == "valid"].set_index("sample_id")["value"]
+    valid = long[(long["protocol"] == "generation") & (long["metric"] == "valid")].set_index("sample_id")["value"]
     assert valid.to_dict() == {s: float(pd.notna(m)) for s, m in zip(pred["sample_id"], pred["matched_item"])}
+    assert pred["answer_category"].isin(["valid", *evaluate.ANSWER_ERRORS]).all()
+    assert pred["constrained_item"].notna().all() and pred["candidate_logprob_reversed"].map(len).eq(4).all()
     assert pred["open_generated"].isna().all() and pred["grounded_top"].isna().all()
 
     open_pred, open_long = outputs["base-open"]

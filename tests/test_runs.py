@@ -20,6 +20,9 @@ from workflow.selection import nested_subset
     ("llara-candidate", runs.Run("llara", "candidate")),
     ("soft-open-a0.1-n256", runs.Run("soft", "open", budget=256, alpha=0.1)),
     ("soft-open-a100", runs.Run("soft", "open", alpha=100.0)),
+    ("sft-open-s43", runs.Run("sft", "open", seed=43)),
+    ("dmpo-open-k7-e2-n256-s0", runs.Run("dmpo", "open", k=7, epochs=2, budget=256, seed=0)),
+    ("ilora-open-x8-grandom-n256-s8", runs.Run("ilora", "open", budget=256, experts=8, gate="random", seed=8)),
 ])
 def test_names_round_trip(name, expected):
     assert runs.parse(name) == expected and expected.name == name
@@ -30,6 +33,7 @@ def test_names_round_trip(name, expected):
     ("ipo-open", "unknown method"), ("sft-closed", "unknown prompt"), ("sft-open-k3", "-k"),
     ("base-open-n128", "base model"), ("sft-open-n0", "positive"),
     ("llara-open-x4", "ilora only"), ("ilora-open-gsideways", "unknown gate"), ("sft-open-a1", "soft only"),
+    ("sft-open-s43-n128", "is not"), ("sft-open-s", "is not"), ("base-open-s43", "base model"),
 ])
 def test_malformed_names_say_what_is_wrong(name, message):
     with pytest.raises(ValueError, match=message):
@@ -39,6 +43,21 @@ def test_malformed_names_say_what_is_wrong(name, message):
 def test_a_preference_run_starts_from_the_sft_run_of_its_prompt_and_budget():
     assert runs.parse("dmpo-open-k7-e3-n256").sft() == runs.Run("sft", "open", budget=256)
     assert runs.parse("sdpo-candidate").sft().name == "sft-candidate"
+    assert runs.parse("soft-open-a0.1-n256-s43").sft().name == "sft-open-n256-s43"  # and seed
+
+
+def test_seeds_train_every_trained_run_per_seed_and_keep_the_config_seeds_names():
+    config = config_with(["base", "sft-open-n256", "dmpo-open-n256", "llara-open-s9"], seed=42, seeds=[42, 43])
+    names = [r.name for r in runs.config_runs(config)]
+    assert names == ["base-open", "sft-open-n256", "sft-open-n256-s43", "dmpo-open-n256", "dmpo-open-n256-s43",
+                     "llara-open-s9"]  # a name that says its seed stays one run
+    assert [runs.run_seed(r, config) for r in runs.config_runs(config)][1:3] == [42, 43]
+    assert runs.config_seeds(config) == [42, 43]
+    plain = config_with(["base", "sft-open-n256", "dmpo-open-n256"], seed=42)
+    only_seed = config_with(["base", "sft-open-n256", "dmpo-open-n256"], seed=42, seeds=[42])
+    assert runs.config_runs(plain) == runs.config_runs(only_seed) and runs.config_seeds(plain) == [42]
+    other = config_with(["sft-open"], seed=42, seeds=[7, 8])  # the config's seed need not be among them
+    assert [r.name for r in runs.config_runs(other)] == ["sft-open-s7", "sft-open-s8"]
 
 
 def test_each_prompt_supports_likelihood_and_one_free_answer_protocol():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 
 from tiny_workflow import failure, snakemake
@@ -28,8 +29,8 @@ def test_whole_dag_writes_every_artifact(tiny_run):
     # each prompt's runs report the protocols it supports
     protocols = summary.groupby("method")["protocol"].agg(set).to_dict()
     for run in RUNS:
-        free = "grounded" if "-open" in run else "generation"
-        assert protocols[run] == {"likelihood", "likelihood_norm", free}, (run, protocols[run])
+        extra = {"grounded"} if "-open" in run else {"generation", "generation_constrained", "likelihood_reversed"}
+        assert protocols[run] == {"likelihood", "likelihood_norm"} | extra, (run, protocols[run])
     assert protocols["sasrec"] == protocols["popularity"] == {"likelihood", "full_ranking"}
     # every LLM run is scored on the same test samples as the surrogate and the baselines ...
     samples = pd.read_parquet(results / "tiny/data/samples.parquet")
@@ -37,8 +38,14 @@ def test_whole_dag_writes_every_artifact(tiny_run):
     likelihood = summary[(summary["protocol"] == "likelihood") & (summary["metric"] == "hr@1")]
     assert set(likelihood["n"]) == {n_test}
     # ... and generation and grounded on the same seeded 6 of them
-    decoded = summary[summary["protocol"].isin(["generation", "grounded"])]
+    decoded = summary[summary["protocol"].isin(["generation", "grounded", "generation_constrained"])]
     assert set(decoded["n"]) == {6}
+    # constrained decoding names a candidate every time; the free answers' categories sum to 1
+    constrained = summary[(summary["protocol"] == "generation_constrained") & (summary["metric"] == "valid")]
+    assert len(constrained) and (constrained["value"] == 1).all()
+    free = summary[summary["protocol"] == "generation"].pivot_table(index="method", columns="metric", values="value")
+    np.testing.assert_allclose(free[["valid", "several", "history", "outside", "nothing"]].sum(axis=1), 1.0)
+    assert summary[(summary["protocol"] == "likelihood_reversed") & (summary["metric"] == "top_changed")]["n"].eq(n_test).all()
     random_hr1 = likelihood.loc[likelihood["method"] == "random", "value"].item()
     assert random_hr1 == 1 / 5  # the exact expectation with 5 candidates
     # paired comparisons: a run against the sft it started from and the base model of its prompt

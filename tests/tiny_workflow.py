@@ -60,7 +60,10 @@ def tiny_config(tmp: Path, model_dir: Path) -> dict:
                 "checkpoint_every": 1},
         "selection": {"strategies": ["random"], "budget": 8},
         # generation and grounded decode 6 of the 8 test samples
-        "evaluation": {"max_new_tokens": 6, "batch_size": 4, "generation_samples": 6},
+        # every protocol, the candidate-prompt switches included (constrained generation, reversed order)
+        "evaluation": {"max_new_tokens": 6, "batch_size": 4, "generation_samples": 6,
+                       "protocols": ["likelihood", "generation", "grounded", "generation_constrained",
+                                     "likelihood_reversed"]},
         "preference": {"batch_size": 2, "grad_accum": 1},
         "dmpo": {"k": 2, "prompt": "open"}, "sdpo": {"k": 2, "prompt": "open"}, "dynamicpo": {"k": 3, "prompt": "open"},
         # the hybrid prompt under the candidate prompt (placeholders after history and candidates)

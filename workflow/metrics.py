@@ -129,6 +129,16 @@ def candidate_metrics(scores: np.ndarray, target_col: np.ndarray) -> dict[str, n
     return values
 
 
+def top_changed(scores: np.ndarray, other_scores: np.ndarray) -> np.ndarray:
+    """Per sample 1.0 when the top-scoring column differs between two score matrices of the same
+    candidates (same column order), else 0.0: position bias, when `other_scores` come from the
+    candidates listed in another order. A tie for the top goes to the first column in both."""
+    scores, other_scores = _clean(scores), _clean(other_scores)
+    if scores.shape != other_scores.shape:
+        raise ValueError(f"score matrices of different shapes: {scores.shape} and {other_scores.shape}")
+    return (scores.argmax(axis=1) != other_scores.argmax(axis=1)).astype(np.float64)
+
+
 def full_ranking_metrics(ranks: np.ndarray, ks: Sequence[int] = FULL_RANKING_KS) -> dict[str, np.ndarray]:
     """Per-sample HR@K and NDCG@K from the target's rank among all items."""
     values = {f"hr@{k}": hit_rate(ranks, k) for k in ks}

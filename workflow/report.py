@@ -4,7 +4,8 @@ The rules in rules/report.smk call these builders, so that every figure is an ou
 workflow and `snakemake --report` only collects them (report/workflow.rst, report/*.rst captions):
 
 - `summary`: the summary table as an HTML fragment (shown on the report's first page) and one bar
-  chart per (dataset, protocol, metric) across methods, with the bootstrap intervals as whiskers;
+  chart per (dataset, protocol, metric) across methods, with the bootstrap intervals as whiskers
+  (and, for a figure pooling several training seeds, each seed's value as a dot);
 - `training`: the loss curves of every trained run of a dataset, from each adapter's
   train_log.parquet;
 - `data`: a dataset's statistics (an HTML table) and its distributions (a figure);
@@ -25,7 +26,7 @@ import pandas as pd
 
 from workflow import cli
 from workflow.io import atomic_dir, atomic_path
-from workflow.summary import markers, wide_table
+from workflow.summary import figure_rows, markers, row_names, seed_spread, wide_table
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ def _html_cell(row: pd.Series) -> str:
     marker = markers(row)
     if marker:
         cell = f"<b>{cell} {marker}</b>"
+    cell += seed_spread(row)
     if np.isfinite(row["ci_low"]):
         cell += f'<br><span class="ci">[{row["ci_low"]:.2f}, {row["ci_high"]:.2f}]</span>'
     return cell
@@ -85,7 +87,7 @@ def summary_html(summary: pd.DataFrame, level: float | None = None) -> str:
     parts = [STYLE, '<div class="llmrec-summary">']
     if summary.empty:
         parts.append("<p>The summary is empty: no test-split metrics were found.</p>")
-    for dataset, by_dataset in summary.groupby("dataset", sort=False):
+    for dataset, by_dataset in figure_rows(summary).groupby("dataset", sort=False):
         for protocol, table in by_dataset.groupby("protocol", sort=False):
             wide = wide_table(table, cell=_html_cell)
             n = int(table["n"].max())
@@ -100,14 +102,18 @@ def summary_html(summary: pd.DataFrame, level: float | None = None) -> str:
     parts.append(f"<p>Each cell: the statistic on the test split and its {ci}bootstrap interval; "
                  "▲ / ▼: the paired bootstrap interval of the difference to sft (the run sft-P of the row's "
                  "prompt P) lies above / below zero; †: the paired interval of the difference to the "
-                 "popularity baseline lies above zero (legend and paired differences in summary.md).</p></div>")
+                 "popularity baseline lies above zero (legend and paired differences in summary.md)."
+                 + (" ± : the standard deviation over training seeds; the cell is their mean, its interval the "
+                    "bootstrap interval pooled over seeds." if (summary["n_seeds"] > 1).any() else "")
+                 + "</p></div>")
     return "\n".join(parts)
 
 
-def metric_chart(table: pd.DataFrame, title: str, colors: dict[str, str]):
-    """Bars: one per method / selection, the value with its bootstrap interval as whiskers."""
+def metric_chart(table: pd.DataFrame, title: str, colors: dict[str, str], per_seed: pd.DataFrame | None = None):
+    """Bars: one per method / selection, the value with its bootstrap interval as whiskers; a bar
+    pooling several training seeds also shows each seed's value (`per_seed`, its per-seed rows) as a dot."""
     plt = _pyplot()
-    labels = (table["method"] + " / " + table["selection"]).tolist()
+    labels = row_names(table).tolist()
     values = table["value"].to_numpy(dtype=float)
     low = np.where(np.isfinite(table["ci_low"]), values - table["ci_low"].to_numpy(dtype=float), 0)
     high = np.where(np.isfinite(table["ci_high"]), table["ci_high"].to_numpy(dtype=float) - values, 0)
@@ -115,13 +121,14 @@ def metric_chart(table: pd.DataFrame, title: str, colors: dict[str, str]):
     x = np.arange(len(labels))
     ax.bar(x, np.nan_to_num(values), color=[colors[m] for m in table["method"]],
            yerr=np.vstack([np.clip(low, 0, None), np.clip(high, 0, None)]), capsize=4, ecolor="#333")
-    tops = np.nan_to_num(values) + np.clip(high, 0, None)
+    seed_values = seed_points(ax, labels, per_seed)
+    tops = np.fmax(np.nan_to_num(values) + np.clip(high, 0, None), seed_values)
     for xi, (value, top, marker) in enumerate(zip(values, tops, table.apply(markers, axis=1))):
         text = "n/a" if not np.isfinite(value) else f"{value:.3f}{' ' + marker if marker else ''}"
         ax.annotate(text, (xi, top), xytext=(0, 3), textcoords="offset points", ha="center", va="bottom",
                     fontsize=8)
     ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
-    top = np.nanmax(np.r_[table["ci_high"].to_numpy(dtype=float), values, 0.0])
+    top = np.nanmax(np.r_[table["ci_high"].to_numpy(dtype=float), values, seed_values, 0.0])
     ax.set_ylim(0, 1.1 if top <= 1 else top * 1.15)  # room for the labels above the whiskers
     ax.set_title(title, fontsize=10)
     ax.grid(axis="y", alpha=0.3)
@@ -129,15 +136,32 @@ def metric_chart(table: pd.DataFrame, title: str, colors: dict[str, str]):
     return fig
 
 
+def seed_points(ax, labels: list[str], per_seed: pd.DataFrame | None) -> np.ndarray:
+    """Each training seed's value as a dot on its bar (bars by `labels`, row_names); returns the
+    highest dot per bar (NaN: none), so labels and limits clear them."""
+    highest = np.full(len(labels), np.nan)
+    if per_seed is None or per_seed.empty:
+        return highest
+    for xi, (label, seeds) in enumerate((label, per_seed[row_names(per_seed) == label]) for label in labels):
+        if len(seeds):
+            ax.plot(np.full(len(seeds), xi), seeds["value"], "o", ms=3.5, mfc="white", mec="black", zorder=3)
+            highest[xi] = np.nanmax(seeds["value"].to_numpy(dtype=float))
+    return highest
+
+
 def metric_charts(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """One PNG per (dataset, protocol, metric): `out_dir/{dataset}/{protocol}/{metric}.png`."""
+    """One PNG per (dataset, protocol, metric): `out_dir/{dataset}/{protocol}/{metric}.png`; one bar
+    per figure (figure_rows), with its per-seed values as dots when it pools training seeds."""
     plt = _pyplot()
     colors = method_colors(summary["method"].unique().tolist())
+    per_seed = summary[summary["seed"].notna()]
     written = []
-    for (dataset, protocol, metric), table in summary.groupby(["dataset", "protocol", "metric"], sort=False):
+    for (dataset, protocol, metric), table in figure_rows(summary).groupby(["dataset", "protocol", "metric"], sort=False):
         path = out_dir / str(dataset) / str(protocol) / f"{metric}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig = metric_chart(table, f"{dataset} · {protocol} · {metric} (n = {int(table['n'].max())})", colors)
+        seeds = per_seed[(per_seed["dataset"] == dataset) & (per_seed["protocol"] == protocol)
+                         & (per_seed["metric"] == metric)]
+        fig = metric_chart(table, f"{dataset} · {protocol} · {metric} (n = {int(table['n'].max())})", colors, seeds)
         fig.savefig(path)
         plt.close(fig)
         written.append(path)

@@ -2,7 +2,7 @@
 
 A run is one LLM method under one prompt, with optional overrides of its config block:
 
-    {method}-{prompt}[-k{negatives}][-x{experts}][-g{gate}][-a{alpha}][-e{epochs}][-n{budget}]
+    {method}-{prompt}[-k{negatives}][-x{experts}][-g{gate}][-a{alpha}][-e{epochs}][-n{budget}][-s{seed}]
 
 e.g. `sft-open`, `base-candidate`, `dmpo-open-k15`, `sft-candidate-e3-n512`. The name is the
 `method` column of every metrics table and the folder of the run's outputs, so two runs that differ
@@ -13,10 +13,13 @@ prompt of every row. Overrides:
 - `a`: SOFT's curriculum alpha (e.g. `soft-open-a0.1`);
 - `e`: training epochs;
 - `n`: train on a seeded subset of `n` samples of the selection (the first n of one fixed seeded
-  permutation, so n = 128 lies inside n = 512: learning-curve points differ only by the added data).
+  permutation, so n = 128 lies inside n = 512: learning-curve points differ only by the added data);
+- `s`: the training seed (LoRA initialisation, example order, negatives, the random selection and the
+  -n subset); absent = the config's `seed`. The config's `seeds` list trains every trained run once
+  per seed (`config_runs`), naming all but the config's own seed, so the default's names stay.
 
-A preference run starts from (and is referenced against) the sft run of the same prompt and budget,
-with sft's own epochs: `dmpo-open-e3-n512` starts from `sft-open-n512`; a SOFT run self-distils from
+A preference run starts from (and is referenced against) the sft run of the same prompt, budget and
+seed, with sft's own epochs: `dmpo-open-e3-n512` starts from `sft-open-n512`; a SOFT run self-distils from
 that sft run too. LLaRA and iLoRA train a fresh LoRA on the base model with the hybrid prompt
 (SASRec item embeddings in the prompt); their summary rows are read against the same sft run.
 """
@@ -31,13 +34,17 @@ PREFERENCE = ("dmpo", "sdpo", "dynamicpo")
 HYBRID = ("llara", "ilora")  # the hybrid prompt: SASRec item embeddings after each title
 GATES = ("sequence", "random", "uniform")  # iLoRA's gate inputs (workflow/llm/ilora.py)
 METHODS = ("base", *TRAINED)
-# The protocols a prompt supports beside likelihood: generation names one of the listed candidates,
-# grounded ranking embeds a free answer to the open prompt.
-PROMPT_PROTOCOLS = {"candidate": ("likelihood", "generation"), "open": ("likelihood", "grounded")}
+# The protocols a prompt supports beside likelihood: generation names one of the listed candidates
+# (freely, or constrained to their titles), likelihood_reversed lists them in reversed order (position
+# bias), grounded ranking embeds a free answer to the open prompt.
+PROMPT_PROTOCOLS = {"candidate": ("likelihood", "generation", "generation_constrained", "likelihood_reversed"),
+                    "open": ("likelihood", "grounded")}
 
 NAME = re.compile(r"^(?P<method>[a-z]+)-(?P<prompt>[a-z]+)(?:-k(?P<k>[0-9]+))?(?:-x(?P<experts>[0-9]+))?"
-                  r"(?:-g(?P<gate>[a-z]+))?(?:-a(?P<alpha>[0-9]+(?:\.[0-9]+)?))?(?:-e(?P<epochs>[0-9]+))?(?:-n(?P<budget>[0-9]+))?$")
-FLAGS = (("k", "k"), ("x", "experts"), ("g", "gate"), ("a", "alpha"), ("e", "epochs"), ("n", "budget"))
+                  r"(?:-g(?P<gate>[a-z]+))?(?:-a(?P<alpha>[0-9]+(?:\.[0-9]+)?))?(?:-e(?P<epochs>[0-9]+))?(?:-n(?P<budget>[0-9]+))?"
+                  r"(?:-s(?P<seed>[0-9]+))?$")
+FLAGS = (("k", "k"), ("x", "experts"), ("g", "gate"), ("a", "alpha"), ("e", "epochs"), ("n", "budget"),
+         ("s", "seed"))
 
 
 class Run(NamedTuple):
@@ -49,6 +56,7 @@ class Run(NamedTuple):
     experts: int | None = None
     gate: str | None = None
     alpha: float | None = None
+    seed: int | None = None  # the training seed; None = the config's `seed`
 
     @property
     def name(self) -> str:
@@ -59,8 +67,8 @@ class Run(NamedTuple):
 
     def sft(self) -> "Run":
         """The sft run a preference or SOFT run starts from, and every tuned run is read against
-        (same prompt and budget)."""
-        return Run("sft", self.prompt, budget=self.budget)
+        (same prompt, budget and seed)."""
+        return Run("sft", self.prompt, budget=self.budget, seed=self.seed)
 
     def protocols(self, wanted) -> list[str]:
         """The wanted protocols this run's prompt supports, in the order given."""
@@ -72,7 +80,7 @@ def parse(name: str) -> Run:
     match = NAME.match(name)
     if not match:
         raise ValueError(f"run name {name!r} is not {{method}}-{{prompt}}[-k<int>][-x<int>][-g<gate>][-e<int>]"
-                         f"[-a<number>][-n<int>] (e.g. sft-open, dmpo-candidate-k7, ilora-open-x4)")
+                         f"[-a<number>][-n<int>][-s<int>] (e.g. sft-open, dmpo-candidate-k7, ilora-open-x4, sft-open-s43)")
     method, prompt = match["method"], match["prompt"]
     if method not in METHODS:
         raise ValueError(f"run name {name!r}: unknown method {method!r} (known: {', '.join(METHODS)})")
@@ -82,6 +90,8 @@ def parse(name: str) -> Run:
                               if match[key] is not None}
     if any(v < 1 for v in values.values()):
         raise ValueError(f"run name {name!r}: k, x, e and n must be positive")
+    if match["seed"] is not None:
+        values["seed"] = int(match["seed"])
     if match["gate"] is not None:
         if match["gate"] not in GATES:
             raise ValueError(f"run name {name!r}: unknown gate {match['gate']!r} (known: {', '.join(GATES)})")
@@ -91,7 +101,7 @@ def parse(name: str) -> Run:
         if values["alpha"] <= 0:
             raise ValueError(f"run name {name!r}: -a (alpha) must be positive")
     if method == "base" and values:
-        raise ValueError(f"run name {name!r}: the untuned base model takes no -k/-x/-g/-e/-n")
+        raise ValueError(f"run name {name!r}: the untuned base model takes no -k/-x/-g/-a/-e/-n/-s")
     if "k" in values and method not in PREFERENCE:
         raise ValueError(f"run name {name!r}: -k (negatives) applies to {', '.join(PREFERENCE)} only")
     if ("experts" in values or "gate" in values) and method != "ilora":
@@ -116,9 +126,34 @@ def resolve(entry: str, config: dict[str, Any]) -> list[Run]:
     return [Run(entry, config[entry]["prompt"])]
 
 
+def config_seeds(config: dict[str, Any]) -> list[int]:
+    """The training seeds: the config's `seeds` in order (each once), else its one `seed`."""
+    return list(dict.fromkeys(config.get("seeds") or [config["seed"]]))
+
+
+def at_seed(run: Run, seed: int, config: dict[str, Any]) -> Run:
+    """`run` trained with `seed`. The config's own seed stays out of the name, so a config whose
+    `seeds` is absent or holds only `seed` names (and stores) its runs as before."""
+    return run._replace(seed=None if seed == config["seed"] else seed)
+
+
+def run_seed(run: Run, config: dict[str, Any]) -> int:
+    """The seed a run trains with: its -s, else the config's `seed`."""
+    return config["seed"] if run.seed is None else run.seed
+
+
+def per_seed(run: Run, config: dict[str, Any]) -> list[Run]:
+    """The run once per training seed; the untuned base model (nothing to seed) and a run whose name
+    says its seed stay one run."""
+    if run.method == "base" or run.seed is not None:
+        return [run]
+    return [at_seed(run, seed, config) for seed in config_seeds(config)]
+
+
 def config_runs(config: dict[str, Any]) -> list[Run]:
-    """Every run of the config's `methods` list, each once, in list order."""
-    runs = [run for entry in config["methods"] for run in resolve(entry, config)]
+    """Every run of the config's `methods` list, each trained run once per training seed (`seeds`),
+    each once, in list order (a run's seeds next to each other)."""
+    runs = [seeded for entry in config["methods"] for run in resolve(entry, config) for seeded in per_seed(run, config)]
     return list(dict.fromkeys(runs))
 
 

@@ -19,12 +19,31 @@ sample ids both have, with the same resamples applied to both sides (a paired bo
 `delta_vs_{R}` = statistic(row) - statistic(reference R), with its interval. References R:
 - `sft`: for an LLM run with prompt P, the run `sft-P` (same protocol); not for `sft-P` itself;
 - `base`: for an LLM run with prompt P, the untuned `base-P`; not for `base-P` itself;
-- `popularity`: for every row but the baselines themselves; likelihood and likelihood_norm are read
-  against popularity's candidate ranking (`likelihood`), grounded and full_ranking against its
-  `full_ranking`; generation has no popularity counterpart.
+- `popularity`: for every row but the baselines themselves; likelihood, likelihood_norm and
+  likelihood_reversed are read against popularity's candidate ranking (`likelihood`), grounded and
+  full_ranking against its `full_ranking`; generation (free or constrained) has no popularity
+  counterpart.
 Of a reference's selections the row's own is taken when present, else the first (in `selections` of
 the spec when given, else alphabetical): `base-P` (selection `none`) is compared with the default
 sft run. Column `{R}_selection` names the reference's selection (null: no comparison).
+
+Cross-domain transfer (workflow/transfer.py): a transferred run's metrics carry `trained_on`, the
+dataset its adapter was trained on, beside `dataset`, the one it was evaluated on; every other row
+has trained_on = dataset. Transferred rows are summarised per trained_on and compared with the
+dataset's own `base-P` and `popularity` rows (never trained, so there is nothing to transfer) and
+with the sft reference transferred from the same dataset (the sft run trained on trained_on and
+evaluated on dataset, when the `transfer` entry lists it; else no sft comparison).
+
+Training seeds (config `seeds`, run names' -s; workflow/runs.py): runs that differ only by their
+training seed are one figure. Its row (column `seed` null, method = the name without -s) gives the
+mean over the seeds of each seed's statistic (`value`), their sample standard deviation (`seed_sd`),
+`n_seeds`, and the bootstrap interval of that mean: each resample of the test samples applied to every
+seed (they are scored on the same samples) and the seeds' statistics averaged per resample. A
+reference is found by name without -s, then paired seed by seed (a run at seed 43 against sft at
+seed 43; every seed against the one base-P or popularity row; base-P, untrained, against sft at every
+seed), and the differences pooled the same way. Such a figure also has one row per seed (`seed`
+set, n_seeds 1); a figure of one run has its one row (seed null, n_seeds 1), as without `seeds`.
+`seed` (the command line's) is the bootstrap's and the training seed of runs without -s.
 
 Resamples are drawn from a fresh generator seeded with `seed` for every statistic, so a figure
 does not depend on which other files were summarised, and methods evaluated on the same samples
@@ -34,7 +53,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
@@ -52,22 +71,30 @@ NO_POPULARITY = {"random", "popularity"}
 # Popularity ranks the candidate sets and all items: each protocol is read against the one ranking
 # the same items.
 POPULARITY_PROTOCOL = {"likelihood": "likelihood", "likelihood_norm": "likelihood",
+                       "likelihood_reversed": "likelihood",  # the candidates' order does not move popularity
                        "grounded": "full_ranking", "full_ranking": "full_ranking"}
 # Headline metrics of the paired-differences tables of summary.md.
 HEADLINE = {"likelihood": ("hr@1", "mrr", "auc"), "likelihood_norm": ("hr@1", "mrr", "auc"),
-            "grounded": ("hr@10", "ndcg@10")}
+            "grounded": ("hr@10", "ndcg@10"),
+            # optional protocols (issue 15): the constrained choice; position bias
+            "generation_constrained": ("hit",), "likelihood_reversed": ("hr@1", "top_changed")}
 GROUP = ["dataset", "method", "selection", "protocol"]
 METRICS_COLUMNS = GROUP + ["split", "sample_id", "user_id", "metric", "value"]
+TRAINED_ON = "trained_on"  # the dataset a transferred run was trained on (else the dataset itself)
+UNIQUE = GROUP + [TRAINED_ON, "split", "sample_id", "metric"]  # one value per sample
 RATIO_METRICS = {"hr@1_valid": ("hit", "valid")}  # generation: correct answers / valid answers
 PER_USER_METRICS = {"auc"}
 
 SCHEMA = pa.schema([
-    ("dataset", pa.string()), ("method", pa.string()), ("selection", pa.string()),
+    ("dataset", pa.string()), ("trained_on", pa.string()), ("method", pa.string()), ("selection", pa.string()),
     ("protocol", pa.string()), ("metric", pa.string()), ("value", pa.float64()), ("n", pa.int64()),
     ("ci_low", pa.float64()), ("ci_high", pa.float64()),
     *[field for r in REFERENCES for field in (
         (f"{r}_selection", pa.string()), (f"delta_vs_{r}", pa.float64()),
         (f"delta_vs_{r}_ci_low", pa.float64()), (f"delta_vs_{r}_ci_high", pa.float64()))],
+    # training seeds (config `seeds`): null seed = the figure's row, pooling n_seeds runs (seed_sd:
+    # the sample sd of their values); a figure of several seeds also has one row per seed
+    ("seed", pa.int64()), ("n_seeds", pa.int64()), ("seed_sd", pa.float64()),
 ])
 
 
@@ -87,21 +114,30 @@ def read_metrics(paths: Sequence[str | Path]) -> pd.DataFrame:
         missing = [c for c in METRICS_COLUMNS if c not in frame.columns]
         if missing:
             raise ValueError(f"{path}: missing columns {missing} (expected {METRICS_COLUMNS})")
-        frame = frame[METRICS_COLUMNS].astype({c: str for c in METRICS_COLUMNS if c != "value"})
+        columns = METRICS_COLUMNS + [TRAINED_ON]
+        frame = with_trained_on(frame)[columns].astype({c: str for c in columns if c != "value"})
         frame["value"] = frame["value"].astype("float64")
-        dup = frame.duplicated(GROUP + ["split", "sample_id", "metric"])
+        dup = frame.duplicated(UNIQUE)
         if dup.any():
             row = frame[dup].iloc[0]
-            raise ValueError(f"{path}: duplicated metric row {row[GROUP + ['split', 'sample_id', 'metric']].to_dict()}")
+            raise ValueError(f"{path}: duplicated metric row {row[UNIQUE].to_dict()}")
         frames.append(frame)
     if not frames:
         raise ValueError("no metrics files given")
     metrics = pd.concat(frames, ignore_index=True)
-    dup = metrics.duplicated(GROUP + ["split", "sample_id", "metric"])
+    dup = metrics.duplicated(UNIQUE)
     if dup.any():
         row = metrics[dup].iloc[0]
-        raise ValueError(f"the same metric row occurs in two files: {row[GROUP + ['sample_id', 'metric']].to_dict()}")
+        raise ValueError(f"the same metric row occurs in two files: {row[UNIQUE].to_dict()}")
     return metrics
+
+
+def with_trained_on(metrics: pd.DataFrame) -> pd.DataFrame:
+    """The metrics with a trained_on column: a transferred run's carry it; for the others (no column,
+    or null) it is the dataset itself."""
+    if TRAINED_ON not in metrics.columns:
+        return metrics.assign(**{TRAINED_ON: metrics["dataset"]})
+    return metrics.assign(**{TRAINED_ON: metrics[TRAINED_ON].fillna(metrics["dataset"])})
 
 
 def bootstrap_weights(n: int, resamples: int, seed: int) -> np.ndarray:
@@ -140,28 +176,42 @@ def interval(stats: np.ndarray, level: float) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def estimate(metric: str, frame: pd.DataFrame, resamples: int, level: float, seed: int) -> tuple[float, float, float]:
+def estimate_draws(metric: str, frame: pd.DataFrame, resamples: int, seed: int) -> tuple[float, np.ndarray]:
+    """The statistic on all samples, and under each of `resamples` bootstrap resamples."""
     value = float(statistic(metric, np.ones((1, len(frame))), frame)[0])
     if resamples == 0:
-        return value, float("nan"), float("nan")
-    return (value, *interval(statistic(metric, bootstrap_weights(len(frame), resamples, seed), frame), level))
+        return value, np.empty(0)
+    return value, statistic(metric, bootstrap_weights(len(frame), resamples, seed), frame)
 
 
-def paired_delta(metric: str, frame: pd.DataFrame, reference: pd.DataFrame, resamples: int, level: float,
-                 seed: int) -> tuple[float, float, float]:
-    """statistic(frame) - statistic(reference) on their common samples, both under the same resamples."""
+def estimate(metric: str, frame: pd.DataFrame, resamples: int, level: float, seed: int) -> tuple[float, float, float]:
+    value, draws = estimate_draws(metric, frame, resamples, seed)
+    return (value, *interval(draws, level))
+
+
+def paired_draws(metric: str, frame: pd.DataFrame, reference: pd.DataFrame, resamples: int,
+                 seed: int) -> tuple[float, np.ndarray]:
+    """statistic(frame) - statistic(reference) on their common samples, and under each resample,
+    the same resamples on both sides."""
     common = frame.index.intersection(reference.index)
     if len(common) == 0:
-        return float("nan"), float("nan"), float("nan")
+        return float("nan"), np.empty(0)
     left = sort_by_user(frame.loc[common])
     right = reference.loc[left.index]
     right = right.assign(user_id=left["user_id"].to_numpy())
     ones = np.ones((1, len(left)))
     delta = float(statistic(metric, ones, left)[0] - statistic(metric, ones, right)[0])
     if resamples == 0:
-        return delta, float("nan"), float("nan")
+        return delta, np.empty(0)
     weights = bootstrap_weights(len(left), resamples, seed)
-    return (delta, *interval(statistic(metric, weights, left) - statistic(metric, weights, right), level))
+    return delta, statistic(metric, weights, left) - statistic(metric, weights, right)
+
+
+def paired_delta(metric: str, frame: pd.DataFrame, reference: pd.DataFrame, resamples: int, level: float,
+                 seed: int) -> tuple[float, float, float]:
+    """statistic(frame) - statistic(reference) on their common samples, with its paired interval."""
+    delta, draws = paired_draws(metric, frame, reference, resamples, seed)
+    return (delta, *interval(draws, level))
 
 
 def sort_by_user(frame: pd.DataFrame) -> pd.DataFrame:
@@ -233,18 +283,126 @@ def reference_key(key: tuple, reference: str, keys: Sequence[tuple], selections:
 
 def summarize(metrics: pd.DataFrame, resamples: int, level: float, seed: int,
               selections: Sequence[str] | None = None) -> pd.DataFrame:
-    frames = metric_frames(metrics)
-    keys = list(frames)
+    """The summary rows: each dataset's own, then the transferred runs' per dataset they were trained
+    on (read against the evaluated dataset's own base and popularity rows and their own sft)."""
+    metrics = with_trained_on(metrics)
+    transferred = metrics[TRAINED_ON] != metrics["dataset"]
+    own = metric_frames(metrics[~transferred])
+    rows = summary_rows(own, dict.fromkeys(REFERENCES, own), resamples, level, seed, selections)
+    for trained_on, group in metrics[transferred].groupby(TRAINED_ON, sort=False):
+        frames = metric_frames(group)
+        pools = {"sft": frames, "base": own, "popularity": own}
+        rows += summary_rows(frames, pools, resamples, level, seed, selections, trained_on)
+    return pd.DataFrame(rows, columns=SCHEMA.names).astype({"n": "int64", "seed": "Int64", "n_seeds": "int64"})
+
+
+def summary_rows(frames: dict[tuple, pd.DataFrame], pools: dict[str, dict[tuple, pd.DataFrame]], resamples: int,
+                 level: float, seed: int, selections: Sequence[str] | None, trained_on: str | None = None) -> list:
+    """One row per figure (`seed_figures`: a run, or the runs that differ only by their training seed,
+    pooled, with one row per seed beside it), each reference looked up among the figures of its pool
+    and paired seed by seed (`seed_pairs`); trained_on None: the frames' own dataset."""
+    figures = seed_figures(frames, seed)
+    references = {reference: seed_figures(pool, seed) for reference, pool in pools.items()}
     rows = []
-    for key, frame in frames.items():
-        value, lo, hi = estimate(key[4], frame, resamples, level, seed)
-        row = [*key, value, len(frame), lo, hi]
-        for reference in REFERENCES:
-            ref = reference_key(key, reference, keys, selections)
-            delta = paired_delta(key[4], frame, frames[ref], resamples, level, seed) if ref else (np.nan,) * 3
-            row += [ref[2] if ref else None, *delta]
-        rows.append(row)
-    return pd.DataFrame(rows, columns=SCHEMA.names).astype({"n": "int64"})
+    for figure, members in figures.items():
+        dataset, name, *rest = figure
+        labels = [dataset, trained_on or dataset]
+        draws = {training_seed: run_draws(figure, training_seed, frames[key], pools, references, resamples, seed,
+                                          selections) for training_seed, key in members.items()}
+        if len(members) == 1:  # one run: its own name and figures
+            [key] = members.values()
+            rows.append([*labels, key[1], *rest, *pooled(list(draws.values()), level), None, 1, np.nan])
+            continue
+        values = [d.value for d in draws.values()]
+        rows.append([*labels, name, *rest, *pooled(list(draws.values()), level), None, len(members),
+                     float(np.std(values, ddof=1))])
+        rows += [[*labels, name, *rest, *pooled([d], level), training_seed, 1, np.nan]
+                 for training_seed, d in draws.items()]
+    return rows
+
+
+def seeded_name(method: str, config_seed: int) -> tuple[str, int | None]:
+    """(name without -s, training seed: its -s, else the config's) of a trained LLM run;
+    (method, None) for a row without a training seed (base, the baselines, sasrec)."""
+    try:
+        run = runs.parse(method)
+    except ValueError:
+        return method, None
+    if run.method == "base":
+        return method, None
+    return run._replace(seed=None).name, config_seed if run.seed is None else run.seed
+
+
+def seed_figures(frames: dict[tuple, pd.DataFrame], config_seed: int) -> dict[tuple, dict[int | None, tuple]]:
+    """Figure (a frame key with the run's name without -s) -> {training seed: the run's frame key}."""
+    figures: dict[tuple, dict[int | None, tuple]] = {}
+    for key in frames:
+        name, training_seed = seeded_name(key[1], config_seed)
+        members = figures.setdefault((key[0], name, *key[2:]), {})
+        if training_seed in members:
+            raise ValueError(f"runs {members[training_seed][1]!r} and {key[1]!r} are one run (training seed "
+                             f"{training_seed}); name the config's seed without -s")
+        members[training_seed] = key
+    return figures
+
+
+def seed_pairs(training_seed: int | None, reference: dict[int | None, tuple]) -> list[tuple]:
+    """The runs of a reference figure that a run at `training_seed` is compared with: the reference's
+    one run when it has no training seed (base, the baselines); for a run without one (base-P against
+    sft), the reference at every seed; else the reference at the run's own seed (none when missing)."""
+    if None in reference:
+        return [reference[None]]
+    if training_seed is None:
+        return list(reference.values())
+    return [reference[training_seed]] if training_seed in reference else []
+
+
+class Draws(NamedTuple):
+    """One run's figures before intervals: its statistic and bootstrap draws, and per reference the
+    reference's selection (None: no comparison) and the (difference, draws) to each paired run."""
+    value: float
+    draws: np.ndarray
+    n: int
+    references: dict[str, tuple[str | None, list[tuple[float, np.ndarray]]]]
+
+
+def run_draws(figure: tuple, training_seed: int | None, frame: pd.DataFrame, pools: dict[str, dict[tuple, pd.DataFrame]],
+              references: dict[str, dict[tuple, dict[int | None, tuple]]], resamples: int, seed: int,
+              selections: Sequence[str] | None) -> Draws:
+    """A run's statistic and its paired differences to each reference: the reference figure found by
+    name (reference_key, names without -s), its runs paired by seed (seed_pairs)."""
+    compared = {}
+    for reference, figures in references.items():
+        ref = reference_key(figure, reference, list(figures), selections)
+        paired = seed_pairs(training_seed, figures[ref]) if ref else []
+        compared[reference] = (ref[2] if paired else None,
+                               [paired_draws(figure[4], frame, pools[reference][key], resamples, seed) for key in paired])
+    return Draws(*estimate_draws(figure[4], frame, resamples, seed), len(frame), compared)
+
+
+def mean_draws(draws: Sequence[np.ndarray]) -> np.ndarray:
+    """Bootstrap draws averaged draw by draw over seeds: the seeds are scored on the same test samples,
+    so draw r is the same resample for each (empty when they have no common number of draws)."""
+    if len({len(d) for d in draws}) != 1:
+        return np.empty(0)
+    return np.mean(np.vstack(draws), axis=0)
+
+
+def pooled(members: Sequence[Draws], level: float) -> list:
+    """value, n, ci_low, ci_high and per reference (selection, delta, its interval) of the mean over a
+    figure's runs (its training seeds): the mean statistic and the interval of the mean draws; the
+    paired differences (each seed's run against the reference at its own seed) averaged the same
+    way, when every seed has its reference. One run and one reference run: their own figures."""
+    row = [float(np.mean([m.value for m in members])), min(m.n for m in members),
+           *interval(mean_draws([m.draws for m in members]), level)]
+    for reference in REFERENCES:
+        if any(m.references[reference][0] is None for m in members):
+            row += [None, np.nan, np.nan, np.nan]
+            continue
+        pairs = [pair for m in members for pair in m.references[reference][1]]
+        row += [members[0].references[reference][0], float(np.mean([delta for delta, _ in pairs])),
+                *interval(mean_draws([draws for _, draws in pairs]), level)]
+    return row
 
 
 def delta_marker(row: pd.Series, reference: str = "sft") -> str:
@@ -265,11 +423,22 @@ def markers(row: pd.Series) -> str:
 def format_cell(row: pd.Series) -> str:
     if not np.isfinite(row["value"]):
         return "n/a"
-    cell = f"{row['value']:.3f}"
+    cell = f"{row['value']:.3f}" + seed_spread(row)
     if np.isfinite(row["ci_low"]):
         cell += f" [{row['ci_low']:.2f}, {row['ci_high']:.2f}]"
     marker = markers(row)
     return f"{cell} {marker}" if marker else cell
+
+
+def seed_spread(row: pd.Series) -> str:
+    """` ± 0.012 (3 seeds)`: the seed-to-seed sd of a row pooling several training seeds, else ""."""
+    return f" ± {row['seed_sd']:.3f} ({row['n_seeds']} seeds)" if row["n_seeds"] > 1 else ""
+
+
+def figure_rows(summary: pd.DataFrame) -> pd.DataFrame:
+    """One row per figure: a figure of several training seeds by its pooled row (its per-seed rows,
+    `seed` set, left out)."""
+    return summary[summary["seed"].isna()]
 
 
 def delta_cell(row: pd.Series, reference: str) -> str:
@@ -280,18 +449,28 @@ def delta_cell(row: pd.Series, reference: str) -> str:
     return f"{delta:+.3f}" + (f" [{lo:+.3f}, {hi:+.3f}]" if np.isfinite(lo) else "")
 
 
+def row_names(table: pd.DataFrame) -> pd.Series:
+    """`method / selection` of each row; a transferred run's (trained_on != dataset) adds
+    `(trained on A)`."""
+    names = table["method"] + " / " + table["selection"]
+    if TRAINED_ON not in table.columns:
+        return names
+    transferred = table[TRAINED_ON] != table["dataset"]
+    return names.where(~transferred, names + " (trained on " + table[TRAINED_ON].astype(str) + ")")
+
+
 def row_labels(table: pd.DataFrame) -> list[str]:
-    """`method / selection` of the rows: the baselines first (random, popularity, sasrec), then the
-    others in input order."""
-    pairs = list(dict.fromkeys(zip(table["method"], table["selection"])))
-    pairs.sort(key=lambda p: BASELINES.index(p[0]) if p[0] in BASELINES else len(BASELINES))
-    return [f"{m} / {s}" for m, s in pairs]
+    """`row_names` of the rows: the baselines first (random, popularity, sasrec), then the others in
+    input order."""
+    pairs = list(dict.fromkeys(zip(row_names(table), table["method"])))
+    pairs.sort(key=lambda p: BASELINES.index(p[1]) if p[1] in BASELINES else len(BASELINES))
+    return [label for label, _ in pairs]
 
 
 def wide_table(table: pd.DataFrame, cell=format_cell) -> pd.DataFrame:
-    """One protocol's summary rows as rows `method / selection` (`row_labels` order) by metric
+    """One protocol's summary rows as rows `method / selection` (`row_names`, `row_labels` order) by metric
     columns (in first-seen order), each cell `cell(row)`."""
-    table = table.assign(row=table["method"] + " / " + table["selection"], cell=table.apply(cell, axis=1))
+    table = table.assign(row=row_names(table), cell=table.apply(cell, axis=1))
     wide = table.pivot(index="row", columns="metric", values="cell")
     return wide.reindex(index=row_labels(table), columns=list(dict.fromkeys(table["metric"])))
 
@@ -319,7 +498,10 @@ def markdown_table(wide: pd.DataFrame) -> list[str]:
 
 def markdown(summary: pd.DataFrame, resamples: int, level: float, seed: int) -> str:
     """Per dataset, one table per protocol (rows method / selection, columns metrics): one table with
-    every protocol:metric column would be ~30 columns wide, too wide to read."""
+    every protocol:metric column would be ~30 columns wide, too wide to read. A figure of several
+    training seeds is shown by its pooled row."""
+    pooled_seeds = bool((summary["n_seeds"] > 1).any())
+    summary = figure_rows(summary)
     parts = ["# Summary", ""]
     for dataset, by_dataset in summary.groupby("dataset", sort=False):
         parts += [f"## {dataset}", ""]
@@ -340,7 +522,9 @@ def markdown(summary: pd.DataFrame, resamples: int, level: float, seed: int) -> 
         "else the default sft run), `base` = the "
         "untuned `base-P`, and `popularity` = the popularity baseline ranking the same items (its "
         "candidate ranking for likelihood and likelihood_norm, its full ranking for grounded and "
-        "full_ranking). ▲ / ▼: the interval of the difference to `sft` lies above / below zero; †: the "
+        "full_ranking). A row `(trained on A)` is a run trained on dataset A evaluated on this dataset's "
+        "samples (config `transfer`): read against this dataset's `base` and `popularity` and against the "
+        "sft run trained on A evaluated here. ▲ / ▼: the interval of the difference to `sft` lies above / below zero; †: the "
         "interval of the difference to `popularity` lies above zero (the row beats popularity). The "
         "Paired differences tables give each difference with its interval for a few headline metrics. "
         "random: the exact expectation of a uniformly random ranking; popularity: items scored by their "
@@ -348,12 +532,26 @@ def markdown(summary: pd.DataFrame, resamples: int, level: float, seed: int) -> 
         "likelihood: candidates ranked by sum log-prob of the title; likelihood_norm: by log-prob per token; "
         "auc: per user, then averaged over users. generation: greedy answer to the candidate prompt; "
         "valid = ValidRatio (exactly one candidate title in the answer), hit = HR@1 over all samples, "
-        "hr@1_valid = HR@1 over valid answers only (hits / valid). grounded: the greedy answer to the open "
+        "hr@1_valid = HR@1 over valid answers only (hits / valid); several, history, outside, nothing = the "
+        "shares of answers naming several candidates, a history item, another item, no item (with valid they "
+        "sum to 1). generation_constrained: greedy decoding restricted to the candidate titles. "
+        "likelihood_reversed: likelihood with the candidates listed in reversed order; top_changed = share of "
+        "samples whose top candidate differs from the forward order's. grounded: the greedy answer to the open "
         "prompt embedded by the base model, all items ranked by L2 distance. full_ranking: the surrogate "
         "and the popularity and random baselines ranking all items (history items other than the target "
         "excluded).",
         "",
     ]
+    if pooled_seeds:
+        parts += [
+            "Training seeds (config `seeds`): a row of several seeds gives the mean over its seeds ± their "
+            "sample standard deviation (n seeds), and the bootstrap interval of that mean (each resample of "
+            "the test samples applied to every seed, the seeds' statistics averaged); its paired differences "
+            "pair each seed's run with the reference of the same seed (sft-P-s43 for a run at seed 43; the one "
+            "base-P and popularity row for every seed; base-P with sft at every seed), then average over seeds. "
+            "summary.parquet holds each seed's own row too (column `seed`).",
+            "",
+        ]
     return "\n".join(parts)
 
 

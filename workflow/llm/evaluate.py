@@ -13,16 +13,27 @@ protocols of DESIGN section 6, on the stored samples and candidate sets, with th
   two candidates with the same normalised title are both found, hence invalid. Titles are matched
   as the prompt showed them (clipped to llm.max_title_tokens). Per sample: valid (0/1), hit (1 iff
   valid and the found candidate is the target); the summary adds hr@1_valid = hits / valid.
+  Each answer also gets one category (`answer_category`): valid, or the error `several`, `history`,
+  `outside` or `nothing`, each a per-sample 0/1 metric, so their rates and ValidRatio sum to 1.
+- generation_constrained (candidate prompt): greedy decoding that may only write one of the
+  candidate titles as the prompt shows them, then the end of the answer (a prefix tree over the
+  candidates' answer tokens, `transformers`' prefix_allowed_tokens_fn), so HR@1 measures the
+  choice alone; valid and hit as for generation (valid is 1 unless two candidates share a title).
+- likelihood_reversed (candidate prompt): likelihood re-scored with every sample's candidates listed
+  in reversed order in the prompt (position bias); its candidate metrics and top_changed (1 when
+  the top candidate differs from the forward order's). It scores the forward order too, so the
+  likelihood protocols are reported with it.
 - grounded (open prompt): greedy answer to the open prompt, embedded by the BASE model (an adapter is disabled
   for embedding), all items ranked by L2 distance to the title embeddings (faiss). History items
   other than the target are excluded from the ranking, as workflow.metrics.full_ranking_ranks does
   for the surrogate; HR@K, NDCG@K for K in 1, 5, 10, 20. The ranked items are the dataset's item
   universe (`workflow.prepare.item_vocabulary`: every item of any sample), the surrogate's items.
 
-Generation and grounded ranking decode up to `max_new_tokens` per sample; with
-`evaluation.generation_samples` they run on a seeded subset of the samples (`generation_subset`,
-the same for every run, so their paired comparisons hold), while likelihood scores all samples.
-Each batch of prompts is encoded once: its KV cache serves the candidate scoring and the decoding.
+Generation and grounded ranking decode up to `max_new_tokens` per sample (constrained generation
+up to the longest candidate answer); with `evaluation.generation_samples` they run on a seeded
+subset of the samples (`generation_subset`, the same for every run, so their paired comparisons
+hold), while likelihood scores all samples.
+Each batch of prompts is encoded once: its KV cache serves the candidate scoring and both decodings.
 
 Ranks in predictions.parquet are 0-based (0 = the target comes first), as in workflow.metrics.
 """
@@ -33,7 +44,7 @@ import logging
 import re
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
@@ -60,6 +71,8 @@ PREDICTIONS_SCHEMA = pa.schema([
     ("target_rank", pa.int32()), ("target_rank_norm", pa.int32()),
     ("generated", pa.string()), ("matched_item", pa.string()),
     ("open_generated", pa.string()), ("grounded_top", pa.list_(pa.string())), ("grounded_target_rank", pa.int32()),
+    ("answer_category", pa.string()), ("constrained_generated", pa.string()), ("constrained_item", pa.string()),
+    ("candidate_logprob_reversed", pa.list_(pa.float32())), ("target_rank_reversed", pa.int32()),
 ])
 METRICS_SCHEMA = pa.schema([(c, pa.float64() if c == "value" else pa.string()) for c in metrics.FRAME_COLUMNS])
 
@@ -94,6 +107,78 @@ def match_answer(answer: str, titles: Sequence[str]) -> int | None:
     """The index of the one candidate the answer names, or None (no candidate, or several)."""
     found = matched_candidates(answer, titles)
     return found[0] if len(found) == 1 else None
+
+
+ANSWER_ERRORS = ("several", "history", "outside", "nothing")
+
+
+def names_any(answer: str, titles: Sequence[str]) -> bool:
+    """Whether the answer names any of the titles (the rule of `matched_candidates`). A title whose
+    normalised form is not a substring of the answer cannot be found by the matcher, so it is
+    dropped first: that keeps a scan of the whole catalogue cheap."""
+    text = normalize(answer)
+    return bool(matched_candidates(answer, [t for t in titles if (norm := normalize(t)) and norm in text]))
+
+
+def answer_category(answer: str, candidate_titles: Sequence[str], history_titles: Sequence[str],
+                    other_titles: Sequence[str]) -> str:
+    """What a free answer names, the first of these that applies (precedence from top to bottom):
+
+    - `several`: two or more candidates (`matched_candidates`);
+    - `valid`: exactly one candidate (what `match_answer` accepts);
+    - `history`: no candidate, but an item of the sample's history;
+    - `outside`: no candidate or history item, but another item of the catalogue (`other_titles`:
+      the catalogue without the sample's candidates and history);
+    - `nothing`: no item at all.
+
+    One category per answer, so ValidRatio and the rates of the four errors sum to 1."""
+    found = matched_candidates(answer, candidate_titles)
+    if len(found) > 1:
+        return "several"
+    if found:
+        return "valid"
+    if names_any(answer, history_titles):
+        return "history"
+    if names_any(answer, other_titles):
+        return "outside"
+    return "nothing"
+
+
+# ---------------------------------------------------------------------------------------------
+# constrained generation: only a candidate's answer tokens, as a prefix tree
+
+def answer_trie(answers: Sequence[Sequence[int]]) -> dict:
+    """Prefix tree of answer token sequences: nested {token id: subtree}; an answer ends in a leaf
+    (its last token, the end of the answer, has no continuation)."""
+    root: dict = {}
+    for answer in answers:
+        node = root
+        for token in answer:
+            node = node.setdefault(token, {})
+    return root
+
+
+def next_tokens(trie: dict, prefix: Sequence[int], fallback: int) -> list[int]:
+    """The tokens that continue `prefix` inside the trie. After a complete answer (a leaf), or off
+    the trie (a row `generate` has finished and pads), only `fallback`: the processor needs a
+    non-empty list, and a finished row's token is replaced by padding anyway."""
+    node = trie
+    for token in prefix:
+        node = node.get(token)
+        if node is None:
+            return [fallback]
+    return list(node) or [fallback]
+
+
+def constrained_tokens_fn(answers: Sequence[Sequence[Sequence[int]]], width: int, fallback: int):
+    """`prefix_allowed_tokens_fn` for `generate` on a batch: row b may only write one of
+    answers[b]; `width` is the padded prompt width (the generated part follows it)."""
+    tries = [answer_trie(a) for a in answers]
+
+    def allowed(row: int, ids: torch.Tensor) -> list[int]:
+        return next_tokens(tries[row], ids[width:].tolist(), fallback)
+
+    return allowed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,25 +220,51 @@ def no_sample_hooks(rows: Sequence[int]):
     return None, contextlib.nullcontext()
 
 
-@torch.no_grad()
-def prompt_passes(model, tokenizer, prompt_ids, answer_ids=None, *, max_new_tokens: int = 0, batch_size: int,
-                  autocast: Callable, sample_hooks: SampleHooks | None = None
-                  ) -> tuple[np.ndarray | None, np.ndarray | None, list[str] | None]:
-    """Each batch of prompts (similar lengths together) is encoded ONCE; its KV cache serves both
-    candidate scoring (when `answer_ids` is given) and greedy generation (when max_new_tokens > 0).
-    `sample_hooks(rows) -> (inputs_embeds_fn or None, context manager)` plugs a method's per-sample
-    parts into a batch of those rows (LLaRA's item embeddings in the prompt, iLoRA's gate).
+class PassOutputs(NamedTuple):
+    logprob: np.ndarray | None     # [N, C] log pi(y|x) summed (float32)
+    tokens: np.ndarray | None      # [N, C] answer token counts
+    answers: list[str] | None      # free greedy answers
+    constrained: list[str] | None  # greedy answers restricted to the allowed answers
 
-    Returns (log pi(y|x) summed [N, C] float32 or None, answer tokens [N, C] or None, decoded
-    answers or None), rows in the order of `prompt_ids`.
+
+def decode_from_cache(model, tokenizer, cache, config, allowed_tokens_fn=None) -> list[str]:
+    """Greedy answers continuing the cached prompts (optionally restricted by
+    `prefix_allowed_tokens_fn`). The cache is cropped back to the prompts afterwards, so another
+    decoding of the same batch reuses it."""
+    cached = cache.past.get_seq_length()
+    try:  # generate feeds only the last prompt token: the rest is in the cache
+        out = model.generate(input_ids=cache.input_ids, attention_mask=cache.attention_mask,
+                             past_key_values=cache.past, generation_config=config,
+                             prefix_allowed_tokens_fn=allowed_tokens_fn)
+    finally:
+        grown = cache.past.get_seq_length() - cached
+        if grown > 0:
+            cache.past.crop(-grown)  # transformers 5: a negative count removes that many tokens
+    width = cache.input_ids.shape[1]
+    return [tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]
+
+
+@torch.no_grad()
+def encoded_passes(model, tokenizer, prompt_ids, answer_ids=None, *, max_new_tokens: int = 0,
+                   constrain_to=None, batch_size: int, autocast: Callable,
+                   sample_hooks: SampleHooks | None = None) -> PassOutputs:
+    """Each batch of prompts (similar lengths together) is encoded ONCE; its KV cache serves
+    candidate scoring (when `answer_ids` is given), free greedy generation (when max_new_tokens > 0)
+    and constrained greedy generation (when `constrain_to` is given: per prompt, the answer token
+    sequences it may write, up to the longest of them).
+    `sample_hooks(rows) -> (inputs_embeds_fn or None, context manager)` plugs a method's per-sample
+    parts into a batch of those rows (LLaRA's item embeddings in the prompt, iLoRA's gate); the
+    context holds for every pass of the batch. Rows of the outputs are in the order of `prompt_ids`.
     """
+    from workflow.llm.prompts import end_of_answer_id
     from workflow.llm.scoring import cached_candidate_logprobs, encode_prompts
 
     n = len(prompt_ids)
-    score, generate = answer_ids is not None, max_new_tokens > 0
+    score, generate, constrain = answer_ids is not None, max_new_tokens > 0, constrain_to is not None
     logprob = np.zeros((n, len(answer_ids[0])), dtype=np.float32) if score else None
     tokens = np.zeros((n, len(answer_ids[0])), dtype=np.int64) if score else None
     answers = [""] * n if generate else None
+    constrained = [""] * n if constrain else None
     config = generation_config(tokenizer, max_new_tokens) if generate else None
     hooks = sample_hooks or no_sample_hooks
     for chosen in batches(by_length(prompt_ids), batch_size):
@@ -164,14 +275,26 @@ def prompt_passes(model, tokenizer, prompt_ids, answer_ids=None, *, max_new_toke
             if score:
                 lp, nt = cached_candidate_logprobs(model, cache, [answer_ids[i] for i in chosen])
                 logprob[chosen], tokens[chosen] = lp.float().cpu().numpy(), nt.cpu().numpy()
-            if generate:  # generate feeds only the last prompt token: the rest is in the cache
-                out = model.generate(input_ids=cache.input_ids, attention_mask=cache.attention_mask,
-                                     past_key_values=cache.past, generation_config=config)
-        if generate:
-            width = cache.input_ids.shape[1]
-            for row, i in enumerate(chosen):
-                answers[i] = tokenizer.decode(out[row, width:], skip_special_tokens=True).strip()
-    return logprob, tokens, answers
+            if generate:
+                for i, answer in zip(chosen, decode_from_cache(model, tokenizer, cache, config)):
+                    answers[i] = answer
+            if constrain:
+                allowed = [constrain_to[i] for i in chosen]
+                longest = max(len(a) for sample in allowed for a in sample)
+                allowed_fn = constrained_tokens_fn(allowed, cache.input_ids.shape[1], end_of_answer_id(tokenizer))
+                config_c = generation_config(tokenizer, longest)
+                for i, answer in zip(chosen, decode_from_cache(model, tokenizer, cache, config_c, allowed_fn)):
+                    constrained[i] = answer
+    return PassOutputs(logprob, tokens, answers, constrained)
+
+
+def prompt_passes(model, tokenizer, prompt_ids, answer_ids=None, *, max_new_tokens: int = 0, batch_size: int,
+                  autocast: Callable, sample_hooks: SampleHooks | None = None
+                  ) -> tuple[np.ndarray | None, np.ndarray | None, list[str] | None]:
+    """(log pi(y|x) summed [N, C] float32 or None, answer tokens [N, C] or None, free greedy answers
+    or None) of `encoded_passes`, without constrained decoding."""
+    return encoded_passes(model, tokenizer, prompt_ids, answer_ids, max_new_tokens=max_new_tokens,
+                          batch_size=batch_size, autocast=autocast, sample_hooks=sample_hooks)[:3]
 
 
 def likelihood_scores(model, tokenizer, prompt_ids, answer_ids, batch_size: int, autocast: Callable
@@ -222,8 +345,8 @@ def generation_subset(sample_ids: Sequence[str], n: int | None, seed: int) -> np
 def prompt_inputs(samples: pd.DataFrame, items: pd.DataFrame, tokenizer, domain: str, llm: dict,
                   item_marker: str | None = None) -> dict[str, list]:
     """Token ids of the candidate and open prompts (with `item_marker` after every listed title:
-    the hybrid prompt) and of every candidate's answer, and the candidate titles as the prompt
-    shows them (clipped)."""
+    the hybrid prompt) and of every candidate's answer, and the candidate and history titles as the
+    prompt shows them (clipped)."""
     from workflow.llm import prompts
 
     titles = dict(zip(items["item_id"].astype(str), items["title"].astype(str)))
@@ -235,7 +358,7 @@ def prompt_inputs(samples: pd.DataFrame, items: pd.DataFrame, tokenizer, domain:
         raise ValueError(f"{len(unknown)} item ids of the samples are not in the items table, e.g. {unknown[:3]}")
     clipped = {i: prompts.clip_title(tokenizer, titles[i], llm["max_title_tokens"]) for i in sorted(needed)}
     answer = {}
-    out = {"candidate_prompt": [], "open_prompt": [], "answers": [], "shown_titles": []}
+    out = {"candidate_prompt": [], "open_prompt": [], "answers": [], "shown_titles": [], "shown_history": []}
     for history, candidates in zip(samples["history"], samples["candidates"]):
         history_titles = [titles[i] for i in history]
         candidate_titles = [titles[i] for i in candidates]
@@ -247,7 +370,75 @@ def prompt_inputs(samples: pd.DataFrame, items: pd.DataFrame, tokenizer, domain:
                 answer[i] = prompts.answer_ids(tokenizer, clipped[i])
         out["answers"].append([answer[i] for i in candidates])
         out["shown_titles"].append([clipped[i] for i in candidates])
+        out["shown_history"].append([clipped[i] for i in history])
     return out
+
+
+def choice_values(answers: Sequence[str | None], titles: Sequence[Sequence[str]], decode: np.ndarray,
+                  target_col: np.ndarray) -> tuple[dict[str, np.ndarray], list[int | None]]:
+    """({valid, hit} per sample, NaN where not decoded; the column of the candidate each answer
+    names, or None) of a generation protocol (match rule in the module docstring)."""
+    found = [match_answer(a, t) if d else None for a, t, d in zip(answers, titles, decode)]
+    valid = np.array([f is not None for f in found], dtype=np.float64)
+    hit = np.array([f is not None and f == t for f, t in zip(found, target_col)], dtype=np.float64)
+    return {"valid": np.where(decode, valid, np.nan), "hit": np.where(decode, hit, np.nan)}, found
+
+
+def shown_catalogue(items: pd.DataFrame, tokenizer, max_title_tokens: int) -> dict[str, str]:
+    """item id -> title as a prompt would show it (clipped), for every item of `items`."""
+    from workflow.llm.prompts import clip_title
+
+    return {i: clip_title(tokenizer, t, max_title_tokens)
+            for i, t in zip(items["item_id"].astype(str), items["title"].astype(str))}
+
+
+def answer_categories(answers: Sequence[str | None], decode: np.ndarray, inputs: dict[str, list],
+                      candidates: Sequence[Sequence[str]], histories: Sequence[Sequence[str]],
+                      catalogue: dict[str, str]) -> list[str | None]:
+    """`answer_category` of every decoded answer (None where not decoded): titles as the prompt
+    shows them; the catalogue without the sample's candidates and history is its `outside`."""
+    categories: list[str | None] = []
+    for row, answer in enumerate(answers):
+        if not decode[row]:
+            categories.append(None)
+            continue
+        known = set(candidates[row]) | set(histories[row])
+        others = [title for item, title in catalogue.items() if item not in known]
+        categories.append(answer_category(answer, inputs["shown_titles"][row], inputs["shown_history"][row], others))
+    return categories
+
+
+def category_values(categories: Sequence[str | None], decode: np.ndarray) -> dict[str, np.ndarray]:
+    """The four answer errors as per-sample 0/1 values, NaN where not decoded."""
+    return {error: np.where(decode, np.array([c == error for c in categories], dtype=np.float64), np.nan)
+            for error in ANSWER_ERRORS}
+
+
+def reversed_candidates(samples: pd.DataFrame) -> pd.DataFrame:
+    """The samples with every candidate list in reversed order (the same candidates)."""
+    return samples.assign(candidates=[list(reversed(c)) for c in samples["candidates"]])
+
+
+def reversed_order_logprobs(model, tokenizer, samples: pd.DataFrame, items: pd.DataFrame, *, prompt: str,
+                            domain: str, llm: dict, batch_size: int, autocast: Callable,
+                            item_marker: str | None = None,
+                            hooks_for: Callable[[pd.DataFrame, list], SampleHooks] | None = None) -> np.ndarray:
+    """log pi(title|prompt) summed [N, C] of every candidate under the run's prompt built with the
+    candidates in reversed order, columns in the samples' own candidate order. The open prompt does
+    not list candidates, so there it equals the forward scores."""
+    flipped = reversed_candidates(samples)
+    inputs = prompt_inputs(flipped, items, tokenizer, domain, llm, item_marker)
+    prompt_ids = inputs[f"{prompt}_prompt"]
+    hooks = hooks_for(flipped, prompt_ids) if hooks_for is not None else None
+    logprob, _, _ = prompt_passes(model, tokenizer, prompt_ids, inputs["answers"], batch_size=batch_size,
+                                  autocast=autocast, sample_hooks=hooks)
+    return np.ascontiguousarray(logprob[:, ::-1])
+
+
+def position_bias_values(forward: np.ndarray, flipped: np.ndarray, target_col: np.ndarray) -> dict[str, np.ndarray]:
+    """likelihood_reversed: the candidate metrics of the reversed-order scores (columns in the
+    forward order), and top_changed against the forward order's scores."""
+    return metrics.candidate_metrics(flipped, target_col) | {"top_changed": metrics.top_changed(forward, flipped)}
 
 
 def evaluate(model, tokenizer, samples: pd.DataFrame, items: pd.DataFrame, *, protocols: Sequence[str],
@@ -260,7 +451,7 @@ def evaluate(model, tokenizer, samples: pd.DataFrame, items: pd.DataFrame, *, pr
     a protocol run on a subset (generation_samples) has NaN for the other samples.
     `title_embeddings` [n_items, H] in the row order of `items` (grounded protocol only).
     A hybrid-prompt model (workflow/llm/llara.py) passes its `item_marker` and
-    `hooks_for(samples, prompt_ids) -> sample_hooks` (see prompt_passes)."""
+    `hooks_for(samples, prompt_ids) -> sample_hooks` (see encoded_passes)."""
     from workflow.runs import PROMPT_PROTOCOLS
 
     unsupported = [p for p in protocols if p not in PROMPT_PROTOCOLS[prompt]]
@@ -280,30 +471,36 @@ def evaluate(model, tokenizer, samples: pd.DataFrame, items: pd.DataFrame, *, pr
             "candidates": candidates}
     values: dict[str, dict[str, np.ndarray]] = {}
 
-    score = "likelihood" in protocols
+    # likelihood_reversed is read against the forward order, which it therefore scores too
+    score = "likelihood" in protocols or "likelihood_reversed" in protocols
     free = next((p for p in protocols if p in ("generation", "grounded")), None)
-    decode = generation_subset(pred["sample_id"], evaluation.get("generation_samples"), seed) if free \
-        else np.zeros(n, dtype=bool)
+    constrained = "generation_constrained" in protocols
+    decode = (generation_subset(pred["sample_id"], evaluation.get("generation_samples"), seed) if free or constrained
+              else np.zeros(n, dtype=bool))
     logprob = np.zeros((n, len(candidates[0])), dtype=np.float32) if score else None
     tokens = np.zeros_like(logprob, dtype=np.int64) if score else None
     answers: list[str | None] = [None] * n
-    # One encoding per prompt serves scoring and decoding: the decoded subset in one pass, the rest
-    # scored only.
-    for rows, steps in ((np.flatnonzero(decode), new_tokens), (np.flatnonzero(~decode), 0)):
-        if len(rows) == 0 or not (score or steps):
+    constrained_answers: list[str | None] = [None] * n
+    # One encoding per prompt serves scoring and both decodings: the decoded subset in one pass, the
+    # rest scored only.
+    for rows, decoding in ((np.flatnonzero(decode), True), (np.flatnonzero(~decode), False)):
+        if len(rows) == 0 or not (score or decoding):
             continue
         start = time.perf_counter()
-        lp, nt, decoded = prompt_passes(model, tokenizer, [prompt_ids[i] for i in rows],
-                                        [inputs["answers"][i] for i in rows] if score else None,
-                                        max_new_tokens=steps, batch_size=batch, autocast=autocast,
-                                        sample_hooks=lambda chosen, rows=rows: all_hooks(rows[chosen]))
+        out = encoded_passes(model, tokenizer, [prompt_ids[i] for i in rows],
+                             [inputs["answers"][i] for i in rows] if score else None,
+                             max_new_tokens=new_tokens if decoding and free else 0,
+                             constrain_to=[inputs["answers"][i] for i in rows] if decoding and constrained else None,
+                             batch_size=batch, autocast=autocast,
+                             sample_hooks=lambda chosen, rows=rows: all_hooks(rows[chosen]))
         if score:
-            logprob[rows], tokens[rows] = lp, nt
-        if steps:
-            for i, answer in zip(rows, decoded):
-                answers[i] = answer
-        log.info("%s prompt, %s: %d samples in %.1f s", prompt,
-                 " + ".join(([("likelihood")] if score else []) + ([free] if steps else [])), len(rows),
+            logprob[rows], tokens[rows] = out.logprob, out.tokens
+        for k, i in enumerate(rows):
+            answers[i] = out.answers[k] if out.answers is not None else None
+            constrained_answers[i] = out.constrained[k] if out.constrained is not None else None
+        passes = ((["likelihood"] if score else []) + ([free] if decoding and free else [])
+                  + (["generation_constrained"] if decoding and constrained else []))
+        log.info("%s prompt, %s: %d samples in %.1f s", prompt, " + ".join(passes), len(rows),
                  time.perf_counter() - start)
 
     if score:
@@ -314,14 +511,36 @@ def evaluate(model, tokenizer, samples: pd.DataFrame, items: pd.DataFrame, *, pr
                  "target_rank": metrics.target_ranks(logprob, target_col),
                  "target_rank_norm": metrics.target_ranks(normalised, target_col)}
 
+    if "likelihood_reversed" in protocols:
+        start = time.perf_counter()
+        flipped = reversed_order_logprobs(model, tokenizer, samples, items, prompt=prompt, domain=domain, llm=llm,
+                                          batch_size=batch, autocast=autocast, item_marker=item_marker,
+                                          hooks_for=hooks_for)
+        values["likelihood_reversed"] = position_bias_values(logprob, flipped, target_col)
+        pred |= {"candidate_logprob_reversed": list(flipped),
+                 "target_rank_reversed": metrics.target_ranks(flipped, target_col)}
+        log.info("likelihood_reversed on %d samples in %.1f s: hr@1 %.3f (forward %.3f), top changed %.3f", n,
+                 time.perf_counter() - start, values["likelihood_reversed"]["hr@1"].mean(),
+                 values["likelihood"]["hr@1"].mean(), values["likelihood_reversed"]["top_changed"].mean())
+
     if free == "generation":
-        found = [match_answer(a, t) if d else None for a, t, d in zip(answers, inputs["shown_titles"], decode)]
-        valid = np.array([f is not None for f in found], dtype=np.float64)
-        hit = np.array([f is not None and f == t for f, t in zip(found, target_col)], dtype=np.float64)
-        values["generation"] = {"valid": np.where(decode, valid, np.nan), "hit": np.where(decode, hit, np.nan)}
-        pred |= {"generated": answers, "matched_item": [None if f is None else c[f] for f, c in zip(found, candidates)]}
-        log.info("generation on %d samples: valid %.3f, hit %.3f", decode.sum(), valid[decode].mean(),
-                 hit[decode].mean())
+        values["generation"], found = choice_values(answers, inputs["shown_titles"], decode, target_col)
+        histories = [list(map(str, h)) for h in samples["history"]]
+        categories = answer_categories(answers, decode, inputs, candidates, histories,
+                                       shown_catalogue(items, tokenizer, llm["max_title_tokens"]))
+        values["generation"] |= category_values(categories, decode)
+        pred |= {"generated": answers, "answer_category": categories,
+                 "matched_item": [None if f is None else c[f] for f, c in zip(found, candidates)]}
+        log.info("generation on %d samples: %s", decode.sum(),
+                 ", ".join(f"{m} {v[decode].mean():.3f}" for m, v in values["generation"].items()))
+
+    if constrained:
+        values["generation_constrained"], chosen = choice_values(constrained_answers, inputs["shown_titles"], decode,
+                                                                 target_col)
+        pred |= {"constrained_generated": constrained_answers,
+                 "constrained_item": [None if f is None else c[f] for f, c in zip(chosen, candidates)]}
+        log.info("generation_constrained on %d samples: %s", decode.sum(),
+                 ", ".join(f"{m} {v[decode].mean():.3f}" for m, v in values["generation_constrained"].items()))
 
     if free == "grounded":
         if title_embeddings is None:
@@ -400,6 +619,9 @@ def main(argv=None) -> int:
     p.add_argument("--spec", type=cli.json_arg, required=True,
                    help='JSON {"llm": {...}, "evaluation": {...}, "domain": "movie", "prompt": "open"}')
     cli.add_run_arguments(p)
+    p.add_argument("--trained-on", default=None,
+                   help="the dataset the adapter was trained on, when not --dataset (cross-domain transfer, "
+                        "workflow/transfer.py): the metrics get a trained_on column")
     p.add_argument("--predictions", required=True)
     p.add_argument("--metrics", required=True)
 
@@ -441,11 +663,15 @@ def main(argv=None) -> int:
                                        autocast=lambda: autocast(device, llm["dtype"]), title_embeddings=embeddings,
                                        prompt=prompt, seed=args.seed, **hybrid)
         table = metrics_table(samples, values, dataset=args.dataset, method=args.method, selection=args.selection)
+        schema = METRICS_SCHEMA
+        if args.trained_on:
+            table.insert(1, "trained_on", args.trained_on)
+            schema = METRICS_SCHEMA.insert(1, pa.field("trained_on", pa.string()))
         provenance = dict(config={"llm": llm, "evaluation": evaluation, "domain": domain, "prompt": prompt},
                           seed=args.seed,
                           model_dir=str(args.model_dir), adapter=str(args.adapter) if args.adapter else None)
         write_parquet(predictions, args.predictions, schema=PREDICTIONS_SCHEMA, **provenance)
-        write_parquet(table, args.metrics, schema=METRICS_SCHEMA, **provenance)
+        write_parquet(table, args.metrics, schema=schema, **provenance)
         means = table.groupby(["protocol", "metric"], sort=False)["value"].mean()
         for (protocol, metric), value in means.items():
             log.info("%s %s: %.4f", protocol, metric, value)
