@@ -311,3 +311,27 @@ def test_markdown_dagger_order_and_paired_differences():
     assert [c.strip(" |") for c in cells] == expected
     assert "| sasrec / all |" not in md[md.index("### Paired differences"):]
     assert "†: the interval of the difference to `popularity` lies above zero" in md
+
+
+def test_a_run_on_another_selection_is_paired_with_its_run_on_the_first():
+    dealrec, rand = [1, 0, 0, 1, 1, 0], [0, 0, 1, 1, 0, 0]
+    metrics = pd.concat([
+        long_rows("sft-open-n4", "random", "likelihood", "hr@1", rand),
+        long_rows("sft-open-n4", "dealrec", "likelihood", "hr@1", dealrec),
+        long_rows("dmpo-open-n4", "random", "likelihood", "hr@1", [1, 1, 1, 1, 0, 0]),
+    ])
+    table = summary.summarize(metrics, resamples=300, level=0.95, seed=0, selections=["random", "dealrec"])
+    on_dealrec = row(table, "sft-open-n4", "likelihood", "hr@1", selection="dealrec")
+    assert on_dealrec["strategy_selection"] == "random"
+    assert on_dealrec["delta_vs_strategy"] == pytest.approx(np.mean(dealrec) - np.mean(rand))
+    delta, lo, hi = summary.paired_delta("hr@1", summary.metric_frames(metrics)[("toy", "sft-open-n4", "dealrec", "likelihood", "hr@1")],
+                                         summary.metric_frames(metrics)[("toy", "sft-open-n4", "random", "likelihood", "hr@1")],
+                                         300, 0.95, 0)
+    assert (on_dealrec["delta_vs_strategy_ci_low"], on_dealrec["delta_vs_strategy_ci_high"]) == pytest.approx((lo, hi))
+    # the first selection's rows and runs on one selection only have no strategy comparison
+    for method, selection in (("sft-open-n4", "random"), ("dmpo-open-n4", "random")):
+        r = row(table, method, "likelihood", "hr@1", selection=selection)
+        assert pd.isna(r["strategy_selection"]) and np.isnan(r["delta_vs_strategy"])
+    # the markdown shows the comparison as its own paired column
+    text = summary.markdown(table, 300, 0.95, 0)
+    assert "hr@1 vs strategy" in text

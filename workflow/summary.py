@@ -19,6 +19,9 @@ sample ids both have, with the same resamples applied to both sides (a paired bo
 `delta_vs_{R}` = statistic(row) - statistic(reference R), with its interval. References R:
 - `sft`: for an LLM run with prompt P, the run `sft-P` (same protocol); not for `sft-P` itself;
 - `base`: for an LLM run with prompt P, the untuned `base-P`; not for `base-P` itself;
+- `strategy`: for an LLM run on a selection other than the first (`selections` of the spec, else
+  alphabetical), the same run on the first: DEALRec's selection against the random one at the
+  same budget;
 - `popularity`: for every row but the baselines themselves; likelihood, likelihood_norm and
   likelihood_reversed are read against popularity's candidate ranking (`likelihood`), grounded and
   full_ranking against its `full_ranking`; generation (free or constrained) has no popularity
@@ -65,7 +68,7 @@ from workflow.io import atomic_path, write_parquet
 log = logging.getLogger(__name__)
 
 SPLIT = "test"
-REFERENCES = ("sft", "base", "popularity")
+REFERENCES = ("sft", "base", "popularity", "strategy")
 BASELINES = ("random", "popularity", "sasrec")  # listed first in the tables
 NO_POPULARITY = {"random", "popularity"}
 # Popularity ranks the candidate sets and all items: each protocol is read against the one ranking
@@ -271,6 +274,8 @@ def reference_key(key: tuple, reference: str, keys: Sequence[tuple], selections:
     """The key of the reference row: its selection is the row's own when present, else the first of
     `selections`, else the first alphabetically; None without a comparison."""
     dataset, method, selection, protocol, metric = key
+    if reference == "strategy":
+        return first_strategy_key(key, keys, selections)
     for run in reference_runs(method, protocol, reference):
         available = [k[2] for k in keys if k[:2] == (dataset, run[0]) and k[3:] == (run[1], metric)]
         if available:
@@ -279,6 +284,17 @@ def reference_key(key: tuple, reference: str, keys: Sequence[tuple], selections:
         return None
     order = [selection] + [s for s in (selections or []) if s in available] + sorted(available)
     return (dataset, run[0], next(s for s in order if s in available), run[1], metric)
+
+
+def first_strategy_key(key: tuple, keys: Sequence[tuple], selections: Sequence[str] | None) -> tuple | None:
+    """The same LLM run's key on the first selection strategy it has (`selections` order, else
+    alphabetical); None when the row is on that selection or is not an LLM run."""
+    dataset, method, selection, protocol, metric = key
+    if run_prompt(method) is None:
+        return None
+    available = [k[2] for k in keys if k[:2] == (dataset, method) and k[3:] == (protocol, metric)]
+    first = next((s for s in [*(selections or []), *sorted(available)] if s in available), None)
+    return None if first in (None, selection) else (dataset, method, first, protocol, metric)
 
 
 def summarize(metrics: pd.DataFrame, resamples: int, level: float, seed: int,
@@ -291,7 +307,7 @@ def summarize(metrics: pd.DataFrame, resamples: int, level: float, seed: int,
     rows = summary_rows(own, dict.fromkeys(REFERENCES, own), resamples, level, seed, selections)
     for trained_on, group in metrics[transferred].groupby(TRAINED_ON, sort=False):
         frames = metric_frames(group)
-        pools = {"sft": frames, "base": own, "popularity": own}
+        pools = {"sft": frames, "base": own, "popularity": own, "strategy": frames}
         rows += summary_rows(frames, pools, resamples, level, seed, selections, trained_on)
     return pd.DataFrame(rows, columns=SCHEMA.names).astype({"n": "int64", "seed": "Int64", "n_seeds": "int64"})
 
@@ -477,12 +493,13 @@ def wide_table(table: pd.DataFrame, cell=format_cell) -> pd.DataFrame:
 
 def paired_table(by_dataset: pd.DataFrame, protocol: str) -> pd.DataFrame:
     """The LLM runs of one protocol by columns `{metric} vs {R}` (headline metrics; R = base, sft,
-    popularity), each cell `delta_cell`; empty when the protocol has no LLM row."""
+    popularity, strategy), each cell `delta_cell`; empty when the protocol has no LLM row."""
     table = by_dataset[(by_dataset["protocol"] == protocol) & by_dataset["metric"].isin(HEADLINE[protocol])
                        & by_dataset["method"].map(run_prompt).notna()]
     if table.empty:
         return pd.DataFrame()
-    references = ("base", "sft", "popularity")
+    # the strategy column only where a run is on more than one selection (DEALRec against random)
+    references = ["base", "sft", "popularity"] + (["strategy"] if table["delta_vs_strategy"].notna().any() else [])
     long = pd.concat([table.assign(metric=table["metric"] + f" vs {r}", reference=r) for r in references])
     wide = wide_table(long, cell=lambda row: delta_cell(row, row["reference"]))
     return wide[[c for m in HEADLINE[protocol] for r in references if (c := f"{m} vs {r}") in wide.columns]]
@@ -517,12 +534,13 @@ def markdown(summary: pd.DataFrame, resamples: int, level: float, seed: int) -> 
         "Legend: each cell is the statistic on the test split and its "
         f"{level:.0%} percentile bootstrap interval ({resamples} resamples of the test samples, seed {seed}). "
         "Paired differences (row minus reference, on the samples both have, the same resamples on both "
-        "sides) are taken against three references: `sft` = the sft run a preference run started from "
+        "sides) are taken against up to four references: `sft` = the sft run a preference run started from "
         "(same prompt P and budget), else `sft-P` (same protocol; the row's selection when sft has it, "
         "else the default sft run), `base` = the "
         "untuned `base-P`, and `popularity` = the popularity baseline ranking the same items (its "
         "candidate ranking for likelihood and likelihood_norm, its full ranking for grounded and "
-        "full_ranking). A row `(trained on A)` is a run trained on dataset A evaluated on this dataset's "
+        "full_ranking), and `strategy` = the same run on the first selection strategy (a run on DEALRec's "
+        "selection against the one on the random selection, same budget). A row `(trained on A)` is a run trained on dataset A evaluated on this dataset's "
         "samples (config `transfer`): read against this dataset's `base` and `popularity` and against the "
         "sft run trained on A evaluated here. ▲ / ▼: the interval of the difference to `sft` lies above / below zero; †: the "
         "interval of the difference to `popularity` lies above zero (the row beats popularity). The "
