@@ -270,6 +270,16 @@ def reference_runs(method: str, protocol: str, reference: str) -> list[tuple[str
     return [(name, protocol) for name in dict.fromkeys(names) if name != method]
 
 
+def selections_of(keys: Sequence[tuple], dataset: str, method: str, protocol: str, metric: str) -> list[str]:
+    """The selections a run has a figure of (protocol, metric) on."""
+    return [k[2] for k in keys if k[:2] == (dataset, method) and k[3:] == (protocol, metric)]
+
+
+def preferred_selection(available: Sequence[str], selections: Sequence[str] | None, own: str | None = None) -> str | None:
+    """`own` when available, else the first of `selections` available, else the first alphabetically."""
+    return next((s for s in [own, *(selections or []), *sorted(available)] if s in available), None)
+
+
 def reference_key(key: tuple, reference: str, keys: Sequence[tuple], selections: Sequence[str] | None) -> tuple | None:
     """The key of the reference row: its selection is the row's own when present, else the first of
     `selections`, else the first alphabetically; None without a comparison."""
@@ -277,13 +287,10 @@ def reference_key(key: tuple, reference: str, keys: Sequence[tuple], selections:
     if reference == "strategy":
         return first_strategy_key(key, keys, selections)
     for run in reference_runs(method, protocol, reference):
-        available = [k[2] for k in keys if k[:2] == (dataset, run[0]) and k[3:] == (run[1], metric)]
+        available = selections_of(keys, dataset, run[0], run[1], metric)
         if available:
-            break
-    else:
-        return None
-    order = [selection] + [s for s in (selections or []) if s in available] + sorted(available)
-    return (dataset, run[0], next(s for s in order if s in available), run[1], metric)
+            return (dataset, run[0], preferred_selection(available, selections, selection), run[1], metric)
+    return None
 
 
 def first_strategy_key(key: tuple, keys: Sequence[tuple], selections: Sequence[str] | None) -> tuple | None:
@@ -292,8 +299,7 @@ def first_strategy_key(key: tuple, keys: Sequence[tuple], selections: Sequence[s
     dataset, method, selection, protocol, metric = key
     if run_prompt(method) is None:
         return None
-    available = [k[2] for k in keys if k[:2] == (dataset, method) and k[3:] == (protocol, metric)]
-    first = next((s for s in [*(selections or []), *sorted(available)] if s in available), None)
+    first = preferred_selection(selections_of(keys, dataset, method, protocol, metric), selections)
     return None if first in (None, selection) else (dataset, method, first, protocol, metric)
 
 
