@@ -7,7 +7,8 @@ from snakemake.exceptions import WorkflowError
 
 from workflow.config import prepare_settings
 from workflow.formats import resolve_files
-from workflow.runs import HYBRID, block as run_block, config_runs, config_seeds, grid_point, parse as parse_run, run_seed
+from workflow.runs import (HYBRID, PREFERENCE, TRAINED, block as run_block, config_runs, config_seeds, grid_point,
+                           parse as parse_run, run_seed, wildcard_pattern)
 from workflow.transfer import transfers
 
 RESULTS = config["results"]
@@ -62,14 +63,11 @@ def domain(wildcards):
 # ---------------------------------------------------------------------------------------------
 # LLM runs: named {method}-{prompt}[-k..][-e..][-n..][-s..] (workflow/runs.py); the `run` wildcard.
 
-RUN_PATTERN = {
-    "base": "base-(candidate|open)",
-    "sft": "sft-(candidate|open)(-e[0-9]+)?(-n[0-9]+)?(-s[0-9]+)?",
-    "preference": "(dmpo|sdpo|dynamicpo)-(candidate|open)(-k[0-9]+)?(-e[0-9]+)?(-n[0-9]+)?(-s[0-9]+)?",
-    "hybrid": "(llara-(candidate|open)|ilora-(candidate|open)(-x[0-9]+)?(-g(sequence|random|uniform))?)(-e[0-9]+)?(-n[0-9]+)?(-s[0-9]+)?",
-    "soft": "soft-(candidate|open)(-a[0-9]+([.][0-9]+)?)?(-e[0-9]+)?(-n[0-9]+)?(-s[0-9]+)?",
-}
-TRAINED_RUN_PATTERN = "(" + "|".join(RUN_PATTERN[kind] for kind in ("sft", "preference", "hybrid", "soft")) + ")"
+# The `run` wildcard of each kind of rule, from the one run-name grammar (workflow/runs.py).
+RUN_PATTERN = {"base": wildcard_pattern(["base"]), "sft": wildcard_pattern(["sft"]),
+               "preference": wildcard_pattern(PREFERENCE), "hybrid": wildcard_pattern(HYBRID),
+               "soft": wildcard_pattern(["soft"])}
+TRAINED_RUN_PATTERN = wildcard_pattern(TRAINED)
 SELECTIONS = config["selection"]["strategies"]
 RUNS = config_runs(config)
 TRAINED_RUNS = [r for r in RUNS if r.method != "base"]
@@ -218,7 +216,7 @@ try:
     TRANSFERS = transfers(config)
 except ValueError as exc:
     raise WorkflowError(str(exc)) from exc
-TRANSFER_RUN_PATTERN = "(" + "|".join(RUN_PATTERN[kind] for kind in ("sft", "preference", "soft")) + ")"
+TRANSFER_RUN_PATTERN = wildcard_pattern(["sft", *PREFERENCE, "soft"])
 
 
 def transfer_metrics(dataset, trained_on, run, selection, split="test"):
@@ -293,7 +291,8 @@ def study_inputs(wildcards):
 def study_spec(wildcards):
     study = config["studies"][wildcards.study]
     runs = [{**labels, "path": path} for labels, path in study_runs(wildcards.study)]
-    return spec({"name": wildcards.study, "x": study["x"], "split": study["split"], "metrics": study["metrics"],
+    return spec({"name": wildcards.study, "x": study["x"], "split": study["split"], "protocols": study["protocols"],
+                 "metrics": study["metrics"],
                  "bootstrap": config["summary"]["bootstrap"], "ci": config["summary"]["ci"], "runs": runs})
 
 

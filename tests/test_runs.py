@@ -1,6 +1,9 @@
 """Run names (workflow/runs.py) and the nested training budgets they name (workflow/selection/random_subset.py)."""
 from __future__ import annotations
 
+import itertools
+import re
+
 import pandas as pd
 import pytest
 
@@ -38,6 +41,34 @@ def test_names_round_trip(name, expected):
 def test_malformed_names_say_what_is_wrong(name, message):
     with pytest.raises(ValueError, match=message):
         runs.parse(name)
+
+
+def valid_names() -> list[str]:
+    """Names of every method and prompt: bare, with each flag it takes alone, and with all of them."""
+    values = {"k": 3, "experts": 4, "gate": "uniform", "alpha": 0.5, "epochs": 2, "budget": 64, "seed": 43}
+    names = []
+    for method, prompt in itertools.product(runs.METHODS, runs.PROMPTS):
+        fields = [field for _, field, _, _, applies in runs.FLAG_SYNTAX if method in applies]
+        for chosen in [[]] + [[f] for f in fields] + [fields]:
+            names.append(runs.Run(method, prompt, **{f: values[f] for f in chosen}).name)
+    return names
+
+
+@pytest.mark.parametrize("methods", [["base"], ["sft"], list(runs.PREFERENCE), list(runs.HYBRID), ["soft"],
+                                     list(runs.TRAINED)])
+def test_wildcard_pattern_matches_the_names_of_its_methods_only(methods):
+    pattern = re.compile(runs.wildcard_pattern(methods))
+    names = valid_names()
+    assert len(names) > 50
+    for name in names:
+        assert bool(pattern.fullmatch(name)) == (runs.parse(name).method in methods), name
+    # names parse() refuses for their grammar (not only for a value: -n0 is refused later)
+    for bad in ["sft", "sft-open-n128-e3", "ipo-open", "sft-closed", "sft-open-k3", "base-open-n128",
+                "llara-open-x4", "ilora-open-gsideways", "sft-open-a1", "sft-open-s43-n128", "base-open-s43",
+                "soft-open-a1.", "dmpo-open-s"]:
+        with pytest.raises(ValueError):
+            runs.parse(bad)
+        assert not pattern.fullmatch(bad), bad
 
 
 def test_a_preference_run_starts_from_the_sft_run_of_its_prompt_and_budget():

@@ -13,15 +13,21 @@ from workflow import study
 from workflow.io import read_provenance
 
 
-def metrics_file(path, method, hr1, ndcg=None, selection="random", dataset="toy", split="test"):
+def metrics_file(path, method, hr1, ndcg=None, selection="random", dataset="toy", split="test", grounded=None,
+                 protocol="likelihood"):
+    """A run's per-sample metrics: hr@1 and ndcg@10 of `protocol`, and with `grounded` the grounded
+    protocol's hr@1 and hr@10 (both `grounded`)."""
     ids = [f"s{i}" for i in range(len(hr1))]
-    rows = [pd.DataFrame({"dataset": dataset, "method": method, "selection": selection, "protocol": "likelihood",
+    rows = [pd.DataFrame({"dataset": dataset, "method": method, "selection": selection, "protocol": protocol,
                           "split": split, "sample_id": ids, "user_id": [f"u{i}" for i in range(len(hr1))],
                           "metric": metric, "value": np.asarray(values, dtype=float)})
             for metric, values in (("hr@1", hr1), ("ndcg@10", ndcg if ndcg is not None else hr1))]
     # another split's rows and another protocol must not leak into the study
     rows.append(rows[0].assign(split="valid" if split == "test" else "test", value=1.0))
     rows.append(rows[0].assign(protocol="generation", metric="hit", value=1.0))
+    if grounded is not None:
+        rows += [rows[0].assign(protocol="grounded", metric=metric, value=np.asarray(grounded, dtype=float))
+                 for metric in ("hr@1", "hr@10")]
     pd.concat(rows, ignore_index=True).to_parquet(path)
     return str(path)
 
@@ -143,7 +149,7 @@ def test_cli_rejects_a_bad_spec_and_files_without_likelihood_rows(runs, tmp_path
     empty = tmp_path / "gen.parquet"
     frame = pd.read_parquet(runs[0]["path"])
     frame[frame["protocol"] == "generation"].to_parquet(empty)
-    with pytest.raises(ValueError, match="gen.parquet: no likelihood rows"):
+    with pytest.raises(ValueError, match=r"gen.parquet: no rows of the protocols \['likelihood'\]"):
         table_of([{**runs[0], "path": str(empty)}], 10)
     assert not (tmp_path / "c.parquet").exists()
 
@@ -165,6 +171,59 @@ def test_differences_against_a_reference_method(tmp_path):
     assert experts.loc[1, "delta"] == pytest.approx(1 / 6 - 2 / 6)
     assert experts.loc[4, "delta"] == pytest.approx(4 / 6 - 2 / 6)
     assert table.loc[table["is_reference"], "delta"].isna().all()
-    md = study.markdown("experts", table, pd.DataFrame(columns=["dataset", "metric"]), "n_experts", "test", 300, 0.95)
+    md = study.markdown("experts", table, pd.DataFrame(columns=["dataset", "protocol", "metric"]), "n_experts",
+                        "test", 300, 0.95)
     assert "Reference: llara open" in md and "against the reference run" in md
     assert "| ilora open" in md and "n_experts=4" in md
+
+
+def test_every_protocol_of_the_study_gets_its_rows_deltas_baselines_and_panels(tmp_path):
+    """protocols [likelihood, grounded] (SOFT's alpha against sft): one row per run, protocol and
+    metric, each delta against the reference run under the same protocol; a metric a protocol lacks
+    (ndcg@10 under grounded here) is left out; the baselines' all-item ranking (full_ranking) is
+    grounded's line, their candidate ranking likelihood's."""
+    def alpha_run(alpha, hr1, grounded, reference=False):
+        method = "sft" if reference else "soft"
+        return {"dataset": "toy", "selection": "random", "method": method, "prompt": "open", "budget": 64,
+                "alpha": None if reference else alpha, "reference": reference,
+                "path": metrics_file(tmp_path / f"{method}{alpha}.parquet", method, hr1, grounded=grounded)}
+
+    runs = [alpha_run(0.1, [1, 1, 0, 0], [0, 1, 0, 0]), alpha_run(10, [1, 0, 0, 0], [1, 1, 1, 0]),
+            alpha_run(None, [0, 1, 0, 0], [0, 0, 0, 0], reference=True)]
+    protocols = ["likelihood", "grounded"]
+    table = study.study_table(runs, "alpha", "test", ["hr@1", "ndcg@10", "hr@10"], 200, 0.9, 0, protocols)
+    # 3 runs x (likelihood: hr@1, ndcg@10; grounded: hr@1, hr@10)
+    assert len(table) == 12
+    assert list(dict.fromkeys(table["protocol"])) == protocols
+    assert set(table.loc[table["protocol"] == "grounded", "metric"]) == {"hr@1", "hr@10"}
+
+    def row(alpha, protocol, metric):
+        sel = table[(table["alpha"] == alpha) & (table["protocol"] == protocol) & (table["metric"] == metric)]
+        assert len(sel) == 1, sel
+        return sel.iloc[0]
+
+    assert row(0.1, "likelihood", "hr@1")["delta"] == pytest.approx(2 / 4 - 1 / 4)
+    assert row(10, "likelihood", "hr@1")["delta"] == pytest.approx(1 / 4 - 1 / 4)
+    assert row(0.1, "grounded", "hr@1")["delta"] == pytest.approx(1 / 4 - 0)
+    assert row(10, "grounded", "hr@10")["value"] == pytest.approx(3 / 4)
+    assert row(10, "grounded", "hr@10")["delta"] == pytest.approx(3 / 4 - 0)
+
+    popularity = metrics_file(tmp_path / "pop.parquet", "popularity", [1, 0, 0, 0], selection="all")
+    frame = pd.read_parquet(popularity)
+    ranking = frame[frame["protocol"] == "likelihood"].assign(protocol="full_ranking", value=0.0)
+    pd.concat([frame, ranking]).to_parquet(popularity)
+    baselines = study.baseline_values([popularity], "test", ["hr@1", "hr@10"], 50, 0.9, 0, protocols)
+    values = baselines.set_index(["protocol", "metric"])["value"]
+    assert values[("likelihood", "hr@1")] == pytest.approx(1 / 4) and values[("grounded", "hr@1")] == 0.0
+
+    md = study.markdown("alpha", table, baselines, "alpha", "test", 200, 0.9)
+    sections = [line for line in md.splitlines() if line.startswith("## ")]
+    assert sections == ["## toy, selection random: likelihood hr@1 (n = 4)",
+                        "## toy, selection random: likelihood ndcg@10 (n = 4)",
+                        "## toy, selection random: grounded hr@1 (n = 4)",
+                        "## toy, selection random: grounded hr@10 (n = 4)"]
+    grounded_hr1 = md.split("grounded hr@1")[1].split("##")[0]
+    assert "Baselines: popularity 0.000" in grounded_hr1 and "Reference: sft open" in grounded_hr1
+    out = tmp_path / "alpha.png"
+    study.plot(table, baselines, "alpha", out)
+    assert out.read_bytes()[:4] == b"\x89PNG"

@@ -40,11 +40,33 @@ METHODS = ("base", *TRAINED)
 PROMPT_PROTOCOLS = {"candidate": ("likelihood", "generation", "generation_constrained", "likelihood_reversed"),
                     "open": ("likelihood", "grounded")}
 
-NAME = re.compile(r"^(?P<method>[a-z]+)-(?P<prompt>[a-z]+)(?:-k(?P<k>[0-9]+))?(?:-x(?P<experts>[0-9]+))?"
-                  r"(?:-g(?P<gate>[a-z]+))?(?:-a(?P<alpha>[0-9]+(?:\.[0-9]+)?))?(?:-e(?P<epochs>[0-9]+))?(?:-n(?P<budget>[0-9]+))?"
-                  r"(?:-s(?P<seed>[0-9]+))?$")
-FLAGS = (("k", "k"), ("x", "experts"), ("g", "gate"), ("a", "alpha"), ("e", "epochs"), ("n", "budget"),
-         ("s", "seed"))
+# The override flags, in the order a name gives them: (letter, Run field, what it sets, the pattern of
+# its value, the methods it applies to). The one grammar of run names: `parse` reads names by it and
+# `wildcard_pattern` builds the rules' `run` wildcard constraints from it.
+FLAG_SYNTAX = (
+    ("k", "k", "negatives", "[0-9]+", PREFERENCE),
+    ("x", "experts", "experts", "[0-9]+", ("ilora",)),
+    ("g", "gate", "gate", "[a-z]+", ("ilora",)),
+    ("a", "alpha", "alpha", r"[0-9]+(?:\.[0-9]+)?", ("soft",)),
+    ("e", "epochs", "epochs", "[0-9]+", TRAINED),
+    ("n", "budget", "budget", "[0-9]+", TRAINED),
+    ("s", "seed", "seed", "[0-9]+", TRAINED),
+)
+FLAGS = tuple((flag, field) for flag, field, *_ in FLAG_SYNTAX)
+NAME = re.compile("^(?P<method>[a-z]+)-(?P<prompt>[a-z]+)"
+                  + "".join(f"(?:-{flag}(?P<{field}>{value}))?" for flag, field, _, value, _ in FLAG_SYNTAX) + "$")
+
+
+def wildcard_pattern(methods) -> str:
+    """A regular expression matching the names of runs of `methods` only: each method with a prompt
+    and the flags it takes, in order (gates spelled out). The rules' `run` wildcard constraints, so a
+    run name selects the one rule that makes it."""
+    def method_pattern(method: str) -> str:
+        flags = "".join(f"(?:-{flag}{'(?:' + '|'.join(GATES) + ')' if field == 'gate' else value})?"
+                        for flag, field, _, value, applies in FLAG_SYNTAX if method in applies)
+        return f"{method}-(?:{'|'.join(PROMPTS)}){flags}"
+
+    return "(?:" + "|".join(method_pattern(m) for m in methods) + ")"
 
 
 class Run(NamedTuple):
@@ -102,12 +124,9 @@ def parse(name: str) -> Run:
             raise ValueError(f"run name {name!r}: -a (alpha) must be positive")
     if method == "base" and values:
         raise ValueError(f"run name {name!r}: the untuned base model takes no -k/-x/-g/-a/-e/-n/-s")
-    if "k" in values and method not in PREFERENCE:
-        raise ValueError(f"run name {name!r}: -k (negatives) applies to {', '.join(PREFERENCE)} only")
-    if ("experts" in values or "gate" in values) and method != "ilora":
-        raise ValueError(f"run name {name!r}: -x (experts) and -g (gate) apply to ilora only")
-    if "alpha" in values and method != "soft":
-        raise ValueError(f"run name {name!r}: -a (alpha) applies to soft only")
+    for flag, field, what, _, applies in FLAG_SYNTAX:
+        if field in values and method not in applies:
+            raise ValueError(f"run name {name!r}: -{flag} ({what}) applies to {', '.join(applies)} only")
     return Run(method, prompt, **values)
 
 

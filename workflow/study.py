@@ -3,8 +3,9 @@
 Every study has the same shape. Some methods are trained at every point of a grid of overrides
 (prompt, negatives k, epochs, training budget, iLoRA's experts and gate, SOFT's alpha;
 `studies.<name>` in the config, runs named as in workflow/runs.py) on the same selection, and
-evaluated with the likelihood protocol on the same samples of one split, so the runs are paired. The
-table gives each run's statistic with its seeded bootstrap interval and the paired bootstrap
+evaluated under the study's protocols (likelihood by default; grounded, generation, ... where the
+run's prompt supports them) on the same samples of one split, so the runs are paired. The table
+gives, per protocol and metric, each run's statistic with its seeded bootstrap interval and the paired bootstrap
 difference (`delta`) against the same series at the smallest value of the study's x axis, or, when
 the study names a `reference` method, against that method's run (e.g. iLoRA's experts against
 LLaRA; marked `"reference": true` among the runs, drawn as a line). workflow.summary's statistics
@@ -18,8 +19,8 @@ and listed under each table.
   uniform gate; x = n_experts / gate; reference llara.
 - alpha (SOFT paper): soft at alpha 0.1, 1, 10, 100; x = alpha; reference sft.
 
-    python -m workflow.study --spec '{"name": ..., "x": "budget", "split": "valid", "metrics": [...],
-        "bootstrap": 1000, "ci": 0.95, "runs": [{"dataset": ..., "selection": ..., "method": ...,
+    python -m workflow.study --spec '{"name": ..., "x": "budget", "split": "valid",
+        "protocols": ["likelihood", "grounded"], "metrics": ["hr@1", "auc", "hr@20"], "bootstrap": 1000, "ci": 0.95, "runs": [{"dataset": ..., "selection": ..., "method": ...,
         "prompt": ..., "k": ..., "epochs": ..., "budget": ..., "path": ".../metrics.parquet"}, ...]}' \
         --baselines .../baselines/metrics.parquet .../surrogate/metrics.parquet --seed 42 \
         --out-parquet results/studies/NAME.parquet --out-md ... --out-png ...
@@ -37,18 +38,19 @@ import pyarrow as pa
 
 from workflow import cli
 from workflow.io import atomic_path, write_parquet
-from workflow.summary import estimate, metric_frames, paired_delta, read_metrics
+from workflow.summary import POPULARITY_PROTOCOL, estimate, metric_frames, paired_delta, read_metrics
 
 log = logging.getLogger(__name__)
 
-PROTOCOL = "likelihood"
 AXES = ("prompt", "k", "epochs", "budget", "n_experts", "gate", "alpha")
 LABELS = ("dataset", "selection", "method", *AXES)
+KEY = (*LABELS, "protocol", "metric")  # a table row's key: the run's labels, then protocol and metric
 BASELINES = ("random", "popularity", "sasrec")
 SCHEMA = pa.schema([
     ("dataset", pa.string()), ("selection", pa.string()), ("method", pa.string()), ("prompt", pa.string()),
     ("k", pa.int64()), ("epochs", pa.int64()), ("budget", pa.int64()), ("n_experts", pa.int64()),
-    ("gate", pa.string()), ("alpha", pa.float64()), ("metric", pa.string()), ("is_reference", pa.bool_()),
+    ("gate", pa.string()), ("alpha", pa.float64()), ("protocol", pa.string()), ("metric", pa.string()),
+    ("is_reference", pa.bool_()),
     ("value", pa.float64()), ("n", pa.int64()), ("ci_low", pa.float64()), ("ci_high", pa.float64()),
     ("delta", pa.float64()), ("delta_ci_low", pa.float64()), ("delta_ci_high", pa.float64()),
 ])
@@ -59,23 +61,26 @@ def label_key(run: dict[str, Any]) -> tuple:
     return tuple(run.get(name) for name in LABELS)
 
 
-def run_frames(runs: Sequence[dict[str, Any]], split: str, metrics: Sequence[str]) -> dict[tuple, pd.DataFrame]:
-    """(labels..., metric) -> per-sample frame of the likelihood protocol on `split`. A run's file
-    may hold another method name (a main run reused at its own grid point)."""
+def run_frames(runs: Sequence[dict[str, Any]], split: str, protocols: Sequence[str],
+               metrics: Sequence[str]) -> dict[tuple, pd.DataFrame]:
+    """(labels..., protocol, metric) -> per-sample frame on `split`, for each of `protocols` and
+    `metrics` a run's file holds (a run whose prompt lacks a protocol has none of its rows). A run's
+    file may hold another method name (a main run reused at its own grid point)."""
     frames = {}
     for run in runs:
         found = {key: frame for key, frame in metric_frames(read_metrics([run["path"]]), split=split).items()
-                 if key[3] == PROTOCOL and key[4] in metrics}
+                 if key[3] in protocols and key[4] in metrics}
         if not found:
-            raise ValueError(f"{run['path']}: no {PROTOCOL} rows of {list(metrics)} on the {split} split")
-        for (_, _, _, _, metric), frame in found.items():
-            frames[(*label_key(run), metric)] = frame
+            raise ValueError(f"{run['path']}: no rows of the protocols {list(protocols)} and metrics "
+                             f"{list(metrics)} on the {split} split")
+        for (_, _, _, protocol, metric), frame in found.items():
+            frames[(*label_key(run), protocol, metric)] = frame
     return frames
 
 
 def series_key(key: tuple, x: str) -> tuple:
     """The key without its x value: the runs one line of the plot joins."""
-    return tuple(None if name == x else value for name, value in zip((*LABELS, "metric"), key))
+    return tuple(None if name == x else value for name, value in zip(KEY, key, strict=True))
 
 
 def sort_value(value) -> tuple:
@@ -86,19 +91,21 @@ def sort_value(value) -> tuple:
 
 
 def study_table(runs: Sequence[dict[str, Any]], x: str, split: str, metrics: Sequence[str], resamples: int,
-                level: float, seed: int) -> pd.DataFrame:
-    """One row per run and metric: its statistic and the paired difference against the run of the
-    same series at the smallest x, or against the reference run of the same dataset, selection,
-    prompt and budget when the runs hold one (`"reference": true`)."""
+                level: float, seed: int, protocols: Sequence[str] = ("likelihood",)) -> pd.DataFrame:
+    """One row per run, protocol and metric: its statistic and the paired difference against the
+    run of the same series at the smallest x, or against the reference run of the same dataset,
+    selection, prompt and budget when the runs hold one (`"reference": true`), under the same
+    protocol and metric."""
     if x not in AXES:
         raise ValueError(f"x must be one of {AXES}, got {x!r}")
-    frames = run_frames(runs, split, metrics)
-    reference_keys = {(*label_key(r), m) for r in runs if r.get("reference") for m in metrics} & frames.keys()
-    names = (*LABELS, "metric")
+    frames = run_frames(runs, split, protocols, metrics)
+    reference_labels = {label_key(r) for r in runs if r.get("reference")}
+    reference_keys = {key for key in frames if key[:len(LABELS)] in reference_labels}
+    names = KEY
     position = names.index(x)
 
     def matching(key: tuple) -> tuple:  # what a run shares with its reference run
-        return tuple(key[names.index(n)] for n in ("dataset", "selection", "prompt", "budget", "metric"))
+        return tuple(key[names.index(n)] for n in ("dataset", "selection", "prompt", "budget", "protocol", "metric"))
 
     first: dict[tuple, tuple] = {}
     for key in frames:
@@ -108,7 +115,9 @@ def study_table(runs: Sequence[dict[str, Any]], x: str, split: str, metrics: Seq
             first[series] = key
     by_match = {matching(key): key for key in reference_keys}
     rows = []
-    for key in sorted(frames, key=lambda k: tuple(sort_value(v) for v in k)):
+    protocol_at = names.index("protocol")
+    for key in sorted(frames, key=lambda k: tuple(protocols.index(v) if i == protocol_at else sort_value(v)
+                                                  for i, v in enumerate(k))):
         value, lo, hi = estimate(key[-1], frames[key], resamples, level, seed)
         is_reference = key in reference_keys
         ref = None if is_reference else (by_match.get(matching(key)) if reference_keys else first[series_key(key, x)])
@@ -117,21 +126,25 @@ def study_table(runs: Sequence[dict[str, Any]], x: str, split: str, metrics: Seq
                              "selection, prompt and budget")
         delta = (paired_delta(key[-1], frames[key], frames[ref], resamples, level, seed)
                  if ref is not None and ref != key else (np.nan,) * 3)
-        rows.append((*key[:-1], key[-1], is_reference, value, len(frames[key]), lo, hi, *delta))
+        rows.append((*key, is_reference, value, len(frames[key]), lo, hi, *delta))
     table = pd.DataFrame(rows, columns=SCHEMA.names)
     return table.astype({c: "Int64" for c in INTEGER_AXES})
 
 
 def baseline_values(paths: Sequence[str], split: str, metrics: Sequence[str], resamples: int, level: float,
-                    seed: int) -> pd.DataFrame:
-    """dataset, method, metric, value, ci_low, ci_high of the baselines (random, popularity, SASRec)
-    under the candidate protocol on `split`."""
+                    seed: int, protocols: Sequence[str] = ("likelihood",)) -> pd.DataFrame:
+    """dataset, method, protocol, metric, value, ci_low, ci_high of the baselines (random,
+    popularity, SASRec) on `split`, for each of `protocols`: their ranking of the same items (the
+    candidate sets for the likelihood protocols, all items for grounded; summary.POPULARITY_PROTOCOL)."""
     rows = []
     for path in paths:
-        for (dataset, method, _, protocol, metric), frame in metric_frames(read_metrics([path]), split=split).items():
-            if protocol == PROTOCOL and metric in metrics and method in BASELINES:
-                rows.append((dataset, method, metric, *estimate(metric, frame, resamples, level, seed)))
-    return pd.DataFrame(rows, columns=["dataset", "method", "metric", "value", "ci_low", "ci_high"])
+        for (dataset, method, _, ranking, metric), frame in metric_frames(read_metrics([path]), split=split).items():
+            if metric not in metrics or method not in BASELINES:
+                continue
+            for protocol in protocols:
+                if POPULARITY_PROTOCOL.get(protocol) == ranking:
+                    rows.append((dataset, method, protocol, metric, *estimate(metric, frame, resamples, level, seed)))
+    return pd.DataFrame(rows, columns=["dataset", "method", "protocol", "metric", "value", "ci_low", "ci_high"])
 
 
 def series_label(row: pd.Series, x: str) -> str:
@@ -146,18 +159,28 @@ def series_label(row: pd.Series, x: str) -> str:
     return " ".join(parts)
 
 
+def panels(table: pd.DataFrame) -> list[tuple]:
+    """The (dataset, selection, protocol, metric) of each table and plot panel, the protocols in the
+    study's order (the table's `protocol` column is ordered by it), the metrics alphabetical."""
+    order = {p: i for i, p in enumerate(dict.fromkeys(table["protocol"]))}
+    keys = table.groupby(["dataset", "selection", "protocol", "metric"], sort=False).groups
+    return sorted(keys, key=lambda k: (k[0], k[1], order[k[2]], k[3]))
+
+
 def markdown(name: str, table: pd.DataFrame, baselines: pd.DataFrame, x: str, split: str, resamples: int,
              level: float) -> str:
-    lines = [f"# Study `{name}`: {PROTOCOL} protocol against {x} ({split} split)", "",
+    lines = [f"# Study `{name}`: against {x} ({split} split)", "",
              f"Point estimate [{level:.0%} bootstrap interval over {split} samples, {resamples} resamples]; "
              + ("Δ = paired bootstrap difference against the reference run (listed under each table)."
               if table["is_reference"].any() else
               f"Δ = paired bootstrap difference against the same series at the smallest {x}."), ""]
-    for (dataset, selection, metric), part in table.groupby(["dataset", "selection", "metric"], sort=True):
+    groups = table.groupby(["dataset", "selection", "protocol", "metric"], sort=False)
+    for dataset, selection, protocol, metric in panels(table):
+        part = groups.get_group((dataset, selection, protocol, metric))
         references = part[part["is_reference"]]
         part = part[~part["is_reference"]]
         xs = sorted(part[x].dropna().unique(), key=sort_value)
-        lines += [f"## {dataset}, selection {selection}: {metric} (n = {int(part['n'].max())})", "",
+        lines += [f"## {dataset}, selection {selection}: {protocol} {metric} (n = {int(part['n'].max())})", "",
                   "| run | " + " | ".join(f"{x}={v}" for v in xs) + " |", "|---|" + "---|" * len(xs)]
         part = part.assign(series=part.apply(series_label, axis=1, x=x))
         for series, rows in part.groupby("series", sort=False):
@@ -177,7 +200,8 @@ def markdown(name: str, table: pd.DataFrame, baselines: pd.DataFrame, x: str, sp
             lines += ["", "Reference: " + "; ".join(
                 f"{series_label(r, '')} {r['value']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
                 for _, r in references.iterrows())]
-        here = baselines[(baselines["dataset"] == dataset) & (baselines["metric"] == metric)]
+        here = baselines[(baselines["dataset"] == dataset) & (baselines["protocol"] == protocol)
+                         & (baselines["metric"] == metric)]
         if len(here):
             lines += ["", "Baselines: " + "; ".join(
                 f"{r.method} {r.value:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]" for r in here.itertuples())]
@@ -189,19 +213,26 @@ BASELINE_STYLE = {"random": ":", "popularity": "--", "sasrec": "-."}
 
 
 def plot(table: pd.DataFrame, baselines: pd.DataFrame, x: str, out: str | Path) -> None:
-    """One panel per (dataset, selection) and metric: each series against x with its intervals;
-    the baselines as horizontal lines."""
+    """One panel per metric (columns) and (dataset, selection, protocol) (rows): each series
+    against x with its intervals; the baselines as horizontal lines."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display on a cluster node
     import matplotlib.pyplot as plt
 
-    panels = sorted(table.groupby(["dataset", "selection", "metric"]).groups)
-    cols = max(len(panels), 1)
-    fig, axes = plt.subplots(1, cols, figsize=(5.2 * cols, 4.0), squeeze=False)
+    shown = panels(table)
+    row_keys = list(dict.fromkeys(panel[:3] for panel in shown))
+    cols = max(sum(panel[:3] == key for panel in shown) for key in row_keys)
+    fig, axes = plt.subplots(len(row_keys), cols, figsize=(5.2 * cols, 4.0 * len(row_keys)), squeeze=False)
+    for row, key in enumerate(row_keys):  # a row with fewer metrics leaves its last panels empty
+        for ax in axes[row][sum(panel[:3] == key for panel in shown):]:
+            ax.set_visible(False)
     numeric = x not in ("prompt", "gate")
-    for ax, (dataset, selection, metric) in zip(axes[0], panels):
-        here = table[(table["dataset"] == dataset) & (table["selection"] == selection) & (table["metric"] == metric)]
+    at = {panel: axes[row_keys.index(panel[:3])][[p for p in shown if p[:3] == panel[:3]].index(panel)]
+          for panel in shown}
+    for (dataset, selection, protocol, metric), ax in at.items():
+        here = table[(table["dataset"] == dataset) & (table["selection"] == selection)
+                     & (table["protocol"] == protocol) & (table["metric"] == metric)]
         for _, r in here[here["is_reference"]].iterrows():
             ax.axhline(r["value"], color="black", linewidth=1.2, label=series_label(r, ""))
             ax.axhspan(r["ci_low"], r["ci_high"], color="black", alpha=0.06)
@@ -217,7 +248,8 @@ def plot(table: pd.DataFrame, baselines: pd.DataFrame, x: str, out: str | Path) 
             where = where * 1.04 ** shift if numeric else where + 0.05 * shift
             err = np.vstack([rows["value"] - rows["ci_low"], rows["ci_high"] - rows["value"]])
             ax.errorbar(where, rows["value"], yerr=np.nan_to_num(err), marker="o", capsize=3, label=series)
-        for r in baselines[(baselines["dataset"] == dataset) & (baselines["metric"] == metric)].itertuples():
+        for r in baselines[(baselines["dataset"] == dataset) & (baselines["protocol"] == protocol)
+                           & (baselines["metric"] == metric)].itertuples():
             ax.axhline(r.value, color="grey", linestyle=BASELINE_STYLE.get(r.method, "--"), label=r.method)
         if numeric:
             values = [float(v) for v in xs]
@@ -227,9 +259,15 @@ def plot(table: pd.DataFrame, baselines: pd.DataFrame, x: str, out: str | Path) 
         else:
             ax.set_xticks(range(len(xs)), xs)
         ax.set_xlabel(x)
-        ax.set_ylabel(f"{metric} ({PROTOCOL})")
-        ax.set_title(f"{dataset} / {selection}: {metric}")
-    axes[0][-1].legend(frameon=False, fontsize="small", loc="center left", bbox_to_anchor=(1.0, 0.5))
+        ax.set_ylabel(f"{metric} ({protocol})")
+        ax.set_title(f"{dataset} / {selection}: {protocol} {metric}")
+    legend = {}  # every panel's series, references and baselines, once each
+    for ax in at.values():
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    last_of_first_row = [panel for panel in shown if panel[:3] == row_keys[0]][-1]
+    at[last_of_first_row].legend(legend.values(), legend.keys(), frameon=False, fontsize="small",
+                                 loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     with atomic_path(out, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=110, format="png")
@@ -261,8 +299,11 @@ def main(argv=None) -> int:
         spec = args.spec
         check_spec(spec)
         resamples, level = int(spec["bootstrap"]), float(spec["ci"])
-        table = study_table(spec["runs"], spec["x"], spec["split"], spec["metrics"], resamples, level, args.seed)
-        baselines = baseline_values(args.baselines, spec["split"], spec["metrics"], resamples, level, args.seed)
+        protocols = spec.get("protocols", ["likelihood"])
+        table = study_table(spec["runs"], spec["x"], spec["split"], spec["metrics"], resamples, level, args.seed,
+                            protocols)
+        baselines = baseline_values(args.baselines, spec["split"], spec["metrics"], resamples, level, args.seed,
+                                    protocols)
         write_parquet(table, args.out_parquet, schema=SCHEMA, config=spec, seed=args.seed,
                       inputs=[r["path"] for r in spec["runs"]])
         with atomic_path(args.out_md, suffix=".md") as tmp:
