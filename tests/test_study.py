@@ -181,7 +181,7 @@ def test_every_protocol_of_the_study_gets_its_rows_deltas_baselines_and_panels(t
     """protocols [likelihood, grounded] (SOFT's alpha against sft): one row per run, protocol and
     metric, each delta against the reference run under the same protocol; a metric a protocol lacks
     (ndcg@10 under grounded here) is left out; the baselines' all-item ranking (full_ranking) is
-    grounded's line, their candidate ranking likelihood's."""
+    grounded's line, their candidate ranking likelihood's, each on the samples the runs were scored on."""
     def alpha_run(alpha, hr1, grounded, reference=False):
         method = "sft" if reference else "soft"
         return {"dataset": "toy", "selection": "random", "method": method, "prompt": "open", "budget": 64,
@@ -208,11 +208,18 @@ def test_every_protocol_of_the_study_gets_its_rows_deltas_baselines_and_panels(t
     assert row(10, "grounded", "hr@10")["value"] == pytest.approx(3 / 4)
     assert row(10, "grounded", "hr@10")["delta"] == pytest.approx(3 / 4 - 0)
 
-    popularity = metrics_file(tmp_path / "pop.parquet", "popularity", [1, 0, 0, 0], selection="all")
+    # popularity on 6 samples, 2 of which (s4, s5: hits in both rankings) no run was scored on
+    popularity = metrics_file(tmp_path / "pop.parquet", "popularity", [1, 0, 0, 0, 1, 1], selection="all")
     frame = pd.read_parquet(popularity)
-    ranking = frame[frame["protocol"] == "likelihood"].assign(protocol="full_ranking", value=0.0)
+    likelihood = frame[frame["protocol"] == "likelihood"]
+    ranking = likelihood.assign(protocol="full_ranking", value=likelihood["sample_id"].isin(["s4", "s5"]) * 1.0)
     pd.concat([frame, ranking]).to_parquet(popularity)
-    baselines = study.baseline_values([popularity], "test", ["hr@1", "hr@10"], 50, 0.9, 0, protocols)
+    everything = study.baseline_values([popularity], "test", ["hr@1", "hr@10"], 50, 0.9, 0, protocols)
+    values = everything.set_index(["protocol", "metric"])["value"]
+    assert values[("likelihood", "hr@1")] == pytest.approx(3 / 6) and values[("grounded", "hr@1")] == pytest.approx(2 / 6)
+    scored = study.evaluated_samples(study.run_frames(runs, "test", protocols, ["hr@1", "hr@10"]))
+    assert sorted(scored[("toy", "grounded")]) == ["s0", "s1", "s2", "s3"]
+    baselines = study.baseline_values([popularity], "test", ["hr@1", "hr@10"], 50, 0.9, 0, protocols, scored)
     values = baselines.set_index(["protocol", "metric"])["value"]
     assert values[("likelihood", "hr@1")] == pytest.approx(1 / 4) and values[("grounded", "hr@1")] == 0.0
 

@@ -131,19 +131,37 @@ def study_table(runs: Sequence[dict[str, Any]], x: str, split: str, metrics: Seq
     return table.astype({c: "Int64" for c in INTEGER_AXES})
 
 
+def evaluated_samples(frames: dict[tuple, pd.DataFrame]) -> dict[tuple[str, str], pd.Index]:
+    """(dataset, protocol) -> the samples the study's runs were scored on (generation and grounded
+    decode a seeded subset of the split; the likelihood protocols score all of it)."""
+    where = KEY.index("protocol")
+    samples: dict[tuple[str, str], pd.Index] = {}
+    for key, frame in frames.items():
+        here = (key[0], key[where])
+        samples[here] = frame.index if here not in samples else samples[here].union(frame.index)
+    return samples
+
+
 def baseline_values(paths: Sequence[str], split: str, metrics: Sequence[str], resamples: int, level: float,
-                    seed: int, protocols: Sequence[str] = ("likelihood",)) -> pd.DataFrame:
+                    seed: int, protocols: Sequence[str] = ("likelihood",),
+                    samples: dict[tuple[str, str], pd.Index] | None = None) -> pd.DataFrame:
     """dataset, method, protocol, metric, value, ci_low, ci_high of the baselines (random,
     popularity, SASRec) on `split`, for each of `protocols`: their ranking of the same items (the
-    candidate sets for the likelihood protocols, all items for grounded; summary.POPULARITY_PROTOCOL)."""
+    candidate sets for the likelihood protocols, all items for grounded; summary.POPULARITY_PROTOCOL),
+    on the samples the runs were scored on under that protocol when `samples` says them
+    (`evaluated_samples`), so a line and the runs it is read against share their samples."""
     rows = []
     for path in paths:
         for (dataset, method, _, ranking, metric), frame in metric_frames(read_metrics([path]), split=split).items():
             if metric not in metrics or method not in BASELINES:
                 continue
             for protocol in protocols:
-                if POPULARITY_PROTOCOL.get(protocol) == ranking:
-                    rows.append((dataset, method, protocol, metric, *estimate(metric, frame, resamples, level, seed)))
+                if POPULARITY_PROTOCOL.get(protocol) != ranking:
+                    continue
+                ids = None if samples is None else samples.get((dataset, protocol))
+                here = frame if ids is None else frame[frame.index.isin(ids)]
+                if len(here):
+                    rows.append((dataset, method, protocol, metric, *estimate(metric, here, resamples, level, seed)))
     return pd.DataFrame(rows, columns=["dataset", "method", "protocol", "metric", "value", "ci_low", "ci_high"])
 
 
@@ -302,8 +320,9 @@ def main(argv=None) -> int:
         protocols = spec.get("protocols", ["likelihood"])
         table = study_table(spec["runs"], spec["x"], spec["split"], spec["metrics"], resamples, level, args.seed,
                             protocols)
+        scored = evaluated_samples(run_frames(spec["runs"], spec["split"], protocols, spec["metrics"]))
         baselines = baseline_values(args.baselines, spec["split"], spec["metrics"], resamples, level, args.seed,
-                                    protocols)
+                                    protocols, scored)
         write_parquet(table, args.out_parquet, schema=SCHEMA, config=spec, seed=args.seed,
                       inputs=[r["path"] for r in spec["runs"]])
         with atomic_path(args.out_md, suffix=".md") as tmp:
