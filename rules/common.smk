@@ -168,8 +168,8 @@ def explanation_spec(wildcards):
 
 
 def explanation_reference(wildcards):
-    """The reference model's adapter as a named input: the sft run a preference run started from;
-    none for sft, whose reference is the base model."""
+    """The reference model's adapter as a named input: the sft run a preference run started from (a
+    SOFT run self-distilled from); none for sft, whose reference is the base model."""
     run = parse_run(wildcards.run)
     if run.method == "sft":
         return {}

@@ -19,7 +19,8 @@ def test_whole_dag_writes_every_artifact(tiny_run):
     for rel in ["tiny/data/interactions.parquet", "tiny/data/items.parquet", "tiny/data/samples.parquet",
                 "tiny/baselines/metrics.parquet", "summary.parquet", "summary.md",
                 "tiny/llm/ilora-open/random/gates.png", "tiny/llm/llara-candidate/random/adapter/projector.safetensors",
-                "tiny/llm/sft-open/random/self_distilled.parquet"]:
+                "tiny/llm/sft-open/random/self_distilled.parquet", "tiny/llm/dmpo-open/random/explanations.html",
+                "tiny/llm/soft-open/random/explanations.parquet"]:
         assert (results / rel).is_file(), rel
     summary = pd.read_parquet(results / "summary.parquet")
     assert {"dataset", "method", "selection", "protocol", "metric", "value", "n"} <= set(summary.columns)

@@ -76,8 +76,8 @@ def tiny_config(tmp: Path, model_dir: Path) -> dict:
         # both prompts, and a run on a nested 4 of the 8 selected samples (it trains sft-candidate-n4 first)
         "methods": ["base", "sft", "dmpo", "sdpo", "dynamicpo", "sft-candidate", "dmpo-candidate-n4",
                     "llara", "ilora", "soft"],
-        # one explained run keeps the rule in the DAG; each costs a job on SLURM too
-        "explanations": {"n_samples": 4, "methods": ["dmpo-open"]},
+        # explained runs: a preference run and SOFT (both against their sft)
+        "explanations": {"n_samples": 4, "methods": ["dmpo-open", "soft-open"]},
         "summary": {"bootstrap": 50},
     }
 
