@@ -91,21 +91,22 @@ def sort_value(value) -> tuple:
 
 
 def study_table(runs: Sequence[dict[str, Any]], x: str, split: str, metrics: Sequence[str], resamples: int,
-                level: float, seed: int, protocols: Sequence[str] = ("likelihood",)) -> pd.DataFrame:
+                level: float, seed: int, protocols: Sequence[str] = ("likelihood",),
+                frames: dict[tuple, pd.DataFrame] | None = None) -> pd.DataFrame:
     """One row per run, protocol and metric: its statistic and the paired difference against the
     run of the same series at the smallest x, or against the reference run of the same dataset,
     selection, prompt and budget when the runs hold one (`"reference": true`), under the same
-    protocol and metric."""
+    protocol and metric. `frames`: the runs' `run_frames`, when the caller has read them already."""
     if x not in AXES:
         raise ValueError(f"x must be one of {AXES}, got {x!r}")
-    frames = run_frames(runs, split, protocols, metrics)
+    if frames is None:
+        frames = run_frames(runs, split, protocols, metrics)
     reference_labels = {label_key(r) for r in runs if r.get("reference")}
     reference_keys = {key for key in frames if key[:len(LABELS)] in reference_labels}
-    names = KEY
-    position = names.index(x)
+    position = KEY.index(x)
 
     def matching(key: tuple) -> tuple:  # what a run shares with its reference run
-        return tuple(key[names.index(n)] for n in ("dataset", "selection", "prompt", "budget", "protocol", "metric"))
+        return tuple(key[KEY.index(n)] for n in ("dataset", "selection", "prompt", "budget", "protocol", "metric"))
 
     first: dict[tuple, tuple] = {}
     for key in frames:
@@ -115,14 +116,14 @@ def study_table(runs: Sequence[dict[str, Any]], x: str, split: str, metrics: Seq
             first[series] = key
     by_match = {matching(key): key for key in reference_keys}
     rows = []
-    protocol_at = names.index("protocol")
+    protocol_at = KEY.index("protocol")
     for key in sorted(frames, key=lambda k: tuple(protocols.index(v) if i == protocol_at else sort_value(v)
                                                   for i, v in enumerate(k))):
         value, lo, hi = estimate(key[-1], frames[key], resamples, level, seed)
         is_reference = key in reference_keys
         ref = None if is_reference else (by_match.get(matching(key)) if reference_keys else first[series_key(key, x)])
         if reference_keys and ref is None and not is_reference:
-            raise ValueError(f"study run {dict(zip(names, key))} has no reference run of the same dataset, "
+            raise ValueError(f"study run {dict(zip(KEY, key))} has no reference run of the same dataset, "
                              "selection, prompt and budget")
         delta = (paired_delta(key[-1], frames[key], frames[ref], resamples, level, seed)
                  if ref is not None and ref != key else (np.nan,) * 3)
@@ -318,9 +319,10 @@ def main(argv=None) -> int:
         check_spec(spec)
         resamples, level = int(spec["bootstrap"]), float(spec["ci"])
         protocols = spec.get("protocols", ["likelihood"])
+        frames = run_frames(spec["runs"], spec["split"], protocols, spec["metrics"])  # read once, used twice
         table = study_table(spec["runs"], spec["x"], spec["split"], spec["metrics"], resamples, level, args.seed,
-                            protocols)
-        scored = evaluated_samples(run_frames(spec["runs"], spec["split"], protocols, spec["metrics"]))
+                            protocols, frames)
+        scored = evaluated_samples(frames)
         baselines = baseline_values(args.baselines, spec["split"], spec["metrics"], resamples, level, args.seed,
                                     protocols, scored)
         write_parquet(table, args.out_parquet, schema=SCHEMA, config=spec, seed=args.seed,
