@@ -24,6 +24,49 @@ def embedded_gguf() -> Path:
     return next(folder.glob("*.gguf"))
 
 
+# ----------------------------------------------------------------------------- float tolerances
+# Tolerances are set from what float32 arithmetic can promise, not from one machine's run: two
+# computations of the same value that accumulate in a different order (vmap against a loop, chunks
+# of 7 against one batch, another BLAS kernel for another shape) differ by rounding, and that
+# difference depends on the CPU's vector width and the BLAS build.
+FLOAT32_EPS = 2.0 ** -23  # torch.finfo(torch.float32).eps = 2 * the unit roundoff
+
+
+def float32_sum_bound(terms, dim: int = 0):
+    """Elementwise bound on |a - b| for two float32 sums of `terms` along `dim` in any two orders.
+    Each order errs by at most (n - 1) * u * sum |x| (Higham, Accuracy and Stability of Numerical
+    Algorithms, 2nd ed., eq. 4.4; u = eps / 2), so the two differ by at most (n - 1) * eps * sum |x|;
+    one more eps for the final division of a mean."""
+    import torch
+
+    terms = torch.as_tensor(terms, dtype=torch.float64)
+    return terms.shape[dim] * FLOAT32_EPS * terms.abs().sum(dim)
+
+
+def assert_within(actual, expected, bound, what: str = "") -> None:
+    """|actual - expected| <= bound elementwise, with the worst element in the message."""
+    import torch
+
+    diff = (torch.as_tensor(actual, dtype=torch.float64) - torch.as_tensor(expected, dtype=torch.float64)).abs()
+    excess = diff - torch.as_tensor(bound, dtype=torch.float64)
+    worst = int(excess.argmax()) if excess.numel() else 0
+    assert bool((excess <= 0).all()), (f"{what}: |diff| {float(diff.flatten()[worst]):.3g} exceeds the bound "
+                                       f"{float(torch.as_tensor(bound).broadcast_to(diff.shape).flatten()[worst]):.3g} "
+                                       f"at element {worst}")
+
+
+def assert_close_float32(actual, expected, *, depth: int, what: str = "") -> None:
+    """Two float32 computations of one tensor through a chain of about `depth` accumulated terms
+    (the longest reduction of the computation, summed over its layers): each element may differ by
+    depth * eps relative to the tensor's largest magnitude, because an element near zero that comes
+    from cancelling large terms keeps their absolute rounding error."""
+    import torch
+
+    expected = torch.as_tensor(expected, dtype=torch.float64)
+    scale = float(expected.abs().max()) if expected.numel() else 0.0
+    assert_within(actual, expected, depth * FLOAT32_EPS * (scale + expected.abs()), what)
+
+
 @pytest.fixture(scope="session")
 def smollm_tokenizer_dir(tmp_path_factory) -> Path:
     """The SmolLM2 tokenizer (with its chat template) saved as a plain Hugging Face folder."""

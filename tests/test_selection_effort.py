@@ -52,7 +52,9 @@ def test_scores_do_not_depend_on_the_batch(tiny_model_dir):
     losses = effort.loss_fn("all")
     one = effort.effort_scores(model, matrices, losses, examples, batch_size=1, autocast=autocast)
     many = effort.effort_scores(model, matrices, losses, examples, batch_size=9, autocast=autocast)
-    np.testing.assert_allclose(one, many, rtol=1e-5)
+    # batch 9 pads to another length than batch 1 and runs other kernel shapes: float32 rounding
+    # through the tiny model's forward and backward (about 10^3 eps of relative error), not equality
+    np.testing.assert_allclose(one, many, rtol=1e-4)
 
 
 def test_tracked_matrices(tiny_model_dir):
@@ -75,8 +77,9 @@ def test_fresh_lora_effort_comes_from_b_only(tiny_model_dir):
     losses = effort.loss_fn("all")
     with_a = effort.batch_grad_norms(model, matrices, losses, prompts, answers, autocast)
     b_only = {n: m for n, m in matrices.items() if ".lora_B." in n}
+    # the same backward, with more tensors tracked: equal up to the order of the norm's float32 sum
     np.testing.assert_allclose(with_a, effort.batch_grad_norms(model, b_only, losses, prompts, answers, autocast),
-                               rtol=1e-6)
+                               rtol=1e-5)
 
 
 def test_candidate_pool_is_seeded_and_capped():

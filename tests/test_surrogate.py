@@ -150,7 +150,9 @@ def test_cross_entropy_loss_is_recboles_training_loss(tables, exported):
     seq, lengths = surrogate.encode_histories(part.history.tolist(), loaded.index_of_item, loaded.model.max_seq_length)
     batch = Interaction({"item_id_list": seq, "item_length": lengths,
                          "item_id": torch.tensor([loaded.index_of_item[t] for t in part.target])})
-    assert ours.item() == pytest.approx(loaded.model.calculate_loss(batch).item(), rel=1e-6)
+    # the same formula through other kernels (a gather of target logits against RecBole's
+    # CrossEntropyLoss): float32 rounding of a mean over 5 log-softmaxes, not equality
+    assert ours.item() == pytest.approx(loaded.model.calculate_loss(batch).item(), rel=1e-5)
 
 
 def test_metrics_parquet_layout(tables, exported):
