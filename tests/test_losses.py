@@ -135,3 +135,198 @@ def test_dynamicpo_gradient_treats_beta_as_constant():
         bumped[i] += eps
         up, _ = losses.dynamicpo(pc.detach(), pr.detach(), bumped, rr, beta=0.5)
         assert (up.item() - loss.item()) / eps == pytest.approx(-expected_pc[i].item(), rel=1e-4)
+
+
+# ----------------------------------------------------------------------------- LPO4Rec, NAPO, GRPO
+
+def random_inputs(seed: int, batch: int = 5, k: int = 4):
+    g = torch.Generator().manual_seed(seed)
+    def draw(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64) * 3
+
+    return [draw(batch), draw(batch, k), draw(batch), draw(batch, k)]
+
+
+def logsumexp_list(values):  # max-shifted, over a Python list
+    top = max(values)
+    return top + math.log(sum(math.exp(v - top) for v in values))
+
+
+def test_lpo4rec_by_hand_and_reference_free():
+    loss, diag = losses.lpo4rec(**CASE, beta=0.5)
+    # logits 0.5 * (-2, -3, -1) = (-1, -1.5, -0.5); loss = logsumexp - (-1)
+    expected = math.log(math.exp(-1) + math.exp(-1.5) + math.exp(-0.5)) + 1
+    assert loss.item() == pytest.approx(expected, abs=1e-12)
+    assert loss.item() == pytest.approx(1.1802697, abs=1e-6)
+    assert diag["logprob_accuracy"] == pytest.approx(0.5)
+    assert diag["p_chosen"] == pytest.approx(math.exp(-expected))
+    assert diag["reward_margin"] == pytest.approx(0.5)  # rewards against the reference, as dmpo's
+    other_ref, _ = losses.lpo4rec(CASE["policy_chosen"], CASE["policy_rejected"], t(7.0), t([1.0, -9.0]), beta=0.5)
+    no_ref, _ = losses.lpo4rec(CASE["policy_chosen"], CASE["policy_rejected"], beta=0.5)
+    assert other_ref.item() == loss.item() == no_ref.item()
+
+
+def test_lpo4rec_against_a_loop():
+    pc, pr, rc, rr = random_inputs(2)
+    beta = 0.7
+    expected = np.mean([logsumexp_list([beta * pc[i].item()] + [beta * v for v in pr[i].tolist()]) - beta * pc[i].item()
+                        for i in range(len(pc))])
+    assert losses.lpo4rec(pc, pr, rc, rr, beta=beta)[0].item() == pytest.approx(expected, abs=1e-10)
+
+
+def napo_loop(pc, pr, rc, rr, beta, margin_scale):
+    terms = []
+    for i in range(len(pc)):
+        r_w = pc[i].item() - rc[i].item()
+        r_j = [a - b for a, b in zip(pr[i].tolist(), rr[i].tolist())]
+        gap = sum(r_w - r for r in r_j) / len(r_j)
+        gamma = margin_scale / (1 + math.exp(-gap))
+        terms.append(softplus(-(beta * gap - gamma)))
+    return sum(terms) / len(terms)
+
+
+def test_napo_by_hand():
+    loss, diag = losses.napo(**CASE, beta=0.5, margin_scale=1.0)
+    # r_w = 0.5, mean r_j = 0: gap 0.5, gamma = sigmoid(0.5); logit 0.25 - gamma
+    gamma = 1 / (1 + math.exp(-0.5))
+    assert loss.item() == pytest.approx(softplus(-(0.25 - gamma)), abs=1e-12)
+    assert loss.item() == pytest.approx(0.8966183, abs=1e-6)
+    assert diag["margin_mean"] == pytest.approx(gamma) and diag["negatives"] == 2
+    # at r = 0 (policy = reference) the loss is log(1 + e^(margin_scale / 2)); margin 0 is DMPO
+    zero = losses.napo(t(-1.0, -2.0), t([-3.0, -4.0], [-1.0, -1.5]), t(-1.0, -2.0), t([-3.0, -4.0], [-1.0, -1.5]),
+                       beta=0.3, margin_scale=2.0)[0]
+    assert zero.item() == pytest.approx(math.log(1 + math.e), abs=1e-12)
+    dmpo = losses.dmpo(**CASE, beta=0.5)[0].item()
+    assert losses.napo(**CASE, beta=0.5, margin_scale=0.0)[0].item() == pytest.approx(dmpo)
+
+
+def test_napo_against_a_loop():
+    pc, pr, rc, rr = random_inputs(3)
+    got = losses.napo(pc, pr, rc, rr, beta=0.4, margin_scale=1.5)[0].item()
+    assert got == pytest.approx(napo_loop(pc, pr, rc, rr, 0.4, 1.5), abs=1e-10)
+
+
+def test_napo_shared_negatives_join_the_mean():
+    pc, pr, rc, rr = random_inputs(4, k=2)
+    sp, sr = random_inputs(5, k=3)[1:4:2]
+    joined = losses.napo(pc, torch.cat([pr, sp], 1), rc, torch.cat([rr, sr], 1), beta=0.4)[0]
+    shared, diag = losses.napo(pc, pr, rc, rr, beta=0.4, shared_policy_rejected=sp, shared_ref_rejected=sr)
+    assert shared.item() == pytest.approx(joined.item(), abs=1e-12) and diag["negatives"] == 5
+    masked = losses.napo(pc, pr, rc, rr, beta=0.4, shared_policy_rejected=sp, shared_ref_rejected=sr,
+                         shared_mask=torch.zeros(5, 3, dtype=torch.bool))[0]
+    assert masked.item() == pytest.approx(losses.napo(pc, pr, rc, rr, beta=0.4)[0].item(), abs=1e-12)
+    with pytest.raises(ValueError, match="both"):
+        losses.napo(pc, pr, rc, rr, shared_policy_rejected=sp)
+
+
+def test_napo_gradient_treats_the_margin_as_constant():
+    pc, pr, rc, rr = random_inputs(6, batch=3, k=2)
+    pc.requires_grad_(True)
+    beta, scale = 0.5, 1.0
+    loss, _ = losses.napo(pc, pr, rc, rr, beta=beta, margin_scale=scale)
+    loss.backward()
+    gap = (pc - rc) - (pr - rr).mean(1)
+    z = beta * gap - scale * torch.sigmoid(gap)
+    expected = -beta * (1 - torch.sigmoid(z)) / len(z)  # d mean softplus(-z) / d l_w, gamma held fixed
+    assert torch.allclose(pc.grad, expected.detach())
+
+
+def test_grpo_advantages_are_group_normalised():
+    adv = losses.grpo_advantages(t([1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]), eps=0.0)
+    assert adv[0].tolist() == pytest.approx([1.5, -0.5, -0.5, -0.5])  # mean 0.25, sample std 0.5
+    assert adv[1].tolist() == [0.0] * 4  # no contrast in the group, no policy gradient (even with eps 0)
+    r = np.array([1.0, 1.0, 0.0, 0.0])
+    assert adv[2].tolist() == pytest.approx(((r - r.mean()) / r.std(ddof=1)).tolist())
+    with pytest.raises(ValueError, match="at least 2"):
+        losses.grpo_advantages(t([1.0]))
+
+
+def grpo_loop(pc, pr, rc, rr, samples, beta, kl_coef, eps=1e-6):
+    total_pg, total_kl, n = 0.0, 0.0, len(pc)
+    for i in range(n):
+        logits = [beta * pc[i].item()] + [beta * v for v in pr[i].tolist()]
+        ref = [beta * rc[i].item()] + [beta * v for v in rr[i].tolist()]
+        lse, lse_ref = logsumexp_list(logits), logsumexp_list(ref)
+        log_p = [v - lse for v in logits]
+        log_q = [v - lse_ref for v in ref]
+        rewards = [1.0 if s == 0 else 0.0 for s in samples[i]]
+        mean = sum(rewards) / len(rewards)
+        std = math.sqrt(sum((r - mean) ** 2 for r in rewards) / (len(rewards) - 1))
+        total_pg += sum(-(r - mean) / (std + eps) * log_p[s] for r, s in zip(rewards, samples[i])) / len(rewards)
+        total_kl += sum(math.exp(a) * (a - b) for a, b in zip(log_p, log_q))
+    return total_pg / n + kl_coef * total_kl / n
+
+
+def test_grpo_fixed_samples_by_hand():
+    samples = torch.tensor([[0, 2, 2, 1]])
+    loss, diag = losses.grpo(**CASE, beta=1.0, kl_coef=0.0, eps=0.0, samples=samples)
+    # log p = l - logsumexp(-2, -3, -1); A = (1.5, -0.5, -0.5, -0.5) for rewards (1, 0, 0, 0)
+    lse = math.log(math.exp(-2) + math.exp(-3) + math.exp(-1))
+    log_p = [-2 - lse, -3 - lse, -1 - lse]
+    expected = -(1.5 * log_p[0] - 0.5 * log_p[2] - 0.5 * log_p[2] - 0.5 * log_p[1]) / 4
+    assert loss.item() == pytest.approx(expected, abs=1e-12)
+    assert loss.item() == pytest.approx(0.125, abs=1e-9)  # sum A = 0, so only the differences count
+    assert diag["sample_hit_rate"] == 0.25
+    with_kl, diag = losses.grpo(**CASE, beta=1.0, kl_coef=0.5, eps=0.0, samples=samples)
+    ref = [-2.5, -2.0, -2.0]
+    lse_ref = math.log(sum(math.exp(v) for v in ref))
+    kl = sum(math.exp(a) * (a - (b - lse_ref)) for a, b in zip(log_p, ref))
+    assert diag["kl"] == pytest.approx(kl, abs=1e-12)
+    assert with_kl.item() == pytest.approx(expected + 0.5 * kl, abs=1e-12)
+
+
+def test_grpo_against_a_loop():
+    pc, pr, rc, rr = random_inputs(7)
+    samples = torch.randint(0, 5, (5, 6), generator=torch.Generator().manual_seed(0))
+    samples[:, 0] = 0  # every group has a hit
+    got = losses.grpo(pc, pr, rc, rr, beta=0.8, kl_coef=0.1, samples=samples)[0].item()
+    assert got == pytest.approx(grpo_loop(pc, pr, rc, rr, samples.tolist(), 0.8, 0.1), abs=1e-10)
+
+
+def test_grpo_samples_with_a_seeded_generator():
+    pc, pr, rc, rr = random_inputs(8)
+    a = losses.grpo(pc, pr, rc, rr, group_size=16, generator=torch.Generator().manual_seed(3))
+    b = losses.grpo(pc, pr, rc, rr, group_size=16, generator=torch.Generator().manual_seed(3))
+    assert a[0].item() == b[0].item() and a[1] == b[1]
+    # a candidate the policy gives (almost) all the mass is (almost) always drawn
+    sure, diag = losses.grpo(t(0.0), t([-50.0, -60.0]), t(0.0), t([-50.0, -60.0]), group_size=32,
+                             generator=torch.Generator().manual_seed(0))
+    assert diag["sample_hit_rate"] == 1.0 and sure.item() == pytest.approx(0.0, abs=1e-12)  # A = 0, KL = 0
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("lpo4rec", {"beta": 0.5}), ("napo", {"beta": 0.5}), ("napo", {"beta": 0.5, "margin_scale": 1.9}),
+    ("grpo", {"kl_coef": 0.0, "samples": torch.tensor([[0, 1, 2, 0], [2, 2, 0, 1], [0, 0, 0, 3]])}),
+    ("grpo", {"kl_coef": 0.3, "samples": torch.tensor([[0, 1, 2, 0], [2, 2, 0, 1], [0, 0, 0, 3]])}),
+])
+def test_raising_the_chosen_logprob_lowers_the_loss(name, kwargs):
+    pc, pr, rc, rr = random_inputs(9, batch=3, k=3)
+    rc, rr = pc.clone(), pr.clone()  # start at the reference: the KL term is at its minimum
+    pc.requires_grad_(True)
+    loss, _ = losses.OBJECTIVES[name](pc, pr, rc, rr, **kwargs)
+    loss.backward()
+    assert (pc.grad < 0).all(), pc.grad
+    with torch.no_grad():
+        higher, _ = losses.OBJECTIVES[name](pc + 0.05, pr, rc, rr, **kwargs)
+    assert higher.item() < loss.item()
+
+
+def test_napo_value_can_rise_with_a_large_margin_scale_while_the_gradient_still_helps():
+    """Documented in losses.napo: above margin_scale = 4 beta the margin grows faster than the
+    logit near gap 0, so the loss value rises as r_w rises; the (gamma-fixed) gradient does not flip."""
+    pc, pr = t(0.0), t([0.0, 0.0])
+    pc.requires_grad_(True)
+    loss, _ = losses.napo(pc, pr, t(0.0), t([0.0, 0.0]), beta=0.5, margin_scale=3.0)
+    loss.backward()
+    assert pc.grad.item() < 0
+    higher, _ = losses.napo(pc.detach() + 0.05, pr, t(0.0), t([0.0, 0.0]), beta=0.5, margin_scale=3.0)
+    assert higher.item() > loss.item()
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("lpo4rec", {}), ("grpo", {"kl_coef": 0.2, "samples": torch.tensor([[0, 1, 2, 0], [4, 2, 0, 1], [0, 0, 0, 3]])})])
+def test_new_objectives_gradients_match_finite_differences(name, kwargs):
+    pc, pr, rc, rr = random_inputs(10, batch=3, k=4)
+    fn = losses.OBJECTIVES[name]
+    assert torch.autograd.gradcheck(lambda a, b: fn(a, b, rc, rr, beta=0.7, **kwargs)[0],
+                                    (pc.requires_grad_(True), pr.requires_grad_(True)))

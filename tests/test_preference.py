@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from test_sft import LLM, SFT, adapter_tensors, inputs  # noqa: F401 (inputs is a fixture)
-from workflow.llm import evaluate, preference, reference, sft
+from workflow.llm import evaluate, losses, preference, reference, sft
 from workflow.llm.scoring import candidate_logprobs
 
 METHOD = {"beta": 0.5, "k": 2, "strategy": "random", "gamma": 0.0, "epochs": 1, "lr": 0.01}
@@ -29,6 +29,109 @@ def test_choose_negatives_strategies():
         preference.choose_negatives(5, 1, 5, "random", rng)
     with pytest.raises(ValueError, match="unknown negative strategy"):
         preference.choose_negatives(5, 1, 2, "easy", rng)
+
+
+def test_self_strategy_is_hardest_with_one_negative():
+    rng = np.random.default_rng(0)
+    ref = np.array([-5.0, -1.0, -3.0, -0.5, -9.0])
+    assert preference.choose_negatives(5, 3, 1, "self", rng, ref) == [1]  # the target's -0.5 is skipped
+    hardest = preference.choose_negatives(5, 1, 1, "hardest", rng, ref)
+    assert preference.choose_negatives(5, 1, 1, "self", rng, ref) == hardest == [3]
+    with pytest.raises(ValueError, match="exactly one negative"):
+        preference.choose_negatives(5, 1, 2, "self", rng, ref)
+    with pytest.raises(ValueError, match="reference log-probs"):
+        preference.choose_negatives(5, 1, 1, "self", rng)
+
+
+@pytest.mark.parametrize("strategy", ["tail", "head"])
+def test_popularity_strategies_draw_by_inverse_or_direct_popularity(strategy):
+    popularity = np.array([99, 5, 0, 3, 999])  # the target (index 1) never drawn
+    weights = {j: (1 / (1 + c) if strategy == "tail" else 1 + c) for j, c in enumerate(popularity) if j != 1}
+    total = sum(weights.values())
+    rng = np.random.default_rng(0)
+    draws = [preference.choose_negatives(5, 1, 1, strategy, rng, popularity=popularity)[0] for _ in range(4000)]
+    for j, w in weights.items():
+        assert draws.count(j) / len(draws) == pytest.approx(w / total, abs=0.03), j
+    pairs = [preference.choose_negatives(5, 1, 3, strategy, rng, popularity=popularity) for _ in range(50)]
+    assert all(1 not in p and len(set(p)) == 3 and p == sorted(p) for p in pairs)
+    again = np.random.default_rng(7), np.random.default_rng(7)
+    assert (preference.choose_negatives(5, 1, 2, strategy, again[0], popularity=popularity)
+            == preference.choose_negatives(5, 1, 2, strategy, again[1], popularity=popularity))
+    with pytest.raises(ValueError, match="popularity"):
+        preference.choose_negatives(5, 1, 2, strategy, rng)
+
+
+def test_item_popularity_counts_train_histories_and_targets():
+    samples = pd.DataFrame({"split": ["train", "train", "test"], "history": [["a", "b"], ["a"], ["a", "c"]],
+                            "target": ["b", "c", "d"]})
+    assert preference.item_popularity(samples) == {"a": 2, "b": 2, "c": 1}
+
+
+def test_with_negatives_tail_prefers_unpopular_items_and_counts_targets_without_popularity():
+    def example(candidates, target):
+        return {"prompt": [1], "answers": [[i] for i in range(len(candidates))], "candidates": candidates,
+                "target": target}
+
+    # "hot" is the target of 30 examples: without a popularity table it counts 30, "cold1/2" count 0
+    examples = [example(["hot", "cold1", "cold2", f"x{i}"], 0) for i in range(30)]
+    examples += [example(["hot", "cold1", "cold2", f"y{i}"], 3) for i in range(300)]
+    chosen = preference.with_negatives(examples, 1, "tail", seed=0)
+    assert all(c["order"][0] == e["target"] for c, e in zip(chosen, examples))
+    picks = [c["order"][1] for c in chosen[30:]]
+    assert picks.count(0) / len(picks) < 0.1  # weight 1/31 against 1 and 1: about 1.6%
+    # an explicit popularity table replaces the count: "hot" unseen, the cold ones very popular
+    table = {"cold1": 1000, "cold2": 1000}
+    given = preference.with_negatives(examples, 1, "tail", seed=0, popularity=table)
+    picks = [c["order"][1] for c in given[30:]]
+    assert picks.count(0) / len(picks) > 0.9
+    assert given == preference.with_negatives(examples, 1, "tail", seed=0, popularity=table)  # seeded
+
+
+@pytest.mark.parametrize("method, cfg, kwargs", [
+    ("lpo4rec", {"beta": 0.7}, {"beta": 0.7}),
+    ("napo", {"beta": 0.3, "margin_scale": 0.5}, {"beta": 0.3, "margin_scale": 0.5}),
+    ("sprec", {"beta": 0.4, "rounds": 1}, {"beta": 0.4}),
+])
+def test_make_loss_fn_passes_the_method_block(method, cfg, kwargs):
+    policy = torch.tensor([[-1.0, -2.0, -0.5], [-3.0, -1.0, -2.0]])
+    if method == "sprec":
+        policy = policy[:, :2]
+    reference = policy - 0.25 * torch.arange(policy.shape[1])
+    scorer = lambda model, prompts, answers: (policy.clone(), torch.ones_like(policy))  # noqa: E731
+    loss, n, diagnostics = preference.make_loss_fn(method, cfg, scorer)(None, ([[1], [2]], [[[1]] * 3] * 2, reference))
+    objective = losses.OBJECTIVES["dpo" if method == "sprec" else method]
+    expected, _ = objective(policy[:, 0], policy[:, 1:], reference[:, 0], reference[:, 1:], **kwargs)
+    assert n == 2 and loss.item() == pytest.approx(expected.item())
+    assert "reward_accuracy" in diagnostics
+
+
+def test_make_loss_fn_grpo_samples_from_the_global_generator():
+    policy = torch.tensor([[-1.0, -2.0, -0.5], [-3.0, -1.0, -2.0]])
+    scorer = lambda model, prompts, answers: (policy.clone(), torch.ones_like(policy))  # noqa: E731
+    loss_fn = preference.make_loss_fn("grpo", {"beta": 1.0, "group_size": 4, "kl_coef": 0.1}, scorer)
+    batch = ([[1], [2]], [[[1]] * 3] * 2, policy.clone())
+    torch.manual_seed(5)
+    first = loss_fn(None, batch)
+    torch.manual_seed(5)
+    assert loss_fn(None, batch)[0].item() == first[0].item()
+    assert first[2]["kl"] == pytest.approx(0.0)
+
+
+def test_sprec_runs_one_round_only():
+    with pytest.raises(ValueError, match="not chained"):
+        preference.make_loss_fn("sprec", {"beta": 0.1, "rounds": 2})
+    cfg = preference.settings("sprec", {"llm": LLM, "preference": PREF})["cfg"]
+    assert cfg["k"] == 1 and cfg["strategy"] == "self" and cfg["rounds"] == 1
+    with pytest.raises(ValueError, match="sprec.k"):
+        preference.settings("sprec", {"method": {"k": 3}})
+
+
+def test_settings_of_the_new_methods():
+    cfg = preference.settings("lpo4rec", {"llm": LLM, "preference": PREF})["cfg"]
+    assert cfg["strategy"] == "tail" and cfg["beta"] == 1.0
+    cfg = preference.settings("grpo", {"llm": LLM, "preference": PREF})["cfg"]
+    assert cfg["strategy"] == "all" and cfg["group_size"] == 8 and cfg["kl_coef"] == 0.04
+    assert preference.settings("napo", {})["cfg"]["margin_scale"] == 0.2
 
 
 def test_settings_merge_and_validate():
@@ -97,10 +200,12 @@ def test_read_reference_rejects_other_samples_or_candidates(tiny_model_dir, inpu
         preference.read_reference(inputs["items"], examples)
 
 
-@pytest.mark.parametrize("method", ["dmpo", "sdpo", "dynamicpo"])
+@pytest.mark.parametrize("method", ["dmpo", "sdpo", "dynamicpo", "lpo4rec", "napo", "grpo", "sprec"])
 def test_training_from_sft(method, tiny_model_dir, inputs, sft_adapter, reference_table, tmp_path):
     out = tmp_path / method
-    spec = {"llm": LLM, "preference": PREF, "method": METHOD, "domain": "movie"}
+    overrides = {"sprec": {"k": 1, "strategy": "self"}, "lpo4rec": {"strategy": "tail"}}  # tail: its default
+    block = {**METHOD, **overrides.get(method, {})}
+    spec = {"llm": LLM, "preference": PREF, "method": block, "domain": "movie"}
     preference.run_preference(method, tiny_model_dir, sft_adapter, inputs["samples"], inputs["items"],
                               inputs["selection"], reference_table, spec, 0, out)
     before, after = adapter_tensors(sft_adapter), adapter_tensors(out)
@@ -108,9 +213,15 @@ def test_training_from_sft(method, tiny_model_dir, inputs, sft_adapter, referenc
     assert any(not torch.equal(before[k], after[k]) for k in before)  # the policy moved
     log = __import__("pandas").read_parquet(out / "train_log.parquet")
     # First step: the policy IS the reference (the SFT adapter), so every reward is 0 and the loss
-    # is the objective's value at r = 0: log 2 for DMPO and DynamicPO, log(1 + k) for S-DPO.
-    expected = math.log(1 + METHOD["k"]) if method == "sdpo" else math.log(2)
-    assert log["loss"].iloc[0] == pytest.approx(expected, abs=1e-4)
+    # is the objective's value at r = 0: log 2 for DMPO, DynamicPO and SPRec (DPO), log(1 + k) for
+    # S-DPO, log(1 + e^(margin_scale / 2)) for NAPO; GRPO's KL term is 0. LPO4Rec is reference-free.
+    expected = {"sdpo": math.log(1 + METHOD["k"]), "napo": math.log(1 + math.exp(0.1))}.get(method, math.log(2))
+    if method == "grpo":
+        assert log["kl"].iloc[0] == pytest.approx(0.0, abs=1e-4)
+    elif method == "lpo4rec":
+        assert 0 < log["loss"].iloc[0] < 50 and 0 < log["p_chosen"].iloc[0] < 1
+    else:
+        assert log["loss"].iloc[0] == pytest.approx(expected, abs=1e-4)
     assert log["reward_margin"].iloc[0] == pytest.approx(0.0, abs=1e-4)
     config = json.loads((out / "training_config.json").read_text())["config"]
     assert config["reference_adapter"] == str(sft_adapter)

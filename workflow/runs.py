@@ -8,7 +8,7 @@ e.g. `sft-open`, `base-candidate`, `dmpo-open-k15`, `sft-candidate-e3-n512`. The
 `method` column of every metrics table and the folder of the run's outputs, so two runs that differ
 in anything that changes their result never share a name, and a reader of the summary sees the
 prompt of every row. Overrides:
-- `k`: negatives per sample (preference methods);
+- `k`: negatives per sample (preference methods but sprec, whose one negative is fixed);
 - `x`, `g`: iLoRA's number of experts and gate input (sequence, random, uniform);
 - `a`: SOFT's curriculum alpha (e.g. `soft-open-a0.1`);
 - `e`: training epochs;
@@ -29,8 +29,9 @@ import re
 from typing import Any, NamedTuple
 
 PROMPTS = ("candidate", "open")
-TRAINED = ("sft", "dmpo", "sdpo", "dynamicpo", "llara", "ilora", "soft")
-PREFERENCE = ("dmpo", "sdpo", "dynamicpo")
+PREFERENCE = ("dmpo", "sdpo", "dynamicpo", "lpo4rec", "napo", "grpo", "sprec")  # workflow/llm/preference.py
+TRAINED = ("sft", "dmpo", "sdpo", "dynamicpo", "llara", "ilora", "soft", "lpo4rec", "napo", "grpo", "sprec")
+TAKES_K = tuple(m for m in PREFERENCE if m != "sprec")  # the -k flag; sprec's one negative is fixed
 HYBRID = ("llara", "ilora")  # the hybrid prompt: SASRec item embeddings after each title
 GATES = ("sequence", "random", "uniform")  # iLoRA's gate inputs (workflow/llm/ilora.py)
 METHODS = ("base", *TRAINED)
@@ -44,7 +45,7 @@ PROMPT_PROTOCOLS = {"candidate": ("likelihood", "generation", "generation_constr
 # its value, the methods it applies to). The one grammar of run names: `parse` reads names by it and
 # `wildcard_pattern` builds the rules' `run` wildcard constraints from it.
 FLAG_SYNTAX = (
-    ("k", "k", "negatives", "[0-9]+", PREFERENCE),
+    ("k", "k", "negatives", "[0-9]+", TAKES_K),
     ("x", "experts", "experts", "[0-9]+", ("ilora",)),
     ("g", "gate", "gate", "[a-z]+", ("ilora",)),
     ("a", "alpha", "alpha", r"[0-9]+(?:\.[0-9]+)?", ("soft",)),
@@ -53,7 +54,7 @@ FLAG_SYNTAX = (
     ("s", "seed", "seed", "[0-9]+", TRAINED),
 )
 FLAGS = tuple((flag, field) for flag, field, *_ in FLAG_SYNTAX)
-NAME = re.compile("^(?P<method>[a-z]+)-(?P<prompt>[a-z]+)"
+NAME = re.compile("^(?P<method>[a-z][a-z0-9]*)-(?P<prompt>[a-z]+)"
                   + "".join(f"(?:-{flag}(?P<{field}>{value}))?" for flag, field, _, value, _ in FLAG_SYNTAX) + "$")
 
 
@@ -191,7 +192,7 @@ def block(run: Run, config: dict[str, Any]) -> dict[str, Any]:
 
 # Study grid axes: axis -> (the Run field it sets, the methods it applies to; None = every method).
 # `prompt` and `budget` apply to every method; the others override a key of the method's block.
-AXES = {"prompt": ("prompt", None), "k": ("k", PREFERENCE), "epochs": ("epochs", None),
+AXES = {"prompt": ("prompt", None), "k": ("k", TAKES_K), "epochs": ("epochs", None),
         "budget": ("budget", None), "n_experts": ("experts", ("ilora",)), "gate": ("gate", ("ilora",)),
         "alpha": ("alpha", ("soft",))}
 

@@ -5,6 +5,34 @@ for the chosen answer, shape [B], and for k negatives, shape [B, k], and returns
 (loss: scalar tensor, diagnostics: dict of floats). Rewards are r = log pi_theta - log pi_ref.
 The trainers call these and never re-implement them.
 
+Notation as DESIGN section 5: l_w, l_j the policy log-probs of the positive and the j-th negative,
+r_w, r_j the rewards, sigma the logistic function, each loss the mean over the batch of the
+per-instance term given here.
+
+- dpo (k = 1):  -log sigma(beta (r_w - r_1))
+- dmpo:         -log sigma(beta (r_w - mean_j r_j));  pairwise: mean_j -log sigma(beta (r_w - r_j))
+- sdpo:         -log sigma(-log sum_j exp(beta (r_j - r_w)))
+- dynamicpo:    -log sigma(mean_{j in B} beta_j (r_w - r_j))  (B, beta_j: `dynamicpo_weights`)
+- lpo4rec (arXiv 2507.02255), reference-free listwise Bradley-Terry over the positive and the k
+  negatives:    -log( exp(beta l_w) / (exp(beta l_w) + sum_j exp(beta l_j)) )
+                = logsumexp(beta l_w, beta l_1, ..., beta l_k) - beta l_w
+  The reference log-probs are accepted (uniform signature) and only enter the diagnostics. The
+  paper's "adaptive tail-item negatives" are a negative choice: strategy `tail` of
+  `workflow.llm.preference.choose_negatives`.
+- napo (arXiv 2508.09653): negatives N_i = the instance's own k, plus the shared ones the trainer
+  passes (`shared_*`, [B, m], other instances' negative answers scored under this prompt; none by
+  default); gamma_i = margin_scale * sigma(mean_{j in N_i} (r_w - r_j)), detached (confidence);
+                -log sigma(beta (r_w - mean_{j in N_i} r_j) - gamma_i)
+- grpo (group-relative policy gradient over the listed candidates, as ReRe / Rec-R1): candidates
+  c = 0 (the positive), 1..k; p_theta = softmax(beta [l_w, l_1..l_k]), p_ref = the same softmax of
+  the reference log-probs (beta = 1 by default: the policy's own relative likelihoods); G candidates
+  s_1..s_G drawn from p_theta (detached); R_g = 1[s_g = 0];
+  A_g = (R_g - mean_G R) / (std_G R + eps) (std with Bessel's correction, as TRL);
+                -mean_g A_g log p_theta(s_g) + kl_coef * KL(p_theta || p_ref),
+  KL exact over the 1 + k candidates: sum_c p_theta(c) (log p_theta(c) - log p_ref(c)).
+- sprec (SPRec, one round) has no loss of its own: it is `dpo` with the reference's top-ranked
+  wrong candidate as the one negative (strategy `self`).
+
 SOFT's mixed cross-entropy (`soft_mixed_ce`, at the end) takes the policy's summed log-probs and
 token counts of the true and the self-distilled answer of each sample instead (no reference).
 """
@@ -132,7 +160,120 @@ def dynamicpo(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: fl
                               beta_mean=float(beta_j.sum() / size.sum()))
 
 
-OBJECTIVES = {"dpo": dpo, "dmpo": dmpo, "sdpo": sdpo, "dynamicpo": dynamicpo}
+def lpo4rec(policy_chosen, policy_rejected, ref_chosen=None, ref_rejected=None, beta: float = 1.0):
+    """LPO4Rec (arXiv 2507.02255): reference-free listwise Bradley-Terry over the positive and the k
+    negatives, -log softmax(beta [l_w, l_1..l_k])_0 = logsumexp(beta l) - beta l_w.
+
+    The reference arguments are ignored by the loss (the trainer passes them to every objective); when
+    given, the diagnostics report rewards against them as for the other objectives, beside the
+    policy's own `logprob_accuracy` (l_w > l_j share) and `p_chosen` (the listwise probability of the
+    positive). Against the paper and its code (github Yuhanleeee/LPO4Rec, main.py): the authors train
+    a SASRec model (scores over the whole catalogue), not an LLM over candidate answers; their code
+    applies a temperature to softmaxed scores, draws its negatives by Gumbel top-k among the head
+    (popular, non-tail) items, adds the LPO term (weight 0.5) to cross-entropy and reweights the batch
+    towards samples whose target is a tail item. Here: the loss above alone (add an SFT term with
+    `gamma`), beta as the inverse temperature on summed log-probs, negatives by the run's strategy
+    (`tail`: the least popular candidates preferred; `head`: the most popular), no sample reweighting.
+    """
+    logits = beta * torch.cat([policy_chosen[:, None], policy_rejected], dim=1)
+    log_p = torch.log_softmax(logits, dim=1)
+    loss = -log_p[:, 0].mean()
+    if ref_chosen is None or ref_rejected is None:
+        r_w, r_j = policy_chosen, policy_rejected
+    else:
+        r_w, r_j = rewards(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
+    gap = (policy_chosen[:, None] - policy_rejected).detach()
+    return loss, _diagnostics(r_w, r_j, logprob_accuracy=float((gap > 0).float().mean()),
+                              p_chosen=float(log_p[:, 0].detach().exp().mean()))
+
+
+def napo(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: float = 0.1, margin_scale: float = 0.2,
+         shared_policy_rejected=None, shared_ref_rejected=None, shared_mask=None):
+    """NAPO (arXiv 2508.09653), as implemented here:
+    -log sigma(beta (r_w - mean_{j in N} r_j) - gamma), gamma = margin_scale * sigma(mean_{j in N}(r_w - r_j))
+    detached, N = the k own negatives plus the shared ones.
+
+    Shared negatives (in-batch negative sharing) are optional: `shared_policy_rejected` and
+    `shared_ref_rejected` [B, m] are the log-probs of other instances' negative answers scored under
+    *this* instance's prompt, `shared_mask` [B, m] (bool, default all) which of them count (e.g. only
+    those of similar users). A summed log-prob is a property of (prompt, answer), so another prompt's
+    scores cannot be reused as they are; the trainer passes none today, and the objective is then
+    multi-negative DPO (DMPO) with the dynamic margin.
+
+    Simplifications against the paper (read from its abstract and summaries; the full method text
+    was not available offline): the paper reuses the log-probs other sequences of the batch computed
+    for their negatives, filtered by user similarity, without extra decoding; here that needs scores
+    under this prompt (see above). The paper's margin comes from the confidence of each negative given
+    by a lightweight auxiliary model (larger margin for confident negatives, smaller for likely false
+    negatives); here the confidence is the policy's own, per instance: sigma of the mean reward gap,
+    detached, times `margin_scale`. At r = 0 (policy = reference) the loss is log(1 + e^(margin_scale/2)).
+
+    The margin grows with the gap, so the loss *value* is monotone in r_w only while
+    margin_scale * sigma'(gap) < beta, i.e. everywhere when margin_scale < 4 beta (the default 0.2
+    with beta 0.1); the gradient, which holds gamma fixed, always raises r_w and lowers the r_j.
+    """
+    r_w, r_j = rewards(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
+    weights = torch.ones_like(r_j)
+    if shared_policy_rejected is not None:
+        if shared_ref_rejected is None:
+            raise ValueError("napo: shared negatives need both policy and reference log-probs")
+        shared = shared_policy_rejected - shared_ref_rejected
+        mask = torch.ones_like(shared) if shared_mask is None else shared_mask.to(shared.dtype)
+        r_j = torch.cat([r_j, shared], dim=1)
+        weights = torch.cat([weights, mask], dim=1)
+    mean_r_j = (weights * r_j).sum(dim=1) / weights.sum(dim=1)
+    gap = r_w - mean_r_j  # = mean_j (r_w - r_j) over N
+    gamma = (margin_scale * torch.sigmoid(gap)).detach()
+    loss = -F.logsigmoid(beta * gap - gamma).mean()
+    own_k = policy_rejected.shape[1]
+    return loss, _diagnostics(r_w, r_j[:, :own_k], margin_mean=float(gamma.mean()),
+                              negatives=float(weights.sum(dim=1).mean()))
+
+
+def grpo_advantages(group_rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """(R - mean_G R) / (std_G R + eps) per row of [B, G] rewards; std with Bessel's correction
+    (torch's default, as TRL's GRPO). A row of equal rewards gets advantage 0."""
+    if group_rewards.shape[1] < 2:
+        raise ValueError("grpo needs a group of at least 2 samples per instance")
+    mean = group_rewards.mean(dim=1, keepdim=True)
+    std = group_rewards.std(dim=1, keepdim=True)
+    centred = group_rewards - mean
+    return torch.where(std > 0, centred / (std + eps), torch.zeros_like(centred))
+
+
+def grpo(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: float = 1.0, group_size: int = 8,
+         kl_coef: float = 0.04, eps: float = 1e-6, samples=None, generator=None):
+    """Group-relative policy gradient over the listed candidates (as ReRe / Rec-R1).
+
+    p_theta = softmax(beta [l_w, l_1..l_k]) over the 1 + k candidates (index 0 = the positive; beta an
+    inverse temperature, 1 = the policy's own relative likelihoods); G =
+    `group_size` candidates are drawn from it (detached, with replacement) unless `samples` [B, G]
+    (candidate indices) is given; R_g = 1 if s_g = 0 else 0; A = `grpo_advantages(R)`;
+    loss = -mean_{b,g} A_g log p_theta(s_g) + kl_coef * mean_b KL(p_theta || p_ref),
+    p_ref = softmax(beta [reference log-probs]), the KL exact over the candidates.
+
+    One optimisation step per sampled group, so the PPO ratio is 1 and clipping never acts: the
+    surrogate's gradient is A grad log p. Sampling uses `generator` (a CPU torch.Generator), else
+    torch's global CPU generator (seeded and checkpointed by the trainer).
+    """
+    log_p = torch.log_softmax(beta * torch.cat([policy_chosen[:, None], policy_rejected], dim=1), dim=1)
+    log_ref = torch.log_softmax(beta * torch.cat([ref_chosen[:, None], ref_rejected], dim=1), dim=1)
+    if samples is None:
+        probs = log_p.detach().exp().double().cpu()
+        samples = torch.multinomial(probs, group_size, replacement=True, generator=generator)
+    samples = samples.to(log_p.device).long()
+    group_rewards = (samples == 0).to(log_p.dtype)
+    advantages = grpo_advantages(group_rewards, eps)
+    policy_gradient = -(advantages * log_p.gather(1, samples)).mean()
+    kl = (log_p.exp() * (log_p - log_ref)).sum(dim=1).mean()
+    loss = policy_gradient + kl_coef * kl
+    r_w, r_j = rewards(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
+    return loss, _diagnostics(r_w, r_j, kl=float(kl.detach()), sample_hit_rate=float(group_rewards.mean()),
+                              p_chosen=float(log_p[:, 0].detach().exp().mean()))
+
+
+OBJECTIVES = {"dpo": dpo, "dmpo": dmpo, "sdpo": sdpo, "dynamicpo": dynamicpo, "lpo4rec": lpo4rec, "napo": napo,
+              "grpo": grpo}
 
 
 # ----------------------------------------------------------------------------- SOFT

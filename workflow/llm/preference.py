@@ -34,7 +34,7 @@ from workflow.llm.sft import read_training_samples
 
 log = logging.getLogger(__name__)
 
-METHODS = ("dmpo", "sdpo", "dynamicpo")
+METHODS = ("dmpo", "sdpo", "dynamicpo", "lpo4rec", "napo", "grpo", "sprec")
 
 
 def settings(method: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -96,8 +96,16 @@ def read_reference(path: str | Path, examples: Sequence[dict[str, Any]]) -> list
 
 
 def choose_negatives(n_candidates: int, target: int, k: int, strategy: str, rng: np.random.Generator,
-                     reference: np.ndarray | None = None) -> list[int]:
-    """Indices of k negatives among a sample's candidates (never the target)."""
+                     reference: np.ndarray | None = None, popularity: np.ndarray | None = None) -> list[int]:
+    """Indices of k negatives among a sample's candidates (never the target).
+
+    `random`: k uniformly (seeded rng); `hardest`: the k highest reference log-probs; `all`: every
+    non-target candidate; `self` (SPRec): the reference's top-ranked wrong candidate, k must be 1 (=
+    `hardest` with k = 1: the reference is the round's starting model); `tail` (LPO4Rec): k drawn
+    without replacement with probability proportional to 1 / (1 + count), so the least popular
+    candidates are preferred; `head`: proportional to 1 + count (the most popular preferred, closer to
+    the LPO4Rec authors' code, which draws its negatives among head items). `popularity` holds the
+    training interaction count of each candidate (in candidate order)."""
     others = [j for j in range(n_candidates) if j != target]
     if strategy == "all":
         return others
@@ -105,25 +113,58 @@ def choose_negatives(n_candidates: int, target: int, k: int, strategy: str, rng:
         raise ValueError(f"k={k} negatives asked for, but a sample has only {len(others)} non-target candidates")
     if strategy == "random":
         return sorted(rng.choice(others, size=k, replace=False).tolist())
-    if strategy == "hardest":
+    if strategy in ("hardest", "self"):
+        if strategy == "self" and k != 1:
+            raise ValueError(f"strategy 'self' (SPRec) takes exactly one negative, got k={k}")
         if reference is None:
-            raise ValueError("strategy 'hardest' needs the reference log-probs of every candidate")
+            raise ValueError(f"strategy '{strategy}' needs the reference log-probs of every candidate")
         # stable sort on -logprob: ties keep candidate order, so the choice is deterministic
         order = sorted(others, key=lambda j: (-float(reference[j]), j))
         return order[:k]
-    raise ValueError(f"unknown negative strategy {strategy!r} (known: random, hardest, all)")
+    if strategy in ("tail", "head"):
+        if popularity is None:
+            raise ValueError(f"strategy '{strategy}' needs the popularity of every candidate")
+        counts = np.asarray(popularity, dtype=np.float64)[others]
+        if (counts < 0).any():
+            raise ValueError("popularity counts must be >= 0")
+        weights = 1.0 / (1.0 + counts) if strategy == "tail" else 1.0 + counts
+        return sorted(rng.choice(others, size=k, replace=False, p=weights / weights.sum()).tolist())
+    raise ValueError(f"unknown negative strategy {strategy!r} (known: random, hardest, all, self, tail, head)")
+
+
+def item_popularity(samples: pd.DataFrame) -> dict[str, int]:
+    """Item id -> occurrences in the train split's histories and targets of a samples table (every
+    train sample counted, so an item early in a user's sequence counts once per later sample that
+    still holds it in its history: a popularity rank, not an interaction count)."""
+    train_rows = samples[samples["split"] == "train"] if "split" in samples.columns else samples
+    counts: dict[str, int] = {}
+    for history, target in zip(train_rows["history"], train_rows["target"]):
+        for item in [*map(str, history), str(target)]:
+            counts[item] = counts.get(item, 0) + 1
+    return counts
 
 
 def with_negatives(examples: list[dict[str, Any]], k: int, strategy: str, seed: int,
-                   full_reference: list[np.ndarray] | None = None) -> list[dict[str, Any]]:
-    """Per example: answers reordered as [target, negatives...] (seeded; `hardest` reads the
-    reference log-probs of all candidates)."""
+                   full_reference: list[np.ndarray] | None = None,
+                   popularity: dict[str, int] | None = None) -> list[dict[str, Any]]:
+    """Per example: answers reordered as [target, negatives...] (seeded; `hardest` and `self` read the
+    reference log-probs of all candidates, `tail` and `head` the item popularity). Without
+    `popularity` (the trainer does not pass it yet), `tail` and `head` count each item's occurrences as
+    the target of the given examples (the training targets of the run's selection)."""
     rng = np.random.default_rng([seed, 0x5EED])
+    if strategy in ("tail", "head") and popularity is None:
+        popularity = {}
+        for example in examples:
+            target = example["candidates"][example["target"]]
+            popularity[target] = popularity.get(target, 0) + 1
+        log.warning("negative strategy %s: no item popularity given, counting the %d training targets instead",
+                    strategy, len(examples))
     chosen = []
     for i, example in enumerate(examples):
         ref = None if full_reference is None else full_reference[i]
+        pop = None if popularity is None else np.array([popularity.get(str(c), 0) for c in example["candidates"]])
         order = [example["target"],
-                 *choose_negatives(len(example["answers"]), example["target"], k, strategy, rng, ref)]
+                 *choose_negatives(len(example["answers"]), example["target"], k, strategy, rng, ref, pop)]
         chosen.append({"prompt": example["prompt"], "answers": [example["answers"][j] for j in order],
                        "order": order})
     return chosen
@@ -143,12 +184,21 @@ def make_loss_fn(method: str, cfg: dict[str, Any], scorer=None):
 
     scorer = scorer or candidate_logprobs
 
-    objective = losses.OBJECTIVES[method]
+    # sprec (one SPRec round) is DPO on the reference's top-ranked wrong candidate (strategy self)
+    objective = losses.OBJECTIVES["dpo" if method == "sprec" else method]
     kwargs: dict[str, Any] = {"beta": float(cfg["beta"])}
     if method == "dmpo":
         kwargs["pairwise"] = bool(cfg.get("pairwise", False))
     if method == "dynamicpo":
         kwargs["margin"] = float(cfg.get("margin", 6.0))
+    if method == "napo":
+        kwargs["margin_scale"] = float(cfg.get("margin_scale", 0.2))
+    if method == "grpo":
+        kwargs["group_size"] = int(cfg.get("group_size", 8))
+        kwargs["kl_coef"] = float(cfg.get("kl_coef", 0.04))
+    if method == "sprec" and int(cfg.get("rounds", 1)) != 1:
+        raise ValueError(f"sprec: rounds={cfg['rounds']} asked for, but only one round runs (the rounds are "
+                         "not chained yet: set rounds: 1)")
     gamma = float(cfg.get("gamma", 0.0))
 
     def loss_fn(model, batch):
