@@ -445,13 +445,14 @@ def evaluate(model, tokenizer, samples: pd.DataFrame, items: pd.DataFrame, *, pr
              domain: str, llm: dict, evaluation: dict, autocast: Callable = contextlib.nullcontext,
              title_embeddings: np.ndarray | None = None, prompt: str = "candidate",
              seed: int = 0, item_marker: str | None = None,
-             hooks_for: Callable[[pd.DataFrame, list], SampleHooks] | None = None
-             ) -> tuple[pd.DataFrame, dict[str, dict[str, np.ndarray]]]:
+             hooks_for: Callable[[pd.DataFrame, list], SampleHooks] | None = None,
+             decode_mask: np.ndarray | None = None) -> tuple[pd.DataFrame, dict[str, dict[str, np.ndarray]]]:
     """(predictions frame, protocol -> metric -> per-sample values), rows in the order of `samples`;
     a protocol run on a subset (generation_samples) has NaN for the other samples.
     `title_embeddings` [n_items, H] in the row order of `items` (grounded protocol only).
     A hybrid-prompt model (workflow/llm/llara.py) passes its `item_marker` and
-    `hooks_for(samples, prompt_ids) -> sample_hooks` (see encoded_passes)."""
+    `hooks_for(samples, prompt_ids) -> sample_hooks` (see encoded_passes). `decode_mask`: the samples
+    to decode, when the caller drew the generation subset over more samples than these (a shard)."""
     from workflow.runs import PROMPT_PROTOCOLS
 
     unsupported = [p for p in protocols if p not in PROMPT_PROTOCOLS[prompt]]
@@ -475,8 +476,12 @@ def evaluate(model, tokenizer, samples: pd.DataFrame, items: pd.DataFrame, *, pr
     score = "likelihood" in protocols or "likelihood_reversed" in protocols
     free = next((p for p in protocols if p in ("generation", "grounded")), None)
     constrained = "generation_constrained" in protocols
-    decode = (generation_subset(pred["sample_id"], evaluation.get("generation_samples"), seed) if free or constrained
-              else np.zeros(n, dtype=bool))
+    if not (free or constrained):
+        decode = np.zeros(n, dtype=bool)
+    elif decode_mask is not None:
+        decode = np.asarray(decode_mask, dtype=bool)
+    else:
+        decode = generation_subset(pred["sample_id"], evaluation.get("generation_samples"), seed)
     logprob = np.zeros((n, len(candidates[0])), dtype=np.float32) if score else None
     tokens = np.zeros_like(logprob, dtype=np.int64) if score else None
     answers: list[str | None] = [None] * n
@@ -573,6 +578,28 @@ def evaluate(model, tokenizer, samples: pd.DataFrame, items: pd.DataFrame, *, pr
     return frame, values
 
 
+def evaluate_sharded(model, tokenizer, samples: pd.DataFrame, items: pd.DataFrame, *, evaluation: dict, seed: int = 0,
+                     **kwargs) -> tuple[pd.DataFrame, dict[str, dict[str, np.ndarray]]]:
+    """`evaluate` with the samples split across the ranks of a torchrun job (round-robin), each
+    rank's predictions and per-sample values gathered and merged back into sample order (on every
+    rank; rank 0 writes). The generation subset is drawn over all samples first, so it is the one a
+    single process decodes. One process: `evaluate` itself."""
+    from workflow.llm import distributed
+
+    n_ranks = distributed.world_size()
+    if n_ranks <= 1:
+        return evaluate(model, tokenizer, samples, items, evaluation=evaluation, seed=seed, **kwargs)
+    decode = generation_subset(samples["sample_id"].astype(str), evaluation.get("generation_samples"), seed)
+    rows = distributed.shard(np.arange(len(samples)))
+    frame, values = evaluate(model, tokenizer, samples.iloc[rows].reset_index(drop=True), items,
+                             evaluation=evaluation, seed=seed, decode_mask=decode[rows], **kwargs)
+    parts = distributed.gather_objects((frame, values))
+    merged = pd.DataFrame({c: distributed.unshard([list(f[c]) for f, _ in parts]) for c in frame.columns})
+    merged_values = {protocol: {metric: np.asarray(distributed.unshard([list(v[protocol][metric]) for _, v in parts]))
+                                for metric in per_metric} for protocol, per_metric in values.items()}
+    return merged, merged_values
+
+
 def metrics_table(samples: pd.DataFrame, values: dict[str, dict[str, np.ndarray]], *, dataset: str, method: str,
                   selection: str) -> pd.DataFrame:
     """The long per-sample table; samples a protocol did not evaluate (NaN, see generation_samples)
@@ -626,7 +653,8 @@ def main(argv=None) -> int:
     p.add_argument("--metrics", required=True)
 
     def run(args):
-        from workflow.llm.model import autocast, resolve_device
+        from workflow.llm import distributed
+        from workflow.llm.model import autocast, model_device
 
         s = settings(args.spec)
         llm, evaluation, domain, prompt = s["llm"], s["evaluation"], s["domain"], s["prompt"]
@@ -648,20 +676,23 @@ def main(argv=None) -> int:
             if not args.surrogate:
                 raise ValueError(f"{args.adapter} is a llara/ilora adapter: pass --surrogate")
             model, tokenizer, parts = llara.load_for_evaluation(args.model_dir, args.adapter, args.surrogate,
-                                                                llm["device"], llm["dtype"], llm["attention"])
+                                                                llm["device"], llm["dtype"], llm["attention"],
+                                                                llm["quantization"])
             hybrid = {"item_marker": llara.PLACEHOLDER,
                       "hooks_for": lambda frame, ids: llara.evaluation_hooks(parts, model, frame, ids, prompt,
                                                                              args.surrogate)}
         else:
             model, tokenizer = load_for_evaluation(args.model_dir, args.adapter, llm["device"], llm["dtype"],
-                                                   llm["attention"])
-        device = resolve_device(llm["device"])
+                                                   llm["attention"], llm["quantization"])
+        device = model_device(model)
         log.info("%s/%s/%s: %d samples (%s), %s prompt, protocols %s", args.dataset, args.method, args.selection,
                  len(samples), ", ".join(evaluation["splits"]), prompt, ", ".join(evaluation["protocols"]))
-        predictions, values = evaluate(model, tokenizer, samples, items, protocols=evaluation["protocols"],
-                                       domain=domain, llm=llm, evaluation=evaluation,
-                                       autocast=lambda: autocast(device, llm["dtype"]), title_embeddings=embeddings,
-                                       prompt=prompt, seed=args.seed, **hybrid)
+        predictions, values = evaluate_sharded(
+            model, tokenizer, samples, items, protocols=evaluation["protocols"], domain=domain, llm=llm,
+            evaluation=evaluation, autocast=lambda: autocast(device, llm["dtype"]), title_embeddings=embeddings,
+            prompt=prompt, seed=args.seed, **hybrid)
+        if not distributed.is_main():
+            return
         table = metrics_table(samples, values, dataset=args.dataset, method=args.method, selection=args.selection)
         schema = METRICS_SCHEMA
         if args.trained_on:

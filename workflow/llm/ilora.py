@@ -40,8 +40,11 @@ class ExpertLoRALinear(nn.Module):
         self.base = base
         self.n_experts, self.rank_per_expert = n_experts, r // n_experts
         self.scaling = alpha / self.rank_per_expert
-        self.lora_A = nn.Parameter(torch.empty(r, base.in_features))
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r))
+        # created where the base layer lives (no move after attaching: a 7B model is on its GPU
+        # already); float32 master weights, as PEFT keeps LoRA weights under a bf16/k-bit base
+        where = {"device": base.weight.device, "dtype": torch.float32}
+        self.lora_A = nn.Parameter(torch.empty(r, base.in_features, **where))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, **where))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # PEFT's LoRA initialisation
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.gate: torch.Tensor | None = None  # [B, n_experts], set by experts_gate
@@ -146,5 +149,6 @@ def build_router(kind: str, d: int, n_experts: int) -> nn.Module:
 def gate_weights(router: nn.Module | None, inputs: torch.Tensor | None, n_experts: int, batch: int) -> torch.Tensor:
     """softmax(router(inputs)) [B, n]; uniform 1/n without a router (the `uniform` gate)."""
     if router is None:
-        return torch.full((batch, n_experts), 1.0 / n_experts)
+        device = inputs.device if inputs is not None else None
+        return torch.full((batch, n_experts), 1.0 / n_experts, device=device)
     return torch.softmax(router(inputs).float(), dim=-1)

@@ -202,11 +202,35 @@ def build_parts(cfg: dict[str, Any], tokenizer, surrogate_dir: str | Path,
                   cfg.get("n_experts", 1), cfg.get("gate", "sequence"))
 
 
-def load_for_evaluation(model_dir, adapter, surrogate_dir, device="auto", dtype="auto", attention="auto"):
+def attach(method: str, model: nn.Module, block: dict[str, Any], cfg: dict[str, Any], tokenizer,
+           surrogate_dir: str | Path, item_table: tuple[dict[str, int], torch.Tensor] | None,
+           seed: int) -> tuple[nn.Module, Hybrid]:
+    """What a llara or ilora run trains, attached to `model`: a PEFT LoRA or the experts, then the
+    projector (and router) as submodules. Everything is created on the model's device (no move
+    after attaching; a 7B model is already on its GPU); initial weights depend on `seed` only."""
+    from workflow.llm.model import model_device
+
+    if method == "llara":
+        model = train.add_lora(model, block, seed)
+    else:
+        ilora.add_experts(model, block, int(block["n_experts"]), seed)
+    device = model_device(model)
+    torch.manual_seed(seed + 1)  # the projector's and router's initial weights: a function of the seed
+    with torch.device(device):
+        parts = build_parts(cfg, tokenizer, surrogate_dir, item_table)
+    parts = parts._replace(item_vectors=parts.item_vectors.to(device))
+    model.add_module("hybrid_projector", parts.projector)
+    if parts.router is not None:
+        model.add_module("ilora_router", parts.router)
+    return model, parts
+
+
+def load_for_evaluation(model_dir, adapter, surrogate_dir, device="auto", dtype="auto", attention="auto",
+                        quantization="none"):
     """(model, tokenizer, Hybrid) of a trained llara or ilora adapter folder, in eval mode."""
     from safetensors.torch import load_file
 
-    from workflow.llm.model import load_for_evaluation as load_peft, load_model, resolve_device, resolve_dtype
+    from workflow.llm.model import load_for_evaluation as load_peft, load_model, model_device, resolve_dtype
 
     adapter = Path(adapter)
     path = adapter / HYBRID_FILE
@@ -214,25 +238,27 @@ def load_for_evaluation(model_dir, adapter, surrogate_dir, device="auto", dtype=
         raise FileNotFoundError(f"{adapter}: not a llara/ilora adapter folder (no {HYBRID_FILE})")
     cfg = json.loads(path.read_text())
     if cfg["method"] == "llara":
-        model, tokenizer = load_peft(model_dir, adapter, device, dtype, attention)
+        model, tokenizer = load_peft(model_dir, adapter, device, dtype, attention, quantization)
     else:
-        model, tokenizer = load_model(model_dir, device=device, dtype=dtype, attention=attention, training=False)
+        model, tokenizer = load_model(model_dir, device=device, dtype=dtype, attention=attention, training=False,
+                                      quantization=quantization)
         ilora.add_experts(model, cfg, cfg["n_experts"], seed=0)
         missing = set(ilora.expert_state(model)) ^ set(weights := load_file(adapter / "experts.safetensors"))
         if missing:
             raise ValueError(f"{adapter}/experts.safetensors: expert weights do not match the model ({sorted(missing)[:3]})")
         model.load_state_dict(weights, strict=False)
         model.requires_grad_(False)
-        train.cast_frozen_linears(model, resolve_dtype(dtype, resolve_device(device)))
+        train.cast_frozen_linears(model, resolve_dtype(dtype, model_device(model)))
         model.eval()
-    parts = build_parts(cfg, tokenizer, surrogate_dir)
+    device = model_device(model)
+    with torch.device(device):
+        parts = build_parts(cfg, tokenizer, surrogate_dir)
     parts.projector.load_state_dict(load_file(adapter / "projector.safetensors"))
     if parts.router is not None:
         parts.router.load_state_dict(load_file(adapter / "router.safetensors"))
-    device = resolve_device(device)
     for module in (parts.projector, parts.router):
         if module is not None:
-            module.to(device).eval().requires_grad_(False)
+            module.eval().requires_grad_(False)
     return model, tokenizer, parts._replace(item_vectors=parts.item_vectors.to(device))
 
 
@@ -314,15 +340,14 @@ def run_hybrid(method: str, model_dir: str | Path, samples_path: str | Path, ite
     """Train a llara or ilora adapter (module docstring) and save it to `out`."""
     from safetensors.torch import save_file
 
-    from workflow.llm.model import autocast, load_model, resolve_device, resolve_dtype
+    from workflow.llm.model import autocast, load_for_training
     from workflow.llm.sft import read_training_samples
 
     s = settings(method, spec)
     llm, block, domain, prompt = s["llm"], s[method], s["domain"], s["prompt"]
     samples = read_training_samples(samples_path, selection_path, s["budget"], seed)
     items = pd.read_parquet(items_path, columns=["item_id", "title"])
-    model, tokenizer = load_model(model_dir, device=llm["device"], dtype=llm["dtype"], attention=llm["attention"])
-    device = resolve_device(llm["device"])
+    model, tokenizer, device, compute = load_for_training(model_dir, llm)
     item_row, vectors = read_item_vectors(surrogate_dir)
     cfg = hybrid_config(method, block, vectors.shape[1], model.config.hidden_size)
     examples = hybrid_examples(samples, items, tokenizer, domain, llm, prompt, placeholder_id(tokenizer))
@@ -330,17 +355,8 @@ def run_hybrid(method: str, model_dir: str | Path, samples_path: str | Path, ite
     if unknown:
         raise ValueError(f"{surrogate_dir}: no SASRec embedding of item '{unknown[0]}'")
 
-    if method == "llara":
-        model = train.add_lora(model, block, seed)
-    else:
-        ilora.add_experts(model, block, int(block["n_experts"]), seed)
-    torch.manual_seed(seed + 1)  # the projector's and router's initial weights: a function of the seed
-    parts = build_parts(cfg, tokenizer, surrogate_dir, (item_row, vectors))
-    parts = parts._replace(item_vectors=parts.item_vectors.to(device))
-    model.add_module("hybrid_projector", parts.projector.to(device))
-    if parts.router is not None:
-        model.add_module("ilora_router", parts.router.to(device))
-    train.cast_frozen_linears(model, resolve_dtype(llm["dtype"], device))
+    model, parts = attach(method, model, block, cfg, tokenizer, surrogate_dir, (item_row, vectors), seed)
+    train.cast_frozen_linears(model, compute)
 
     gate_vectors = None
     if method == "ilora" and parts.gate != "uniform":
@@ -366,7 +382,8 @@ def run_hybrid(method: str, model_dir: str | Path, samples_path: str | Path, ite
     source = Path(model_dir) / "llmrec_source.json"
     train_log = train.train(
         model, examples, collate_with(gate_vectors), make_loss_fn(parts, state), block, seed=seed,
-        checkpoint_dir=checkpoint, autocast=lambda: autocast(device, llm["dtype"]), desc=method,
+        checkpoint_dir=checkpoint, autocast=lambda: autocast(device, compute), desc=method,
+        scaler=train.grad_scaler(device, compute),
         fingerprint_extra={"model_dir": str(model_dir), "surrogate": str(surrogate_dir), "hybrid": cfg,
                            "source": source.read_text() if source.exists() else None},
         param_options=param_options, step_start=step_start)

@@ -2,12 +2,22 @@
 pick device and compute dtype, load model + tokenizer.
 
 Dtype policy (`llm.dtype`):
-- `auto`: CUDA -> bfloat16 when the GPU supports it (else float32); CPU -> bfloat16 autocast when
+- `auto`: CUDA -> bfloat16 when the GPU computes it natively (Ampere and newer), else float16 with
+  loss scaling (a T4 or V100 emulates bf16 slowly; `torch.cuda.is_bf16_supported()` counts the
+  emulation, so it is asked with including_emulation=False); CPU -> bfloat16 autocast when
   the CPU has native bf16 instructions (avx512_bf16 / amx_bf16; measured ~4x faster matmuls than
   fp32 here), else float32.
 - `float32`: no autocast anywhere. `bfloat16` / `float16`: autocast to that dtype.
 Weights: kept in float32 on CPU (autocast casts per matmul; LoRA master weights stay fp32), stored
 in the compute dtype on CUDA (memory). Callers wrap forward passes in `autocast(device, dtype)`.
+
+Loading (`load_model`) keeps one copy of the weights in host memory: transformers builds the model
+on the meta device and loads the safetensors shards straight onto `device` (accelerate's
+`device_map`), so a GPU job's host peak is about one shard, not twice the weights
+(bench/bench_loading.py). `llm.quantization` (`int8`, `nf4`: bitsandbytes through transformers'
+quantization config) loads the frozen linears in k-bit on CUDA; `prepare_for_training` then applies
+PEFT's k-bit preparation, and `llm.gradient_checkpointing` recomputes activations in the backward.
+Under torchrun a bare `cuda` device means the rank's own GPU (`workflow.llm.distributed`).
 
 CLI (the base-model rule calls this):
     python -m workflow.llm.model --base-model embedded --out results/models/base
@@ -134,7 +144,7 @@ def resolve_dtype(name: str | torch.dtype = "auto", device: str | torch.device =
         return _DTYPES[name]
     device = resolve_device(device)
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     return torch.bfloat16 if _cpu_has_fast_bf16() else torch.float32
 
 
@@ -199,36 +209,100 @@ def resolve_attention(name: str = "auto", device: str | torch.device = "auto",
     return "eager" if cpu_bf16 and training else "sdpa"
 
 
+QUANTIZATION = ("none", "int8", "nf4")
+
+
+def quantization_config(name: str, compute: torch.dtype, device: torch.device):
+    """transformers' BitsAndBytesConfig for `llm.quantization` (None for `none`). NF4 as QLoRA: double
+    quantisation, compute in the run's dtype. bitsandbytes' kernels need CUDA."""
+    if name not in QUANTIZATION:
+        raise ValueError(f"config key 'llm.quantization': {name!r} is not one of {', '.join(QUANTIZATION)}")
+    if name == "none":
+        return None
+    if device.type != "cuda":
+        raise ValueError(f"config key 'llm.quantization': {name} needs a CUDA device (llm.device is {device})")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ValueError(f"config key 'llm.quantization': {name} needs the bitsandbytes package (envs/gpu.yaml)")
+    from transformers import BitsAndBytesConfig
+
+    if name == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute)
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of the model's weights (where every module a method adds is created)."""
+    return next(model.parameters()).device
+
+
 def load_model(model_dir: str | os.PathLike, device: str | torch.device = "auto",
-               dtype: str | torch.dtype = "auto", attention: str = "auto", *, training: bool = True):
+               dtype: str | torch.dtype = "auto", attention: str = "auto", *, training: bool = True,
+               quantization: str = "none"):
     """(model, tokenizer) from a converted model folder; the model is in eval mode on `device`.
     `training=False` for a model that only runs without gradients (picks the `auto` attention).
 
-    Weights: float32 on CPU (autocast does the low-precision compute), the compute dtype on CUDA.
-    Attention: `resolve_attention` (the scorer's custom 4D masks are tested with sdpa and eager).
+    Weights: float32 on CPU (autocast does the low-precision compute), the compute dtype on CUDA,
+    loaded straight onto the device (one copy in host memory; module docstring). Attention:
+    `resolve_attention` (the scorer's custom 4D masks are tested with sdpa and eager).
     """
     from transformers import AutoModelForCausalLM
 
+    from workflow.llm import distributed
+
     path = _check_model_dir(model_dir)
-    device = resolve_device(device)
+    device = distributed.device_for_rank(resolve_device(device))
+    distributed.init(device)
     compute = resolve_dtype(dtype, device)
     weights = compute if device.type == "cuda" else torch.float32
     tokenizer = load_tokenizer(path)
     implementation = resolve_attention(attention, device, dtype, training=training)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=weights, attn_implementation=implementation)
-    model.to(device).eval()
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=weights, attn_implementation=implementation, device_map={"": device},
+        quantization_config=quantization_config(quantization, compute, device))
+    model.eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
 
 
-def load_for_evaluation(model_dir, adapter=None, device="auto", dtype="auto", attention="auto"):
+def prepare_for_training(model, llm: dict):
+    """Before adapters are attached: PEFT's k-bit preparation for a quantized model (frozen base,
+    fp32 norms, input gradients), and gradient checkpointing when `llm.gradient_checkpointing`
+    (non-reentrant: the LoRA gradients flow through recomputed blocks whose inputs need no grad)."""
+    checkpointing = bool(llm.get("gradient_checkpointing", False))
+    kwargs = {"use_reentrant": False}
+    if llm.get("quantization", "none") != "none":
+        from peft import prepare_model_for_kbit_training
+
+        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing,
+                                               gradient_checkpointing_kwargs=kwargs)
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        model.config.use_cache = False
+    return model
+
+
+def load_for_training(model_dir: str | os.PathLike, llm: dict):
+    """(model, tokenizer, device, compute dtype) of a training stage: `load_model` with the `llm`
+    block's device, dtype, attention and quantization, prepared by `prepare_for_training`."""
+    device = resolve_device(llm["device"])
+    model, tokenizer = load_model(model_dir, device=device, dtype=llm["dtype"], attention=llm["attention"],
+                                  quantization=llm.get("quantization", "none"))
+    model = prepare_for_training(model, llm)
+    device = model_device(model)
+    return model, tokenizer, device, resolve_dtype(llm["dtype"], device)
+
+
+def load_for_evaluation(model_dir, adapter=None, device="auto", dtype="auto", attention="auto",
+                        quantization="none"):
     """(model, tokenizer) in eval mode, no parameter requiring gradients; with `adapter`, the base
     model wrapped by the PEFT adapter. The no-grad attention (`resolve_attention(training=False)`),
     and the linear weights stored in the compute dtype (`train.cast_frozen_linears`: the results of
     autocast's per-matmul casts, without a cast of every weight at every generated token)."""
     from workflow.llm.train import cast_frozen_linears
 
-    model, tokenizer = load_model(model_dir, device=device, dtype=dtype, attention=attention, training=False)
+    model, tokenizer = load_model(model_dir, device=device, dtype=dtype, attention=attention, training=False,
+                                  quantization=quantization)
     if adapter:
         from peft import PeftModel
 

@@ -129,26 +129,25 @@ def sft_loss(model, batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]
 def run_sft(model_dir: str | Path, samples_path: str | Path, items_path: str | Path, selection_path: str | Path,
             spec: dict[str, Any], seed: int, out: str | Path) -> Path:
     """Train a LoRA adapter by SFT and save it to `out` (see the module docstring)."""
-    from workflow.llm.model import autocast, load_model, resolve_device, resolve_dtype
+    from workflow.llm.model import autocast, load_for_training
 
     s = settings(spec)
     llm, sft, domain = s["llm"], s["sft"], s["domain"]
     samples = read_training_samples(samples_path, selection_path, s["budget"], seed)
     items = pd.read_parquet(items_path, columns=["item_id", "title"])
-    model, tokenizer = load_model(model_dir, device=llm["device"], dtype=llm["dtype"], attention=llm["attention"])
+    model, tokenizer, device, compute = load_for_training(model_dir, llm)
     examples = sft_examples(samples, items, tokenizer, domain, llm, s["prompt"])
     n_answer = sum(len(e["answer"]) for e in examples)
     n_prompt = sum(len(e["prompt"]) for e in examples)
     log.info("SFT on %d samples, %s prompt: %d prompt + %d answer tokens, %d epochs", len(examples), s["prompt"],
              n_prompt, n_answer, sft["epochs"])
     model = train.add_lora(model, sft, seed)
-    device = resolve_device(llm["device"])
-    train.cast_frozen_linears(model, resolve_dtype(llm["dtype"], device))  # autocast's results, faster
+    train.cast_frozen_linears(model, compute)  # autocast's results, faster
     checkpoint = train.checkpoint_dir_for(out)
     source = Path(model_dir) / "llmrec_source.json"
     train_log = train.train(
         model, examples, collate, sft_loss, sft, seed=seed, checkpoint_dir=checkpoint,
-        autocast=lambda: autocast(device, llm["dtype"]), desc="sft",
+        autocast=lambda: autocast(device, compute), desc="sft", scaler=train.grad_scaler(device, compute),
         fingerprint_extra={"model_dir": str(model_dir), "source": source.read_text() if source.exists() else None},
     )
     config = {"llm": llm, "sft": sft, "domain": domain, "prompt": s["prompt"], "budget": s["budget"],

@@ -111,6 +111,12 @@ def beam_answers(model, tokenizer, prompt_ids: Sequence[Sequence[int]], *, num_b
     return answers
 
 
+def has_quantized_layers(model) -> bool:
+    from workflow.llm.train import is_quantized
+
+    return any(is_quantized(m) for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
 def generation_model(model, dtype: torch.dtype, implementation: str | None = None, *, base: bool = False,
                      copy: bool = True):
     """The model for no-grad beam search: a PEFT adapter folded into the weights (left out when
@@ -119,11 +125,17 @@ def generation_model(model, dtype: torch.dtype, implementation: str | None = Non
     reordering the beams); with fp32 norms and embeddings under bf16 autocast, part of that cache is
     fp32 and is cast at every step, and the unmerged adapter adds matmuls and casts per layer. A
     merged bf16 model answers 2x faster (bench/bench_soft.py); its answers are those of the mixed-
-    precision model up to bf16 rounding."""
+    precision model up to bf16 rounding.
+
+    Only where that is safe (`can_fold`): never into k-bit weights (a merge would dequantise and
+    round the LoRA delta into 4 bits) and never a copy of a model on a GPU (a second 7B copy).
+    Otherwise use `answering_model`, which runs the model as it is."""
     import copy as copying
 
     from peft import PeftModel
 
+    if not can_fold(model, copy):
+        raise ValueError("generation_model: the model is quantized or on a GPU; use answering_model")
     out = copying.deepcopy(model) if copy else model
     if isinstance(out, PeftModel):
         out = out.unload() if base else out.merge_and_unload()
@@ -131,6 +143,33 @@ def generation_model(model, dtype: torch.dtype, implementation: str | None = Non
     if implementation is not None and out.config._attn_implementation != implementation:
         out.set_attn_implementation(implementation)
     return out.to(dtype).eval()
+
+
+def can_fold(model, copy: bool) -> bool:
+    """Whether `generation_model` may merge (and, with `copy`, duplicate) the model: no k-bit layer,
+    and a copy only of a model in host memory."""
+    on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+    return not has_quantized_layers(model) and (on_cpu or not copy)
+
+
+@contextlib.contextmanager
+def answering_model(model, dtype: torch.dtype, implementation: str | None = None, *, base: bool = False):
+    """A model to beam-search with, in eval mode: a folded copy (`generation_model`) where that is
+    safe, else the model itself (its adapter disabled when `base`), which on a GPU already holds its
+    weights in the compute dtype."""
+    from peft import PeftModel
+
+    if can_fold(model, copy=True):
+        folded = generation_model(model, dtype, implementation, base=base)
+        try:
+            yield folded
+        finally:
+            del folded
+        return
+    model.eval()
+    off = model.disable_adapter() if base and isinstance(model, PeftModel) else contextlib.nullcontext()
+    with off, torch.no_grad():
+        yield model
 
 
 # ----------------------------------------------------------------------------- self-distillation
@@ -198,7 +237,7 @@ def run_distill(model_dir: str | Path, adapter: str | Path, samples_path: str | 
 
     from peft import PeftModel
 
-    from workflow.llm.model import autocast, load_model, resolve_device, resolve_dtype
+    from workflow.llm.model import autocast, load_model, model_device, resolve_dtype
     from workflow.llm.sft import read_training_samples
 
     s = settings(spec)
@@ -208,10 +247,12 @@ def run_distill(model_dir: str | Path, adapter: str | Path, samples_path: str | 
     if not (Path(adapter) / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{adapter}: not a PEFT adapter folder (no adapter_config.json)")
     model, tokenizer = load_model(model_dir, device=llm["device"], dtype=llm["dtype"], attention=llm["attention"],
-                                  training=False)
-    device = resolve_device(llm["device"])
-    model = generation_model(PeftModel.from_pretrained(model, str(adapter)), resolve_dtype(llm["dtype"], device),
-                             copy=False)
+                                  training=False, quantization=llm.get("quantization", "none"))
+    device = model_device(model)
+    model = PeftModel.from_pretrained(model, str(adapter))
+    if can_fold(model, copy=False):  # merged in place: no copy (k-bit weights stay unmerged)
+        model = generation_model(model, resolve_dtype(llm["dtype"], device), copy=False)
+    model.requires_grad_(False)
     start = time.perf_counter()
     table = self_distilled_table(model, tokenizer, samples, items, domain=s["domain"], llm=llm, prompt=s["prompt"],
                                  num_beams=cfg["num_beams"], max_new_tokens=cfg["max_new_tokens"],
@@ -266,10 +307,9 @@ def probe_distance(model, tokenizer, prompt_ids: Sequence[Sequence[int]], title_
     from workflow.llm.grounding import embed_texts
 
     with torch.random.fork_rng(devices=[]):
-        answering = generation_model(model, dtype, implementation, base=base)
-        answers = beam_answers(answering, tokenizer, prompt_ids, num_beams=num_beams, max_new_tokens=max_new_tokens,
-                               batch_size=batch_size, autocast=autocast)
-        del answering
+        with answering_model(model, dtype, implementation, base=base) as answering:
+            answers = beam_answers(answering, tokenizer, prompt_ids, num_beams=num_beams,
+                                   max_new_tokens=max_new_tokens, batch_size=batch_size, autocast=autocast)
         model.eval()  # no LoRA dropout; the training step switches back
         with base_model_only(model):
             embedded = embed_texts(model, tokenizer, answers, batch_size=max(batch_size, 32), autocast=autocast)
@@ -379,7 +419,7 @@ def run_soft(model_dir: str | Path, distilled_path: str | Path, samples_path: st
     """Train a fresh LoRA adapter by SOFT and save it to `out` (see the module docstring)."""
     from workflow.llm.evaluate import base_model_only
     from workflow.llm.grounding import embed_texts
-    from workflow.llm.model import autocast, load_model, resolve_attention, resolve_device, resolve_dtype
+    from workflow.llm.model import autocast, load_for_training, resolve_attention
     from workflow.llm.sft import read_training_samples
 
     s = settings(spec)
@@ -387,12 +427,11 @@ def run_soft(model_dir: str | Path, distilled_path: str | Path, samples_path: st
     samples = read_training_samples(samples_path, selection_path, s["budget"], seed)
     items = pd.read_parquet(items_path, columns=["item_id", "title"])
     distilled = read_distilled(distilled_path, samples, s["prompt"])
-    model, tokenizer = load_model(model_dir, device=llm["device"], dtype=llm["dtype"], attention=llm["attention"])
+    model, tokenizer, device, dtype = load_for_training(model_dir, llm)
     examples = soft_examples(samples, items, distilled, tokenizer, domain, llm, s["prompt"])
     model = train.add_lora(model, cfg, seed)
-    device = resolve_device(llm["device"])
-    train.cast_frozen_linears(model, resolve_dtype(llm["dtype"], device))
-    compute = lambda: autocast(device, llm["dtype"])  # noqa: E731
+    train.cast_frozen_linears(model, dtype)
+    compute = lambda: autocast(device, dtype)  # noqa: E731
 
     probes = probe_set(samples["sample_id"].astype(str), cfg["probe_size"], seed)
     rows = np.flatnonzero(samples["sample_id"].astype(str).isin(probes))
@@ -401,7 +440,7 @@ def run_soft(model_dir: str | Path, distilled_path: str | Path, samples_path: st
         title_embeddings = embed_texts(model, tokenizer, [titles[str(samples["target"].iloc[r])] for r in rows],
                                        autocast=compute)
     beam = dict(num_beams=cfg["num_beams"], max_new_tokens=cfg["max_new_tokens"], batch_size=batch_size,
-                autocast=compute, dtype=resolve_dtype(llm["dtype"], device),
+                autocast=compute, dtype=dtype,
                 implementation=resolve_attention(llm["attention"], device, llm["dtype"], training=False))
 
     def measure(epoch: int) -> float:
@@ -422,7 +461,8 @@ def run_soft(model_dir: str | Path, distilled_path: str | Path, samples_path: st
              len(rows), cfg["epochs"])
     train_log = train.train(
         model, examples, collate, mixed_loss_fn(current), cfg, seed=seed, checkpoint_dir=checkpoint,
-        autocast=compute, desc="soft", fingerprint_extra=extra, step_start=step_start, epoch_start=epoch_start)
+        autocast=compute, desc="soft", fingerprint_extra=extra, step_start=step_start, epoch_start=epoch_start,
+        scaler=train.grad_scaler(device, dtype))
     history = train_log.groupby("epoch")[["d_e", "lambda_e"]].first()
     config = {"llm": llm, "soft": cfg, "domain": domain, "prompt": s["prompt"], "budget": s["budget"],
               "model_dir": str(model_dir), "samples": str(samples_path), "selection": str(selection_path),

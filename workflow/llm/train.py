@@ -3,9 +3,18 @@ their own `loss_fn(model, batch) -> (loss, n_tokens, diagnostics)` and share eve
 
 What the loop does: AdamW with linear warmup and cosine decay, gradient accumulation that equals one
 big batch (each micro-batch's mean loss is weighted by its `n_tokens`, gradients divided by the step's
-total), gradient clipping, autocast (bf16 on CPU), a tqdm bar with loss and tokens/s, a per-step log,
-and checkpoints (trainable weights, optimizer, scheduler, RNG states, data position) so that a killed
-job, rerun, resumes and ends with the same adapter as an uninterrupted run.
+total), gradient clipping, autocast (bf16 on CPU), fp16 loss scaling (a GradScaler when the compute
+dtype is float16), a tqdm bar with loss and tokens/s, a per-step log, and checkpoints (trainable
+weights, optimizer, scheduler, every rank's RNG states, data position) so that a killed job, rerun,
+resumes and ends with the same adapter as an uninterrupted run.
+
+Data parallel (`workflow.llm.distributed`, one process per GPU under torchrun): `grad_accum` is the
+number of micro-batches of one optimizer step over all ranks; rank r computes micro-batches
+r, r + N, ... of the step, and the gradient sums, the token-weight total and the logged sums are
+added over ranks before the division. So the update does not depend on the number of ranks (up to
+float summation order), and the global batch is batch_size * grad_accum whatever `llm.gpu` is;
+grad_accum a multiple of the GPU count keeps every rank busy. Only rank 0 writes checkpoints and
+adapters; every rank resumes from the same checkpoint.
 
 Spec keys read (the `sft` config block, or a method block with the same names): lr, epochs,
 batch_size, grad_accum, warmup_ratio, weight_decay, max_grad_norm, checkpoint_every;
@@ -30,6 +39,7 @@ import torch
 from tqdm.auto import tqdm
 
 from workflow.io import atomic_dir, atomic_path, write_json, write_parquet
+from workflow.llm import distributed
 
 log = logging.getLogger("workflow.llm.train")
 
@@ -54,12 +64,22 @@ def add_lora(model: torch.nn.Module, spec: dict[str, Any], seed: int) -> torch.n
         raise ValueError(f"config key 'target_modules' {list(spec['target_modules'])}: {exc}") from exc
 
 
+def is_quantized(module: torch.nn.Module) -> bool:
+    """A k-bit layer (bitsandbytes Linear8bitLt / Linear4bit, or any layer whose weight is not a
+    float tensor): its packed weight must never be cast or merged into."""
+    weight = getattr(module, "weight", None)
+    return (type(module).__module__.split(".")[0] == "bitsandbytes"
+            or (weight is not None and not torch.is_floating_point(weight))
+            or getattr(weight, "quant_state", None) is not None)
+
+
 def cast_frozen_linears(model: torch.nn.Module, dtype: torch.dtype) -> int:
     """Store the frozen weights of the linear layers in `dtype` (the autocast compute dtype).
 
     Under autocast every matmul casts its fp32 weight to bf16 anyway, so pre-casting gives the same
     results without a cast per matmul (forward and backward). Embeddings, norms, the (tied) LM
-    head and the trainable LoRA weights keep their dtype, so the residual stream stays fp32.
+    head, the trainable LoRA weights and k-bit layers (`is_quantized`: bitsandbytes' Linear4bit is an
+    nn.Linear whose weight holds packed uint8) keep their dtype, so the residual stream stays fp32.
     Returns the number of layers cast."""
     if dtype == torch.float32:
         return 0
@@ -67,12 +87,19 @@ def cast_frozen_linears(model: torch.nn.Module, dtype: torch.dtype) -> int:
     cast = 0
     for module in model.modules():
         if (isinstance(module, torch.nn.Linear) and module is not head and not module.weight.requires_grad
-                and module.weight.dtype != dtype):
+                and not is_quantized(module) and module.weight.dtype != dtype):
             module.weight.data = module.weight.data.to(dtype)
             if module.bias is not None and not module.bias.requires_grad:
                 module.bias.data = module.bias.data.to(dtype)
             cast += 1
     return cast
+
+
+def grad_scaler(device: torch.device, dtype: torch.dtype) -> "torch.amp.GradScaler | None":
+    """Loss scaling for float16 autocast (its gradients underflow without it); None for bf16/fp32."""
+    if dtype != torch.float16:
+        return None
+    return torch.amp.GradScaler(device.type)
 
 
 def steps_per_epoch(n_examples: int, batch_size: int, grad_accum: int) -> int:
@@ -163,15 +190,20 @@ def running_statistics(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def save_checkpoint(folder: Path, trainable: dict[str, torch.Tensor], optimizer, scheduler,
                     position: dict[str, int], log_rows: list[dict[str, Any]], run_id: str,
                     buffers: dict[str, torch.Tensor] | None = None) -> None:
+    rng = distributed.gather_objects(_rng_state())  # every rank's, so each resumes its own dropout stream
+    if not distributed.is_main():
+        distributed.barrier()
+        return
     folder.mkdir(parents=True, exist_ok=True)
     state = {
-        "fingerprint": run_id, "position": position, "log": log_rows, "rng": _rng_state(),
+        "fingerprint": run_id, "position": position, "log": log_rows, "rng": rng[0], "rank_rng": rng,
         "trainable": {n: p.detach().clone() for n, p in trainable.items()},
         "buffers": {n: b.detach().clone() for n, b in (buffers or {}).items()},
         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
     }
     with atomic_path(folder / CHECKPOINT_FILE, suffix=".pt") as tmp:
         torch.save(state, tmp)
+    distributed.barrier()
 
 
 def load_checkpoint(folder: Path, trainable: dict[str, torch.Tensor], optimizer, scheduler,
@@ -194,12 +226,18 @@ def load_checkpoint(folder: Path, trainable: dict[str, torch.Tensor], optimizer,
             b.copy_(state.get("buffers", {})[name])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    _set_rng_state(state["rng"])
+    ranks = state.get("rank_rng") or [state["rng"]]
+    if len(ranks) != distributed.world_size():
+        log.warning("%s was written by %d ranks, resuming on %d: dropout streams restart from rank 0's",
+                    path, len(ranks), distributed.world_size())
+    _set_rng_state(ranks[distributed.rank()] if len(ranks) == distributed.world_size() else ranks[0])
     return state["position"], state["log"]
 
 
 def remove_checkpoint(folder: str | Path) -> None:
-    shutil.rmtree(folder, ignore_errors=True)
+    if distributed.is_main():
+        shutil.rmtree(folder, ignore_errors=True)
+    distributed.barrier()
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -208,39 +246,68 @@ def _number(x: Any) -> float:
     return float(x.detach()) if torch.is_tensor(x) else float(x)
 
 
+def reduce_over_ranks(params: list[torch.nn.Parameter], sums: dict[str, float]) -> dict[str, float]:
+    """Add this step's gradients and logged sums over the ranks (no-op on one process). A parameter
+    no rank computed a gradient for keeps `grad = None`, as on one process (AdamW then skips it:
+    the projector on a text-only LLaRA step)."""
+    if distributed.world_size() <= 1:
+        return sums
+    parts = distributed.gather_objects((sums, [p.grad is not None for p in params]))
+    total: dict[str, float] = {}
+    for part, _ in parts:
+        for key, value in part.items():
+            total[key] = total.get(key, 0.0) + value
+    reduced = [p for i, p in enumerate(params) if any(flags[i] for _, flags in parts)]
+    for p in reduced:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    distributed.all_reduce_sum([p.grad for p in reduced])
+    return total
+
+
 def train_step(model: torch.nn.Module, micro_batches: Sequence[Any], loss_fn: LossFn,
                optimizer: torch.optim.Optimizer, scheduler, params: list[torch.nn.Parameter],
-               max_grad_norm: float, autocast: Callable[[], contextlib.AbstractContextManager]) -> dict[str, float]:
-    """One optimizer step over `micro_batches`. Each loss_fn returns a mean over its `n_tokens`
-    units; backpropagating loss * n_tokens and dividing the gradients by the step's total makes the
-    step equal to one batch holding all micro-batches (accumulation changes memory, not the result)."""
+               max_grad_norm: float, autocast: Callable[[], contextlib.AbstractContextManager],
+               scaler: "torch.amp.GradScaler | None" = None) -> dict[str, float]:
+    """One optimizer step over `micro_batches` (this rank's share of the step). Each loss_fn returns
+    a mean over its `n_tokens` units; backpropagating loss * n_tokens and dividing the gradients by
+    the step's total (over all ranks) makes the step equal to one batch holding all micro-batches
+    (accumulation and data parallel change memory and time, not the result)."""
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    weight = loss_sum = processed = 0.0
-    diag_sums: dict[str, float] = {}
+    sums = {"weight": 0.0, "loss": 0.0, "tokens": 0.0}
     for batch in micro_batches:
         with autocast():
             loss, n_tokens, diagnostics = loss_fn(model, batch)
         w = _number(n_tokens)
-        (loss * w).backward()
-        weight += w
-        loss_sum += _number(loss) * w
+        scaled = loss * w
+        (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        sums["weight"] += w
+        sums["loss"] += _number(loss) * w
         diagnostics = dict(diagnostics)
-        processed += _number(diagnostics.pop("tokens", w))
+        sums["tokens"] += _number(diagnostics.pop("tokens", w))
         for key, value in diagnostics.items():
-            diag_sums[key] = diag_sums.get(key, 0.0) + _number(value) * w
+            sums[f"diag.{key}"] = sums.get(f"diag.{key}", 0.0) + _number(value) * w
+    sums = reduce_over_ranks(params, sums)
+    weight = sums["weight"]
     if weight <= 0:
         raise ValueError("a training step had no loss tokens (empty answers?)")
     for p in params:
         if p.grad is not None:
             p.grad.div_(weight)
+    if scaler is not None:
+        scaler.unscale_(optimizer)
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else math.inf)
     lr = scheduler.get_last_lr()[0]
-    optimizer.step()
+    if scaler is not None:
+        scaler.step(optimizer)  # skipped when the fp16 gradients overflowed; the scale then shrinks
+        scaler.update()
+    else:
+        optimizer.step()
     scheduler.step()
-    row = {"loss": loss_sum / weight, "lr": lr, "grad_norm": _number(grad_norm), "n_tokens": weight,
-           "tokens": processed}
-    row.update({key: value / weight for key, value in diag_sums.items()})
+    row = {"loss": sums["loss"] / weight, "lr": lr, "grad_norm": _number(grad_norm), "n_tokens": weight,
+           "tokens": sums["tokens"]}
+    row.update({key[len("diag."):]: value / weight for key, value in sums.items() if key.startswith("diag.")})
     return row
 
 
@@ -250,7 +317,8 @@ def train(model: torch.nn.Module, examples: Sequence[Any], collate: Callable[[li
           fingerprint_extra: Any = None, desc: str = "train",
           param_options: Callable[[str], dict[str, float]] | None = None,
           step_start: Callable[[int, int], None] | None = None,
-          epoch_start: Callable[[int], dict[str, float]] | None = None) -> pd.DataFrame:
+          epoch_start: Callable[[int], dict[str, float]] | None = None,
+          scaler: "torch.amp.GradScaler | None" = None) -> pd.DataFrame:
     """Train the parameters of `model` that require grad on `examples`; return the per-step log.
 
     `collate(list of examples) -> batch` builds a micro-batch; `loss_fn(model, batch)` returns
@@ -268,7 +336,9 @@ def train(model: torch.nn.Module, examples: Sequence[Any], collate: Callable[[li
       (LLaRA's curriculum draws hybrid or text-only batches from it);
     - `epoch_start(epoch) -> dict of floats` before an epoch's first step (SOFT's lambda_e, measured
       on the current model): the values are logged with every step of the epoch and kept in the
-      checkpoint, so a run resumed within the epoch uses them instead of measuring again."""
+      checkpoint, so a run resumed within the epoch uses them instead of measuring again.
+    `scaler`: a `torch.amp.GradScaler` for float16 autocast (`grad_scaler`); None otherwise.
+    Under torchrun every rank calls this with the same examples (module docstring)."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters (add a LoRA adapter first)")
@@ -304,7 +374,11 @@ def train(model: torch.nn.Module, examples: Sequence[Any], collate: Callable[[li
             save_checkpoint(checkpoint_dir, trainable, optimizer, scheduler, where, log_rows, run_id, buffers)
 
     global_step = position["epoch"] * per_epoch + position["step_in_epoch"]
-    bar = tqdm(total=total, initial=global_step, desc=desc, unit="step", dynamic_ncols=True)
+    ranks = distributed.world_size()
+    if ranks > 1 and accum % ranks:
+        log.warning("grad_accum %d is not a multiple of the %d ranks: some ranks idle in every step", accum, ranks)
+    bar = tqdm(total=total, initial=global_step, desc=desc, unit="step", dynamic_ncols=True,
+               disable=not distributed.is_main() or None)
     run_tokens, run_start = 0.0, time.perf_counter()
     for epoch in range(position["epoch"], epochs):
         order = epoch_order(len(examples), seed, epoch).tolist()
@@ -320,8 +394,9 @@ def train(model: torch.nn.Module, examples: Sequence[Any], collate: Callable[[li
             if step_start is not None:
                 step_start(global_step, total)
             t0 = time.perf_counter()
-            row = train_step(model, [collate([examples[i] for i in b]) for b in group], loss_fn, optimizer,
-                             scheduler, params, max_grad_norm, autocast)
+            mine = distributed.shard(group)  # this rank's micro-batches of the step
+            row = train_step(model, [collate([examples[i] for i in b]) for b in mine], loss_fn, optimizer,
+                             scheduler, params, max_grad_norm, autocast, scaler)
             seconds = time.perf_counter() - t0
             global_step += 1
             run_tokens += row["tokens"]
@@ -345,7 +420,10 @@ def save_adapter(model: torch.nn.Module, out: str | Path, config: dict[str, Any]
                  seed: int, save_weights: Callable[[Path], None] | None = None) -> Path:
     """Write the PEFT adapter (safetensors + adapter_config.json; or what `save_weights(folder)`
     writes), the config slice that made it (training_config.json) and the per-step log
-    (train_log.parquet), all at once."""
+    (train_log.parquet), all at once. Under torchrun rank 0 writes, the others wait for it."""
+    if not distributed.is_main():
+        distributed.barrier()
+        return Path(out)
     with atomic_dir(out) as tmp:
         if save_weights is None:
             model.save_pretrained(tmp, safe_serialization=True)
@@ -353,4 +431,5 @@ def save_adapter(model: torch.nn.Module, out: str | Path, config: dict[str, Any]
             save_weights(tmp)
         write_json({"config": config, "seed": seed}, tmp / "training_config.json")
         write_parquet(train_log, tmp / "train_log.parquet", config=config, seed=seed)
+    distributed.barrier()
     return Path(out)
