@@ -16,8 +16,7 @@ rule baselines:
         f"{RESULTS}/benchmarks/{{dataset}}/baselines.tsv"
     threads: 1
     resources:
-        mem="4GB",
-        runtime="30m",
+        **job_resources("baselines", "4GB", "30m"),
     conda:
         "../envs/cpu.yaml"
     shell:

@@ -14,6 +14,14 @@ from workflow.transfer import transfers
 RESULTS = config["results"]
 # Rules that ask the scheduler for GPUs (llm.gpu > 0) run in the CUDA environment under --sdm conda.
 LLM_ENV = "../envs/gpu.yaml" if config["llm"]["gpu"] else "../envs/cpu.yaml"
+# GPUs of the data-parallel stages (training, evaluation: one process per GPU) and of the
+# single-process GPU stages (scoring, self-distillation, effort)
+LLM_GPUS = config["llm"]["gpu"]
+ONE_GPU = min(LLM_GPUS, 1)
+# GPU stages start through workflow.launch: it claims distinct free GPUs for jobs that run side by
+# side on one node (unless the scheduler set CUDA_VISIBLE_DEVICES) and starts torchrun for llm.gpu > 1
+LAUNCH = f"python -m workflow.launch --gpus {LLM_GPUS} --" if LLM_GPUS else "python -m"
+LAUNCH_ONE = f"python -m workflow.launch --gpus {ONE_GPU} --" if ONE_GPU else "python -m"
 DATASETS = list(config["datasets"])
 
 # Threads of the compute rules (`threads: JOB_THREADS`): up to workflow.cores, i.e. --cores. Commands that run
@@ -31,6 +39,28 @@ JOB_THREADS = CORES if config["threads_per_job"] == "all" else min(int(config["t
 wildcard_constraints:
     dataset="|".join(DATASETS) if DATASETS else "[^/]+",
     split="valid|test",
+
+
+def job_resources(name, mem, runtime, gpus=0):
+    """The resources of one rule, for the scheduler. Its own host memory and runtime (sized for the embedded
+    default), `resources.llm` for the rules that load the LLM (those with GPUs when llm.gpu > 0;
+    `gpus` of them), then `resources.rules.<rule>` (config keys, config/schema.yaml)."""
+    out = {"mem": mem, "runtime": runtime}
+    if gpus or name in LLM_RULES:
+        out |= {k: v for k, v in config["resources"]["llm"].items() if v is not None}
+        out["gpu"] = gpus
+    return out | config["resources"]["rules"].get(name, {})
+
+
+# the rules that load the LLM (they take `resources.llm` even on a CPU-only config)
+LLM_RULES = {"title_embeddings", "evaluate_base", "evaluate", "evaluate_transfer", "explain", "sft", "hybrid",
+             "reference_logprobs", "preference", "gates", "effort_scores", "self_distill", "soft"}
+
+
+def preflight_flag(wildcards):
+    """The GPU preflight's record as an input of the base model, so a GPU config stops before any
+    work when CUDA is missing or unusable (rule preflight); nothing on a CPU config."""
+    return f"{RESULTS}/preflight/gpu.json" if LLM_GPUS else []
 
 
 def spec(obj):

@@ -15,8 +15,7 @@ rule ingest:
         f"{RESULTS}/benchmarks/{{dataset}}/ingest.tsv"
     threads: 1
     resources:
-        mem="4GB",
-        runtime="1h",
+        **job_resources("ingest", "4GB", "1h"),
     conda:
         "../envs/cpu.yaml"
     shell:
@@ -39,8 +38,7 @@ rule prepare:
         f"{RESULTS}/benchmarks/{{dataset}}/prepare.tsv"
     threads: 1
     resources:
-        mem="8GB",
-        runtime="1h",
+        **job_resources("prepare", "8GB", "1h"),
     conda:
         "../envs/cpu.yaml"
     shell:

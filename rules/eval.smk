@@ -9,6 +9,7 @@ rule title_embeddings:
     output:
         f"{RESULTS}/{{dataset}}/llm/title_embeddings.parquet",
     params:
+        launch=LAUNCH_ONE,
         device=config["llm"]["device"],
         dtype=config["llm"]["dtype"],
     log:
@@ -17,13 +18,11 @@ rule title_embeddings:
         f"{RESULTS}/benchmarks/{{dataset}}/llm/title_embeddings.tsv"
     threads: JOB_THREADS
     resources:
-        mem="6GB",
-        runtime="1h",
-        gpu=config["llm"]["gpu"],
+        **job_resources("title_embeddings", "6GB", "1h", gpus=ONE_GPU),
     conda:
         LLM_ENV
     shell:
-        "python -m workflow.llm.grounding --model-dir {input.model:q} --items {input.item_table:q} "
+        "{params.launch} workflow.llm.grounding --model-dir {input.model:q} --items {input.item_table:q} "
         "--device {params.device} --dtype {params.dtype} --threads {threads} --out {output:q} > {log:q} 2>&1"
 
 
@@ -39,6 +38,7 @@ rule evaluate_base:
     wildcard_constraints:
         run=RUN_PATTERN["base"],
     params:
+        launch=LAUNCH,
         spec=evaluation_spec,
         seed=config["seed"],
     log:
@@ -47,13 +47,11 @@ rule evaluate_base:
         f"{RESULTS}/benchmarks/{{dataset}}/llm/{{run}}/none/{{split}}/evaluate.tsv"
     threads: JOB_THREADS
     resources:
-        mem="8GB",
-        runtime="2h",
-        gpu=config["llm"]["gpu"],
+        **job_resources("evaluate_base", "8GB", "2h", gpus=LLM_GPUS),
     conda:
         LLM_ENV
     shell:
-        "python -m workflow.llm.evaluate --model-dir {input.model:q} --samples {input.samples:q} "
+        "{params.launch} workflow.llm.evaluate --model-dir {input.model:q} --samples {input.samples:q} "
         "--items {input.item_table:q} --title-embeddings {input.title_embeddings:q} --spec {params.spec:q} "
         "--dataset {wildcards.dataset} --method {wildcards.run} --selection none --seed {params.seed} --threads {threads} "
         "--predictions {output.predictions:q} --metrics {output.metrics:q} > {log:q} 2>&1"
@@ -73,6 +71,7 @@ rule evaluate:
     wildcard_constraints:
         run=TRAINED_RUN_PATTERN,
     params:
+        launch=LAUNCH,
         spec=evaluation_spec,
         surrogate=surrogate_args,
         seed=config["seed"],
@@ -82,13 +81,11 @@ rule evaluate:
         f"{RESULTS}/benchmarks/{{dataset}}/llm/{{run}}/{{selection}}/{{split}}/evaluate.tsv"
     threads: JOB_THREADS
     resources:
-        mem="8GB",
-        runtime="2h",
-        gpu=config["llm"]["gpu"],
+        **job_resources("evaluate", "8GB", "2h", gpus=LLM_GPUS),
     conda:
         LLM_ENV
     shell:
-        "python -m workflow.llm.evaluate --model-dir {input.model:q} --adapter {input.adapter:q} "
+        "{params.launch} workflow.llm.evaluate --model-dir {input.model:q} --adapter {input.adapter:q} "
         "--samples {input.samples:q} --items {input.item_table:q} --title-embeddings {input.title_embeddings:q} "
         "--spec {params.spec:q} {params.surrogate:q} --dataset {wildcards.dataset} --method {wildcards.run} "
         "--selection {wildcards.selection} --seed {params.seed} --threads {threads} "
@@ -110,8 +107,7 @@ rule summary:
         f"{RESULTS}/benchmarks/summary.tsv"
     threads: 1
     resources:
-        mem="4GB",
-        runtime="15m",
+        **job_resources("summary", "4GB", "15m"),
     conda:
         "../envs/cpu.yaml"
     shell:

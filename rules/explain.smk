@@ -20,6 +20,7 @@ rule explain:
     wildcard_constraints:
         run=TRAINED_RUN_PATTERN,
     params:
+        launch=LAUNCH_ONE,
         spec=explanation_spec,
         reference=reference_adapter_args,
         seed=config["seed"],
@@ -29,13 +30,11 @@ rule explain:
         f"{RESULTS}/benchmarks/{{dataset}}/llm/{{run}}/{{selection}}/explain.tsv"
     threads: JOB_THREADS
     resources:
-        mem="8GB",
-        runtime="1h",
-        gpu=config["llm"]["gpu"],
+        **job_resources("explain", "8GB", "1h", gpus=ONE_GPU),
     conda:
         LLM_ENV
     shell:
-        "python -m workflow.llm.explain --model-dir {input.model:q} --adapter {input.adapter:q} "
+        "{params.launch} workflow.llm.explain --model-dir {input.model:q} --adapter {input.adapter:q} "
         "{params.reference:q} --predictions {input.predictions:q} --samples {input.samples:q} "
         "--items {input.item_table:q} --spec {params.spec:q} --dataset {wildcards.dataset} "
         "--method {wildcards.run} --selection {wildcards.selection} --seed {params.seed} "

@@ -3,7 +3,27 @@
 # seed (training_seed) and selection (training_selection: `random` drawn per seed), rules/common.smk.
 
 
+rule preflight:
+    """A GPU config's first job, on a GPU node: CUDA present, enough GPUs, a driver new enough for
+    this torch build, bitsandbytes for k-bit loading (workflow/preflight.py)."""
+    output:
+        f"{RESULTS}/preflight/gpu.json",
+    params:
+        spec=lambda wildcards: spec({"llm": config["llm"]}),
+    log:
+        f"{RESULTS}/logs/preflight.log",
+    threads: 1
+    resources:
+        **job_resources("preflight", "2GB", "10m", gpus=LLM_GPUS),
+    conda:
+        LLM_ENV
+    shell:
+        "python -m workflow.preflight --spec {params.spec:q} --out {output:q} > {log:q} 2>&1"
+
+
 rule base_model:
+    input:
+        preflight_flag,
     output:
         directory(f"{RESULTS}/models/base"),
     params:
@@ -14,8 +34,7 @@ rule base_model:
         f"{RESULTS}/benchmarks/models/base_model.tsv"
     threads: JOB_THREADS
     resources:
-        mem="6GB",
-        runtime="30m",
+        **job_resources("base_model", "6GB", "30m"),
     conda:
         "../envs/cpu.yaml"
     shell:
@@ -34,6 +53,7 @@ rule sft:
     wildcard_constraints:
         run=RUN_PATTERN["sft"],
     params:
+        launch=LAUNCH,
         spec=sft_spec,
         seed=training_seed,
     log:
@@ -43,13 +63,11 @@ rule sft:
     priority: 10  # the chain every tuned result waits for (sft -> reference -> preference) starts first
     threads: JOB_THREADS
     resources:
-        mem="12GB",
-        runtime="4h",
-        gpu=config["llm"]["gpu"],
+        **job_resources("sft", "12GB", "4h", gpus=LLM_GPUS),
     conda:
         LLM_ENV
     shell:
-        "python -m workflow.llm.sft --model-dir {input.model:q} --samples {input.samples:q} "
+        "{params.launch} workflow.llm.sft --model-dir {input.model:q} --samples {input.samples:q} "
         "--items {input.item_table:q} --selection {input.selection:q} --spec {params.spec:q} "
         "--seed {params.seed} --threads {threads} --out {output:q} > {log:q} 2>&1"
 
@@ -69,6 +87,7 @@ rule hybrid:
     wildcard_constraints:
         run=RUN_PATTERN["hybrid"],
     params:
+        launch=LAUNCH,
         method=lambda wildcards: parse_run(wildcards.run).method,
         spec=hybrid_spec,
         surrogate=lambda wildcards, input: Path(input.item_vectors).parent,
@@ -79,13 +98,11 @@ rule hybrid:
         f"{RESULTS}/benchmarks/{{dataset}}/llm/{{run}}/{{selection}}/train.tsv"
     threads: JOB_THREADS
     resources:
-        mem="12GB",
-        runtime="4h",
-        gpu=config["llm"]["gpu"],
+        **job_resources("hybrid", "12GB", "4h", gpus=LLM_GPUS),
     conda:
         LLM_ENV
     shell:
-        "python -m workflow.llm.llara --method {params.method} --model-dir {input.model:q} "
+        "{params.launch} workflow.llm.llara --method {params.method} --model-dir {input.model:q} "
         "--samples {input.samples:q} --items {input.item_table:q} --selection {input.selection:q} "
         "--surrogate {params.surrogate:q} --spec {params.spec:q} --seed {params.seed} --threads {threads} "
         "--out {output:q} > {log:q} 2>&1"

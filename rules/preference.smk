@@ -16,6 +16,7 @@ rule reference_logprobs:
     wildcard_constraints:
         run=RUN_PATTERN["sft"],
     params:
+        launch=LAUNCH_ONE,
         spec=reference_spec,
         seed=training_seed,
     log:
@@ -25,13 +26,11 @@ rule reference_logprobs:
     priority: 10  # on the chain every tuned result waits for (see rule sft)
     threads: JOB_THREADS
     resources:
-        mem="8GB",
-        runtime="2h",
-        gpu=config["llm"]["gpu"],
+        **job_resources("reference_logprobs", "8GB", "2h", gpus=ONE_GPU),
     conda:
         LLM_ENV
     shell:
-        "python -m workflow.llm.reference --model-dir {input.model:q} --adapter {input.adapter:q} "
+        "{params.launch} workflow.llm.reference --model-dir {input.model:q} --adapter {input.adapter:q} "
         "--samples {input.samples:q} --items {input.item_table:q} --selection {input.selection:q} "
         "--spec {params.spec:q} --seed {params.seed} --threads {threads} --out {output:q} > {log:q} 2>&1"
 
@@ -49,6 +48,7 @@ rule preference:
     wildcard_constraints:
         run=RUN_PATTERN["preference"],
     params:
+        launch=LAUNCH,
         method=lambda wildcards: parse_run(wildcards.run).method,
         spec=preference_spec,
         seed=training_seed,
@@ -59,13 +59,11 @@ rule preference:
     priority: 10  # on the chain every tuned result waits for (see rule sft)
     threads: JOB_THREADS
     resources:
-        mem="12GB",
-        runtime="4h",
-        gpu=config["llm"]["gpu"],
+        **job_resources("preference", "12GB", "4h", gpus=LLM_GPUS),
     conda:
         LLM_ENV
     shell:
-        "python -m workflow.llm.preference --method {params.method} --model-dir {input.model:q} "
+        "{params.launch} workflow.llm.preference --method {params.method} --model-dir {input.model:q} "
         "--adapter {input.adapter:q} --samples {input.samples:q} --items {input.item_table:q} "
         "--selection {input.selection:q} --reference {input.reference:q} --spec {params.spec:q} "
         "--seed {params.seed} --threads {threads} --out {output:q} > {log:q} 2>&1"
@@ -89,8 +87,7 @@ rule study:
         f"{RESULTS}/benchmarks/studies/{{study}}.tsv"
     threads: 1
     resources:
-        mem="4GB",
-        runtime="15m",
+        **job_resources("study", "4GB", "15m"),
     conda:
         "../envs/cpu.yaml"
     shell:

@@ -24,8 +24,7 @@ rule report_summary:
         f"{RESULTS}/benchmarks/report/summary.tsv"
     threads: 1
     resources:
-        mem="2GB",
-        runtime="10m",
+        **job_resources("report_summary", "2GB", "10m"),
     conda:
         "../envs/cpu.yaml"
     shell:
@@ -45,8 +44,7 @@ rule report_training:
         f"{RESULTS}/benchmarks/report/training/{{dataset}}.tsv"
     threads: 1
     resources:
-        mem="2GB",
-        runtime="10m",
+        **job_resources("report_training", "2GB", "10m"),
     conda:
         "../envs/cpu.yaml"
     shell:
@@ -70,8 +68,7 @@ rule report_data:
         f"{RESULTS}/benchmarks/report/data/{{dataset}}.tsv"
     threads: 1
     resources:
-        mem="4GB",
-        runtime="10m",
+        **job_resources("report_data", "4GB", "10m"),
     conda:
         "../envs/cpu.yaml"
     shell:
@@ -95,8 +92,7 @@ rule report_resources:
         f"{RESULTS}/benchmarks/report/resources.tsv"
     threads: 1
     resources:
-        mem="2GB",
-        runtime="10m",
+        **job_resources("report_resources", "2GB", "10m"),
     conda:
         "../envs/cpu.yaml"
     shell:
@@ -118,6 +114,7 @@ rule gates:
     wildcard_constraints:
         run="ilora-.*",
     params:
+        launch=LAUNCH_ONE,
         surrogate=lambda wildcards, input: Path(input.item_vectors).parent,
         n_samples=config["explanations"]["n_samples"],
     log:
@@ -126,12 +123,11 @@ rule gates:
         f"{RESULTS}/benchmarks/{{dataset}}/llm/{{run}}/{{selection}}/gates.tsv"
     threads: 1
     resources:
-        mem="2GB",
-        runtime="10m",
+        **job_resources("gates", "2GB", "10m", gpus=ONE_GPU),
     conda:
         "../envs/cpu.yaml"
     shell:
-        "python -m workflow.llm.gates --adapter {input.adapter:q} --surrogate {params.surrogate:q} "
+        "{params.launch} workflow.llm.gates --adapter {input.adapter:q} --surrogate {params.surrogate:q} "
         "--samples {input.samples:q} --items {input.item_table:q} --n-samples {params.n_samples} "
         "--title '{wildcards.run} ({wildcards.selection})' "
         "--out-parquet {output.parquet:q} --out-png {output.png:q} > {log:q} 2>&1"

@@ -18,8 +18,7 @@ rule select_training_data:
         f"{RESULTS}/benchmarks/{{dataset}}/selection/{{selection}}.tsv"
     threads: 1
     resources:
-        mem="2GB",
-        runtime="10m",
+        **job_resources("select_training_data", "2GB", "10m"),
     conda:
         "../envs/cpu.yaml"
     shell:
@@ -44,8 +43,7 @@ rule select_random_at_seed:
         f"{RESULTS}/benchmarks/{{dataset}}/selection/random-s{{seed}}.tsv"
     threads: 1
     resources:
-        mem="2GB",
-        runtime="10m",
+        **job_resources("select_random_at_seed", "2GB", "10m"),
     conda:
         "../envs/cpu.yaml"
     shell:
@@ -70,8 +68,7 @@ rule influence_scores:
         f"{RESULTS}/benchmarks/{{dataset}}/selection/influence_scores.tsv"
     threads: JOB_THREADS
     resources:
-        mem="4GB",
-        runtime="1h",
+        **job_resources("influence_scores", "4GB", "1h"),
     conda:
         "../envs/cpu.yaml"
     shell:
@@ -87,6 +84,7 @@ rule effort_scores:
     output:
         f"{RESULTS}/{{dataset}}/selection/scores/effort.parquet",
     params:
+        launch=LAUNCH_ONE,
         spec=effort_spec,
         seed=config["seed"],
     log:
@@ -96,13 +94,11 @@ rule effort_scores:
     priority: 10  # the longest job before the DEALRec selection: starts with the sft chain (see rule sft)
     threads: JOB_THREADS
     resources:
-        mem="8GB",
-        runtime="6h",
-        gpu=config["llm"]["gpu"],
+        **job_resources("effort_scores", "8GB", "6h", gpus=ONE_GPU),
     conda:
         LLM_ENV
     shell:
-        "python -m workflow.selection.effort --model-dir {input.model:q} --samples {input.samples:q} "
+        "{params.launch} workflow.selection.effort --model-dir {input.model:q} --samples {input.samples:q} "
         "--items {input.item_table:q} --spec {params.spec:q} --seed {params.seed} --threads {threads} "
         "--out {output:q} > {log:q} 2>&1"
 
@@ -126,8 +122,7 @@ rule select_dealrec:
         f"{RESULTS}/benchmarks/{{dataset}}/selection/{{selection}}.tsv"
     threads: 1
     resources:
-        mem="2GB",
-        runtime="10m",
+        **job_resources("select_dealrec", "2GB", "10m"),
     conda:
         "../envs/cpu.yaml"
     shell:

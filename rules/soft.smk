@@ -16,6 +16,7 @@ rule self_distill:
     wildcard_constraints:
         run=RUN_PATTERN["sft"],
     params:
+        launch=LAUNCH_ONE,
         spec=self_distill_spec,
         seed=training_seed,
     log:
@@ -25,13 +26,11 @@ rule self_distill:
     priority: 10  # on the chain a SOFT result waits for (see rule sft)
     threads: JOB_THREADS
     resources:
-        mem="8GB",
-        runtime="2h",
-        gpu=config["llm"]["gpu"],
+        **job_resources("self_distill", "8GB", "2h", gpus=ONE_GPU),
     conda:
         LLM_ENV
     shell:
-        "python -m workflow.llm.soft distill --model-dir {input.model:q} --adapter {input.adapter:q} "
+        "{params.launch} workflow.llm.soft distill --model-dir {input.model:q} --adapter {input.adapter:q} "
         "--samples {input.samples:q} --items {input.item_table:q} --selection {input.selection:q} "
         "--spec {params.spec:q} --seed {params.seed} --threads {threads} --out {output.table:q} "
         "--stats {output.stats:q} > {log:q} 2>&1"
@@ -49,6 +48,7 @@ rule soft:
     wildcard_constraints:
         run=RUN_PATTERN["soft"],
     params:
+        launch=LAUNCH,
         spec=soft_spec,
         seed=training_seed,
     log:
@@ -58,12 +58,10 @@ rule soft:
     priority: 10  # on the chain a SOFT result waits for (see rule sft)
     threads: JOB_THREADS
     resources:
-        mem="12GB",
-        runtime="4h",
-        gpu=config["llm"]["gpu"],
+        **job_resources("soft", "12GB", "4h", gpus=LLM_GPUS),
     conda:
         LLM_ENV
     shell:
-        "python -m workflow.llm.soft train --model-dir {input.model:q} --distilled {input.distilled:q} "
+        "{params.launch} workflow.llm.soft train --model-dir {input.model:q} --distilled {input.distilled:q} "
         "--samples {input.samples:q} --items {input.item_table:q} --selection {input.selection:q} "
         "--spec {params.spec:q} --seed {params.seed} --threads {threads} --out {output:q} > {log:q} 2>&1"

@@ -17,6 +17,7 @@ rule evaluate_transfer:
         run=TRANSFER_RUN_PATTERN,
         trained_on="|".join(DATASETS),
     params:
+        launch=LAUNCH,
         spec=evaluation_spec,
         seed=config["seed"],
     log:
@@ -25,13 +26,11 @@ rule evaluate_transfer:
         f"{RESULTS}/benchmarks/{{dataset}}/transfer/{{trained_on}}/{{run}}/{{selection}}/{{split}}/evaluate.tsv"
     threads: JOB_THREADS
     resources:
-        mem="8GB",
-        runtime="2h",
-        gpu=config["llm"]["gpu"],
+        **job_resources("evaluate_transfer", "8GB", "2h", gpus=LLM_GPUS),
     conda:
         LLM_ENV
     shell:
-        "python -m workflow.llm.evaluate --model-dir {input.model:q} --adapter {input.adapter:q} "
+        "{params.launch} workflow.llm.evaluate --model-dir {input.model:q} --adapter {input.adapter:q} "
         "--samples {input.samples:q} --items {input.item_table:q} --title-embeddings {input.title_embeddings:q} "
         "--spec {params.spec:q} --dataset {wildcards.dataset} --trained-on {wildcards.trained_on} "
         "--method {wildcards.run} --selection {wildcards.selection} --seed {params.seed} --threads {threads} "

@@ -13,9 +13,11 @@ ROOT = Path(__file__).resolve().parent.parent
 ENVS = ["cpu", "gpu"]
 # The rules do not run the test suite: pyproject's test runner need not be in their environments.
 TEST_ONLY = {"pytest", "pytest-xdist"}
-# Where gpu.yaml may pin differently from pyproject.toml (name -> why). Empty: the PyPI torch
-# wheel for Linux carries its own CUDA runtime, so the same pins serve both (see gpu.yaml).
-GPU_DIFFERENCES: dict[str, str] = {}
+# Where gpu.yaml may pin differently from pyproject.toml (name -> why).
+GPU_DIFFERENCES: dict[str, str] = {
+    "torch": "the CUDA 12.8 build of the same release (driver >= 525.60.13; PyPI's is CUDA 13, driver >= 580)",
+    "bitsandbytes": "the k-bit kernels of llm.quantization (CUDA only)",
+}
 
 PIN = re.compile(r"^([A-Za-z0-9_.\-\[\]]+)==([^\s;]+)$")
 
@@ -44,7 +46,12 @@ def env_file(name: str) -> dict:
 def env_pins(env: dict) -> dict[str, str]:
     pip = [d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d]
     assert len(pip) == 1, "expected one pip: block"
-    return pins(pip[0])
+    return pins([line for line in pip[0] if not line.startswith("--")])  # index options are not pins
+
+
+def test_gpu_env_takes_the_cuda12_build_of_the_pinned_torch():
+    gpu, pinned = env_pins(env_file("gpu")), pins(project()["dependencies"])
+    assert gpu["torch"] == pinned["torch"] + "+cu128"
 
 
 @pytest.mark.parametrize("name", ENVS)
@@ -97,7 +104,7 @@ def test_every_rule_that_runs_code_names_an_existing_env():
         if re.search(r"^\s+conda:\s*\n\s+LLM_ENV\s*$", body, flags=re.M):
             # rules/common.smk: envs/gpu.yaml when llm.gpu > 0, else envs/cpu.yaml; only for rules
             # that ask the scheduler for the configured GPUs
-            if 'gpu=config["llm"]["gpu"]' not in body:
+            if not re.search(r"job_resources\([^)]*gpus=(LLM_GPUS|ONE_GPU)", body):
                 problems.append(f"{name} ({path.name}): LLM_ENV without the gpu resource")
             continue
         env = re.search(r"^\s+conda:\s*\n\s+\"([^\"]+)\"", body, flags=re.M)

@@ -222,23 +222,24 @@ def run_preference(method: str, model_dir: str | Path, adapter: str | Path, samp
                    spec: dict[str, Any], seed: int, out: str | Path) -> Path:
     from peft import PeftModel
 
-    from workflow.llm.model import autocast, load_model, resolve_device, resolve_dtype
+    from workflow.llm.model import autocast, load_for_training
 
     s = settings(method, spec)
     llm, cfg, domain = s["llm"], s["cfg"], s["domain"]
     samples = read_training_samples(samples_path, selection_path, s["budget"], seed)
     items = pd.read_parquet(items_path, columns=["item_id", "title"])
-    model, tokenizer = load_model(model_dir, device=llm["device"], dtype=llm["dtype"], attention=llm["attention"])
+    model, tokenizer, device, compute = load_for_training(model_dir, llm)
     if not (Path(adapter) / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{adapter}: no adapter_config.json (train the sft adapter first)")
     model = PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
-    device = resolve_device(llm["device"])
-    train.cast_frozen_linears(model, resolve_dtype(llm["dtype"], device))  # as in SFT: autocast's results, faster
-    amp = lambda: autocast(device, llm["dtype"])  # noqa: E731
+    train.cast_frozen_linears(model, compute)  # as in SFT: autocast's results, faster
+    amp = lambda: autocast(device, compute)  # noqa: E731
 
     examples = preference_examples(samples, items, tokenizer, domain, llm, s["prompt"])
     full = read_reference(reference_path, examples)  # every candidate: `hardest` ranks them
-    chosen = with_negatives(examples, cfg["k"], cfg["strategy"], seed, full)
+    popularity = (item_popularity(pd.read_parquet(samples_path, columns=["split", "history", "target"]))
+                  if cfg["strategy"] in ("tail", "head") else None)  # the whole train split's, not the run's
+    chosen = with_negatives(examples, cfg["k"], cfg["strategy"], seed, full, popularity)
     for example, ref in zip(chosen, full):
         example["reference"] = torch.tensor(ref[example["order"]], dtype=torch.float32)
     log.info("%s on %d samples, %s prompt, %d negatives each (%s), beta %.3g", method, len(chosen), s["prompt"],
@@ -247,6 +248,7 @@ def run_preference(method: str, model_dir: str | Path, adapter: str | Path, samp
     checkpoint = train.checkpoint_dir_for(out)
     train_log = train.train(model, chosen, collate, make_loss_fn(method, cfg), cfg, seed=seed,
                             checkpoint_dir=checkpoint, autocast=amp, desc=method,
+                            scaler=train.grad_scaler(device, compute),
                             fingerprint_extra={"adapter": str(adapter), "method": method})
     config = {"llm": llm, method: cfg, "domain": domain, "prompt": s["prompt"], "budget": s["budget"],
               "model_dir": str(model_dir), "reference_adapter": str(adapter),
