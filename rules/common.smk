@@ -362,9 +362,16 @@ def report_inputs(wildcards):
     return [t for t in all_targets() if t != RESOURCES_FIGURE]
 
 
+def split_targets():
+    """The metrics of every run of `methods` on the other splits of `evaluation.splits` (the summary
+    reads the test split; a `valid` entry evaluates every run there too, e.g. to choose settings)."""
+    return [run_metrics(d, r, s, split) for split in config["evaluation"]["splits"] if split != "test"
+            for d in DATASETS for r, s in method_runs()]
+
+
 def all_targets():
     return (data_targets() + surrogate_targets() + [f"{RESULTS}/summary.parquet", f"{RESULTS}/summary.md"]
-            + explanation_targets() + study_targets() + report_targets())
+            + split_targets() + explanation_targets() + study_targets() + report_targets())
 
 
 # ---------------------------------------------------------------------------------------------

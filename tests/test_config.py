@@ -98,3 +98,26 @@ def test_paper_config_validates():
     config = cfg.load(ROOT / "config" / "paper.yaml")
     assert config["llm"]["device"] == "cuda"
     assert set(config["datasets"]) >= {"games", "steam", "lastfm"}
+
+
+def test_paper_config_plans_every_method_on_both_splits(tmp_path):
+    """`snakemake -n --configfile config/paper.yaml --replace-workflow-config` plans every method of
+    the mission (each at its block's prompt) on the valid and test splits of every dataset, DEALRec's
+    selection, the authors' LoRA settings for LLaRA / iLoRA, and the GPU preflight first."""
+    out = _snakemake("-n", "-p", "--configfile", "config/paper.yaml", "--replace-workflow-config", "--config",
+                     f"results={tmp_path}/results")
+    assert out.returncode == 0, out.stdout + out.stderr
+    text = out.stdout
+    runs = ["base-candidate", "base-open", "sft-candidate", "dmpo-candidate", "sdpo-candidate", "dynamicpo-candidate",
+            "llara-candidate", "ilora-candidate", "soft-open"]
+    for dataset in ("movielens", "games", "steam", "lastfm"):
+        for run in runs:
+            for split in ("valid", "test"):
+                selection = "none" if run.startswith("base") else "random"
+                assert f"{dataset}/llm/{run}/{selection}/{split}/metrics.parquet" in text, (dataset, run, split)
+        assert f"{dataset}/llm/sft-candidate/dealrec/test/metrics.parquet" in text
+        assert f"{dataset}/selection/dealrec.parquet" in text
+    assert "rule preflight:" in text
+    ilora = text[text.index("rule hybrid:"):]
+    assert '"lora_alpha": 32.0' in ilora or '"lora_alpha": 32' in ilora
+    assert '"gate_proj", "up_proj", "down_proj"' in ilora and "workflow.launch --gpus 1" in ilora
