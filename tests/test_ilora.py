@@ -123,3 +123,31 @@ def test_routers_give_one_softmax_gate_per_sample():
     torch.testing.assert_close(ilora.gate_weights(None, None, 4, 2), torch.full((2, 4), 0.25))
     with pytest.raises(ValueError, match="multiple"):
         ilora.ExpertLoRALinear(torch.nn.Linear(4, 4), r=6, n_experts=4, alpha=1.0, dropout=0.0)
+
+
+def test_router_shortcut_subsamples_and_zero_pads_without_parameters():
+    """The authors' option-A shortcut: x[:, :, ::stride], channels zero-padded half before, half after."""
+    shortcut = ilora.ShortcutA(2, 4, stride=2)
+    assert list(shortcut.parameters()) == []
+    x = torch.arange(1.0, 11.0).reshape(1, 2, 5)  # channel 0: 1..5, channel 1: 6..10
+    expected = torch.tensor([[[0.0, 0.0, 0.0], [1.0, 3.0, 5.0], [6.0, 8.0, 10.0], [0.0, 0.0, 0.0]]])
+    assert torch.equal(shortcut(x), expected)
+    odd = ilora.ShortcutA(1, 4, stride=1)(torch.ones(1, 1, 3))  # 3 new channels: 1 before, 2 after
+    assert torch.equal(odd[0, :, 0], torch.tensor([0.0, 1.0, 0.0, 0.0]))
+    # in a block: same length as the strided conv body, and no parameter beyond the body's
+    block = ilora.ResidualBlock1d(16, 32, stride=2)
+    assert isinstance(block.skip, ilora.ShortcutA)
+    assert sum(p.numel() for p in block.skip.parameters()) == 0
+    assert sum(p.numel() for p in block.parameters()) == sum(p.numel() for p in block.body.parameters())
+    for length in (7, 8):
+        assert block.eval()(torch.randn(3, 16, length)).shape == (3, 32, (length + 1) // 2)
+    assert isinstance(ilora.ResidualBlock1d(16, 16, stride=1).skip, torch.nn.Identity)
+
+
+def test_resnet_router_has_no_shortcut_convolutions():
+    router = ilora.resnet_router(4).eval()
+    assert not any(isinstance(m, torch.nn.Conv1d) and m.kernel_size == (1,) for m in router.modules())
+    # stem conv + 9 blocks x 2 convs (3-wide), BatchNorms, and Linear(64, 4)
+    assert sum(isinstance(m, torch.nn.Conv1d) for m in router.modules()) == 1 + 9 * 2
+    assert router(torch.randn(5, 64)).shape == (5, 4)
+    assert router(torch.randn(5, 13)).shape == (5, 4)  # any d: the average pool takes the length

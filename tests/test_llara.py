@@ -83,6 +83,45 @@ def test_curriculum_ramps_from_text_to_hybrid():
     assert abs(sum(draws) / total - 0.5) < 0.1
 
 
+
+def test_authors_curriculum_restarts_every_epoch_and_tops_out_at_one_over_epochs():
+    """(step_in_epoch / steps_per_epoch) / epochs: 5 epochs of 10 steps (total 50), by hand."""
+    p = lambda step: llara.hybrid_probability(step, 50, 10, "authors")
+    assert p(0) == 0.0
+    assert p(5) == pytest.approx(0.5 / 5)  # half-way through epoch 1: 0.1
+    assert p(9) == pytest.approx(0.9 / 5)  # the last step of an epoch: 0.18 < 1 / epochs
+    assert p(10) == 0.0 and p(13) == pytest.approx(0.3 / 5)  # epoch 2 starts over
+    assert p(49) == pytest.approx(0.18)
+    # mean over the run: (0 + 1 + ... + 9) / 10 / 10 / 5 = 0.09, about 1 / (2 epochs)
+    assert sum(p(s) for s in range(50)) / 50 == pytest.approx(0.09)
+    assert llara.hybrid_probability(3, 7, 7, "authors") == pytest.approx(3 / 7)  # one epoch = per_epoch
+
+
+def test_per_epoch_curriculum_restarts_the_full_ramp():
+    """step_in_epoch / steps_per_epoch: 0 to 1 within every epoch (not the authors' 1 / epochs top)."""
+    p = lambda step: llara.hybrid_probability(step, 50, 10, "per_epoch")
+    assert [p(s) for s in (0, 5, 9, 10, 19, 45)] == pytest.approx([0.0, 0.5, 0.9, 0.0, 0.9, 0.5])
+    assert sum(p(s) for s in range(50)) / 50 == pytest.approx(0.45)
+    with pytest.raises(ValueError, match="authors"):
+        llara.hybrid_probability(0, 50, 10, "worker_quirk")
+
+
+def test_router_and_projector_get_their_own_optimizer_settings():
+    """The router: 0.3 x lr and its own weight decay (authors 1e-5); the LoRA keeps the block's."""
+    from workflow.config import validate_block
+
+    block = validate_block("ilora", {"lr": 1e-3, "weight_decay": 0.0})
+    assert block["router_weight_decay"] == 1e-5 and block["projector_weight_decay"] == 1e-5
+    options = llara.param_options(block)
+    assert options("ilora_router.3.body.0.weight") == {"lr_scale": 0.3, "weight_decay": 1e-5}
+    assert options("hybrid_projector.0.weight") == {"weight_decay": 1e-5}
+    assert options("model.layers.0.self_attn.q_proj.lora_A") == {}
+    module = torch.nn.ModuleDict({"ilora_router": torch.nn.Linear(2, 2), "lora": torch.nn.Linear(2, 2)})
+    groups = train.param_groups(dict(module.named_parameters()), block, options)
+    by_first = {id(g["params"][0]): (g["lr"], g["weight_decay"], len(g["params"])) for g in groups}
+    assert by_first[id(module["ilora_router"].weight)] == (pytest.approx(3e-4), 1e-5, 2)
+    assert by_first[id(module["lora"].weight)] == (1e-3, 0.0, 2)
+
 def run_args(tiny_model_dir, paths, surrogate, out, method, block):
     spec = {"llm": LLM, method: block, "domain": "movie", "prompt": "open"}
     return ["--method", method, "--model-dir", str(tiny_model_dir), "--samples", str(paths["samples"]),

@@ -89,3 +89,65 @@ def test_candidate_pool_is_seeded_and_capped():
     assert list(candidate_pool(ids[::-1], 10, seed=3)) == list(pool)  # row order does not matter
     assert list(candidate_pool(ids, 10, seed=4)) != list(pool)
     assert len(candidate_pool(ids, None, seed=3)) == 100 and len(candidate_pool(ids, 500, seed=3)) == 100
+
+
+def saved_adapter(model_dir, folder, lora_dropout):
+    """A trained-looking PEFT adapter (non-zero B) on disk, as the sft stage saves one."""
+    from workflow.llm import train
+    from workflow.llm.model import load_model
+
+    model, _ = load_model(model_dir, device="cpu", dtype="float32")
+    model = train.add_lora(model, {"lora_r": 4, "lora_alpha": 8, "lora_dropout": lora_dropout,
+                                   "target_modules": ["q_proj", "v_proj"]}, seed=5)
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn_like(p) * 0.2)
+    model.save_pretrained(folder, safe_serialization=True)
+    return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+
+
+def from_adapter(model_dir, adapter, mode="eval", params="all"):
+    spec = {"llm": {"dtype": "float32", "device": "cpu"}, "domain": "movie", "prompt": "open",
+            "sft": {"lora_r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+            "selection": {"dealrec": {"effort": {"params": params, "adapter": "sft", "mode": mode}}}}
+    return effort.prepare_model(model_dir, effort.settings(spec), seed=0, adapter=adapter)
+
+
+def test_sft_adapter_is_the_folder_the_rule_gives(tiny_model_dir, tmp_path):
+    saved = saved_adapter(tiny_model_dir, tmp_path / "adapter", lora_dropout=0.05)
+    model, _, matrices, autocast = from_adapter(tiny_model_dir, tmp_path / "adapter")
+    loaded = {n: p for n, p in model.named_parameters() if "lora_" in n}
+    assert loaded.keys() == saved.keys() and all(torch.equal(loaded[n], saved[n]) for n in saved)
+    assert not model.training and len(matrices) == 2 * 2 * 2
+    prompts, answers = token_examples(4)
+    norms = effort.batch_grad_norms(model, matrices, effort.loss_fn("all"), prompts, answers, autocast)
+    assert (norms > 0).all()
+    with pytest.raises(ValueError, match="must be given"):
+        effort.resolve_adapter("sft", None)
+    with pytest.raises(ValueError, match="--adapter is for"):
+        effort.resolve_adapter(None, tmp_path / "adapter")
+    assert effort.resolve_adapter(None, None) is None and effort.resolve_adapter("/a/b", None) == "/a/b"
+
+
+def test_train_mode_equals_eval_mode_without_lora_dropout(tiny_model_dir, tmp_path):
+    """The authors' train mode: with lora_dropout 0 the same numbers as eval mode; with dropout the
+    masks make it differ, reproducibly under the same torch seed."""
+    prompts, answers = token_examples(5, seed=3)
+    examples = [{"prompt": p, "answer": a} for p, a in zip(prompts, answers)]
+    losses = effort.loss_fn("all")
+
+    def scores(folder, mode, seed=0):
+        model, _, matrices, autocast = from_adapter(tiny_model_dir, folder, mode)
+        assert model.training == (mode == "train")
+        torch.manual_seed(seed)
+        return effort.effort_scores(model, matrices, losses, examples, batch_size=2, autocast=autocast)
+
+    saved_adapter(tiny_model_dir, tmp_path / "no_dropout", lora_dropout=0.0)
+    np.testing.assert_array_equal(scores(tmp_path / "no_dropout", "train"), scores(tmp_path / "no_dropout", "eval"))
+    saved_adapter(tiny_model_dir, tmp_path / "dropout", lora_dropout=0.5)
+    train_mode = scores(tmp_path / "dropout", "train")
+    np.testing.assert_array_equal(train_mode, scores(tmp_path / "dropout", "train"))
+    assert not np.allclose(train_mode, scores(tmp_path / "dropout", "eval"), rtol=1e-3)
+    assert not np.array_equal(train_mode, scores(tmp_path / "dropout", "train", seed=1))

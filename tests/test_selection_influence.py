@@ -137,3 +137,71 @@ def test_divergence_is_reported(tiny_surrogate, train_samples):
     v = inf.mean_gradient(loss, params, data, chunk=64)
     with pytest.raises(ValueError, match="influence.scale"):
         inf.lissa(loss, params, data, v * 1e30, damping=0.0, scale=1e-30, depth=50, hvp_batch=len(ids), seed=0)
+
+
+# --- the authors' loss: the sample as one sequence, BCE with one drawn negative per position ----------
+
+def test_bce_data_are_the_next_items_and_seeded_negatives_outside_the_sequence(tiny_surrogate, train_samples):
+    ids, (seq, lengths, pos, neg) = inf.encode_train(tiny_surrogate, train_samples, "bce", seed=7)
+    index = tiny_surrogate.index_of_item
+    train = train_samples[train_samples["split"] == "train"].sort_values("sample_id")
+    for k, row in enumerate(train.itertuples()):
+        items = [index[i] for i in row.history][-MAX_LEN:]
+        n = len(items)
+        assert seq[k, :n].tolist() == items and int(lengths[k]) == n
+        # position t's positive is the item after it: the next history item, the target after the last
+        assert pos[k].tolist() == (items[1:] + [index[row.target]]) + [0] * (MAX_LEN - n)
+        drawn = neg[k, :n].tolist()
+        assert all(1 <= d < N_ITEMS + 1 for d in drawn) and neg[k, n:].eq(0).all()
+        assert not set(drawn) & {index[i] for i in [*row.history, row.target]}
+    # seeded by (seed, sample id): the same negatives for a sample scored among fewer samples
+    _, (*_, neg_again) = inf.encode_train(tiny_surrogate, train_samples, "bce", seed=7)
+    _, (*_, neg_part) = inf.encode_train(tiny_surrogate, train_samples.iloc[5:], "bce", seed=7)
+    _, (*_, neg_other) = inf.encode_train(tiny_surrogate, train_samples, "bce", seed=8)
+    assert torch.equal(neg, neg_again) and torch.equal(neg_part, neg[5:]) and not torch.equal(neg, neg_other)
+
+
+def hand_bce(surrogate, seq_row, n, pos_row, neg_row) -> torch.Tensor:
+    """The authors' loss of one sample, independently: one forward per prefix through the model's own
+    last-position output (RecBole's gather), then -log sigmoid / -log(1 - sigmoid) as written."""
+    model = surrogate.model
+    table = model.item_embedding.weight
+    terms = []
+    for t in range(n):
+        out = model(seq_row[None, : t + 1], torch.tensor([t + 1]))[0]
+        p, q = torch.sigmoid(out @ table[pos_row[t]]), torch.sigmoid(out @ table[neg_row[t]])
+        terms.append(-torch.log(p) - torch.log(1 - q))
+    return torch.stack(terms).mean()
+
+
+def test_bce_loss_and_gradients_equal_a_per_prefix_hand_computation(tiny_surrogate, train_samples):
+    ids, data = inf.encode_train(tiny_surrogate, train_samples, "bce", seed=3)
+    params = inf.parameter_subset(tiny_surrogate.model, ["trm_encoder.layer.{last}.multi_head_attention.dense.weight"])
+    loss = inf.sasrec_batch_loss(tiny_surrogate.model, "bce")
+    batched = inf.per_sample_grads(loss, params, *data)
+    named = dict(tiny_surrogate.model.named_parameters())
+    seq, lengths, pos, neg = data
+    hand_losses = []
+    for k in range(len(ids)):
+        n = int(lengths[k])
+        hand = hand_bce(tiny_surrogate, seq[k], n, pos[k], neg[k])
+        hand_losses.append(hand.detach())
+        assert_close_float32(loss(params, *(t[k : k + 1] for t in data)).detach(), hand.detach(), depth=DEPTH,
+                             what=f"bce loss of {ids[k]}")
+        (g,) = torch.autograd.grad(hand, [named[n_] for n_ in params])
+        assert_close_float32(batched[next(iter(params))][k], g, depth=DEPTH, what=f"bce gradient of {ids[k]}")
+    # a batch's loss is the mean of its samples' losses
+    assert_close_float32(loss(params, *data).detach(), torch.stack(hand_losses).mean(), depth=DEPTH,
+                         what="batch bce loss")
+
+
+def test_bce_influence_runs_end_to_end_and_differs_from_ce(tiny_surrogate, train_samples):
+    settings = inf.influence_settings({"dealrec": {"influence": {"depth": 20, "scale": 1e3, "loss": "bce"}}})
+    table, trace, _ = inf.compute_influence(tiny_surrogate, train_samples, settings, seed=0)
+    again, _, _ = inf.compute_influence(tiny_surrogate, train_samples, settings, seed=0)
+    ce, _, _ = inf.compute_influence(tiny_surrogate, train_samples, {**settings, "loss": "ce"}, seed=0)
+    assert np.isfinite(table["influence"]).all() and len(trace) == 20
+    assert np.array_equal(table["influence"], again["influence"])
+    assert not np.allclose(table["influence"], ce["influence"])
+    with pytest.raises(ValueError, match="influence.loss"):
+        inf.sasrec_batch_loss(tiny_surrogate.model, "bpr")

@@ -18,7 +18,9 @@ return W0 x alone: the base model (what `evaluate.base_model_only` expects for g
 
 Router (the gate network) on the SASRec sequence representation s [d]: the authors' 1-D ResNet (Conv1d
 1->16, three stages of 3 residual blocks with 16/32/64 channels and strides 1/2/2, average pool,
-Linear(64, n)) or a Linear(d, n) ablation.
+Linear(64, n)) or a Linear(d, n) ablation. Where a block changes the stride or the channel count its
+shortcut subsamples and zero-pads the channels (no parameters, as the authors'); the router trains
+with its own weight decay (`ilora.router_weight_decay`, authors 1e-5) and 0.3 x the learning rate.
 """
 from __future__ import annotations
 
@@ -110,15 +112,36 @@ def expert_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 # ----------------------------------------------------------------------------- the router
 
+class ShortcutA(nn.Module):
+    """The parameter-free residual shortcut ("option A" of He et al.'s CIFAR ResNets, what the
+    authors' router uses) when a block changes the stride or the channel count: keep every
+    `stride`-th position (x[:, :, ::stride], the same length a stride-s, padding-1, kernel-3 conv
+    gives) and zero-pad the channels, (channels - channels_in) // 2 zero channels before and the rest
+    after (planes // 4 on each side when the count doubles, as the authors' lambda)."""
+
+    def __init__(self, channels_in: int, channels: int, stride: int):
+        super().__init__()
+        if channels < channels_in:
+            raise ValueError(f"a zero-padding shortcut cannot reduce {channels_in} channels to {channels}")
+        self.stride = stride
+        self.before = (channels - channels_in) // 2
+        self.after = channels - channels_in - self.before
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.pad(x[:, :, :: self.stride], (0, 0, self.before, self.after))
+
+
 class ResidualBlock1d(nn.Module):
+    """conv3-BN-ReLU-conv3-BN plus the shortcut, then ReLU; the shortcut is the identity or, when the
+    stride or the channel count changes, the parameter-free ShortcutA (the authors': no 1x1 conv)."""
+
     def __init__(self, channels_in: int, channels: int, stride: int):
         super().__init__()
         self.body = nn.Sequential(
             nn.Conv1d(channels_in, channels, 3, stride=stride, padding=1, bias=False), nn.BatchNorm1d(channels),
             nn.ReLU(), nn.Conv1d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm1d(channels))
         self.skip = (nn.Identity() if stride == 1 and channels_in == channels else
-                     nn.Sequential(nn.Conv1d(channels_in, channels, 1, stride=stride, bias=False),
-                                   nn.BatchNorm1d(channels)))
+                     ShortcutA(channels_in, channels, stride))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.body(x) + self.skip(x))

@@ -14,8 +14,10 @@ feeds a placeholder) both take it (the explanations stage does not yet).
 
 Curriculum: each optimizer step is hybrid with probability step / total_steps (seeded per step, so
 a resumed run draws the same), else text-only: the placeholders stay ordinary token embeddings and
-the projector gets no gradient. `per_epoch` restarts that ramp every epoch (the authors' code does so
-through a dataloader-worker quirk); `hybrid` always uses it. Evaluation is always hybrid.
+the projector gets no gradient. `authors` is the schedule the authors' code runs (a dataloader-worker
+quirk: the ramp restarts every epoch and tops out at 1 / epochs; `hybrid_probability` derives it),
+`per_epoch` restarts the full 0-to-1 ramp every epoch, `hybrid` always uses it. Evaluation is always
+hybrid.
 
 `llara` trains a PEFT LoRA; `ilora` the mixture of experts of workflow/llm/ilora.py, whose gate reads
 the sample's SASRec sequence representation (`sequence`), a fixed random vector per sample (`random`)
@@ -94,15 +96,36 @@ def placeholder_embeds(projector: nn.Module, item_vectors: torch.Tensor, rows: S
     return replace
 
 
+CURRICULA = ("linear", "authors", "per_epoch", "hybrid")
+
+
 def hybrid_probability(step: int, total: int, steps_per_epoch: int, curriculum: str) -> float:
-    """The chance that optimizer step `step` (0-based) of `total` uses the hybrid prompt."""
+    """The chance that optimizer step `step` (0-based) of `total` uses the hybrid prompt.
+
+    - `linear` (the default, the intended schedule): step / total, 0 to 1 over the whole run.
+    - `authors`: what the LLaRA/iLoRA code actually runs, (step_in_epoch / steps_per_epoch) / epochs.
+      Derivation: their collator draws hybrid with probability cur_step / (max_steps / W), cur_step a
+      counter inside each of the W = 8 data-loader workers (each worker holds max_steps / W of the
+      run's steps). The workers are not persistent, so every epoch starts fresh ones with
+      cur_step = 0; within an epoch a worker makes its (steps_per_epoch / W) batches in turn, so at
+      step i of the epoch the counter is about i / W and the probability
+      (i / W) / (epochs * steps_per_epoch / W) = (i / steps_per_epoch) / epochs. It restarts every
+      epoch and tops out just under 1 / epochs: about 1 / (2 epochs) hybrid batches overall (10% at
+      their 5 epochs). We drop the per-worker rounding (W and the order batches leave the workers).
+    - `per_epoch`: step_in_epoch / steps_per_epoch, the 0-to-1 ramp restarted every epoch (not the
+      authors': theirs never passes 1 / epochs).
+    - `hybrid`: always 1.
+    """
     if curriculum == "hybrid":
         return 1.0
     if curriculum == "linear":
         return step / total
     if curriculum == "per_epoch":
         return (step % steps_per_epoch) / steps_per_epoch
-    raise ValueError(f"unknown curriculum {curriculum!r} (known: linear, per_epoch, hybrid)")
+    if curriculum == "authors":
+        epochs = max(1, total // steps_per_epoch)  # train.train runs total = epochs * steps_per_epoch
+        return (step % steps_per_epoch) / steps_per_epoch / epochs
+    raise ValueError(f"unknown curriculum {curriculum!r} (known: {', '.join(CURRICULA)})")
 
 
 def is_hybrid_step(step: int, probability: float, seed: int) -> bool:
@@ -323,6 +346,19 @@ def make_loss_fn(parts: Hybrid, state: dict[str, Any]):
     return loss_fn
 
 
+def param_options(block: dict[str, Any]) -> Callable[[str], dict[str, float]]:
+    """train.train's per-parameter options: the projector's weight decay; the router's lr scale and
+    weight decay (the authors: 0.3 x lr, weight decay 1e-5 on both); the LoRA keeps the block's."""
+    def options(name: str) -> dict[str, float]:
+        if name.startswith("hybrid_projector"):
+            return {"weight_decay": float(block["projector_weight_decay"])}
+        if name.startswith("ilora_router"):
+            return {"lr_scale": float(block["router_lr_scale"]), "weight_decay": float(block["router_weight_decay"])}
+        return {}
+
+    return options
+
+
 def collate_with(gate_vectors: dict[str, np.ndarray] | None) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
     def collate(examples: list[dict[str, Any]]) -> dict[str, Any]:
         inputs = None
@@ -371,13 +407,6 @@ def run_hybrid(method: str, model_dir: str | Path, samples_path: str | Path, ite
     def step_start(step: int, total: int) -> None:
         state["hybrid"] = is_hybrid_step(step, hybrid_probability(step, total, per_epoch, block["curriculum"]), seed)
 
-    def param_options(name: str) -> dict[str, float]:
-        if name.startswith("hybrid_projector"):
-            return {"weight_decay": float(block["projector_weight_decay"])}
-        if name.startswith("ilora_router"):
-            return {"lr_scale": float(block["router_lr_scale"])}
-        return {}
-
     checkpoint = train.checkpoint_dir_for(out)
     source = Path(model_dir) / "llmrec_source.json"
     train_log = train.train(
@@ -386,7 +415,7 @@ def run_hybrid(method: str, model_dir: str | Path, samples_path: str | Path, ite
         scaler=train.grad_scaler(device, compute),
         fingerprint_extra={"model_dir": str(model_dir), "surrogate": str(surrogate_dir), "hybrid": cfg,
                            "source": source.read_text() if source.exists() else None},
-        param_options=param_options, step_start=step_start)
+        param_options=param_options(block), step_start=step_start)
 
     config = {"llm": llm, method: block, "domain": domain, "prompt": prompt, "budget": s["budget"],
               "model_dir": str(model_dir), "surrogate": str(surrogate_dir), "samples": str(samples_path),

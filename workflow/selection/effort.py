@@ -2,12 +2,23 @@
 
 E(s) = || d L_LLM(s) / d theta ||_2, theta a subset of the LoRA parameters (config
 `selection.dealrec.effort.params`): `last_v_proj_B`, the lora_B matrix of the last layer's v_proj
-(the authors'), or `all` LoRA matrices. The LoRA is a fresh one on the base model (the sft block's
-rank, alpha and target modules, seeded) or the adapter named by `effort.adapter`. On a fresh LoRA,
-lora_B is zero, so every lora_A gradient is zero too and only the B matrices carry effort.
+(the authors'), or `all` LoRA matrices. The LoRA (`effort.adapter`) is
+- null: a fresh one on the base model (the sft block's rank, alpha, dropout and target modules,
+  seeded). lora_B is zero, so every lora_A gradient is zero too and only the B matrices carry effort;
+- `sft`: the trained sft adapter of the same dataset (the authors measure effort on a LoRA trained
+  on the data), whose folder the rule passes as `--adapter` (this module does not know the layout);
+- any other string: that PEFT adapter folder.
 L_LLM(s) is the sample's mean token cross-entropy over prompt and answer (`loss_tokens: all`, as the
 authors: a causal-LM loss on the whole sequence) or over the answer tokens only (`answer`, the SFT
-loss). The model runs in eval mode (no LoRA dropout), so a score does not depend on its batch.
+loss).
+
+Mode (`effort.mode`): `eval` (the default) runs without LoRA dropout, so a score does not depend on
+its batch. `train` is the authors' (their Trainer computes the gradients in train mode): each
+sample's LoRA input goes through dropout (the adapter's lora_dropout: the authors' 0.05; the schema's
+sft default 0.05, config/config.yaml's 0), drawn from torch's RNG seeded with the stage's seed before scoring, so a run is
+reproducible but a sample's score depends on its batch and the order of batches (the masks it is
+given) and on the device. The base model's own dropout is 0 for Llama-family configs (attention_dropout),
+so with lora_dropout 0 the two modes give the same numbers (tests check it).
 
 Batched per-sample gradient norms (opacus-style, for linear layers): a LoRA matrix W [out, in] is
 applied as y = x W^T, so sample b's gradient is sum_t g_bt^T x_bt, with x the layer's input and g the
@@ -23,7 +34,7 @@ LLM pass is the expensive part of DEALRec on a CPU.
 
     python -m workflow.selection.effort --model-dir results/models/base --samples .../samples.parquet \
         --items .../items.parquet --spec '{"llm": {...}, "sft": {...}, "selection": {...}, "domain": "movie"}' \
-        --seed 42 --threads 1 --out .../selection/effort.parquet
+        --seed 42 --threads 1 --out .../selection/effort.parquet [--adapter .../sft-candidate/all/adapter]
 
 Output: sample_id, effort (float64), tokens (the sequence length the loss ran on), sorted by sample_id.
 """
@@ -48,6 +59,8 @@ log = logging.getLogger(__name__)
 
 PARAM_SUBSETS = ("last_v_proj_B", "all")
 LOSS_TOKENS = ("all", "answer")
+MODES = ("eval", "train")
+SFT_ADAPTER = "sft"  # effort.adapter value: the adapter folder comes from the rule (--adapter)
 SCHEMA = pa.schema([("sample_id", pa.string()), ("effort", pa.float64()), ("tokens", pa.int64())])
 
 # (model, prompt ids, answer ids) -> per-sample losses [B]
@@ -216,33 +229,53 @@ def settings(spec: dict[str, Any]) -> dict[str, Any]:
     return stage_settings(spec, {"llm": "llm", "sft": "sft", "selection": "selection"})
 
 
-def prepare_model(model_dir, s: dict[str, Any], seed: int):
+def resolve_adapter(configured: str | None, given: str | Path | None) -> str | None:
+    """The adapter folder to measure on: `effort.adapter` itself (null = a fresh LoRA, or a path), or,
+    for `sft`, the folder the rule gives as --adapter."""
+    if configured == SFT_ADAPTER:
+        if given is None:
+            raise ValueError("config key 'selection.dealrec.effort.adapter' is 'sft': the sft adapter folder must "
+                             "be given (--adapter)")
+        return str(given)
+    if given is not None:
+        raise ValueError(f"--adapter is for config key 'selection.dealrec.effort.adapter': sft (it is "
+                         f"{configured!r})")
+    return configured
+
+
+def prepare_model(model_dir, s: dict[str, Any], seed: int, adapter: str | Path | None = None):
     """(model, tokenizer, tracked matrices, autocast factory): the base model with a fresh seeded
-    LoRA (sft block's settings) or `effort.adapter`, frozen linears in the compute dtype."""
+    LoRA (sft block's settings) or the adapter (`resolve_adapter`), frozen linears in the compute
+    dtype, in `effort.mode` (eval or train)."""
     from workflow.llm import train
     from workflow.llm.model import autocast, load_model, resolve_device, resolve_dtype
 
     llm, effort = s["llm"], s["selection"]["dealrec"]["effort"]
+    folder = resolve_adapter(effort["adapter"], adapter)
+    if effort["mode"] not in MODES:
+        raise ValueError(f"config key 'selection.dealrec.effort.mode': {effort['mode']!r} is not one of {MODES}")
     model, tokenizer = load_model(model_dir, device=llm["device"], dtype=llm["dtype"], attention=llm["attention"])
-    if effort["adapter"]:
+    if folder:
         from peft import PeftModel
 
-        if not (Path(effort["adapter"]) / "adapter_config.json").is_file():
-            raise FileNotFoundError(f"config key 'selection.dealrec.effort.adapter': {effort['adapter']} is not a "
+        if not (Path(folder) / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"config key 'selection.dealrec.effort.adapter': {folder} is not a "
                                     "PEFT adapter folder (no adapter_config.json)")
-        model = PeftModel.from_pretrained(model, effort["adapter"], is_trainable=True)
+        model = PeftModel.from_pretrained(model, folder, is_trainable=True)
     else:
         model = train.add_lora(model, s["sft"], seed)
     device = resolve_device(llm["device"])
     train.cast_frozen_linears(model, resolve_dtype(llm["dtype"], device))
-    model.eval()
+    model.train(effort["mode"] == "train")
     matrices = tracked_matrices(model, effort["params"])
     require_grad_only(model, matrices)
     return model, tokenizer, matrices, lambda: autocast(device, llm["dtype"])
 
 
-def run_effort(model_dir, samples_path, items_path, spec: dict[str, Any], seed: int, out) -> pd.DataFrame:
-    """Effort scores of the candidate pool, written to `out` (see the module docstring)."""
+def run_effort(model_dir, samples_path, items_path, spec: dict[str, Any], seed: int, out,
+               adapter: str | Path | None = None) -> pd.DataFrame:
+    """Effort scores of the candidate pool, written to `out` (see the module docstring); `adapter`
+    is the sft adapter folder when `effort.adapter` is `sft`."""
     from workflow.llm.sft import sft_examples
 
     s = settings(spec)
@@ -252,11 +285,12 @@ def run_effort(model_dir, samples_path, items_path, spec: dict[str, Any], seed: 
     samples = samples.assign(sample_id=samples["sample_id"].astype(str))
     samples = samples.set_index("sample_id").loc[pool].reset_index()
     items = pd.read_parquet(items_path, columns=["item_id", "title"])
-    model, tokenizer, matrices, autocast = prepare_model(model_dir, s, seed)
+    model, tokenizer, matrices, autocast = prepare_model(model_dir, s, seed, adapter)
     examples = sft_examples(samples, items, tokenizer, s["domain"], s["llm"], s["prompt"])
-    log.info("effort of %d candidates (%s prompt, loss over %s tokens) on %s: %d parameters, batch %d",
-             len(examples), s["prompt"], effort["loss_tokens"], ", ".join(matrices),
-             sum(m.weight.numel() for m in matrices.values()), effort["batch_size"])
+    log.info("effort of %d candidates (%s prompt, loss over %s tokens, %s mode, %s) on %s: %d parameters, batch %d",
+             len(examples), s["prompt"], effort["loss_tokens"], effort["mode"], adapter or effort["adapter"] or
+             "fresh LoRA", ", ".join(matrices), sum(m.weight.numel() for m in matrices.values()), effort["batch_size"])
+    torch.manual_seed(seed)  # train mode: the LoRA dropout masks
     started, cpu_started = time.perf_counter(), time.process_time()
     scores = effort_scores(model, matrices, loss_fn(effort["loss_tokens"]), examples, effort["batch_size"], autocast)
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
@@ -266,7 +300,8 @@ def run_effort(model_dir, samples_path, items_path, spec: dict[str, Any], seed: 
                           "tokens": [len(e["prompt"]) + len(e["answer"]) for e in examples]})
     table = table.sort_values("sample_id", kind="stable").reset_index(drop=True)
     write_parquet(table, out, schema=SCHEMA, seed=seed,
-                  config={"effort": effort, "llm": s["llm"], "prompt": s["prompt"], "domain": s["domain"],
+                  config={"effort": effort, "adapter": None if adapter is None else str(adapter),
+                          "llm": s["llm"], "prompt": s["prompt"], "domain": s["domain"],
                           "lora": {k: s["sft"][k] for k in ("lora_r", "lora_alpha", "target_modules")}},
                   seconds=round(wall, 3), cpu_seconds=round(cpu, 3))
     return table
@@ -281,7 +316,9 @@ def main(argv=None) -> int:
                    help='JSON {"llm": {...}, "sft": {...}, "selection": {...}, "domain": "movie", "prompt": "open"}')
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out", required=True)
-    return cli.run(lambda a: run_effort(a.model_dir, a.samples, a.items, a.spec, a.seed, a.out), p, argv)
+    p.add_argument("--adapter", default=None,
+                   help="the sft adapter folder, when config key selection.dealrec.effort.adapter is `sft`")
+    return cli.run(lambda a: run_effort(a.model_dir, a.samples, a.items, a.spec, a.seed, a.out, a.adapter), p, argv)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,25 @@
 """DEALRec's influence score on the SASRec surrogate (DESIGN.md section 5).
 
-    v     = mean over the train samples of grad L(s)              (L: the surrogate's training loss)
+    v     = mean over the train samples of grad L(s)              (L: `loss`, below)
     h     = H^-1 v by LiSSA: h_0 = v, h_t = v + (1 - damping) h_{t-1} - H_t h_{t-1} / scale,
             H_t the Hessian of the loss of `hvp_batch` random train samples (authors: 1; all of them
             every step when hvp_batch >= their number), `depth` steps;
             the estimate is h_depth / scale = (H + damping * scale * I)^-1 v at convergence
     I(s)  = <h, grad L(s)>                                         for every train sample s
+
+Loss (`selection.dealrec.influence.loss`):
+- `ce` (default): the surrogate's own training loss on the sample's one window, cross-entropy of its
+  target over every item row given the history (RecBole's CE, what our SASRec is trained with).
+- `bce`: the authors' (their SASRec's training loss): the sample as one user sequence, history then
+  target; at every position t of the (last max_len items of the) history, the next item is the
+  positive and one drawn item the negative,
+      L(s) = 1/n sum_t [ -log sigmoid(<o_t, e_pos_t>) - log(1 - sigmoid(<o_t, e_neg_t>)) ],
+  o_t the SASRec output at position t, n the positions. Negatives: uniform over the items outside the
+  sample's sequence, one per position, drawn once from numpy's RNG seeded by (seed, sample id), so a
+  sample's negatives do not depend on the other samples or the batching. A batch's loss is the mean
+  of its samples' losses (the authors pool positions over a batch; with their one sample per
+  Hessian-vector product the two agree; v then weighs each sample once rather than by its length).
+  The surrogate is still trained with CE: only the influence's loss changes.
 
 Gradients are taken w.r.t. a parameter subset of the trained SASRec (config
 `selection.dealrec.influence.params`, fnmatch patterns over its parameter names, `{last}` = the last
@@ -32,9 +46,11 @@ Output: sample_id, influence (float64) for every train sample, sorted by sample_
 """
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import logging
 import time
+import zlib
 from pathlib import Path
 from typing import Any, Callable
 
@@ -52,8 +68,10 @@ log = logging.getLogger(__name__)
 
 SCHEMA = pa.schema([("sample_id", pa.string()), ("influence", pa.float64())])
 Params = dict[str, torch.Tensor]
-# (params, seq [B, L], lengths [B], targets [B]) -> the mean loss over the batch
-BatchLoss = Callable[[Params, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+LOSSES = ("ce", "bce")
+# (params, *data tensors of a batch) -> the mean loss over the batch. The data of a sample: ce
+# (seq [L], length, target); bce (seq [L], length, positives [L], negatives [L], 0 = no position)
+BatchLoss = Callable[..., torch.Tensor]
 
 
 # ----------------------------------------------------------------------------- parameters and loss
@@ -71,27 +89,73 @@ def parameter_subset(model: torch.nn.Module, patterns: list[str]) -> Params:
     return chosen
 
 
-def sasrec_batch_loss(model: torch.nn.Module) -> BatchLoss:
-    """SASRec's training loss (CE over every embedding row, as `surrogate.cross_entropy_loss`) as a
-    function of a parameter subset; the other parameters and buffers stay the model's."""
+def sasrec_batch_loss(model: torch.nn.Module, kind: str = "ce") -> BatchLoss:
+    """The influence's loss (module docstring) as a function of a parameter subset; the other
+    parameters and buffers stay the model's. `ce`: SASRec's CE over every embedding row, as
+    `surrogate.cross_entropy_loss`; `bce`: the authors' per-position BCE with drawn negatives."""
+    if kind not in LOSSES:
+        raise ValueError(f"config key 'selection.dealrec.influence.loss': {kind!r} is not one of {LOSSES}")
     fixed = {**dict(model.named_parameters()), **dict(model.named_buffers())}
     fixed = {k: v.detach() for k, v in fixed.items()}
 
-    def loss(params: Params, seq, lengths, targets) -> torch.Tensor:
+    def ce(params: Params, seq, lengths, targets) -> torch.Tensor:
         state = {**fixed, **params}
         out = functional_call(model, state, (seq, lengths))
         logits = out @ state["item_embedding.weight"].T
         return torch.nn.functional.cross_entropy(logits, targets)
 
-    return loss
+    def bce(params: Params, seq, lengths, positives, negatives) -> torch.Tensor:
+        state = {**fixed, **params}
+        with every_position(model):
+            out = functional_call(model, state, (seq, lengths))  # [B, L, H]
+        table = state["item_embedding.weight"]
+        pos = (out * table[positives]).sum(-1)
+        neg = (out * table[negatives]).sum(-1)
+        valid = (positives > 0).to(out.dtype)
+        # -log sigmoid(x) = softplus(-x), -log(1 - sigmoid(x)) = softplus(x)
+        per_position = (torch.nn.functional.softplus(-pos) + torch.nn.functional.softplus(neg)) * valid
+        return (per_position.sum(1) / valid.sum(1)).mean()
+
+    return ce if kind == "ce" else bce
 
 
-def per_sample_grads(loss: BatchLoss, params: Params, seq, lengths, targets) -> Params:
+@contextlib.contextmanager
+def every_position(model: torch.nn.Module):
+    """RecBole's SASRec.forward returns the output at each sequence's last position (gather_indexes);
+    inside this block it returns every position's output [B, L, H] (the forward is causal, so
+    position t sees the items up to t only, as in the authors' per-position loss)."""
+    model.gather_indexes = lambda output, index: output
+    try:
+        yield
+    finally:
+        del model.gather_indexes
+
+
+def draw_negatives(sample_ids, sequences: list[list[int]], positions: torch.Tensor, n_items: int,
+                   seed: int) -> torch.Tensor:
+    """[N, L] internal ids: one item per position where `positions` > 0, uniform over 1..n_items-1
+    minus the sample's own sequence (history and target), from numpy's RNG seeded by (seed, the
+    sample id's crc32); 0 elsewhere."""
+    out = torch.zeros_like(positions)
+    for row, (sample_id, items) in enumerate(zip(sample_ids, sequences)):
+        rng = np.random.default_rng([seed, zlib.crc32(str(sample_id).encode()), 0xBCE])
+        excluded = set(items)
+        if len(excluded) >= n_items - 1:
+            raise ValueError(f"sample {sample_id}: no item outside its sequence to draw a negative from")
+        for col in torch.nonzero(positions[row] > 0).flatten().tolist():
+            item = int(rng.integers(1, n_items))
+            while item in excluded:
+                item = int(rng.integers(1, n_items))
+            out[row, col] = item
+    return out
+
+
+def per_sample_grads(loss: BatchLoss, params: Params, *data) -> Params:
     """Each sample's gradient [B, *shape] per parameter: vmap over samples of grad of its own loss."""
-    def one(p, s, n, t):
-        return loss(p, s[None], n[None], t[None])
+    def one(p, *sample):
+        return loss(p, *(t[None] for t in sample))
 
-    return vmap(grad(one), in_dims=(None, 0, 0, 0))(params, seq, lengths, targets)
+    return vmap(grad(one), in_dims=(None, *(0 for _ in data)))(params, *data)
 
 
 def flat(tensors: Params) -> torch.Tensor:
@@ -116,13 +180,13 @@ def unflat(vector: torch.Tensor, like: Params) -> Params:
 
 def mean_gradient(loss: BatchLoss, params: Params, data, chunk: int) -> torch.Tensor:
     """v: the gradient of the mean loss over all samples (chunked; chunk means weighted by size)."""
-    seq, lengths, targets = data
+    n = len(data[0])
     total = torch.zeros(sum(p.numel() for p in params.values()), dtype=torch.float64)
-    for start in range(0, len(seq), chunk):
+    for start in range(0, n, chunk):
         part = slice(start, start + chunk)
-        g = grad(loss)(params, seq[part], lengths[part], targets[part])
-        total += flat(g).double() * len(seq[part])
-    return (total / len(seq)).float()
+        g = grad(loss)(params, *(t[part] for t in data))
+        total += flat(g).double() * len(data[0][part])
+    return (total / n).float()
 
 
 def hvp(loss: BatchLoss, params: Params, batch, vector: torch.Tensor) -> torch.Tensor:
@@ -136,15 +200,15 @@ def lissa(loss: BatchLoss, params: Params, data, v: torch.Tensor, *, damping: fl
           hvp_batch: int, seed: int, log_every: int | None = None) -> tuple[torch.Tensor, list[dict[str, float]]]:
     """(H + damping * scale * I)^-1 v by the LiSSA recursion of the module docstring, and its
     convergence trace [{step, diff_norm, estimate_norm}] (diff_norm = ||h_t - h_{t-1}|| / scale)."""
-    seq, lengths, targets = data
+    n = len(data[0])
     rng = np.random.default_rng([seed, 0x1155A])
-    full_batch = hvp_batch >= len(seq)  # the full-batch Hessian every step: deterministic (the tests)
-    draws = None if full_batch else torch.from_numpy(rng.integers(0, len(seq), size=(depth, hvp_batch)))
+    full_batch = hvp_batch >= n  # the full-batch Hessian every step: deterministic (the tests)
+    draws = None if full_batch else torch.from_numpy(rng.integers(0, n, size=(depth, hvp_batch)))
     log_every = log_every or max(1, depth // 20)
     h, trace = v.clone(), []
     for step in tqdm(range(1, depth + 1), desc="lissa", unit="step", mininterval=5):
-        index = torch.arange(len(seq)) if full_batch else draws[step - 1]
-        new = v + (1 - damping) * h - hvp(loss, params, (seq[index], lengths[index], targets[index]), h) / scale
+        index = torch.arange(n) if full_batch else draws[step - 1]
+        new = v + (1 - damping) * h - hvp(loss, params, tuple(t[index] for t in data), h) / scale
         if not torch.isfinite(new).all():
             raise ValueError(f"LiSSA diverged at step {step} (raise config key 'selection.dealrec.influence.scale')")
         if step % log_every == 0 or step == depth:
@@ -158,12 +222,12 @@ def lissa(loss: BatchLoss, params: Params, data, v: torch.Tensor, *, damping: fl
 
 def influence_scores(loss: BatchLoss, params: Params, data, h: torch.Tensor, chunk: int) -> np.ndarray:
     """I(s) = <h, grad L(s)> for every sample, per-sample gradients in chunks of `chunk`."""
-    seq, lengths, targets = data
-    out = np.zeros(len(seq), dtype=np.float64)
-    with tqdm(total=len(seq), desc="influence", unit="sample", mininterval=5) as bar:
-        for start in range(0, len(seq), chunk):
+    n = len(data[0])
+    out = np.zeros(n, dtype=np.float64)
+    with tqdm(total=n, desc="influence", unit="sample", mininterval=5) as bar:
+        for start in range(0, n, chunk):
             part = slice(start, start + chunk)
-            g = flat_rows(per_sample_grads(loss, params, seq[part], lengths[part], targets[part]))
+            g = flat_rows(per_sample_grads(loss, params, *(t[part] for t in data)))
             out[part] = (g.double() @ h.double()).numpy()
             bar.update(len(g))
     return out
@@ -171,31 +235,46 @@ def influence_scores(loss: BatchLoss, params: Params, data, h: torch.Tensor, chu
 
 # ----------------------------------------------------------------------------- stage
 
-def encode_train(surrogate, samples: pd.DataFrame):
-    """(sample ids, (seq, lengths, targets)) of the train samples, sorted by sample_id."""
+def encode_train(surrogate, samples: pd.DataFrame, loss: str = "ce", seed: int = 0):
+    """(sample ids, data) of the train samples, sorted by sample_id: ce (seq, lengths, targets);
+    bce (seq, lengths, positives, negatives), the positive at position t being the item after it
+    (the next history item, the target after the last)."""
     from workflow.surrogate import encode_histories
 
+    if loss not in LOSSES:
+        raise ValueError(f"config key 'selection.dealrec.influence.loss': {loss!r} is not one of {LOSSES}")
     train = samples[samples["split"] == "train"].assign(sample_id=lambda d: d["sample_id"].astype(str))
     train = train.sort_values("sample_id", kind="stable")
     if train.empty:
         raise ValueError("no train samples to score")
     index = surrogate.index_of_item
-    seq, lengths = encode_histories(list(train["history"]), index, surrogate.model.max_seq_length)
+    max_len = surrogate.model.max_seq_length
+    seq, lengths = encode_histories(list(train["history"]), index, max_len)
     unknown = [t for t in train["target"].astype(str) if t not in index]
     if unknown:
         raise KeyError(f"target item {unknown[0]!r} is not in the surrogate's vocabulary")
     targets = torch.tensor([index[str(t)] for t in train["target"]], dtype=torch.long)
-    return train["sample_id"].to_numpy(dtype=object), (seq, lengths, targets)
+    ids = train["sample_id"].to_numpy(dtype=object)
+    if loss == "ce":
+        return ids, (seq, lengths, targets)
+    positives = torch.zeros_like(seq)
+    sequences = []
+    for row, (history, n) in enumerate(zip(train["history"], lengths.tolist())):
+        following = [index[str(i)] for i in list(history)[-n:][1:]] + [int(targets[row])]
+        positives[row, :n] = torch.tensor(following)
+        sequences.append([index[str(i)] for i in history] + [int(targets[row])])
+    negatives = draw_negatives(ids, sequences, positives, surrogate.model.n_items, seed)
+    return ids, (seq, lengths, positives, negatives)
 
 
 def compute_influence(surrogate, samples: pd.DataFrame, settings: dict[str, Any], seed: int):
     """(table sample_id/influence, LiSSA trace, timings) for every train sample."""
     model = surrogate.model.eval()
-    ids, data = encode_train(surrogate, samples)
+    ids, data = encode_train(surrogate, samples, settings["loss"], seed)
     params = parameter_subset(model, settings["params"])
-    loss = sasrec_batch_loss(model)
-    log.info("influence on %s (%d parameters), %d train samples", ", ".join(params),
-             sum(p.numel() for p in params.values()), len(ids))
+    loss = sasrec_batch_loss(model, settings["loss"])
+    log.info("influence on %s (%d parameters), %d train samples, %s loss", ", ".join(params),
+             sum(p.numel() for p in params.values()), len(ids), settings["loss"])
     timings, started = {}, time.perf_counter()
     v = mean_gradient(loss, params, data, settings["grad_batch"])
     timings["v_seconds"] = round(time.perf_counter() - started, 3)
