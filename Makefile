@@ -8,7 +8,7 @@ CORES ?= all
 TEST_WORKERS ?= auto
 export PATH := $(BIN):$(PATH)
 
-.PHONY: run test lint bench clean-results
+.PHONY: run test lint bench gpu-check clean-results
 
 $(STAMP): pyproject.toml requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,14 @@ run: $(STAMP)
 
 test: $(STAMP)
 	pytest -q -n $(TEST_WORKERS) --dist loadgroup tests
+
+# On a GPU node (under 8 minutes on one GPU): the CUDA-marked tests (scorers in bf16, one step of
+# every trainer, NF4) with peak memory per case in $(GPU_CHECK_OUT)/gpu_memory.json, then
+# bench/bench_gpu.py (tokens/s, peak memory, packed-scorer speed-up, loading host peak).
+GPU_CHECK_OUT ?= results/gpu-check
+gpu-check: $(STAMP)
+	GPU_CHECK_OUT=$(GPU_CHECK_OUT) pytest -q -rs -s -p no:cacheprovider tests/test_gpu.py
+	python bench/bench_gpu.py
 
 lint: $(STAMP)
 	snakemake --lint

@@ -193,3 +193,37 @@ def test_rules_take_resources_and_launchers_from_config(tmp_path):
     prepare = text[text.index("rule prepare:"):]
     assert "gpu=" not in prepare.split("Shell command")[0] and "mem_mb=8000" in prepare  # a CPU rule: its own
 
+
+
+def test_ilora_gradient_checkpointing_recomputes_under_the_sample_gate(tiny_model_dir):
+    """The gate is installed around the forward; the checkpointed backward recomputes the layers
+    after that block, so the training context keeps it installed: same gradients as without."""
+    from transformers import AutoTokenizer
+
+    from workflow.llm import prompts
+    from workflow.llm.model import load_model, prepare_for_training
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    block = {**LORA, "n_experts": 2, "gate": "sequence", "router": "linear", "projector_hidden": None}
+    ids = [prompts.open_prompt_ids(tokenizer, ["Heat (1995)", "Fargo (1996)"], "movie", max_title_tokens=8,
+                                   max_prompt_tokens=512, item_marker=llara.PLACEHOLDER)] * 2
+    answers = [prompts.clipped_answer_ids(tokenizer, t, 8) for t in ("Alien (1979)", "Jaws (1975)")]
+    batch = {"prompts": ids, "answers": answers, "items": [["i0", "i1"], ["i1", "i0"]],
+             "gate_inputs": torch.randn(2, 8, generator=torch.Generator().manual_seed(0))}
+    grads = {}
+    for checkpointing in (False, True):
+        model, _ = load_model(tiny_model_dir, device="cpu", dtype="float32")
+        model = prepare_for_training(model, {"gradient_checkpointing": checkpointing})
+        cfg = llara.hybrid_config("ilora", block, 8, model.config.hidden_size)
+        table = ({"i0": 0, "i1": 1}, torch.randn(2, 8, generator=torch.Generator().manual_seed(1)))
+        model, parts = llara.attach("ilora", model, block, cfg, tokenizer, "surrogate", table, seed=0)
+        with torch.no_grad():
+            for layer in ilora.expert_layers(model):
+                layer.lora_B.normal_(0, 0.1, generator=torch.Generator().manual_seed(2))
+        model.train()
+        loss, _, _ = llara.make_loss_fn(parts, {"hybrid": True})(model, batch)
+        loss.backward()
+        grads[checkpointing] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert grads[True].keys() == grads[False].keys() and any("router" in n for n in grads[True])
+    for name in grads[False]:
+        torch.testing.assert_close(grads[True][name], grads[False][name], rtol=1e-5, atol=1e-7, msg=name)

@@ -88,8 +88,10 @@ def expert_layers(model: nn.Module) -> list[ExpertLoRALinear]:
 
 
 @contextlib.contextmanager
-def experts_gate(model: nn.Module, gates: torch.Tensor) -> Iterator[None]:
-    """Install the per-sample gate [B, n] on every expert layer for the calls inside the block."""
+def experts_gate(model: nn.Module, gates: torch.Tensor, keep: bool = False) -> Iterator[None]:
+    """Install the per-sample gate [B, n] on every expert layer for the calls inside the block.
+    `keep`: leave it installed after the block (until the next one replaces it), for a training
+    forward whose backward recomputes the layers (gradient checkpointing) after the block ended."""
     layers = expert_layers(model)
     if not layers:
         raise ValueError("the model has no expert layers (add_experts)")
@@ -100,8 +102,9 @@ def experts_gate(model: nn.Module, gates: torch.Tensor) -> Iterator[None]:
     try:
         yield
     finally:
-        for layer in layers:
-            layer.gate = None
+        if not keep:
+            for layer in layers:
+                layer.gate = None
 
 
 def expert_state(model: nn.Module) -> dict[str, torch.Tensor]:

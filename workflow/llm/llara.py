@@ -196,8 +196,10 @@ class Hybrid(NamedTuple):
         router_inputs = None if inputs is None else inputs.to(device)
         return ilora.gate_weights(self.router, router_inputs, self.n_experts, batch).to(device)
 
-    def context(self, model, gates: torch.Tensor | None):
-        return ilora.experts_gate(model, gates) if gates is not None else contextlib.nullcontext()
+    def context(self, model, gates: torch.Tensor | None, training: bool = False):
+        """The gate installed for the calls inside the block; in training it stays installed for
+        the micro-batch's backward (gradient checkpointing recomputes the layers there)."""
+        return ilora.experts_gate(model, gates, keep=training) if gates is not None else contextlib.nullcontext()
 
 
 def hybrid_config(method: str, block: dict[str, Any], d: int, hidden_llm: int) -> dict[str, Any]:
@@ -337,7 +339,7 @@ def make_loss_fn(parts: Hybrid, state: dict[str, Any]):
         embeds_fn = parts.embeds_fn(batch["items"]) if state["hybrid"] else None
         device = parts.item_vectors.device
         gates = parts.gates(batch["gate_inputs"], len(batch["prompts"]), device)
-        with parts.context(model, gates):
+        with parts.context(model, gates, training=True):
             logprob, n_tokens = answer_logprobs(model, batch["prompts"], batch["answers"], inputs_embeds_fn=embeds_fn)
         total = n_tokens.sum()
         processed = sum(len(p) + len(a) - 1 for p, a in zip(batch["prompts"], batch["answers"]))

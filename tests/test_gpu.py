@@ -1,0 +1,145 @@
+"""The GPU path on a real GPU (`make gpu-check`): skipped, with the reason, where CUDA is missing.
+
+- the packed, cached and separate (one forward per candidate) scorers agree in bf16, prompts of
+  different lengths (left padding in the cache);
+- one optimizer step of every trainer (sft, dmpo, llara, ilora, soft) on SmolLM2 on the GPU, every
+  parameter on the GPU, the loss finite, the peak memory recorded;
+- NF4 loading (bitsandbytes) and one step of a LoRA on it.
+
+Peak memory per case goes to $GPU_CHECK_OUT/gpu_memory.json when that is set (make gpu-check).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason=(
+    "no CUDA device: torch {} ({}) sees none; run `make gpu-check` on a GPU node".format(
+        torch.__version__, f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU build")))]
+
+LORA = {"lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
+        "lr": 1e-4, "weight_decay": 0.0}
+PEAKS: dict[str, float] = {}
+
+
+def record(name: str) -> None:
+    PEAKS[name] = torch.cuda.max_memory_allocated() / 2**20
+    out = os.environ.get("GPU_CHECK_OUT")
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "gpu_memory.json").write_text(json.dumps(PEAKS, indent=2))
+    print(f"{name}: peak {PEAKS[name]:.0f} MiB")
+
+
+def prompts_and_answers(tokenizer, n: int = 4, k: int = 4):
+    """Chat prompts of different lengths and k title answers each (real SmolLM2 tokens)."""
+    from workflow.llm import prompts
+
+    titles = ["Heat (1995)", "Fargo (1996)", "Alien (1979)", "Brazil (1985)", "Jaws (1975)", "Vertigo (1958)",
+              "Casablanca (1942)", "Psycho (1960)"]
+    ps, ans = [], []
+    for i in range(n):
+        history = titles[: 2 + i]
+        ps.append(prompts.open_prompt_ids(tokenizer, history, "movie", max_title_tokens=24, max_prompt_tokens=512))
+        ans.append([prompts.clipped_answer_ids(tokenizer, titles[(i + j) % len(titles)], 24) for j in range(k)])
+    return ps, ans
+
+
+@pytest.fixture(scope="module")
+def smollm(embedded_model_dir):
+    return embedded_model_dir
+
+
+def test_scorers_agree_in_bf16_with_left_padding(smollm):
+    from workflow.llm import scoring
+    from workflow.llm.model import autocast, load_for_evaluation
+
+    model, tokenizer = load_for_evaluation(smollm, device="cuda", dtype="bfloat16")
+    ps, ans = prompts_and_answers(tokenizer)
+    with torch.no_grad(), autocast("cuda", "bfloat16"):
+        packed, _ = scoring.candidate_logprobs(model, ps, ans)
+        cache = scoring.encode_prompts(model, ps, tokenizer.pad_token_id)  # left-padded prompts
+        cached, _ = scoring.cached_candidate_logprobs(model, cache, ans)
+        separate = torch.stack([torch.stack([
+            torch.log_softmax(model(input_ids=torch.tensor([p + a], device="cuda")).logits[0, len(p) - 1:-1].float(),
+                              -1).gather(1, torch.tensor(a, device="cuda")[:, None]).sum() for a in answers])
+            for p, answers in zip(ps, ans)])
+    # bf16 (8 mantissa bits): summed log-probs of ~8 tokens agree to a few hundredths between kernels
+    torch.testing.assert_close(packed.float(), separate, atol=0.15, rtol=0.02)
+    torch.testing.assert_close(cached.float(), separate, atol=0.15, rtol=0.02)
+    assert (packed.argmax(1) == separate.argmax(1)).float().mean() >= 0.75
+    record("scorers")
+
+
+def one_step(model, loss_fn, batch, name: str):
+    from workflow.llm import train
+    from workflow.llm.model import autocast, model_device
+
+    device = model_device(model)
+    assert {p.device.type for p in model.parameters()} == {"cuda"}, name
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    scheduler = train.lr_schedule(optimizer, 10, 0.0)
+    compute = torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+    torch.cuda.reset_peak_memory_stats()
+    row = train.train_step(model, [batch], loss_fn, optimizer, scheduler, params, 1.0,
+                           lambda: autocast(device, compute), train.grad_scaler(device, compute))
+    assert torch.isfinite(torch.tensor(row["loss"])), (name, row)
+    record(name)
+    return row
+
+
+@pytest.mark.parametrize("method", ["sft", "dmpo", "soft", "llara", "ilora"])
+def test_one_step_of_every_trainer(smollm, method):
+    from workflow.llm import llara, preference, sft, soft, train
+    from workflow.llm.model import load_for_training
+
+    model, tokenizer, device, _ = load_for_training(smollm, {"device": "cuda", "dtype": "auto", "attention": "auto",
+                                                            "gradient_checkpointing": True})
+    ps, ans = prompts_and_answers(tokenizer, k=4)
+    if method in ("sft", "soft", "dmpo"):
+        model = train.add_lora(model, LORA, seed=0)
+        train.cast_frozen_linears(model, next(p for p in model.parameters() if not p.requires_grad).dtype)
+    if method == "sft":
+        one_step(model, sft.sft_loss, (ps, [a[0] for a in ans]), method)
+    elif method == "soft":
+        one_step(model, soft.mixed_loss_fn(lambda: 0.5), (ps, [a[:2] for a in ans]), method)
+    elif method == "dmpo":
+        cfg = {"beta": 0.1, "gamma": 0.0}
+        reference = torch.zeros(len(ps), 4)
+        one_step(model, preference.make_loss_fn("dmpo", cfg), (ps, ans, reference), method)
+    else:
+        block = {**LORA, "n_experts": 4, "gate": "sequence", "router": "resnet", "projector_hidden": None}
+        cfg = llara.hybrid_config(method, block, 64, model.config.hidden_size)
+        items = [f"i{k}" for k in range(8)]
+        model, parts = llara.attach(method, model, block, cfg, tokenizer, "surrogate",
+                                    ({i: k for k, i in enumerate(items)}, torch.randn(8, 64)), seed=0)
+        marker = llara.PLACEHOLDER
+        from workflow.llm import prompts
+
+        hp = [prompts.open_prompt_ids(tokenizer, ["Heat (1995)", "Fargo (1996)"], "movie", max_title_tokens=24,
+                                      max_prompt_tokens=512, item_marker=marker) for _ in ps]
+        batch = {"prompts": hp, "answers": [a[0] for a in ans], "items": [["i0", "i1"] for _ in hp],
+                 "gate_inputs": torch.randn(len(hp), 64) if method == "ilora" else None}
+        one_step(model, llara.make_loss_fn(parts, {"hybrid": True}), batch, method)
+
+
+def test_nf4_loading_and_one_lora_step(smollm):
+    pytest.importorskip("bitsandbytes", reason="llm.quantization needs bitsandbytes (envs/gpu.yaml)")
+    from workflow.llm import sft, train
+    from workflow.llm.model import load_for_training
+
+    torch.cuda.reset_peak_memory_stats()
+    model, tokenizer, _, _ = load_for_training(smollm, {"device": "cuda", "dtype": "auto", "attention": "auto",
+                                                       "quantization": "nf4", "gradient_checkpointing": True})
+    quantized = [m for m in model.modules() if train.is_quantized(m)]
+    assert quantized, "no 4-bit layer after an nf4 load"
+    model = train.add_lora(model, LORA, seed=0)
+    assert train.cast_frozen_linears(model, torch.bfloat16) >= 0  # skips the 4-bit layers
+    assert all(train.is_quantized(m) for m in quantized)
+    ps, ans = prompts_and_answers(tokenizer)
+    one_step(model, sft.sft_loss, (ps, [a[0] for a in ans]), "nf4")
