@@ -78,6 +78,7 @@ rule influence_scores:
 
 rule effort_scores:
     input:
+        unpack(effort_adapter),
         model=f"{RESULTS}/models/base",
         samples=f"{RESULTS}/{{dataset}}/data/samples.parquet",
         item_table=f"{RESULTS}/{{dataset}}/data/items.parquet",
@@ -85,6 +86,7 @@ rule effort_scores:
         f"{RESULTS}/{{dataset}}/selection/scores/effort.parquet",
     params:
         launch=LAUNCH_ONE,
+        adapter=adapter_args,
         spec=effort_spec,
         seed=config["seed"],
     log:
@@ -100,7 +102,7 @@ rule effort_scores:
     shell:
         "{params.launch} workflow.selection.effort --model-dir {input.model:q} --samples {input.samples:q} "
         "--items {input.item_table:q} --spec {params.spec:q} --seed {params.seed} --threads {threads} "
-        "--out {output:q} > {log:q} 2>&1"
+        "{params.adapter:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule select_dealrec:
