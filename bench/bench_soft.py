@@ -45,7 +45,9 @@ import torch
 from workflow.config import load as load_config
 from workflow.llm import soft, train
 from workflow.llm.model import autocast, load_for_evaluation, load_model, resolve_attention, resolve_dtype
-from workflow.llm.sft import collate as sft_collate, read_training_samples, sft_examples, sft_loss
+from workflow.llm.data import read_training_samples
+from workflow.llm.sft import collate as sft_collate, sft_examples, sft_loss
+from workflow.selection import subset
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"
@@ -106,7 +108,8 @@ def default_run_inputs(model_dir: Path, seed: int, n: int) -> tuple[Path, pd.Dat
     if not (model_dir / "config.json").is_file():
         model_dir = ensure_model(Path(tempfile.gettempdir()) / "llmrec-bench-smollm2")
     if (DATA / "samples.parquet").is_file() and selection.is_file():
-        samples = read_training_samples(DATA / "samples.parquet", selection, BUDGET, seed).head(n)
+        samples = read_training_samples(DATA / "samples.parquet", selection)
+        samples = samples[samples["sample_id"].isin(subset(selection, BUDGET, seed))].head(n)
         return model_dir, samples, pd.read_parquet(DATA / "items.parquet", columns=["item_id", "title"])
     samples_path, items_path = ensure_data(Path(tempfile.gettempdir()) / "llmrec-bench-ml100k")
     samples = pd.read_parquet(samples_path)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from test_sft import LLM, SFT, adapter_tensors, inputs  # noqa: F401 (inputs is a fixture)
-from workflow.llm import evaluate, losses, preference, reference, sft
+from workflow.llm import data, evaluate, losses, preference, reference, sft
 from workflow.llm.scoring import candidate_logprobs
 
 METHOD = {"beta": 0.5, "k": 2, "strategy": "random", "gamma": 0.0, "epochs": 1, "lr": 0.01}
@@ -169,7 +169,7 @@ def test_reference_table_equals_the_training_scorer(tiny_model_dir, inputs, sft_
     """The table (prompt-cache path, no-grad attention) holds what the packed training scorer gives
     the SFT model for every candidate, row by row, keyed by sample id."""
     table = pd.read_parquet(reference_table)
-    samples = sft.read_training_samples(inputs["samples"], inputs["selection"])
+    samples = data.read_training_samples(inputs["samples"], inputs["selection"])
     assert sorted(table["sample_id"]) == sorted(samples["sample_id"])
     model, tokenizer = evaluate.load_for_evaluation(tiny_model_dir, sft_adapter, "cpu", "float32")
     items = pd.read_parquet(inputs["items"])
@@ -184,7 +184,7 @@ def test_reference_table_equals_the_training_scorer(tiny_model_dir, inputs, sft_
 
 
 def test_read_reference_rejects_other_samples_or_candidates(tiny_model_dir, inputs, reference_table, tmp_path):
-    samples = sft.read_training_samples(inputs["samples"], inputs["selection"])
+    samples = data.read_training_samples(inputs["samples"], inputs["selection"])
     _, tokenizer = evaluate.load_for_evaluation(tiny_model_dir, None, "cpu", "float32")
     examples = preference.preference_examples(samples, pd.read_parquet(inputs["items"]), tokenizer, "movie", LLM)
     table = pd.read_parquet(reference_table)

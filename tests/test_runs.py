@@ -9,7 +9,8 @@ import pytest
 
 from workflow import runs
 from workflow.config import validate
-from workflow.llm.sft import read_training_samples
+from workflow.llm.data import read_training_samples
+from workflow.selection.budget import run_budget
 from workflow.selection import nested_subset
 
 
@@ -139,11 +140,14 @@ def test_training_samples_with_a_budget(tmp_path):
                             "history": [["a"]] * 9, "target": ["b"] * 9, "candidates": [["a", "b"]] * 9})
     samples.to_parquet(tmp_path / "samples.parquet")
     pd.DataFrame({"sample_id": [f"t{i}" for i in range(6)]}).to_parquet(tmp_path / "selection.parquet")
-    picked = read_training_samples(tmp_path / "samples.parquet", tmp_path / "selection.parquet", budget=4, seed=3)
+    # the -n step (workflow.selection.budget) writes the subset the stages then read as a selection
+    run_budget(tmp_path / "selection.parquet", 4, 3, tmp_path / "selection-n4.parquet")
+    picked = read_training_samples(tmp_path / "samples.parquet", tmp_path / "selection-n4.parquet")
     assert picked["sample_id"].tolist() == nested_subset([f"t{i}" for i in range(6)], 4, seed=3)
     assert len(read_training_samples(tmp_path / "samples.parquet", tmp_path / "selection.parquet")) == 6
     with pytest.raises(ValueError, match="selection holds 6"):
-        read_training_samples(tmp_path / "samples.parquet", tmp_path / "selection.parquet", budget=7, seed=3)
+        run_budget(tmp_path / "selection.parquet", 7, 3, tmp_path / "selection-n7.parquet")
+    assert not (tmp_path / "selection-n7.parquet").exists()
 
 
 def test_grid_points_reuse_main_runs_and_label_every_axis():

@@ -1,5 +1,5 @@
 """DEALRec selections from stored scores (workflow/selection/dealrec.py), the selection stage and
-the `-n<budget>` dispatch (`workflow.selection.subset`, used by sft's read_training_samples)."""
+the `-n<budget>` dispatch (`workflow.selection.subset`, the step `workflow.selection.budget`)."""
 from __future__ import annotations
 
 import subprocess
@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from workflow.io import read_provenance
-from workflow.llm.sft import read_training_samples
+from workflow.llm.data import read_training_samples
+from workflow.selection.budget import run_budget
 from workflow.selection import dealrec, nested_subset, run_selection, subset
 from workflow.selection.coverage import minmax
 from workflow.selection.random_subset import candidate_pool
@@ -80,8 +81,11 @@ def test_n_dispatch_reruns_dealrec_at_the_budget(inputs):
                            {"lambda": 0.5, "hard_prune": 0.1, "n_bins": 10}, 5)[0]
     assert small == list(fresh["sample_id"])
     # what sft trains on for a run's -n20
-    picked = read_training_samples(inputs / "samples.parquet", out, budget=20, seed=5)
+    run_budget(out, 20, 5, out.with_name("dealrec-n20.parquet"))
+    picked = read_training_samples(inputs / "samples.parquet", out.with_name("dealrec-n20.parquet"))
     assert list(picked["sample_id"]) == small
+    written = pd.read_parquet(out.with_name("dealrec-n20.parquet"))
+    assert written["influence"].notna().all()  # the re-run's samples keep their scores (from the pool)
     with pytest.raises(ValueError, match="after the hard prune"):
         dealrec.rerun_at_budget(out, {"lambda": 0.5, "hard_prune": 0.1, "n_bins": 10}, 181, 5)
 

@@ -123,7 +123,8 @@ def test_mixed_loss_is_the_weighted_sum_of_the_two_cross_entropies(tiny_model_di
     """Both answers on one packed prompt encoding give (1 - lambda) CE(y) + lambda CE(y_hat), each CE
     computed separately by a plain forward; lambda 0 is SFT's loss."""
     from workflow.llm.model import load_model
-    from workflow.llm.sft import read_training_samples, sft_loss
+    from workflow.llm.data import read_training_samples
+    from workflow.llm.sft import sft_loss
 
     model, tokenizer = load_model(tiny_model_dir, device="cpu", dtype="float32")
     samples = read_training_samples(inputs["samples"], inputs["selection"])
@@ -146,7 +147,8 @@ def test_mixed_loss_is_the_weighted_sum_of_the_two_cross_entropies(tiny_model_di
 def test_examples_tokenise_both_answers_like_sft(tiny_model_dir, inputs, distilled, tmp_path):
     from workflow.llm import prompts
     from workflow.llm.model import load_tokenizer
-    from workflow.llm.sft import read_training_samples, sft_examples
+    from workflow.llm.data import read_training_samples
+    from workflow.llm.sft import sft_examples
 
     tokenizer = load_tokenizer(tiny_model_dir)
     samples = read_training_samples(inputs["samples"], inputs["selection"])
@@ -208,7 +210,11 @@ def test_distill_cli_writes_the_answers_and_their_kinds(tiny_model_dir, inputs, 
     sft_spec = {"llm": LLM, "sft": SFT, "domain": "movie", "prompt": "open"}
     assert sft.main(sft_args(tiny_model_dir, inputs, adapter, sft_spec)) == 0
     out, stats = tmp_path / "sft" / "self_distilled.parquet", tmp_path / "sft" / "self_distilled_stats.tsv"
-    args = ["distill", *common_args(tiny_model_dir, inputs, out, {**SPEC, "budget": 4}), "--adapter", str(adapter),
+    from workflow.selection.budget import run_budget
+
+    run_budget(inputs["selection"], 4, 0, tmp_path / "selection-n4.parquet")  # a run's -n4 (its own step)
+    subset = {**inputs, "selection": tmp_path / "selection-n4.parquet"}
+    args = ["distill", *common_args(tiny_model_dir, subset, out, {**SPEC, "budget": 4}), "--adapter", str(adapter),
             "--stats", str(stats)]
     assert soft.main(args) == 0
     table = pd.read_parquet(out)

@@ -42,7 +42,7 @@ from torch import nn
 
 from workflow import cli
 from workflow.io import write_json
-from workflow.llm import ilora, train
+from workflow.llm import ilora, stage, train
 from workflow.llm.scoring import EmbedsFn
 
 log = logging.getLogger("workflow.llm.llara")
@@ -372,73 +372,70 @@ def collate_with(gate_vectors: dict[str, np.ndarray] | None) -> Callable[[list[d
     return collate
 
 
+def hybrid_method(method: str, block: dict[str, Any], llm: dict[str, Any], domain: str, prompt: str,
+                  surrogate_dir: str | Path, seed: int) -> stage.Method:
+    """llara / ilora as a training stage: `attach` adds the LoRA (or the experts), the projector and
+    the router; the plan trains SFT's loss on the hybrid prompt with the curriculum's step hook."""
+    from safetensors.torch import save_file
+
+    item_row, vectors = read_item_vectors(surrogate_dir)
+    built: dict[str, Any] = {}
+
+    def attach_parts(model, tokenizer):
+        built["cfg"] = cfg = hybrid_config(method, block, vectors.shape[1], model.config.hidden_size)
+        model, built["parts"] = attach(method, model, block, cfg, tokenizer, surrogate_dir, (item_row, vectors), seed)
+        return model
+
+    def plan(loaded: stage.Loaded) -> stage.Plan:
+        model, parts, cfg = loaded.model, built["parts"], built["cfg"]
+        examples = hybrid_examples(loaded.samples, loaded.items, loaded.tokenizer, domain, llm, prompt, parts.marker_id)
+        unknown = sorted({i for e in examples for i in e["items"]} - item_row.keys())
+        if unknown:
+            raise ValueError(f"{surrogate_dir}: no SASRec embedding of item '{unknown[0]}'")
+        gate_vectors = None
+        if method == "ilora" and parts.gate != "uniform":
+            ids = [e["sample_id"] for e in examples]
+            gate_vectors = dict(zip(ids, gate_inputs(parts.gate, surrogate_dir, ids, cfg["d"])))
+        log.info("%s on %d samples, %s prompt (hybrid), %d epochs%s", method, len(examples), prompt, block["epochs"],
+                 f", {parts.n_experts} experts, {parts.gate} gate" if method == "ilora" else "")
+        per_epoch = train.steps_per_epoch(len(examples), int(block["batch_size"]), int(block["grad_accum"]))
+        state = {"hybrid": True}
+
+        def step_start(step: int, total: int) -> None:
+            probability = hybrid_probability(step, total, per_epoch, block["curriculum"])
+            state["hybrid"] = is_hybrid_step(step, probability, seed)
+
+        def save_weights(folder: Path) -> None:
+            if method == "llara":
+                model.save_pretrained(folder, safe_serialization=True)
+            else:
+                save_file(ilora.expert_state(model), folder / "experts.safetensors")
+            save_file({k: v.detach().cpu().contiguous() for k, v in parts.projector.state_dict().items()},
+                      folder / "projector.safetensors")
+            if parts.router is not None:
+                save_file({k: v.detach().cpu().contiguous() for k, v in parts.router.state_dict().items()},
+                          folder / "router.safetensors")
+            write_json(cfg, folder / HYBRID_FILE)
+
+        return stage.Plan(examples, collate_with(gate_vectors), make_loss_fn(parts, state),
+                          train.Hooks(param_options=param_options(block), step_start=step_start), save_weights,
+                          fingerprint={"surrogate": str(surrogate_dir), "hybrid": cfg},
+                          config={"surrogate": str(surrogate_dir)})
+
+    return stage.Method(method, block, attach_parts, plan)
+
+
 def run_hybrid(method: str, model_dir: str | Path, samples_path: str | Path, items_path: str | Path,
                selection_path: str | Path, surrogate_dir: str | Path, spec: dict[str, Any], seed: int,
                out: str | Path) -> Path:
     """Train a llara or ilora adapter (module docstring) and save it to `out`."""
-    from safetensors.torch import save_file
-
-    from workflow.llm.model import autocast, load_for_training
-    from workflow.llm.sft import read_training_samples
-
     s = settings(method, spec)
     llm, block, domain, prompt = s["llm"], s[method], s["domain"], s["prompt"]
-    samples = read_training_samples(samples_path, selection_path, s["budget"], seed)
-    items = pd.read_parquet(items_path, columns=["item_id", "title"])
-    model, tokenizer, device, compute = load_for_training(model_dir, llm)
-    item_row, vectors = read_item_vectors(surrogate_dir)
-    cfg = hybrid_config(method, block, vectors.shape[1], model.config.hidden_size)
-    examples = hybrid_examples(samples, items, tokenizer, domain, llm, prompt, placeholder_id(tokenizer))
-    unknown = sorted({i for e in examples for i in e["items"]} - item_row.keys())
-    if unknown:
-        raise ValueError(f"{surrogate_dir}: no SASRec embedding of item '{unknown[0]}'")
-
-    model, parts = attach(method, model, block, cfg, tokenizer, surrogate_dir, (item_row, vectors), seed)
-    train.cast_frozen_linears(model, compute)
-
-    gate_vectors = None
-    if method == "ilora" and parts.gate != "uniform":
-        ids = [e["sample_id"] for e in examples]
-        gate_vectors = dict(zip(ids, gate_inputs(parts.gate, surrogate_dir, ids, cfg["d"])))
-    log.info("%s on %d samples, %s prompt (hybrid), %d epochs%s", method, len(examples), prompt, block["epochs"],
-             f", {parts.n_experts} experts, {parts.gate} gate" if method == "ilora" else "")
-
-    per_epoch = train.steps_per_epoch(len(examples), int(block["batch_size"]), int(block["grad_accum"]))
-    state = {"hybrid": True}
-
-    def step_start(step: int, total: int) -> None:
-        state["hybrid"] = is_hybrid_step(step, hybrid_probability(step, total, per_epoch, block["curriculum"]), seed)
-
-    checkpoint = train.checkpoint_dir_for(out)
-    source = Path(model_dir) / "llmrec_source.json"
-    train_log = train.train(
-        model, examples, collate_with(gate_vectors), make_loss_fn(parts, state), block, seed=seed,
-        checkpoint_dir=checkpoint, autocast=lambda: autocast(device, compute), desc=method,
-        scaler=train.grad_scaler(device, compute),
-        fingerprint_extra={"model_dir": str(model_dir), "surrogate": str(surrogate_dir), "hybrid": cfg,
-                           "source": source.read_text() if source.exists() else None},
-        param_options=param_options(block), step_start=step_start)
-
-    config = {"llm": llm, method: block, "domain": domain, "prompt": prompt, "budget": s["budget"],
-              "model_dir": str(model_dir), "surrogate": str(surrogate_dir), "samples": str(samples_path),
-              "selection": str(selection_path), "n_samples": len(examples)}
-
-    def save_weights(folder: Path) -> None:
-        if method == "llara":
-            model.save_pretrained(folder, safe_serialization=True)
-        else:
-            save_file(ilora.expert_state(model), folder / "experts.safetensors")
-        save_file({k: v.detach().cpu().contiguous() for k, v in parts.projector.state_dict().items()},
-                  folder / "projector.safetensors")
-        if parts.router is not None:
-            save_file({k: v.detach().cpu().contiguous() for k, v in parts.router.state_dict().items()},
-                      folder / "router.safetensors")
-        write_json(cfg, folder / HYBRID_FILE)
-
-    train.save_adapter(model, out, config, train_log, seed, save_weights=save_weights)
-    train.remove_checkpoint(checkpoint)
-    log.info("saved %s: %d steps (%d hybrid), final loss %.4f", out, len(train_log), int(train_log["hybrid"].sum()),
-             train_log["loss"].tail(max(1, len(train_log) // 10)).mean())
+    train_log = stage.run_stage(hybrid_method(method, block, llm, domain, prompt, surrogate_dir, seed),
+                                model_dir=model_dir, samples_path=samples_path, items_path=items_path,
+                                selection_path=selection_path, llm=llm, seed=seed, out=out,
+                                config={method: block, "domain": domain, "prompt": prompt, "budget": s["budget"]})
+    log.info("%s: %d of %d steps on the hybrid prompt", method, int(train_log["hybrid"].sum()), len(train_log))
     return Path(out)
 
 

@@ -29,8 +29,7 @@ import pandas as pd
 import torch
 
 from workflow import cli
-from workflow.llm import losses, train
-from workflow.llm.sft import read_training_samples
+from workflow.llm import losses, stage
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +53,7 @@ def preference_examples(samples: pd.DataFrame, items: pd.DataFrame, tokenizer, d
     """Per sample: the run's prompt, every candidate's answer ids, and the target's index. Under
     the open prompt the negatives are the other candidates' titles as answers to the history alone."""
     from workflow.llm import prompts
-    from workflow.llm.sft import prompt_ids
+    from workflow.llm.data import prompt_ids
 
     titles = dict(zip(items["item_id"].astype(str), items["title"].astype(str)))
     examples = []
@@ -217,47 +216,45 @@ def make_loss_fn(method: str, cfg: dict[str, Any], scorer=None):
     return loss_fn
 
 
+def policy_method(method: str, cfg: dict[str, Any], llm: dict[str, Any], domain: str, prompt: str,
+                  adapter: str | Path, reference_path: str | Path, samples_path: str | Path,
+                  seed: int) -> stage.Method:
+    """A preference method as a training stage: the sft adapter loaded trainable (the policy's
+    start), examples with their negatives and reference log-probs, the method's objective."""
+    from peft import PeftModel
+
+    def attach(model, tokenizer):
+        return PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
+
+    def plan(loaded: stage.Loaded) -> stage.Plan:
+        examples = preference_examples(loaded.samples, loaded.items, loaded.tokenizer, domain, llm, prompt)
+        full = read_reference(reference_path, examples)  # every candidate: `hardest` ranks them
+        popularity = (item_popularity(pd.read_parquet(samples_path, columns=["split", "history", "target"]))
+                      if cfg["strategy"] in ("tail", "head") else None)  # the whole train split's, not the run's
+        chosen = with_negatives(examples, cfg["k"], cfg["strategy"], seed, full, popularity)
+        for example, ref in zip(chosen, full):
+            example["reference"] = torch.tensor(ref[example["order"]], dtype=torch.float32)
+        log.info("%s on %d samples, %s prompt, %d negatives each (%s), beta %.3g", method, len(chosen), prompt,
+                 len(chosen[0]["answers"]) - 1, cfg["strategy"], cfg["beta"])
+        return stage.Plan(chosen, collate, make_loss_fn(method, cfg),
+                          fingerprint={"adapter": str(adapter), "method": method},
+                          config={"reference_adapter": str(adapter), "reference_logprobs": str(reference_path)})
+
+    return stage.Method(method, cfg, attach, plan)
+
+
 def run_preference(method: str, model_dir: str | Path, adapter: str | Path, samples_path: str | Path,
                    items_path: str | Path, selection_path: str | Path, reference_path: str | Path,
                    spec: dict[str, Any], seed: int, out: str | Path) -> Path:
-    from peft import PeftModel
-
-    from workflow.llm.model import autocast, load_for_training
-
     s = settings(method, spec)
     llm, cfg, domain = s["llm"], s["cfg"], s["domain"]
-    samples = read_training_samples(samples_path, selection_path, s["budget"], seed)
-    items = pd.read_parquet(items_path, columns=["item_id", "title"])
-    model, tokenizer, device, compute = load_for_training(model_dir, llm)
     if not (Path(adapter) / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{adapter}: no adapter_config.json (train the sft adapter first)")
-    model = PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
-    train.cast_frozen_linears(model, compute)  # as in SFT: autocast's results, faster
-    amp = lambda: autocast(device, compute)  # noqa: E731
-
-    examples = preference_examples(samples, items, tokenizer, domain, llm, s["prompt"])
-    full = read_reference(reference_path, examples)  # every candidate: `hardest` ranks them
-    popularity = (item_popularity(pd.read_parquet(samples_path, columns=["split", "history", "target"]))
-                  if cfg["strategy"] in ("tail", "head") else None)  # the whole train split's, not the run's
-    chosen = with_negatives(examples, cfg["k"], cfg["strategy"], seed, full, popularity)
-    for example, ref in zip(chosen, full):
-        example["reference"] = torch.tensor(ref[example["order"]], dtype=torch.float32)
-    log.info("%s on %d samples, %s prompt, %d negatives each (%s), beta %.3g", method, len(chosen), s["prompt"],
-             len(chosen[0]["answers"]) - 1, cfg["strategy"], cfg["beta"])
-
-    checkpoint = train.checkpoint_dir_for(out)
-    train_log = train.train(model, chosen, collate, make_loss_fn(method, cfg), cfg, seed=seed,
-                            checkpoint_dir=checkpoint, autocast=amp, desc=method,
-                            scaler=train.grad_scaler(device, compute),
-                            fingerprint_extra={"adapter": str(adapter), "method": method})
-    config = {"llm": llm, method: cfg, "domain": domain, "prompt": s["prompt"], "budget": s["budget"],
-              "model_dir": str(model_dir), "reference_adapter": str(adapter),
-              "reference_logprobs": str(reference_path), "samples": str(samples_path),
-              "selection": str(selection_path), "n_samples": len(chosen)}
-    train.save_adapter(model, out, config, train_log, seed)
-    train.remove_checkpoint(checkpoint)
-    log.info("saved %s: %d steps, final loss %.4f, reward accuracy %.3f", out, len(train_log),
-             train_log["loss"].iloc[-1], train_log["reward_accuracy"].iloc[-1])
+    policy = policy_method(method, cfg, llm, domain, s["prompt"], adapter, reference_path, samples_path, seed)
+    train_log = stage.run_stage(policy, model_dir=model_dir, samples_path=samples_path, items_path=items_path,
+                                selection_path=selection_path, llm=llm, seed=seed, out=out,
+                                config={method: cfg, "domain": domain, "prompt": s["prompt"], "budget": s["budget"]})
+    log.info("%s: reward accuracy %.3f at the last step", method, train_log["reward_accuracy"].iloc[-1])
     return Path(out)
 
 

@@ -65,12 +65,12 @@ def main(argv=None) -> int:
     def run(args):
         from workflow.llm.evaluate import settings
         from workflow.llm.model import autocast, load_for_evaluation, resolve_device
-        from workflow.llm.sft import read_training_samples
+        from workflow.llm.data import read_training_samples
 
         s = settings(args.spec)
         llm, evaluation, domain = s["llm"], s["evaluation"], s["domain"]
         torch.manual_seed(args.seed)
-        samples = read_training_samples(args.samples, args.selection, s["budget"], args.seed)
+        samples = read_training_samples(args.samples, args.selection)
         items = pd.read_parquet(args.items, columns=["item_id", "title"])
         model, tokenizer = load_for_evaluation(args.model_dir, args.adapter, llm["device"], llm["dtype"],
                                                llm["attention"])

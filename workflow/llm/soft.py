@@ -52,7 +52,7 @@ import torch
 
 from workflow import cli
 from workflow.io import atomic_path, write_json, write_parquet
-from workflow.llm import train
+from workflow.llm import stage, train
 
 log = logging.getLogger(__name__)
 
@@ -237,12 +237,12 @@ def run_distill(model_dir: str | Path, adapter: str | Path, samples_path: str | 
 
     from peft import PeftModel
 
+    from workflow.llm.data import read_training_samples
     from workflow.llm.model import autocast, load_model, model_device, resolve_dtype
-    from workflow.llm.sft import read_training_samples
 
     s = settings(spec)
     llm, cfg = s["llm"], s["soft"]
-    samples = read_training_samples(samples_path, selection_path, s["budget"], seed)
+    samples = read_training_samples(samples_path, selection_path)
     items = pd.read_parquet(items_path, columns=["item_id", "title"])
     if not (Path(adapter) / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{adapter}: not a PEFT adapter folder (no adapter_config.json)")
@@ -414,65 +414,65 @@ def mixed_loss_fn(current_lambda: Callable[[], float]):
     return loss_fn
 
 
+def soft_method(cfg: dict[str, Any], llm: dict[str, Any], domain: str, prompt: str, batch_size: int,
+                distilled_path: str | Path, seed: int) -> stage.Method:
+    """SOFT as a training stage: a fresh LoRA; the plan mixes the true and the self-distilled
+    answers by lambda_e, which the epoch hook measures on a fixed probe set."""
+    from workflow.llm.evaluate import base_model_only
+    from workflow.llm.grounding import embed_texts
+    from workflow.llm.model import resolve_attention
+
+    def plan(loaded: stage.Loaded) -> stage.Plan:
+        model, tokenizer, samples, items = loaded.model, loaded.tokenizer, loaded.samples, loaded.items
+        distilled = read_distilled(distilled_path, samples, prompt)
+        examples = soft_examples(samples, items, distilled, tokenizer, domain, llm, prompt)
+        probes = probe_set(samples["sample_id"].astype(str), cfg["probe_size"], seed)
+        rows = np.flatnonzero(samples["sample_id"].astype(str).isin(probes))
+        titles = dict(zip(items["item_id"].astype(str), items["title"].astype(str)))
+        with base_model_only(model):
+            title_embeddings = embed_texts(model, tokenizer, [titles[str(samples["target"].iloc[r])] for r in rows],
+                                           autocast=loaded.autocast)
+        beam = dict(num_beams=cfg["num_beams"], max_new_tokens=cfg["max_new_tokens"], batch_size=batch_size,
+                    autocast=loaded.autocast, dtype=loaded.dtype,
+                    implementation=resolve_attention(llm["attention"], loaded.device, llm["dtype"], training=False))
+
+        def measure(epoch: int) -> float:
+            d = probe_distance(model, tokenizer, [examples[r]["prompt"] for r in rows], title_embeddings,
+                               base=epoch == 0, **beam)
+            log.info("probe distance after %d epochs: %.4f (%d probes)", epoch, d, len(rows))
+            return d
+
+        trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        run_id = train.fingerprint(examples, cfg, seed, trainable, loaded.fingerprint)  # the trainer's own key
+        per_epoch = train.steps_per_epoch(len(examples), cfg["batch_size"], cfg["grad_accum"])
+        epoch_start, step_start, current = curriculum_hooks(measure, cfg["alpha"], per_epoch,
+                                                             loaded.checkpoint / MEMO_FILE, run_id)
+        log.info("SOFT on %d samples, %s prompt, alpha %g, %d probes, %d epochs", len(examples), prompt,
+                 cfg["alpha"], len(rows), cfg["epochs"])
+
+        def summary(train_log: pd.DataFrame) -> dict[str, Any]:
+            history = train_log.groupby("epoch")[["d_e", "lambda_e"]].first()
+            log.info("per epoch d_e %s, lambda_e %s", ", ".join(f"{d:.4f}" for d in history["d_e"]),
+                     ", ".join(f"{v:.4f}" for v in history["lambda_e"]))
+            return {"probe": probes, "d_0": float(train_log["d_0"].iloc[0]), "d_e": history["d_e"].tolist(),
+                    "lambda_e": history["lambda_e"].tolist()}
+
+        return stage.Plan(examples, collate, mixed_loss_fn(current),
+                          train.Hooks(step_start=step_start, epoch_start=epoch_start),
+                          config={"distilled": str(distilled_path)}, summary=summary)
+
+    return stage.Method("soft", cfg, lambda model, tokenizer: train.add_lora(model, cfg, seed), plan)
+
+
 def run_soft(model_dir: str | Path, distilled_path: str | Path, samples_path: str | Path, items_path: str | Path,
              selection_path: str | Path, spec: dict[str, Any], seed: int, out: str | Path) -> Path:
     """Train a fresh LoRA adapter by SOFT and save it to `out` (see the module docstring)."""
-    from workflow.llm.evaluate import base_model_only
-    from workflow.llm.grounding import embed_texts
-    from workflow.llm.model import autocast, load_for_training, resolve_attention
-    from workflow.llm.sft import read_training_samples
-
     s = settings(spec)
-    llm, cfg, domain, batch_size = s["llm"], s["soft"], s["domain"], s["evaluation"]["batch_size"]
-    samples = read_training_samples(samples_path, selection_path, s["budget"], seed)
-    items = pd.read_parquet(items_path, columns=["item_id", "title"])
-    distilled = read_distilled(distilled_path, samples, s["prompt"])
-    model, tokenizer, device, dtype = load_for_training(model_dir, llm)
-    examples = soft_examples(samples, items, distilled, tokenizer, domain, llm, s["prompt"])
-    model = train.add_lora(model, cfg, seed)
-    train.cast_frozen_linears(model, dtype)
-    compute = lambda: autocast(device, dtype)  # noqa: E731
-
-    probes = probe_set(samples["sample_id"].astype(str), cfg["probe_size"], seed)
-    rows = np.flatnonzero(samples["sample_id"].astype(str).isin(probes))
-    titles = dict(zip(items["item_id"].astype(str), items["title"].astype(str)))
-    with base_model_only(model):
-        title_embeddings = embed_texts(model, tokenizer, [titles[str(samples["target"].iloc[r])] for r in rows],
-                                       autocast=compute)
-    beam = dict(num_beams=cfg["num_beams"], max_new_tokens=cfg["max_new_tokens"], batch_size=batch_size,
-                autocast=compute, dtype=dtype,
-                implementation=resolve_attention(llm["attention"], device, llm["dtype"], training=False))
-
-    def measure(epoch: int) -> float:
-        d = probe_distance(model, tokenizer, [examples[r]["prompt"] for r in rows], title_embeddings,
-                           base=epoch == 0, **beam)
-        log.info("probe distance after %d epochs: %.4f (%d probes)", epoch, d, len(rows))
-        return d
-
-    checkpoint = train.checkpoint_dir_for(out)
-    source = Path(model_dir) / "llmrec_source.json"
-    extra = {"model_dir": str(model_dir), "source": source.read_text() if source.exists() else None}
-    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    run_id = train.fingerprint(examples, cfg, seed, trainable, extra)  # the trainer's own: its checkpoint's key
-    per_epoch = train.steps_per_epoch(len(examples), cfg["batch_size"], cfg["grad_accum"])
-    epoch_start, step_start, current = curriculum_hooks(measure, cfg["alpha"], per_epoch, checkpoint / MEMO_FILE,
-                                                         run_id)
-    log.info("SOFT on %d samples, %s prompt, alpha %g, %d probes, %d epochs", len(examples), s["prompt"], cfg["alpha"],
-             len(rows), cfg["epochs"])
-    train_log = train.train(
-        model, examples, collate, mixed_loss_fn(current), cfg, seed=seed, checkpoint_dir=checkpoint,
-        autocast=compute, desc="soft", fingerprint_extra=extra, step_start=step_start, epoch_start=epoch_start,
-        scaler=train.grad_scaler(device, dtype))
-    history = train_log.groupby("epoch")[["d_e", "lambda_e"]].first()
-    config = {"llm": llm, "soft": cfg, "domain": domain, "prompt": s["prompt"], "budget": s["budget"],
-              "model_dir": str(model_dir), "samples": str(samples_path), "selection": str(selection_path),
-              "distilled": str(distilled_path), "n_samples": len(examples), "probe": probes,
-              "d_0": float(train_log["d_0"].iloc[0]), "d_e": history["d_e"].tolist(),
-              "lambda_e": history["lambda_e"].tolist()}
-    train.save_adapter(model, out, config, train_log, seed)
-    train.remove_checkpoint(checkpoint)
-    log.info("saved %s: %d steps; per epoch d_e %s, lambda_e %s", out, len(train_log),
-             ", ".join(f"{d:.4f}" for d in history["d_e"]), ", ".join(f"{v:.4f}" for v in history["lambda_e"]))
+    llm, cfg, domain = s["llm"], s["soft"], s["domain"]
+    method = soft_method(cfg, llm, domain, s["prompt"], s["evaluation"]["batch_size"], distilled_path, seed)
+    stage.run_stage(method, model_dir=model_dir, samples_path=samples_path, items_path=items_path,
+                    selection_path=selection_path, llm=llm, seed=seed, out=out,
+                    config={"soft": cfg, "domain": domain, "prompt": s["prompt"], "budget": s["budget"]})
     return Path(out)
 
 

@@ -30,6 +30,7 @@ import math
 import random
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -44,6 +45,21 @@ from workflow.llm import distributed
 log = logging.getLogger("workflow.llm.train")
 
 LossFn = Callable[[torch.nn.Module, Any], "tuple[torch.Tensor, int | float | torch.Tensor, dict[str, Any]]"]
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """A method's plug-ins into the loop (each optional; see `train`):
+    - `param_options(name) -> {"lr_scale", "weight_decay"}` per trainable parameter (iLoRA's router
+      at 0.3x the learning rate, the projector's weight decay); default: one group;
+    - `step_start(global_step, total_steps)` before every optimizer step, global_step counted from 0
+      (LLaRA's curriculum draws hybrid or text-only batches from it);
+    - `epoch_start(epoch) -> dict of floats` before an epoch's first step (SOFT's lambda_e, measured
+      on the current model): the values are logged with every step of the epoch and kept in the
+      checkpoint, so a run resumed within the epoch uses them instead of measuring again."""
+    param_options: Callable[[str], dict[str, float]] | None = None
+    step_start: Callable[[int, int], None] | None = None
+    epoch_start: Callable[[int], dict[str, float]] | None = None
 CHECKPOINT_FILE = "state.pt"
 
 
@@ -314,10 +330,7 @@ def train_step(model: torch.nn.Module, micro_batches: Sequence[Any], loss_fn: Lo
 def train(model: torch.nn.Module, examples: Sequence[Any], collate: Callable[[list[Any]], Any], loss_fn: LossFn,
           spec: dict[str, Any], *, seed: int, checkpoint_dir: str | Path | None = None,
           autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-          fingerprint_extra: Any = None, desc: str = "train",
-          param_options: Callable[[str], dict[str, float]] | None = None,
-          step_start: Callable[[int, int], None] | None = None,
-          epoch_start: Callable[[int], dict[str, float]] | None = None,
+          fingerprint_extra: Any = None, desc: str = "train", hooks: Hooks = Hooks(),
           scaler: "torch.amp.GradScaler | None" = None) -> pd.DataFrame:
     """Train the parameters of `model` that require grad on `examples`; return the per-step log.
 
@@ -329,15 +342,7 @@ def train(model: torch.nn.Module, examples: Sequence[Any], collate: Callable[[li
     at the end of every epoch and every `checkpoint_every` optimizer steps, and an existing one of
     the same run is resumed. The caller removes it once the result is saved.
 
-    Plug-ins of the methods built on this loop:
-    - `param_options(name) -> {"lr_scale", "weight_decay"}` per trainable parameter (iLoRA's router
-      at 0.3x the learning rate, the projector's weight decay); default: one group;
-    - `step_start(global_step, total_steps)` before every optimizer step, global_step counted from 0
-      (LLaRA's curriculum draws hybrid or text-only batches from it);
-    - `epoch_start(epoch) -> dict of floats` before an epoch's first step (SOFT's lambda_e, measured
-      on the current model): the values are logged with every step of the epoch and kept in the
-      checkpoint, so a run resumed within the epoch uses them instead of measuring again.
-    `scaler`: a `torch.amp.GradScaler` for float16 autocast (`grad_scaler`); None otherwise.
+    `hooks`: the method's plug-ins (`Hooks`). `scaler`: a `torch.amp.GradScaler` for float16 autocast (`grad_scaler`); None otherwise.
     Under torchrun every rank calls this with the same examples (module docstring)."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -349,7 +354,7 @@ def train(model: torch.nn.Module, examples: Sequence[Any], collate: Callable[[li
     bs, accum, epochs = int(spec["batch_size"]), int(spec["grad_accum"]), int(spec["epochs"])
     per_epoch = steps_per_epoch(len(examples), bs, accum)
     total = epochs * per_epoch
-    optimizer = torch.optim.AdamW(param_groups(trainable, spec, param_options))
+    optimizer = torch.optim.AdamW(param_groups(trainable, spec, hooks.param_options))
     scheduler = lr_schedule(optimizer, total, float(spec.get("warmup_ratio", 0.0)))
     max_grad_norm = float(spec.get("max_grad_norm", 1.0) or 0.0)
     checkpoint_every = int(spec.get("checkpoint_every", 0) or 0)
@@ -385,14 +390,14 @@ def train(model: torch.nn.Module, examples: Sequence[Any], collate: Callable[[li
         batches = [order[i:i + bs] for i in range(0, len(order), bs)]
         start = position["step_in_epoch"] if epoch == position["epoch"] else 0
         if start == 0 or "epoch_state" not in position:
-            position["epoch_state"] = dict(epoch_start(epoch)) if epoch_start is not None else {}
+            position["epoch_state"] = dict(hooks.epoch_start(epoch)) if hooks.epoch_start is not None else {}
             if position["epoch_state"]:
                 log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k} {v:.4g}" for k, v in position["epoch_state"].items()))
         epoch_state = position["epoch_state"]
         for step_in_epoch in range(start, per_epoch):
             group = batches[step_in_epoch * accum:(step_in_epoch + 1) * accum]
-            if step_start is not None:
-                step_start(global_step, total)
+            if hooks.step_start is not None:
+                hooks.step_start(global_step, total)
             t0 = time.perf_counter()
             mine = distributed.shard(group)  # this rank's micro-batches of the step
             row = train_step(model, [collate([examples[i] for i in b]) for b in mine], loss_fn, optimizer,
