@@ -8,7 +8,7 @@ CORES ?= all
 TEST_WORKERS ?= auto
 export PATH := $(BIN):$(PATH)
 
-.PHONY: run test lint bench gpu-check clean-results
+.PHONY: run test lint bench gpu-check verify clean-results
 
 $(STAMP): pyproject.toml requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,13 @@ GPU_CHECK_OUT ?= results/gpu-check
 gpu-check: $(STAMP)
 	GPU_CHECK_OUT=$(GPU_CHECK_OUT) pytest -q -rs -s -p no:cacheprovider tests/test_gpu.py
 	python bench/bench_gpu.py
+
+# Content hashes of every artifact of results/, which must be identical on any machine and which
+# only within float tolerance (workflow/verify.py); `make verify OTHER=path/verify.json` compares
+# with another run's report and names the first artifact where they diverge.
+OTHER ?=
+verify: $(STAMP)
+	python -m workflow.verify results --out results/verify.json $(if $(OTHER),--compare $(OTHER))
 
 lint: $(STAMP)
 	snakemake --lint
