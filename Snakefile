@@ -27,6 +27,7 @@ shell.prefix(f"export PYTHONPATH={PACKAGE_ROOT}${{{{PYTHONPATH:+:$PYTHONPATH}}}}
 
 
 include: "rules/common.smk"
+include: "rules/targets.smk"
 include: "rules/data.smk"
 include: "rules/surrogate.smk"
 include: "rules/baselines.smk"
@@ -38,9 +39,9 @@ include: "rules/eval.smk"
 include: "rules/transfer.smk"
 include: "rules/explain.smk"
 include: "rules/report.smk"
+include: "rules/study.smk"
 
 
 rule all:
-    input:
-        all_targets(),
+    input: all_targets(),
     default_target: True

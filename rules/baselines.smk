@@ -3,22 +3,14 @@
 
 
 rule baselines:
-    input:
-        samples=f"{RESULTS}/{{dataset}}/data/samples.parquet",
-        item_table=f"{RESULTS}/{{dataset}}/data/items.parquet",  # `items` would shadow Namedlist.items()
-    output:
-        f"{RESULTS}/{{dataset}}/baselines/metrics.parquet",
-    params:
-        seed=config["seed"],
-    log:
-        f"{RESULTS}/logs/{{dataset}}/baselines.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/{{dataset}}/baselines.tsv"
-    threads: 1
-    resources:
-        **job_resources("baselines", "4GB", "30m"),
+    input: **data("{dataset}"),
+    output: f"{RESULTS}/{{dataset}}/baselines/metrics.parquet",
+    params: seed=config["seed"],
+    log: logged("{dataset}/baselines"),
+    benchmark: benchmarked("{dataset}/baselines"),
+    resources: **job_resources("baselines", "4GB", "30m"),
     conda:
         "../envs/cpu.yaml"
     shell:
-        "python -m workflow.baselines --samples {input.samples:q} --items {input.item_table:q} "
-        "--dataset {wildcards.dataset:q} --seed {params.seed} --out {output:q} > {log:q} 2>&1"
+        "python -m workflow.baselines --samples {input.samples:q} --items {input.item_table:q} --dataset "
+        "{wildcards.dataset:q} --seed {params.seed} --out {output:q} > {log:q} 2>&1"

@@ -6,15 +6,10 @@
 rule preflight:
     """A GPU config's first job, on a GPU node: CUDA present, enough GPUs, a driver new enough for
     this torch build, bitsandbytes for k-bit loading (workflow/preflight.py)."""
-    output:
-        f"{RESULTS}/preflight/gpu.json",
-    params:
-        spec=lambda wildcards: spec({"llm": config["llm"]}),
-    log:
-        f"{RESULTS}/logs/preflight.log",
-    threads: 1
-    resources:
-        **job_resources("preflight", "2GB", "10m", gpus=LLM_GPUS),
+    output: f"{RESULTS}/preflight/gpu.json",
+    params: spec=lambda wildcards: spec({"llm": config["llm"]}),
+    log: logged("preflight"),
+    resources: **job_resources("preflight", "2GB", "10m", gpus=LLM_GPUS),
     conda:
         LLM_ENV
     shell:
@@ -22,87 +17,51 @@ rule preflight:
 
 
 rule base_model:
-    input:
-        preflight_flag,
-    output:
-        directory(f"{RESULTS}/models/base"),
-    params:
-        base_model=config["llm"]["base_model"],
-    log:
-        f"{RESULTS}/logs/models/base_model.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/models/base_model.tsv"
+    # a GPU config stops before any work when CUDA is missing or unusable (rule preflight)
+    input: [f"{RESULTS}/preflight/gpu.json"] if LLM_GPUS else [],
+    output: directory(BASE_MODEL),
+    params: base_model=config["llm"]["base_model"],
+    log: logged("models/base_model"),
+    benchmark: benchmarked("models/base_model"),
     threads: JOB_THREADS
-    resources:
-        **job_resources("base_model", "6GB", "30m"),
+    resources: **job_resources("base_model", "6GB", "30m"),
     conda:
         "../envs/cpu.yaml"
     shell:
-        "python -m workflow.llm.model --base-model {params.base_model:q} --out {output:q} "
-        "--threads {threads} > {log:q} 2>&1"
+        "python -m workflow.llm.model --base-model {params.base_model:q} --out {output:q} --threads {threads} > "
+        "{log:q} 2>&1"
 
 
 rule sft:
-    input:
-        model=f"{RESULTS}/models/base",
-        samples=f"{RESULTS}/{{dataset}}/data/samples.parquet",
-        item_table=f"{RESULTS}/{{dataset}}/data/items.parquet",
-        selection=training_selection,
-    output:
-        directory(f"{RESULTS}/{{dataset}}/llm/{{run}}/{{selection}}/adapter"),
-    wildcard_constraints:
-        run=RUN_PATTERN["sft"],
-    params:
-        launch=LAUNCH,
-        spec=sft_spec,
-        seed=training_seed,
-    log:
-        f"{RESULTS}/logs/{{dataset}}/llm/{{run}}/{{selection}}/train.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/{{dataset}}/llm/{{run}}/{{selection}}/train.tsv"
+    input: **TRAINING_INPUTS,
+    output: directory(f"{RUN_DIR}/adapter"),
+    wildcard_constraints: run=RUN_PATTERN["sft"],
+    params: launch=LAUNCH, args=training_args(method_spec),
+    log: logged(f"{RUN_LOG}/train"),
+    benchmark: benchmarked(f"{RUN_LOG}/train"),
     priority: 10  # the chain every tuned result waits for (sft -> reference -> preference) starts first
     threads: JOB_THREADS
-    resources:
-        **job_resources("sft", "12GB", "4h", gpus=LLM_GPUS),
+    resources: **job_resources("sft", "12GB", "4h", gpus=LLM_GPUS),
     conda:
         LLM_ENV
     shell:
-        "{params.launch} workflow.llm.sft --model-dir {input.model:q} --samples {input.samples:q} "
-        "--items {input.item_table:q} --selection {input.selection:q} --spec {params.spec:q} "
-        "--seed {params.seed} --threads {threads} --out {output:q} > {log:q} 2>&1"
+        "{params.launch} workflow.llm.sft {params.args:q} > {log:q} 2>&1"
 
 
 rule hybrid:
     """LLaRA (one LoRA) or iLoRA (gated LoRA experts) on the hybrid prompt: SASRec item embeddings
     after the titles, a fresh adapter on the base model (workflow/llm/llara.py)."""
-    input:
-        model=f"{RESULTS}/models/base",
-        samples=f"{RESULTS}/{{dataset}}/data/samples.parquet",
-        item_table=f"{RESULTS}/{{dataset}}/data/items.parquet",
-        selection=training_selection,
-        item_vectors=f"{RESULTS}/{{dataset}}/surrogate/item_embeddings.parquet",
-        sequence_vectors=f"{RESULTS}/{{dataset}}/surrogate/sequence_repr.parquet",
-    output:
-        directory(f"{RESULTS}/{{dataset}}/llm/{{run}}/{{selection}}/adapter"),
-    wildcard_constraints:
-        run=RUN_PATTERN["hybrid"],
-    params:
-        launch=LAUNCH,
-        method=lambda wildcards: parse_run(wildcards.run).method,
-        spec=hybrid_spec,
-        surrogate=lambda wildcards, input: Path(input.item_vectors).parent,
-        seed=training_seed,
-    log:
-        f"{RESULTS}/logs/{{dataset}}/llm/{{run}}/{{selection}}/train.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/{{dataset}}/llm/{{run}}/{{selection}}/train.tsv"
+    input: **TRAINING_INPUTS, **surrogate_tables("{dataset}"),
+    output: directory(f"{RUN_DIR}/adapter"),
+    wildcard_constraints: run=RUN_PATTERN["hybrid"],
+    params: launch=LAUNCH, method=lambda wildcards: parse_run(wildcards.run).method, surrogate=optional_args,
+            args=training_args(method_spec),
+    log: logged(f"{RUN_LOG}/train"),
+    benchmark: benchmarked(f"{RUN_LOG}/train"),
     threads: JOB_THREADS
-    resources:
-        **job_resources("hybrid", "12GB", "4h", gpus=LLM_GPUS),
+    resources: **job_resources("hybrid", "12GB", "4h", gpus=LLM_GPUS),
     conda:
         LLM_ENV
     shell:
-        "{params.launch} workflow.llm.llara --method {params.method} --model-dir {input.model:q} "
-        "--samples {input.samples:q} --items {input.item_table:q} --selection {input.selection:q} "
-        "--surrogate {params.surrogate:q} --spec {params.spec:q} --seed {params.seed} --threads {threads} "
-        "--out {output:q} > {log:q} 2>&1"
+        "{params.launch} workflow.llm.llara --method {params.method} {params.surrogate:q} {params.args:q} "
+        "> {log:q} 2>&1"

@@ -3,23 +3,16 @@
 
 
 rule surrogate:
-    input:
-        samples=f"{RESULTS}/{{dataset}}/data/samples.parquet",
-        item_table=f"{RESULTS}/{{dataset}}/data/items.parquet",
+    input: **data("{dataset}"),
     output:
         model=f"{RESULTS}/{{dataset}}/surrogate/model.pt",
         meta=f"{RESULTS}/{{dataset}}/surrogate/model.json",
-        item_embeddings=f"{RESULTS}/{{dataset}}/surrogate/item_embeddings.parquet",
-        sequence_repr=f"{RESULTS}/{{dataset}}/surrogate/sequence_repr.parquet",
+        item_embeddings=surrogate_tables("{dataset}")["item_vectors"],
+        sequence_repr=surrogate_tables("{dataset}")["sequence_vectors"],
         metrics=f"{RESULTS}/{{dataset}}/surrogate/metrics.parquet",
-    params:
-        out_dir=f"{RESULTS}/{{dataset}}/surrogate",
-        spec=spec(config["surrogate"]),
-        seed=config["seed"],
-    log:
-        f"{RESULTS}/logs/{{dataset}}/surrogate.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/{{dataset}}/surrogate.tsv"
+    params: out_dir=f"{RESULTS}/{{dataset}}/surrogate", spec=spec(config["surrogate"]), seed=config["seed"],
+    log: logged("{dataset}/surrogate"),
+    benchmark: benchmarked("{dataset}/surrogate"),
     priority: 10  # gates llara, ilora and DEALRec's influence: starts with the sft chain (see rule sft)
     threads: JOB_THREADS
     resources:
@@ -29,6 +22,6 @@ rule surrogate:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "python -m workflow.surrogate --samples {input.samples:q} --items {input.item_table:q} "
-        "--out-dir {params.out_dir:q} --dataset {wildcards.dataset:q} --spec {params.spec:q} "
-        "--seed {params.seed} --threads {threads} > {log:q} 2>&1"
+        "python -m workflow.surrogate --samples {input.samples:q} --items {input.item_table:q} --out-dir "
+        "{params.out_dir:q} --dataset {wildcards.dataset:q} --spec {params.spec:q} --seed {params.seed} --threads "
+        "{threads} > {log:q} 2>&1"

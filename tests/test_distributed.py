@@ -127,7 +127,7 @@ def test_sharded_evaluation_equals_one_process(tiny_model_dir, inputs, tmp_path)
         pred, metrics = tmp_path / f"pred{nproc}.parquet", tmp_path / f"metrics{nproc}.parquet"
         finish(launch(nproc, ["--model-dir", str(tiny_model_dir), "--samples", str(inputs["samples"]),
                               "--items", str(inputs["items"]), "--spec", spec, "--dataset", "toy",
-                              "--method", "base-candidate", "--selection", "none", "--seed", "0", "--threads", "1",
+                              "--run", "base-candidate", "--selection", "none", "--seed", "0", "--threads", "1",
                               "--predictions", str(pred), "--metrics", str(metrics)], module="workflow.llm.evaluate"))
         frames[nproc] = pd.read_parquet(pred), pd.read_parquet(metrics)
     (pred1, metrics1), (pred2, metrics2) = frames[1], frames[2]

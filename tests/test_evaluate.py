@@ -225,7 +225,7 @@ def test_cli_end_to_end_with_and_without_adapter(tiny_model_dir, tmp_path):
         pred_path, metrics_path = tmp_path / f"{run}_pred.parquet", tmp_path / f"{run}_metrics.parquet"
         argv = ["--model-dir", str(tiny_model_dir), *adapter, "--samples", str(tmp_path / "samples.parquet"),
                 "--items", str(tmp_path / "items.parquet"), "--title-embeddings", str(emb), "--spec", spec,
-                "--dataset", "toy", "--method", run, "--selection", "random" if adapter else "none",
+                "--dataset", "toy", "--run", run, "--selection", "random" if adapter else "none",
                 "--seed", "0", "--threads", "1", "--predictions", str(pred_path), "--metrics", str(metrics_path)]
         assert evaluate.main(argv) == 0
         outputs[run] = pd.read_parquet(pred_path), pd.read_parquet(metrics_path)
@@ -291,7 +291,7 @@ def test_cli_reports_a_bad_spec_key(tiny_model_dir, tmp_path):
     items.to_parquet(tmp_path / "i.parquet")
     argv = ["--model-dir", str(tiny_model_dir), "--samples", str(tmp_path / "s.parquet"),
             "--items", str(tmp_path / "i.parquet"), "--spec", json.dumps({"evaluation": {"batch_size": 0}}),
-            "--dataset", "toy", "--method", "base", "--selection", "none", "--seed", "0",
+            "--dataset", "toy", "--run", "base", "--selection", "none", "--seed", "0",
             "--predictions", str(tmp_path / "p.parquet"), "--metrics", str(tmp_path / "m.parquet")]
     assert evaluate.main(argv) == 1
     with pytest.raises(ValueError, match="evaluation.batch_size"):

@@ -206,7 +206,7 @@ def cli_args(tiny_model_dir, run, out_dir, method="dmpo", reference=True, spec=S
     return ["--model-dir", str(tiny_model_dir), "--adapter", str(run[method]["adapter"]),
             *(["--reference-adapter", str(run["sft"]["adapter"])] if reference else []),
             "--predictions", str(run[method]["predictions"]), "--samples", str(run["samples"]),
-            "--items", str(run["items"]), "--spec", json.dumps(spec), "--dataset", "toy", "--method", method,
+            "--items", str(run["items"]), "--spec", json.dumps(spec), "--dataset", "toy", "--run", method,
             "--selection", "random", "--seed", "0", "--threads", "1",
             "--out-parquet", str(out_dir / "explanations.parquet"), "--out-html", str(out_dir / "explanations.html")]
 

@@ -43,9 +43,10 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
-    """--dataset, --method, --selection, --seed: the run an LLM stage's outputs belong to."""
+    """--dataset, --run, --selection, --seed: the run (a run name such as sft-open-n256, workflow/runs.py)
+    an LLM stage's outputs belong to."""
     p.add_argument("--dataset", required=True)
-    p.add_argument("--method", required=True)
+    p.add_argument("--run", required=True, help="the run name, e.g. sft-open-n256 (workflow/runs.py)")
     p.add_argument("--selection", required=True)
     p.add_argument("--seed", type=int, required=True)
 

@@ -685,7 +685,7 @@ def main(argv=None) -> int:
             model, tokenizer = load_for_evaluation(args.model_dir, args.adapter, llm["device"], llm["dtype"],
                                                    llm["attention"], llm["quantization"])
         device = model_device(model)
-        log.info("%s/%s/%s: %d samples (%s), %s prompt, protocols %s", args.dataset, args.method, args.selection,
+        log.info("%s/%s/%s: %d samples (%s), %s prompt, protocols %s", args.dataset, args.run, args.selection,
                  len(samples), ", ".join(evaluation["splits"]), prompt, ", ".join(evaluation["protocols"]))
         predictions, values = evaluate_sharded(
             model, tokenizer, samples, items, protocols=evaluation["protocols"], domain=domain, llm=llm,
@@ -693,7 +693,7 @@ def main(argv=None) -> int:
             prompt=prompt, seed=args.seed, **hybrid)
         if not distributed.is_main():
             return
-        table = metrics_table(samples, values, dataset=args.dataset, method=args.method, selection=args.selection)
+        table = metrics_table(samples, values, dataset=args.dataset, method=args.run, selection=args.selection)
         schema = METRICS_SCHEMA
         if args.trained_on:
             table.insert(1, "trained_on", args.trained_on)

@@ -315,7 +315,7 @@ def main(argv=None) -> int:
         model, tokenizer, reference = load_models(args.model_dir, args.adapter, args.reference_adapter,
                                                   llm["device"], llm["dtype"], llm["attention"])
         device = resolve_device(llm["device"])
-        log.info("%s/%s/%s: explaining %d samples, reference %s", args.dataset, args.method, args.selection,
+        log.info("%s/%s/%s: explaining %d samples, reference %s", args.dataset, args.run, args.selection,
                  len(samples), args.reference_adapter or "the base model")
         tokens = explain(model, tokenizer, samples, items, predictions, reference=reference, domain=domain, llm=llm,
                          batch_size=evaluation["batch_size"], autocast=lambda: autocast(device, llm["dtype"]),
@@ -327,7 +327,7 @@ def main(argv=None) -> int:
                           reference_adapter=str(args.reference_adapter) if args.reference_adapter else None,
                           predictions=str(args.predictions))
         titles = dict(zip(items["item_id"], items["title"].astype(str)))
-        page = render_html(tokens, samples, titles, f"{args.dataset} / {args.method} / {args.selection}")
+        page = render_html(tokens, samples, titles, f"{args.dataset} / {args.run} / {args.selection}")
         write_parquet(tokens, args.out_parquet, schema=EXPLANATIONS_SCHEMA, **provenance)
         write_html(page, args.out_html)
         hits = tokens.drop_duplicates("sample_id")["is_target"].mean()

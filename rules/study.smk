@@ -1,0 +1,24 @@
+# Studies: a grid of config variants of some methods -> runs (trained and evaluated by the other
+# rules) -> one table and plot (workflow/study.py).
+include: "study_inputs.smk"
+
+
+# The study's runs and the baselines it draws as lines (popularity, SASRec; per dataset).
+rule study:
+    input:
+        runs=lambda wildcards: [path for _, path in study_runs(wildcards.study)],
+        baselines=baseline_metrics(),
+    output:
+        parquet=f"{RESULTS}/studies/{{study}}.parquet",
+        md=f"{RESULTS}/studies/{{study}}.md",
+        png=report(f"{RESULTS}/studies/{{study}}.png", caption="../report/study.rst", category="Studies",
+                   labels={"study": "{study}"}),
+    params: spec=study_spec, seed=config["seed"],
+    log: logged("studies/{study}"),
+    benchmark: benchmarked("studies/{study}"),
+    resources: **job_resources("study", "4GB", "15m"),
+    conda:
+        "../envs/cpu.yaml"
+    shell:
+        "python -m workflow.study --spec {params.spec:q} --baselines {input.baselines:q} --seed {params.seed} "
+        "--out-parquet {output.parquet:q} --out-md {output.md:q} > {log:q} 2>&1"
