@@ -77,7 +77,7 @@ def main() -> None:
     p.add_argument("--max-new-tokens", type=int, default=32)
     args = p.parse_args()
 
-    from workflow.llm import evaluate, grounding
+    from workflow.llm import evaluate, grounding, inference, protocols
     from workflow.llm.model import autocast, load_model, resolve_dtype
 
     torch.set_num_threads(args.threads)
@@ -104,17 +104,17 @@ def main() -> None:
         from workflow.llm.scoring import candidate_logprobs
 
         with torch.no_grad():
-            for chosen in evaluate.batches(evaluate.by_length(inputs["candidate_prompt"]), batch):
+            for chosen in inference.batches(inference.by_length(inputs["candidate_prompt"]), batch):
                 with cast():
                     candidate_logprobs(model, [inputs["candidate_prompt"][i] for i in chosen],
                                        [inputs["answers"][i] for i in chosen])
 
     def generate_from_scratch(max_new):  # generate re-encoding the prompt (no cache hand-off)
-        config = evaluate.generation_config(tokenizer, max_new)
+        config = inference.generation_config(tokenizer, max_new)
         prompts = inputs["candidate_prompt"]
         with torch.no_grad():
-            for chosen in evaluate.batches(evaluate.by_length(prompts), batch):
-                ids, mask, _ = grounding.left_pad([prompts[i] for i in chosen], evaluate.pad_id(tokenizer))
+            for chosen in inference.batches(inference.by_length(prompts), batch):
+                ids, mask, _ = inference.left_pad([prompts[i] for i in chosen], inference.pad_id(tokenizer))
                 with cast():
                     model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
 
@@ -124,22 +124,22 @@ def main() -> None:
     rows.append(("generation, prompt re-encoded (separate)", t_gen, cand_tokens, False))
     _, t = timed(lambda: generate_from_scratch(1))
     rows.append(("  of which prefill (1 new token)", t, cand_tokens, False))
-    _, t_like = timed(lambda: evaluate.likelihood_scores(model, tokenizer, inputs["candidate_prompt"],
-                                                         inputs["answers"], batch, cast))
+    _, t_like = timed(lambda: inference.likelihood_scores(model, tokenizer, inputs["candidate_prompt"],
+                                                          inputs["answers"], batch, cast))
     rows.append(("likelihood alone, prompt cache", t_like, cand_tokens + answer_tokens, False))
-    (_, _, answers), t_shared = timed(lambda: evaluate.prompt_passes(
+    (_, _, answers), t_shared = timed(lambda: inference.prompt_passes(
         model, tokenizer, inputs["candidate_prompt"], inputs["answers"], max_new_tokens=new, batch_size=batch,
         autocast=cast))
     rows.append(("likelihood + generation, one prompt cache", t_shared, cand_tokens + answer_tokens, True))
     new_tokens = [len(tokenizer.encode(a)) for a in answers]
 
     def grounded():
-        open_answers = evaluate.greedy_answers(model, tokenizer, inputs["open_prompt"], new, batch, cast)
+        open_answers = inference.greedy_answers(model, tokenizer, inputs["open_prompt"], new, batch, cast)
         queries = grounding.embed_texts(model, tokenizer, open_answers, 32, autocast=cast)
         position = {i: k for k, i in enumerate(items["item_id"].astype(str))}
-        return evaluate.grounded_ranking(queries, grounding.item_index(emb),
-                                         np.array([position[x] for x in samples["target"]]),
-                                         [[position[i] for i in h] for h in samples["history"]])
+        return protocols.grounded_ranking(queries, grounding.item_index(emb),
+                                          np.array([position[x] for x in samples["target"]]),
+                                          [[position[i] for i in h] for h in samples["history"]])
 
     _, t = timed(grounded)
     rows.append(("grounded (open prompt, embed, faiss)", t, open_tokens, True))

@@ -7,7 +7,7 @@ items and SASRec surrogate (results/ml-100k/..., built by `snakemake --cores all
 variant runs in its own subprocess (fresh model, seed 0; peak memory = the process's max RSS after
 loading, measured from there) on the same train samples: `--steps` optimizer steps of `train_step`
 (batch 4, accumulation 2, as the default config) after one warm-up step, every step hybrid; then
-`--eval` test samples through `evaluate.prompt_passes` (likelihood only). Times are CPU seconds of the
+`--eval` test samples through `inference.prompt_passes` (likelihood only). Times are CPU seconds of the
 process (on a shared machine wall time includes waiting for a core), one thread by default.
 
     .venv/bin/python bench/bench_hybrid.py [--threads 1] [--steps 4] [--eval 32] [--experts 4]
@@ -39,7 +39,7 @@ def run_variant(name: str, args) -> dict:
     import pandas as pd
     import torch
 
-    from workflow.llm import evaluate, ilora, llara, train
+    from workflow.llm import evaluate, ilora, inference, llara, train
     from workflow.llm.model import autocast, load_for_evaluation, load_model, resolve_dtype
     from workflow.llm.sft import collate, sft_examples, sft_loss
 
@@ -109,8 +109,8 @@ def run_variant(name: str, args) -> dict:
     if mode != "sft":
         hooks = llara.evaluation_hooks(parts, model, test_rows, inputs["open_prompt"], "open", surrogate)
     start = time.process_time()
-    evaluate.prompt_passes(model, tokenizer, inputs["open_prompt"], inputs["answers"], batch_size=8, autocast=amp,
-                           sample_hooks=hooks)
+    inference.prompt_passes(model, tokenizer, inputs["open_prompt"], inputs["answers"], batch_size=8, autocast=amp,
+                            sample_hooks=hooks)
     eval_time = time.process_time() - start
     return {"variant": name, "step_s": float(np.median(step_times)), "train_peak_mb": train_peak,
             "eval_s_per_sample": eval_time / len(test_rows)}

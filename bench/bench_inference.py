@@ -69,7 +69,7 @@ def main() -> None:
     p.add_argument("--max-new-tokens", type=int, default=24)
     args = p.parse_args()
 
-    from workflow.llm import evaluate
+    from workflow.llm import evaluate, inference
     from workflow.llm.model import autocast, resolve_dtype
 
     if resolve_dtype("auto", "cpu") != torch.bfloat16:
@@ -89,10 +89,10 @@ def main() -> None:
     for name, (attention, precast) in LOADINGS.items():
         model, tokenizer = load(model_dir, attention, precast)
         inputs = evaluate.prompt_inputs(samples, items, tokenizer, "movie", llm)
-        (logprob, _, answers), t_cand = timed(lambda: evaluate.prompt_passes(
+        (logprob, _, answers), t_cand = timed(lambda: inference.prompt_passes(
             model, tokenizer, inputs["candidate_prompt"], inputs["answers"], max_new_tokens=args.max_new_tokens,
             batch_size=args.batch_size, autocast=bf16))
-        open_answers, t_open = timed(lambda: evaluate.greedy_answers(
+        open_answers, t_open = timed(lambda: inference.greedy_answers(
             model, tokenizer, inputs["open_prompt"], args.max_new_tokens, args.batch_size, bf16))
         results[name] = (logprob, answers, open_answers, t_cand[1], t_open[1])
 

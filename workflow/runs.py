@@ -28,6 +28,8 @@ from __future__ import annotations
 import re
 from typing import Any, NamedTuple
 
+from workflow.llm.protocols import supported as supported_protocols
+
 PROMPTS = ("candidate", "open")
 PREFERENCE = ("dmpo", "sdpo", "dynamicpo", "lpo4rec", "napo", "grpo", "sprec")  # workflow/llm/preference.py
 TRAINED = ("sft", "dmpo", "sdpo", "dynamicpo", "llara", "ilora", "soft", "lpo4rec", "napo", "grpo", "sprec")
@@ -35,11 +37,8 @@ TAKES_K = tuple(m for m in PREFERENCE if m != "sprec")  # the -k flag; sprec's o
 HYBRID = ("llara", "ilora")  # the hybrid prompt: SASRec item embeddings after each title
 GATES = ("sequence", "random", "uniform")  # iLoRA's gate inputs (workflow/llm/ilora.py)
 METHODS = ("base", *TRAINED)
-# The protocols a prompt supports beside likelihood: generation names one of the listed candidates
-# (freely, or constrained to their titles), likelihood_reversed lists them in reversed order (position
-# bias), grounded ranking embeds a free answer to the open prompt.
-PROMPT_PROTOCOLS = {"candidate": ("likelihood", "generation", "generation_constrained", "likelihood_reversed"),
-                    "open": ("likelihood", "grounded")}
+# The protocols each prompt supports, from workflow/llm/protocols.py's table (`supported_protocols`).
+PROMPT_PROTOCOLS = {prompt: supported_protocols(prompt) for prompt in PROMPTS}
 
 # The override flags, in the order a name gives them: (letter, Run field, what it sets, the pattern of
 # its value, the methods it applies to). The one grammar of run names: `parse` reads names by it and
@@ -95,7 +94,7 @@ class Run(NamedTuple):
 
     def protocols(self, wanted) -> list[str]:
         """The wanted protocols this run's prompt supports, in the order given."""
-        return [p for p in wanted if p in PROMPT_PROTOCOLS[self.prompt]]
+        return [p for p in wanted if p in supported_protocols(self.prompt)]
 
 
 def parse(name: str) -> Run:

@@ -38,7 +38,8 @@ import pyarrow as pa
 
 from workflow import cli
 from workflow.io import atomic_path, write_parquet
-from workflow.summary import POPULARITY_PROTOCOL, estimate, metric_frames, paired_delta, read_metrics
+from workflow.llm.protocols import popularity_protocol
+from workflow.summary import estimate, metric_frames, paired_delta, read_metrics
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +149,7 @@ def baseline_values(paths: Sequence[str], split: str, metrics: Sequence[str], re
                     samples: dict[tuple[str, str], pd.Index] | None = None) -> pd.DataFrame:
     """dataset, method, protocol, metric, value, ci_low, ci_high of the baselines (random,
     popularity, SASRec) on `split`, for each of `protocols`: their ranking of the same items (the
-    candidate sets for the likelihood protocols, all items for grounded; summary.POPULARITY_PROTOCOL),
+    candidate sets for the likelihood protocols, all items for grounded; workflow.llm.protocols.popularity_protocol),
     on the samples the runs were scored on under that protocol when `samples` says them
     (`evaluated_samples`), so a line and the runs it is read against share their samples."""
     rows = []
@@ -157,7 +158,7 @@ def baseline_values(paths: Sequence[str], split: str, metrics: Sequence[str], re
             if metric not in metrics or method not in BASELINES:
                 continue
             for protocol in protocols:
-                if POPULARITY_PROTOCOL.get(protocol) != ranking:
+                if popularity_protocol(protocol) != ranking:
                     continue
                 ids = None if samples is None else samples.get((dataset, protocol))
                 here = frame if ids is None else frame[frame.index.isin(ids)]

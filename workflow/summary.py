@@ -64,6 +64,7 @@ import pyarrow as pa
 
 from workflow import cli, runs
 from workflow.io import atomic_path, write_parquet
+from workflow.llm.protocols import headlines, popularity_protocol
 
 log = logging.getLogger(__name__)
 
@@ -71,16 +72,6 @@ SPLIT = "test"
 REFERENCES = ("sft", "base", "popularity", "strategy")
 BASELINES = ("random", "popularity", "sasrec")  # listed first in the tables
 NO_POPULARITY = {"random", "popularity"}
-# Popularity ranks the candidate sets and all items: each protocol is read against the one ranking
-# the same items.
-POPULARITY_PROTOCOL = {"likelihood": "likelihood", "likelihood_norm": "likelihood",
-                       "likelihood_reversed": "likelihood",  # the candidates' order does not move popularity
-                       "grounded": "full_ranking", "full_ranking": "full_ranking"}
-# Headline metrics of the paired-differences tables of summary.md.
-HEADLINE = {"likelihood": ("hr@1", "mrr", "auc"), "likelihood_norm": ("hr@1", "mrr", "auc"),
-            "grounded": ("hr@10", "ndcg@10"),
-            # optional protocols (issue 15): the constrained choice; position bias
-            "generation_constrained": ("hit",), "likelihood_reversed": ("hr@1", "top_changed")}
 GROUP = ["dataset", "method", "selection", "protocol"]
 METRICS_COLUMNS = GROUP + ["split", "sample_id", "user_id", "metric", "value"]
 TRAINED_ON = "trained_on"  # the dataset a transferred run was trained on (else the dataset itself)
@@ -258,9 +249,11 @@ def reference_runs(method: str, protocol: str, reference: str) -> list[tuple[str
     Run.sft: what a preference or SOFT run started from, what LLaRA and iLoRA are read against),
     then sft-P."""
     if reference == "popularity":
-        if method in NO_POPULARITY or protocol not in POPULARITY_PROTOCOL:
+        # popularity ranks the candidate sets and all items: a protocol is read against the one
+        # ranking the same items (workflow/llm/protocols.py)
+        if method in NO_POPULARITY or popularity_protocol(protocol) is None:
             return []
-        return [("popularity", POPULARITY_PROTOCOL[protocol])]
+        return [("popularity", popularity_protocol(protocol))]
     prompt = run_prompt(method)
     if prompt is None:
         return []
@@ -500,7 +493,8 @@ def wide_table(table: pd.DataFrame, cell=format_cell) -> pd.DataFrame:
 def paired_table(by_dataset: pd.DataFrame, protocol: str) -> pd.DataFrame:
     """The LLM runs of one protocol by columns `{metric} vs {R}` (headline metrics; R = base, sft,
     popularity, strategy), each cell `delta_cell`; empty when the protocol has no LLM row."""
-    table = by_dataset[(by_dataset["protocol"] == protocol) & by_dataset["metric"].isin(HEADLINE[protocol])
+    headline = headlines()[protocol]
+    table = by_dataset[(by_dataset["protocol"] == protocol) & by_dataset["metric"].isin(headline)
                        & by_dataset["method"].map(run_prompt).notna()]
     if table.empty:
         return pd.DataFrame()
@@ -508,7 +502,7 @@ def paired_table(by_dataset: pd.DataFrame, protocol: str) -> pd.DataFrame:
     references = ["base", "sft", "popularity"] + (["strategy"] if table["delta_vs_strategy"].notna().any() else [])
     long = pd.concat([table.assign(metric=table["metric"] + f" vs {r}", reference=r) for r in references])
     wide = wide_table(long, cell=lambda row: delta_cell(row, row["reference"]))
-    return wide[[c for m in HEADLINE[protocol] for r in references if (c := f"{m} vs {r}") in wide.columns]]
+    return wide[[c for m in headline for r in references if (c := f"{m} vs {r}") in wide.columns]]
 
 
 def markdown_table(wide: pd.DataFrame) -> list[str]:
@@ -531,7 +525,7 @@ def markdown(summary: pd.DataFrame, resamples: int, level: float, seed: int) -> 
         for protocol, table in by_dataset.groupby("protocol", sort=False):
             parts += [f"### {protocol} (n = {int(table['n'].max())} test samples)", ""]
             parts += markdown_table(wide_table(table))
-        for protocol in HEADLINE:
+        for protocol in headlines():
             wide = paired_table(by_dataset, protocol)
             if len(wide):
                 parts += [f"### Paired differences: {protocol}", ""]

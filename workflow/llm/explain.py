@@ -43,7 +43,7 @@ import torch
 
 from workflow import cli
 from workflow.io import atomic_path, write_parquet
-from workflow.llm import evaluate
+from workflow.llm import evaluate, inference
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def load_models(model_dir, adapter, reference_adapter=None, device: str = "auto"
     base model (the run's adapter disabled)."""
     model, tokenizer = evaluate.load_for_evaluation(model_dir, adapter, device, dtype, attention)
     if reference_adapter is None:
-        return model, tokenizer, lambda: evaluate.base_model_only(model)
+        return model, tokenizer, lambda: inference.base_model_only(model)
     if not (Path(reference_adapter) / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{reference_adapter}: not a PEFT adapter folder (no adapter_config.json)")
     tuned = model.active_adapter
@@ -175,7 +175,7 @@ def answer_token_logprobs(model, prompt_ids: Sequence[Sequence[int]], answer_ids
     from workflow.llm.scoring import token_logprobs
 
     out: list[np.ndarray] = [np.empty(0, dtype=np.float32)] * len(prompt_ids)
-    for chosen in evaluate.batches(evaluate.by_length(prompt_ids), batch_size):
+    for chosen in inference.batches(inference.by_length(prompt_ids), batch_size):
         with autocast():
             logprobs, mask = token_logprobs(model, [prompt_ids[i] for i in chosen], [[answer_ids[i]] for i in chosen])
         for row, i in enumerate(chosen):

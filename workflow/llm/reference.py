@@ -2,7 +2,7 @@
 
 The reference is the frozen SFT model (DESIGN section 5). It never changes, so log pi_ref(y|x) of
 EVERY candidate of every selected training sample is scored once, without gradients, by the
-evaluation's prompt-cache scorer (`evaluate.prompt_passes`: each prompt encoded once, no-grad
+evaluation's prompt-cache scorer (`inference.prompt_passes`: each prompt encoded once, no-grad
 attention), and written to one table that every preference run of the selection reads: dmpo,
 sdpo, dynamicpo and the collapse study's runs at other k. Scoring all candidates lets any negative
 strategy (random, hardest, all) and any k pick its columns from the same table.
@@ -38,7 +38,7 @@ def reference_table(model, tokenizer, samples: pd.DataFrame, items: pd.DataFrame
                     batch_size: int, autocast: Callable, prompt: str = "candidate") -> pd.DataFrame:
     """One row per sample: its candidates (item ids, as in the samples) and their summed log-probs
     and answer token counts under `model`, with the prompts and answers preference training uses."""
-    from workflow.llm.evaluate import prompt_passes
+    from workflow.llm.inference import prompt_passes
     from workflow.llm.preference import preference_examples
 
     examples = preference_examples(samples, items, tokenizer, domain, llm, prompt)

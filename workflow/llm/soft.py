@@ -88,8 +88,7 @@ def beam_answers(model, tokenizer, prompt_ids: Sequence[Sequence[int]], *, num_b
                  batch_size: int, autocast: Callable = contextlib.nullcontext, prompt_cache: bool = True) -> list[str]:
     """The top beam's text per prompt, in prompt order; prompts batched by length (left padding).
     With `prompt_cache`, each batch's prompts are encoded once, not once per beam."""
-    from workflow.llm.evaluate import batches, by_length, pad_id
-    from workflow.llm.scoring import encode_prompts, left_pad
+    from workflow.llm.inference import batches, by_length, encode_prompts, left_pad, pad_id
 
     config = beam_config(tokenizer, num_beams, max_new_tokens)
     device = next(model.parameters()).device

@@ -1,0 +1,69 @@
+"""The table of evaluation protocols (workflow/llm/protocols.py): its facts, and that each protocol
+emits the metrics and columns it declares."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from workflow import runs
+from workflow.llm import evaluate, grounding, protocols
+
+LLM = {"device": "cpu", "dtype": "float32", "max_title_tokens": 24, "max_prompt_tokens": 512}
+TITLES = {"alien": "Alien (1979)", "heat": "Heat (1995)", "fargo": "Fargo (1996)", "up": "Up (2009)",
+          "jaws": "Jaws (1975)", "casino": "Casino (1995)"}
+ITEMS = pd.DataFrame({"item_id": list(TITLES), "title": list(TITLES.values())})
+SAMPLES = pd.DataFrame([
+    {"sample_id": "s0", "split": "test", "user_id": "u0", "history": ["up", "jaws"], "target": "heat",
+     "candidates": ["alien", "heat", "fargo"]},
+    {"sample_id": "s1", "split": "test", "user_id": "u1", "history": ["casino"], "target": "fargo",
+     "candidates": ["fargo", "up", "jaws"]},
+    {"sample_id": "s2", "split": "test", "user_id": "u0", "history": ["alien", "heat"], "target": "jaws",
+     "candidates": ["casino", "jaws", "up"]},
+])
+
+
+def test_the_table_says_what_the_prompts_support():
+    assert set(runs.PROMPT_PROTOCOLS) == set(runs.PROMPTS)
+    assert set(protocols.supported("candidate")) == {"likelihood", "generation", "generation_constrained",
+                                                     "likelihood_reversed"}
+    assert set(protocols.supported("open")) == {"likelihood", "grounded"}
+    assert runs.parse("sft-open").protocols(["generation", "grounded", "likelihood"]) == ["grounded", "likelihood"]
+    with pytest.raises(ValueError, match="the open prompt supports likelihood, grounded"):
+        protocols.resolve(["generation"], "open")
+    assert protocols.resolve(["likelihood_reversed"], "candidate") == ["likelihood", "likelihood_reversed"]
+
+
+def test_popularity_and_headline_facts():
+    assert {p: protocols.popularity_protocol(p) for p in protocols.PROTOCOLS} == {
+        "likelihood": "likelihood", "likelihood_norm": "likelihood", "likelihood_reversed": "likelihood",
+        "grounded": "full_ranking", "full_ranking": "full_ranking", "generation": None,
+        "generation_constrained": None}
+    assert protocols.popularity_protocol("unknown") is None
+    assert protocols.headlines() == {"likelihood": ("hr@1", "mrr", "auc"), "likelihood_norm": ("hr@1", "mrr", "auc"),
+                                     "grounded": ("hr@10", "ndcg@10"), "generation_constrained": ("hit",),
+                                     "likelihood_reversed": ("hr@1", "top_changed")}
+    for name, protocol in protocols.PROTOCOLS.items():
+        assert set(protocol.headline) <= set(protocol.metrics), name
+        assert set(protocol.columns) <= set(protocols.PREDICTIONS_SCHEMA.names), name
+        assert set(protocol.runs_with) <= set(protocols.PROTOCOLS), name
+
+
+@pytest.mark.parametrize("prompt", ["candidate", "open"])
+def test_each_protocol_emits_what_it_declares(tiny_model_dir, prompt):
+    model, tokenizer = evaluate.load_for_evaluation(tiny_model_dir, device="cpu", dtype="float32")
+    requested = list(protocols.supported(prompt))
+    embeddings = grounding.embed_texts(model, tokenizer, ITEMS["title"].tolist(), batch_size=4)
+    pred, values = evaluate.evaluate(model, tokenizer, SAMPLES, ITEMS, protocols=requested, domain="movie", llm=LLM,
+                                     evaluation={"max_new_tokens": 4, "batch_size": 2, "protocols": requested},
+                                     title_embeddings=embeddings, prompt=prompt)
+    reported = [p for p in protocols.PROTOCOLS if p in values]
+    assert list(values) == reported  # in the table's order
+    for name, per_metric in values.items():
+        assert tuple(per_metric) == protocols.PROTOCOLS[name].metrics, name
+        assert all(len(v) == len(SAMPLES) for v in per_metric.values())
+    declared = {"sample_id", "split", "user_id", "target", "candidates"}
+    declared |= {c for name in values for c in protocols.PROTOCOLS[name].columns}
+    written = {c for c in pred.columns if pred[c].notna().any()}
+    assert written <= declared and list(pred.columns) == protocols.PREDICTIONS_SCHEMA.names
+    assert np.isfinite(np.stack(pred["candidate_logprob"])).all()
