@@ -127,12 +127,16 @@ def training_seed(wildcards):
 
 
 def training_selection(wildcards):
-    """The selection a run trains on. `random` is drawn once per training seed (`random-s43.parquet`;
-    the config seed's is `random.parquet`); `all` and the DEALRec selections are seed-independent (a
-    DEALRec run's -n re-runs its coverage sampling with the run's seed)."""
-    seed = parse_run(wildcards.run).seed
+    """The selection file a run trains on. `random` is drawn once per training seed
+    (`random-s43.parquet`; the config seed's is `random.parquet`); `all` and the DEALRec selections are
+    seed-independent. A run's -n<budget> is its own step, budget_subset, giving the subset of that
+    selection at the run's training seed (nested for random / all; a DEALRec re-run at that size)."""
+    run = parse_run(wildcards.run)
+    seed = run.seed
     name = f"{wildcards.selection}-s{seed}" if wildcards.selection == "random" and seed is not None else wildcards.selection
-    return f"{RESULTS}/{wildcards.dataset}/selection/{name}.parquet"
+    if run.budget is None:
+        return f"{RESULTS}/{wildcards.dataset}/selection/{name}.parquet"
+    return f"{RESULTS}/{wildcards.dataset}/selection/budget/{name}-n{run.budget}-s{run_seed(run, config)}.parquet"
 
 
 def run_spec(wildcards, **blocks):

@@ -82,3 +82,19 @@ rule select_dealrec:
         "python -m workflow.selection --samples {input.samples:q} --strategy {wildcards.selection} --budget "
         "{params.budget} --seed {params.seed} --spec {params.spec:q} {params.scores} --out {output.selection:q} > "
         "{log:q} 2>&1"
+
+
+# A run's -n<budget> (training_selection): `budget` samples of its selection at its training seed,
+# as a selection file of its own that every stage of the run reads (workflow/selection/budget.py).
+rule budget_subset:
+    input: unpack(budget_inputs),
+    output: f"{RESULTS}/{{dataset}}/selection/budget/{{name}}-n{{budget}}-s{{seed}}.parquet",
+    wildcard_constraints: name="[^/]+", budget="[0-9]+", seed="[0-9]+",
+    log: logged("{dataset}/selection/budget/{name}-n{budget}-s{seed}"),
+    benchmark: benchmarked("{dataset}/selection/budget/{name}-n{budget}-s{seed}"),
+    resources: **job_resources("budget_subset", "2GB", "10m"),
+    conda:
+        "../envs/cpu.yaml"
+    shell:
+        "python -m workflow.selection.budget --selection {input.selection:q} --budget {wildcards.budget} "
+        "--seed {wildcards.seed} --out {output:q} > {log:q} 2>&1"

@@ -46,3 +46,12 @@ def dealrec_inputs(wildcards):
 
 def dealrec_score_args(wildcards, input):
     return " ".join(f"--{name} {shlex.quote(input[name])}" for name in ("influence", "effort") if name in input.keys())
+
+
+def budget_inputs(wildcards):
+    """The selection a -n subset is drawn from (and, for a DEALRec selection, its scored pool)."""
+    folder = f"{RESULTS}/{wildcards.dataset}/selection"
+    inputs = {"selection": f"{folder}/{wildcards.name}.parquet"}
+    if wildcards.name in ("dealrec", "influence", "effort"):
+        inputs["scores"] = f"{folder}/{wildcards.name}.scores.parquet"
+    return inputs
