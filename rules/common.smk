@@ -9,7 +9,7 @@ from snakemake.exceptions import WorkflowError
 
 from workflow.config import prepare_settings
 from workflow.formats import resolve_files
-from workflow.runs import (HYBRID, PREFERENCE, TRAINED, block as run_block, config_runs, config_seeds, grid_point,
+from workflow.runs import (HYBRID, PREFERENCE, TRAINED, at_seed, block as run_block, config_runs, config_seeds, grid_point,
                            parse as parse_run, run_seed, wildcard_pattern)
 from workflow.transfer import transfers
 

@@ -6,7 +6,7 @@ include: "study_inputs.smk"
 # The study's runs and the baselines it draws as lines (popularity, SASRec; per dataset).
 rule study:
     input:
-        runs=lambda wildcards: [path for _, path in study_runs(wildcards.study)],
+        runs=lambda wildcards: [path for _, path, _ in study_runs(wildcards.study)],
         baselines=baseline_metrics(),
     output:
         parquet=f"{RESULTS}/studies/{{study}}.parquet",

@@ -22,16 +22,31 @@ def study_points(name):
     return points
 
 
+def study_seeds(name):
+    """The training seeds of a study's runs: its `seeds`, else the config's one `seed`."""
+    return list(dict.fromkeys(config["studies"][name].get("seeds") or [config["seed"]]))
+
+
 def study_runs(name):
-    """(labels, metrics path) of every run of a study, on every dataset and the first selection strategy."""
+    """(labels, metrics path, training benchmark) of every run of a study at each of its seeds, on
+    every dataset and the first selection strategy (the benchmark: its training job's seconds and
+    memory, none for an untuned run)."""
     split = config["studies"][name]["split"]
-    return [({**labels, "dataset": d, "selection": s}, run_metrics(d, run.name, s, split))
-            for d in DATASETS for s in SELECTIONS[:1] for labels, run in study_points(name)]
+    out = []
+    for d in DATASETS:
+        for s in SELECTIONS[:1]:
+            for labels, run in study_points(name):
+                for seed in study_seeds(name) if run.method != "base" else [config["seed"]]:
+                    seeded = at_seed(run, seed, config) if run.method != "base" else run
+                    train = f"{RESULTS}/benchmarks/{d}/llm/{seeded.name}/{s}/train.tsv" if run.method != "base" else None
+                    out.append(({**labels, "dataset": d, "selection": s, "seed": seed},
+                                run_metrics(d, seeded.name, s, split), train))
+    return out
 
 
 def study_spec(wildcards):
     study = config["studies"][wildcards.study]
-    runs = [{**labels, "path": path} for labels, path in study_runs(wildcards.study)]
+    runs = [{**labels, "path": path, "benchmark": train} for labels, path, train in study_runs(wildcards.study)]
     return spec({"name": wildcards.study, "x": study["x"], "split": study["split"], "protocols": study["protocols"],
                  "metrics": study["metrics"],
                  "bootstrap": config["summary"]["bootstrap"], "ci": config["summary"]["ci"], "runs": runs})

@@ -234,3 +234,31 @@ def test_every_protocol_of_the_study_gets_its_rows_deltas_baselines_and_panels(t
     out = tmp_path / "alpha.png"
     study.plot(table, baselines, "alpha", out)
     assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_seeds_are_pooled_and_training_costs_reported(tmp_path):
+    """Two seeds of each run: per-sample values averaged over the seeds, then the statistic and the
+    paired difference against the reference (sft at the same budget) by hand; the training jobs'
+    mean seconds and memory from their benchmark records."""
+    def bench(name, seconds, rss):
+        path = tmp_path / f"{name}.tsv"
+        path.write_text("s\th:m:s\tmax_rss\tmax_vms\n" f"{seconds}\t0:00:01\t{rss}\t1\n")
+        return str(path)
+
+    def seeded(method, seed, hr1, seconds, rss, reference=False):
+        labels = {"dataset": "toy", "selection": "random", "method": method, "prompt": "open", "k": None,
+                  "epochs": 1, "budget": 64, "seed": seed,
+                  "path": metrics_file(tmp_path / f"{method}{seed}.parquet", method, hr1),
+                  "benchmark": bench(f"{method}{seed}", seconds, rss)}
+        return {**labels, "reference": True} if reference else labels
+
+    runs = [seeded("napo", 1, [1, 1, 0, 0], 100, 900), seeded("napo", 2, [1, 0, 0, 1], 140, 1100),
+            seeded("sft", 1, [0, 1, 0, 0], 50, 800, True), seeded("sft", 2, [0, 0, 0, 1], 70, 800, True)]
+    table = study.with_costs(study.study_table(runs, "budget", "test", ["hr@1"], 200, 0.9, 0), runs)
+    napo = table[(table["method"] == "napo") & (table["metric"] == "hr@1")].iloc[0]
+    assert napo["value"] == pytest.approx(np.mean([1, 0.5, 0, 0.5]))  # (seed 1 + seed 2) / 2 per sample
+    assert napo["delta"] == pytest.approx(np.mean([1, 0.5, 0, 0.5]) - np.mean([0, 0.5, 0, 0.5]))
+    assert napo["n_seeds"] == 2 and napo["train_seconds"] == 120 and napo["train_max_rss_mb"] == 1000
+    md = study.markdown("objectives", table, pd.DataFrame(columns=["dataset", "protocol", "metric"]), "budget",
+                        "test", 200, 0.9)
+    assert "Pooled over 2 training seeds" in md and "| napo open e1 n64 | 120 | 1000 |" in md

@@ -54,8 +54,10 @@ SCHEMA = pa.schema([
     ("is_reference", pa.bool_()),
     ("value", pa.float64()), ("n", pa.int64()), ("ci_low", pa.float64()), ("ci_high", pa.float64()),
     ("delta", pa.float64()), ("delta_ci_low", pa.float64()), ("delta_ci_high", pa.float64()),
+    ("n_seeds", pa.int64()), ("train_seconds", pa.float64()), ("train_max_rss_mb", pa.float64()),
 ])
 INTEGER_AXES = ("k", "epochs", "budget", "n_experts")
+COST_COLUMNS = ("n_seeds", "train_seconds", "train_max_rss_mb")  # with_costs adds them
 
 
 def label_key(run: dict[str, Any]) -> tuple:
@@ -66,8 +68,10 @@ def run_frames(runs: Sequence[dict[str, Any]], split: str, protocols: Sequence[s
                metrics: Sequence[str]) -> dict[tuple, pd.DataFrame]:
     """(labels..., protocol, metric) -> per-sample frame on `split`, for each of `protocols` and
     `metrics` a run's file holds (a run whose prompt lacks a protocol has none of its rows). A run's
-    file may hold another method name (a main run reused at its own grid point)."""
-    frames = {}
+    file may hold another method name (a main run reused at its own grid point). Runs that differ
+    only in their training `seed` are pooled: their per-sample values averaged over the seeds, on
+    the samples every seed was scored on (as the summary pools seeds)."""
+    per_seed: dict[tuple, list[pd.DataFrame]] = {}
     for run in runs:
         found = {key: frame for key, frame in metric_frames(read_metrics([run["path"]]), split=split).items()
                  if key[3] in protocols and key[4] in metrics}
@@ -75,8 +79,47 @@ def run_frames(runs: Sequence[dict[str, Any]], split: str, protocols: Sequence[s
             raise ValueError(f"{run['path']}: no rows of the protocols {list(protocols)} and metrics "
                              f"{list(metrics)} on the {split} split")
         for (_, _, _, protocol, metric), frame in found.items():
-            frames[(*label_key(run), protocol, metric)] = frame
-    return frames
+            per_seed.setdefault((*label_key(run), protocol, metric), []).append(frame)
+    return {key: pooled(frames) for key, frames in per_seed.items()}
+
+
+def pooled(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """The mean over seeds of each sample's values (user_id kept), on the common samples."""
+    if len(frames) == 1:
+        return frames[0]
+    common = frames[0].index
+    for frame in frames[1:]:
+        common = common.intersection(frame.index, sort=False)
+    first = frames[0].loc[common]
+    values = [c for c in first.columns if c != "user_id"]
+    mean = sum(f.loc[common, values].astype("float64") for f in frames) / len(frames)
+    return pd.concat([first[["user_id"]], mean], axis=1)
+
+
+def normal_key(values: Sequence[Any]) -> tuple:
+    """Labels comparable across sources: missing values as None, numbers as floats."""
+    def one(v):
+        if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)):
+            return None
+        return float(v) if isinstance(v, numbers.Number) and not isinstance(v, bool) else v
+
+    return tuple(one(v) for v in values)
+
+
+def training_costs(runs: Sequence[dict[str, Any]]) -> dict[tuple, tuple[int, float, float]]:
+    """Per run's labels: (seeds, mean training-job seconds, mean peak resident memory in MB) over
+    its seeds, from the training jobs' Snakemake benchmark records (NaN for an untuned run)."""
+    found: dict[tuple, list] = {}
+    for run in runs:
+        entry = found.setdefault(normal_key(label_key(run)), [set(), [], []])
+        entry[0].add(run.get("seed"))
+        path = run.get("benchmark")
+        if path and Path(path).is_file():
+            record = pd.read_csv(path, sep="\t")
+            entry[1].append(float(record["s"].iloc[-1]))
+            entry[2].append(float(record["max_rss"].iloc[-1]))
+    return {key: (len(seeds), float(np.mean(sec)) if sec else np.nan, float(np.mean(rss)) if rss else np.nan)
+            for key, (seeds, sec, rss) in found.items()}
 
 
 def series_key(key: tuple, x: str) -> tuple:
@@ -129,8 +172,16 @@ def study_table(runs: Sequence[dict[str, Any]], x: str, split: str, metrics: Seq
         delta = (paired_delta(key[-1], frames[key], frames[ref], resamples, level, seed)
                  if ref is not None and ref != key else (np.nan,) * 3)
         rows.append((*key, is_reference, value, len(frames[key]), lo, hi, *delta))
-    table = pd.DataFrame(rows, columns=SCHEMA.names)
+    table = pd.DataFrame(rows, columns=SCHEMA.names[:-len(COST_COLUMNS)])
     return table.astype({c: "Int64" for c in INTEGER_AXES})
+
+
+def with_costs(table: pd.DataFrame, runs: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """The table with each run's seed count and mean training cost (`training_costs`)."""
+    costs = training_costs(runs)
+    rows = [costs.get(normal_key(row), (1, np.nan, np.nan)) for row in table[list(LABELS)].itertuples(index=False)]
+    extra = pd.DataFrame(rows, columns=["n_seeds", "train_seconds", "train_max_rss_mb"], index=table.index)
+    return pd.concat([table, extra], axis=1).astype({"n_seeds": "Int64"})[SCHEMA.names]
 
 
 def evaluated_samples(frames: dict[tuple, pd.DataFrame]) -> dict[tuple[str, str], pd.Index]:
@@ -194,6 +245,12 @@ def markdown(name: str, table: pd.DataFrame, baselines: pd.DataFrame, x: str, sp
              + ("Δ = paired bootstrap difference against the reference run (listed under each table)."
               if table["is_reference"].any() else
               f"Δ = paired bootstrap difference against the same series at the smallest {x}."), ""]
+    if "n_seeds" not in table.columns:  # a table without with_costs: one seed, no cost records
+        table = table.assign(n_seeds=1, train_seconds=np.nan, train_max_rss_mb=np.nan)
+    seeds = int(table["n_seeds"].max()) if table["n_seeds"].notna().any() else 1
+    if seeds > 1:
+        lines[-1:-1] = [f"Pooled over {seeds} training seeds: each sample's values averaged over the seeds, "
+                        "then bootstrapped over samples (paired differences likewise).", ""]
     groups = table.groupby(["dataset", "selection", "protocol", "metric"], sort=False)
     for dataset, selection, protocol, metric in panels(table):
         part = groups.get_group((dataset, selection, protocol, metric))
@@ -225,6 +282,13 @@ def markdown(name: str, table: pd.DataFrame, baselines: pd.DataFrame, x: str, sp
         if len(here):
             lines += ["", "Baselines: " + "; ".join(
                 f"{r.method} {r.value:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]" for r in here.itertuples())]
+        lines.append("")
+    costs = table.drop_duplicates(list(LABELS)).dropna(subset=["train_seconds"])
+    if len(costs):
+        lines += ["## Training cost", "", "Mean over seeds of each run's training job (Snakemake benchmark): "
+                  "seconds and peak resident memory.", "", "| run | seconds | peak memory (MB) |", "|---|---:|---:|"]
+        for _, r in costs.iterrows():
+            lines.append(f"| {series_label(r, '')} | {r['train_seconds']:.0f} | {r['train_max_rss_mb']:.0f} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -321,8 +385,8 @@ def main(argv=None) -> int:
         resamples, level = int(spec["bootstrap"]), float(spec["ci"])
         protocols = spec.get("protocols", ["likelihood"])
         frames = run_frames(spec["runs"], spec["split"], protocols, spec["metrics"])  # read once, used twice
-        table = study_table(spec["runs"], spec["x"], spec["split"], spec["metrics"], resamples, level, args.seed,
-                            protocols, frames)
+        table = with_costs(study_table(spec["runs"], spec["x"], spec["split"], spec["metrics"], resamples, level,
+                                       args.seed, protocols, frames), spec["runs"])
         scored = evaluated_samples(frames)
         baselines = baseline_values(args.baselines, spec["split"], spec["metrics"], resamples, level, args.seed,
                                     protocols, scored)
