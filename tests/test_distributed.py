@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 import torch
 
-from test_sft import adapter_tensors, cli_args, tables
+from test_sft import adapter_tensors, cli_args, inputs, tables  # noqa: F401  (inputs: the fixture)
 from workflow.llm.train import CHECKPOINT_FILE, checkpoint_dir_for
 
 pytestmark = pytest.mark.slow
@@ -64,16 +64,6 @@ def kill_tree(proc: subprocess.Popen) -> None:
             p.send_signal(signal.SIGKILL)
     psutil.wait_procs(tree, timeout=60)
     proc.wait(timeout=60)
-
-
-@pytest.fixture
-def inputs(tmp_path):
-    samples, items = tables()
-    paths = {k: tmp_path / f"{k}.parquet" for k in ("samples", "items", "selection")}
-    samples.to_parquet(paths["samples"])
-    items.to_parquet(paths["items"])
-    pd.DataFrame({"sample_id": [f"s{k}" for k in (6, 0, 1, 2, 3, 4)]}).to_parquet(paths["selection"])
-    return paths
 
 
 def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
