@@ -38,7 +38,7 @@ import pandas as pd
 RULES = [
     (r"^models/", "identical", 0),  # the GGUF's dequantisation: integer codes times scales, exact in fp32
     (r"^[^/]+/data/", "identical", 0),
-    (r"^[^/]+/selection/(random|all)(-s\d+)?(-n\d+)?\.parquet$", "identical", 1),
+    (r"^[^/]+/selection/(budget/)?(random|all)(-s\d+)?(-n\d+-s\d+)?\.parquet$", "identical", 1),
     (r"^[^/]+/baselines/", "identical", 1),
     (r"^[^/]+/surrogate/", "tolerance", 2),
     (r"^[^/]+/selection/", "tolerance", 3),
