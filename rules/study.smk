@@ -21,4 +21,4 @@ rule study:
         "../envs/cpu.yaml"
     shell:
         "python -m workflow.study --spec {params.spec:q} --baselines {input.baselines:q} --seed {params.seed} "
-        "--out-parquet {output.parquet:q} --out-md {output.md:q} > {log:q} 2>&1"
+        "--out-parquet {output.parquet:q} --out-md {output.md:q} --out-png {output.png:q} > {log:q} 2>&1"

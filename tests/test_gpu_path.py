@@ -170,8 +170,10 @@ def test_parallel_launches_claim_distinct_gpus(tmp_path):
     with pytest.raises(SystemExit, match="shows 1 GPU"):
         with launch.claim_gpus(2, total=1, lock_dir=tmp_path):
             pass
-    assert launch.command("workflow.llm.sft", ["--x"], 1)[1:] == ["-m", "workflow.llm.sft", "--x"]
-    assert "--nproc-per-node=2" in launch.command("workflow.llm.sft", [], 2)
+    assert launch.command("workflow.llm.sft", ["--x"], 1) == ([sys.executable, "-m", "workflow.llm.sft", "--x"], {})
+    argv, env = launch.command("workflow.llm.evaluate", ["--run", "base-open"], 2)
+    assert "--nproc-per-node=2" in argv and "--run" not in argv  # torchrun never parses the stage's flags
+    assert json.loads(env[launch.STAGE_ENV]) == ["workflow.llm.evaluate", "--run", "base-open"]
 
 
 def test_rules_take_resources_and_launchers_from_config(tmp_path):

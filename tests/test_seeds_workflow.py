@@ -56,7 +56,12 @@ def test_dry_run_gives_every_trained_run_a_folder_per_seed(tmp_path):
             train = job_writing(all_jobs, f"{folder}/adapter")
             assert f"--seed {seed} " in train["shell"]
             selection = "random.parquet" if seed == 7 else f"random-s{seed}.parquet"
-            assert f"results/tiny/selection/{selection}" in train["input"]
+            if run.budget is None:
+                assert f"results/tiny/selection/{selection}" in train["input"]
+            else:  # a -n run reads its own subset step's file, drawn from the seed's selection
+                subset = f"results/tiny/selection/budget/{selection[:-len('.parquet')]}-n{run.budget}-s{seed}.parquet"
+                assert subset in train["input"]
+                assert f"results/tiny/selection/{selection}" in job_writing(all_jobs, subset)["input"]
             job_writing(all_jobs, f"{folder}/test/metrics.parquet")
     # the seed-8 preference and SOFT runs start from the seed-8 sft run
     assert "results/tiny/llm/sft-open-s8/random/adapter" in job_writing(

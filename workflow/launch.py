@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import json
 import os
 import subprocess
 import sys
@@ -72,15 +73,36 @@ def claim_gpus(n: int, total: int | None = None, lock_dir: Path = LOCK_DIR) -> I
             handle.close()
 
 
-def command(module: str, args: Sequence[str], nproc: int) -> list[str]:
-    """`python -m module args`, or torchrun with `nproc` processes on this node."""
+STAGE_ENV = "LLMREC_STAGE_ARGV"  # the stage and its arguments, for each rank (JSON)
+
+
+def command(module: str, args: Sequence[str], nproc: int) -> tuple[list[str], dict[str, str]]:
+    """(argv, extra environment): `python -m module args`, or torchrun with `nproc` processes on
+    this node, each running `workflow.launch` as a rank that starts the stage. The stage's arguments
+    travel in the environment: torchrun's own parser would otherwise read them (argparse resolves
+    every `--x` it sees, so a stage's `--run` is taken as an abbreviation of torchrun's `--run-path`)."""
     if nproc <= 1:
-        return [sys.executable, "-m", module, *args]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-            "-m", module, *args]
+        return [sys.executable, "-m", module, *args], {}
+    return ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+             "-m", "workflow.launch"], {STAGE_ENV: json.dumps([module, *args])})
+
+
+def run_rank() -> int:
+    """Under torchrun: run the stage module of $LLMREC_STAGE_ARGV as `python -m` would."""
+    import runpy
+
+    module, *args = json.loads(os.environ[STAGE_ENV])
+    sys.argv = [module, *args]
+    try:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    except SystemExit as done:
+        return int(done.code or 0) if not isinstance(done.code, str) else 1
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None and os.environ.get(STAGE_ENV) and "LOCAL_RANK" in os.environ:
+        return run_rank()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--gpus", type=int, default=0, help="GPUs to claim; also the process count (default 0: none)")
     p.add_argument("--nproc", type=int, default=None, help="processes (default: --gpus, at least 1)")
@@ -95,8 +117,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     with claim as devices:
         if devices:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, devices))
-        cmd = command(a.module, a.args[1:] if a.args[:1] == ["--"] else a.args, nproc)
-        print(f"launch: {' '.join(cmd)} (CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES', '')})",
+        cmd, extra = command(a.module, a.args[1:] if a.args[:1] == ["--"] else a.args, nproc)
+        env.update(extra)
+        print(f"launch: {' '.join(cmd)} {extra.get(STAGE_ENV, '')} "
+              f"(CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES', '')})",
               file=sys.stderr, flush=True)
         return subprocess.run(cmd, env=env).returncode
 
