@@ -36,9 +36,10 @@ def study_runs(name):
     for d in DATASETS:
         for s in SELECTIONS[:1]:
             for labels, run in study_points(name):
-                for seed in study_seeds(name) if run.method != "base" else [config["seed"]]:
-                    seeded = at_seed(run, seed, config) if run.method != "base" else run
-                    train = f"{RESULTS}/benchmarks/{d}/llm/{seeded.name}/{s}/train.tsv" if run.method != "base" else None
+                trained = run.method != "base"  # an untuned run: one, at the config seed, no training job
+                for seed in study_seeds(name) if trained else [config["seed"]]:
+                    seeded = at_seed(run, seed, config) if trained else run
+                    train = f"{RESULTS}/benchmarks/{d}/llm/{seeded.name}/{s}/train.tsv" if trained else None
                     out.append(({**labels, "dataset": d, "selection": s, "seed": seed},
                                 run_metrics(d, seeded.name, s, split), train))
     return out

@@ -12,9 +12,10 @@ the stages run unchanged on a laptop. Backend: NCCL on CUDA, gloo on the CPU (th
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
@@ -84,24 +85,15 @@ def gather_objects(obj: Any) -> list[Any]:
     return out
 
 
-def broadcast_object(obj: Any) -> Any:
-    """Rank 0's `obj` on every rank."""
-    if world_size() <= 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def barrier() -> None:
     if world_size() > 1:
         dist.barrier()
 
 
-def unshard(parts: list[list[Any]]) -> list[Any]:
-    """The inverse of `shard`: rank r's i-th item was item r + i * N."""
-    n = len(parts)
-    out: list[Any] = [None] * sum(len(p) for p in parts)
-    for r, part in enumerate(parts):
-        out[r::n] = part
-    return out
+
+@contextlib.contextmanager
+def main_writes() -> Iterator[bool]:
+    """`with main_writes() as writer:` rank 0 does the block's writes (`writer` True), the other
+    ranks skip them; every rank leaves the block once rank 0's writes are done."""
+    yield is_main()
+    barrier()

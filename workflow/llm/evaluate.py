@@ -185,12 +185,13 @@ def evaluate_sharded(model, tokenizer, samples: pd.DataFrame, items: pd.DataFram
     if n_ranks <= 1:
         return evaluate(model, tokenizer, samples, items, evaluation=evaluation, seed=seed, **kwargs)
     decode = generation_subset(samples["sample_id"].astype(str), evaluation.get("generation_samples"), seed)
-    rows = distributed.shard(np.arange(len(samples)))
+    rows = np.asarray(distributed.shard(np.arange(len(samples))))
     frame, values = evaluate(model, tokenizer, samples.iloc[rows].reset_index(drop=True), items,
                              evaluation=evaluation, seed=seed, decode_mask=decode[rows], **kwargs)
-    parts = distributed.gather_objects((frame, values))
-    merged = pd.DataFrame({c: distributed.unshard([list(f[c]) for f, _ in parts]) for c in frame.columns})
-    merged_values = {protocol: {metric: np.asarray(distributed.unshard([list(v[protocol][metric]) for _, v in parts]))
+    parts = distributed.gather_objects((rows, frame, values))
+    back = np.argsort(np.concatenate([r for r, _, _ in parts]))  # gathered row -> sample order
+    merged = pd.concat([f for _, f, _ in parts], ignore_index=True).iloc[back].reset_index(drop=True)
+    merged_values = {protocol: {metric: np.concatenate([v[protocol][metric] for _, _, v in parts])[back]
                                 for metric in per_metric} for protocol, per_metric in values.items()}
     return merged, merged_values
 

@@ -76,7 +76,7 @@ def settings(spec: dict[str, Any]) -> dict[str, Any]:
 def beam_config(tokenizer, num_beams: int, max_new_tokens: int):
     """The evaluation's decoding settings (stop at the end of the answer) with `num_beams` beams;
     the top beam is returned."""
-    from workflow.llm.evaluate import generation_config
+    from workflow.llm.inference import generation_config
 
     config = generation_config(tokenizer, max_new_tokens)
     config.num_beams = int(num_beams)
@@ -185,7 +185,7 @@ def answer_kinds(answers: Sequence[str], targets: Sequence[str], titles: dict[st
     collapsed), `names_target` when the true title occurs in it among other text, `other_item` when
     another item's title occurs in it, `no_item` otherwise (occurrence: evaluate.matched_candidates,
     a title inside a longer found title does not count)."""
-    from workflow.llm.evaluate import matched_candidates, normalize
+    from workflow.llm.protocols import matched_candidates, normalize
 
     ids = list(titles)
     names = [normalize(titles[i]) for i in ids]
@@ -219,7 +219,7 @@ def self_distilled_table(model, tokenizer, samples: pd.DataFrame, items: pd.Data
 def distillation_stats(table: pd.DataFrame) -> pd.DataFrame:
     """Answers per kind (ANSWER_KINDS) and their share; a last row `distinct` counts the different
     (normalised) answers, a sign of how far the backbone's answers collapse onto a few titles."""
-    from workflow.llm.evaluate import normalize
+    from workflow.llm.protocols import normalize
 
     counts = table["kind"].value_counts().reindex(list(ANSWER_KINDS), fill_value=0)
     distinct = table["answer"].map(normalize).nunique()
@@ -302,7 +302,7 @@ def probe_distance(model, tokenizer, prompt_ids: Sequence[Sequence[int]], title_
     eager attention on a bf16 CPU, beam search is faster with sdpa); the embeddings from the
     training model with its adapter off, as the evaluation embeds. Draws no random numbers the
     training would see (the RNG state is restored), so measuring changes no result."""
-    from workflow.llm.evaluate import base_model_only
+    from workflow.llm.inference import base_model_only
     from workflow.llm.grounding import embed_texts
 
     with torch.random.fork_rng(devices=[]):
@@ -417,7 +417,7 @@ def soft_method(cfg: dict[str, Any], llm: dict[str, Any], domain: str, prompt: s
                 distilled_path: str | Path, seed: int) -> stage.Method:
     """SOFT as a training stage: a fresh LoRA; the plan mixes the true and the self-distilled
     answers by lambda_e, which the epoch hook measures on a fixed probe set."""
-    from workflow.llm.evaluate import base_model_only
+    from workflow.llm.inference import base_model_only
     from workflow.llm.grounding import embed_texts
     from workflow.llm.model import resolve_attention
 

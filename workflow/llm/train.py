@@ -60,6 +60,8 @@ class Hooks:
     param_options: Callable[[str], dict[str, float]] | None = None
     step_start: Callable[[int, int], None] | None = None
     epoch_start: Callable[[int], dict[str, float]] | None = None
+
+
 CHECKPOINT_FILE = "state.pt"
 
 
@@ -207,19 +209,18 @@ def save_checkpoint(folder: Path, trainable: dict[str, torch.Tensor], optimizer,
                     position: dict[str, int], log_rows: list[dict[str, Any]], run_id: str,
                     buffers: dict[str, torch.Tensor] | None = None) -> None:
     rng = distributed.gather_objects(_rng_state())  # every rank's, so each resumes its own dropout stream
-    if not distributed.is_main():
-        distributed.barrier()
-        return
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {
-        "fingerprint": run_id, "position": position, "log": log_rows, "rng": rng[0], "rank_rng": rng,
-        "trainable": {n: p.detach().clone() for n, p in trainable.items()},
-        "buffers": {n: b.detach().clone() for n, b in (buffers or {}).items()},
-        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-    }
-    with atomic_path(folder / CHECKPOINT_FILE, suffix=".pt") as tmp:
-        torch.save(state, tmp)
-    distributed.barrier()
+    with distributed.main_writes() as writer:
+        if not writer:
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {
+            "fingerprint": run_id, "position": position, "log": log_rows, "rank_rng": rng,
+            "trainable": {n: p.detach().clone() for n, p in trainable.items()},
+            "buffers": {n: b.detach().clone() for n, b in (buffers or {}).items()},
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        }
+        with atomic_path(folder / CHECKPOINT_FILE, suffix=".pt") as tmp:
+            torch.save(state, tmp)
 
 
 def load_checkpoint(folder: Path, trainable: dict[str, torch.Tensor], optimizer, scheduler,
@@ -242,7 +243,7 @@ def load_checkpoint(folder: Path, trainable: dict[str, torch.Tensor], optimizer,
             b.copy_(state.get("buffers", {})[name])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    ranks = state.get("rank_rng") or [state["rng"]]
+    ranks = state.get("rank_rng") or [state["rng"]]  # "rng": a checkpoint written before data parallel
     if len(ranks) != distributed.world_size():
         log.warning("%s was written by %d ranks, resuming on %d: dropout streams restart from rank 0's",
                     path, len(ranks), distributed.world_size())
@@ -251,9 +252,9 @@ def load_checkpoint(folder: Path, trainable: dict[str, torch.Tensor], optimizer,
 
 
 def remove_checkpoint(folder: str | Path) -> None:
-    if distributed.is_main():
-        shutil.rmtree(folder, ignore_errors=True)
-    distributed.barrier()
+    with distributed.main_writes() as writer:
+        if writer:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -426,15 +427,13 @@ def save_adapter(model: torch.nn.Module, out: str | Path, config: dict[str, Any]
     """Write the PEFT adapter (safetensors + adapter_config.json; or what `save_weights(folder)`
     writes), the config slice that made it (training_config.json) and the per-step log
     (train_log.parquet), all at once. Under torchrun rank 0 writes, the others wait for it."""
-    if not distributed.is_main():
-        distributed.barrier()
-        return Path(out)
-    with atomic_dir(out) as tmp:
-        if save_weights is None:
-            model.save_pretrained(tmp, safe_serialization=True)
-        else:
-            save_weights(tmp)
-        write_json({"config": config, "seed": seed}, tmp / "training_config.json")
-        write_parquet(train_log, tmp / "train_log.parquet", config=config, seed=seed)
-    distributed.barrier()
+    with distributed.main_writes() as writer:
+        if writer:
+            with atomic_dir(out) as tmp:
+                if save_weights is None:
+                    model.save_pretrained(tmp, safe_serialization=True)
+                else:
+                    save_weights(tmp)
+                write_json({"config": config, "seed": seed}, tmp / "training_config.json")
+                write_parquet(train_log, tmp / "train_log.parquet", config=config, seed=seed)
     return Path(out)

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 def run_budget(selection_path: str | Path, budget: int, seed: int, out: str | Path) -> pd.DataFrame:
-    from workflow.selection import SCHEMA, subset
+    from workflow.selection import SCHEMA, dealrec, subset
 
     selection = pd.read_parquet(selection_path).assign(sample_id=lambda d: d["sample_id"].astype(str))
     if budget > len(selection):
@@ -28,9 +28,8 @@ def run_budget(selection_path: str | Path, budget: int, seed: int, out: str | Pa
     chosen = subset(selection_path, budget, seed)
     # a DEALRec re-run may pick samples outside the larger selection: their scores come from the pool
     pool = selection
-    scores_path = Path(selection_path).with_name(Path(selection_path).stem + ".scores.parquet")
-    if scores_path.is_file():
-        scored = pd.read_parquet(scores_path).assign(sample_id=lambda d: d["sample_id"].astype(str))
+    if dealrec.scores_path(selection_path).is_file():
+        scored = pd.read_parquet(dealrec.scores_path(selection_path)).assign(sample_id=lambda d: d["sample_id"].astype(str))
         pool = pd.concat([selection, scored[~scored["sample_id"].isin(selection["sample_id"])]], ignore_index=True)
     columns = [c for c in SCHEMA.names if c in pool.columns]
     table = pd.DataFrame({"sample_id": chosen}).merge(pool[columns], on="sample_id", how="left")
