@@ -149,9 +149,10 @@ def run_spec(wildcards, **blocks):
 
 def method_spec(wildcards):
     """A training stage's --spec: run_spec with the run's config block under its method's name (sft,
-    llara, ilora, soft; SOFT's also with the batch size it scores in)."""
+    llara, ilora, soft; SOFT's also with the batch size and answer length it decodes with)."""
     run = parse_run(wildcards.run)
-    scoring = {"evaluation": {"batch_size": BATCH_SIZE}} if run.method == "soft" else {}
+    scoring = ({"evaluation": {"batch_size": BATCH_SIZE, "max_new_tokens": config["evaluation"]["max_new_tokens"]}}
+               if run.method == "soft" else {})
     return run_spec(wildcards, **{run.method: run_block(run, config)}, **scoring)
 
 

@@ -24,11 +24,16 @@ rule self_distill:
         "> {log:q} 2>&1"
 
 
+# soft.early_stopping validates each epoch by grounded ranking: the title embeddings join the inputs
+SOFT_VALIDATION = ({"title_embeddings": f"{RESULTS}/{{dataset}}/llm/title_embeddings.parquet"}
+                   if config["soft"].get("early_stopping") else {})
+
+
 rule soft:
-    input: **TRAINING_INPUTS, distilled=sft_file("self_distilled.parquet"),
+    input: **TRAINING_INPUTS, distilled=sft_file("self_distilled.parquet"), **SOFT_VALIDATION,
     output: directory(f"{RUN_DIR}/adapter"),
     wildcard_constraints: run=RUN_PATTERN["soft"],
-    params: launch=LAUNCH, args=training_args(method_spec),
+    params: launch=LAUNCH, args=training_args(method_spec), extra=optional_args,
     log: logged(f"{RUN_LOG}/train"),
     benchmark: benchmarked(f"{RUN_LOG}/train"),
     priority: 10  # on the chain a SOFT result waits for (see rule sft)
@@ -37,4 +42,5 @@ rule soft:
     conda:
         LLM_ENV
     shell:
-        "{params.launch} workflow.llm.soft train --distilled {input.distilled:q} {params.args:q} > {log:q} 2>&1"
+        "{params.launch} workflow.llm.soft train --distilled {input.distilled:q} {params.args:q} {params.extra:q} "
+        "> {log:q} 2>&1"

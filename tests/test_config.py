@@ -121,3 +121,7 @@ def test_paper_config_plans_every_method_on_both_splits(tmp_path):
     ilora = text[text.index("rule hybrid:"):]
     assert '"lora_alpha": 32.0' in ilora or '"lora_alpha": 32' in ilora
     assert '"gate_proj", "up_proj", "down_proj"' in ilora and "workflow.launch --gpus 1" in ilora
+    soft = text[text.index("rule soft:"):]
+    soft = soft[:soft.index("\n\n")]  # the job's block: its inputs and shell command
+    assert "title_embeddings.parquet" in soft and "--title-embeddings" in soft  # early stopping validates
+    assert '"early_stopping": {"keep": "last", "metric": "hr@10", "min_delta": 0.0, "patience": 2, "samples": null}' in soft

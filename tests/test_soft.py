@@ -371,3 +371,56 @@ def test_report_draws_the_curriculum_beside_the_loss():
     twins = [ax for ax in fig.axes[2:] if ax.bbox.bounds == soft_panel.bbox.bounds]
     assert len(twins) == 1 and [t.get_text() for t in twins[0].get_legend().get_texts()] == ["lambda_e", "d_e / d_0"]
     assert not [ax for ax in fig.axes[2:] if ax.bbox.bounds == sft_panel.bbox.bounds]
+
+
+# --- early stopping on the validation split --------------------------------------------------
+
+def test_early_stopping_validates_by_the_evaluations_grounded_protocol(tiny_model_dir, inputs, distilled, tmp_path):
+    """Each epoch is validated by the grounded protocol on the valid split; the kept adapter's
+    validation values are what the evaluation stage reports for it on that split."""
+    from workflow.llm import evaluate, grounding
+
+    samples = pd.read_parquet(inputs["samples"])
+    samples.loc[samples["split"] == "test", "split"] = "valid"
+    samples.to_parquet(inputs["samples"])
+    emb = tmp_path / "title_embeddings.parquet"
+    assert grounding.main(["--model-dir", str(tiny_model_dir), "--items", str(inputs["items"]), "--out", str(emb),
+                           "--dtype", "float32", "--threads", "1"]) == 0
+    stopping = {"metric": "ndcg@10", "patience": 1, "samples": None}
+    spec = {**SPEC, "soft": {**SOFT, "epochs": 3, "lr": 0.05, "early_stopping": stopping}}
+    out = tmp_path / "soft" / "adapter"
+    assert soft.main([*train_args(tiny_model_dir, inputs, distilled, out, spec), "--title-embeddings", str(emb)]) == 0
+    validation = json.loads((out / "training_config.json").read_text())["config"]["validation"]
+    history = validation["history"]
+    trained = validation["epochs_trained"]
+    assert list(history) == [str(e) for e in range(1, trained + 1)]
+    assert set(history["1"]) == {f"{m}@{k}" for m in ("hr", "ndcg") for k in (1, 5, 10, 20)}
+    values = [history[str(e)]["ndcg@10"] for e in range(1, trained + 1)]
+    best = int(np.argmax(values)) + 1  # the first best
+    assert validation["best_epoch"] == validation["kept_epoch"] == best
+    assert trained == 3 or values[-1] <= values[-2]  # stopped only after an epoch without improvement
+    log = pd.read_parquet(out / "train_log.parquet")
+    assert log.groupby("epoch")["valid_ndcg@10"].first().tolist() == values
+
+    evaluation = {"protocols": ["grounded"], "splits": ["valid"], "generation_samples": None, "batch_size": 4}
+    argv = ["--model-dir", str(tiny_model_dir), "--adapter", str(out), "--samples", str(inputs["samples"]),
+            "--items", str(inputs["items"]), "--title-embeddings", str(emb),
+            "--spec", json.dumps({"llm": SPEC["llm"], "evaluation": evaluation, "domain": "movie", "prompt": "open"}),
+            "--dataset", "toy", "--run", "soft-open", "--selection", "random", "--seed", "0", "--threads", "1",
+            "--predictions", str(tmp_path / "pred.parquet"), "--metrics", str(tmp_path / "metrics.parquet")]
+    assert evaluate.main(argv) == 0
+    reported = pd.read_parquet(tmp_path / "metrics.parquet").groupby("metric")["value"].mean()
+    for metric, value in history[str(best)].items():
+        assert reported[metric] == pytest.approx(value, abs=1e-9), metric
+
+
+def test_early_stopping_needs_the_title_embeddings_and_the_open_prompt(tiny_model_dir, inputs, distilled, tmp_path,
+                                                                     capsys):
+    spec = {**SPEC, "soft": {**SOFT, "early_stopping": {"metric": "hr@10"}}}
+    out = tmp_path / "adapter"
+    assert soft.main(train_args(tiny_model_dir, inputs, distilled, out, spec)) == 1
+    assert "pass --title-embeddings" in capsys.readouterr().err
+    bad = {**SPEC, "soft": {**SOFT, "early_stopping": {"metric": "mrr"}}}
+    assert soft.main(train_args(tiny_model_dir, inputs, distilled, out, bad)) == 1
+    assert "early_stopping.metric" in capsys.readouterr().err
+    assert not out.exists()

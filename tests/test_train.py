@@ -200,3 +200,97 @@ def test_frozen_linears_in_bf16_change_nothing_under_autocast(tiny_model_dir):
     assert torch.equal(before, after)
     assert all(p.dtype == torch.float32 for p in adapter_weights(model).values())
     assert model.get_output_embeddings().weight.dtype == torch.float32
+
+
+# --- validation and early stopping -------------------------------------------------------------
+
+def scripted_validation(model, values, crash_at=None):
+    """A validate hook returning `values[epochs_done - 1]` as hr@10 and recording the adapter after
+    each epoch; raises Crash at `crash_at` (once)."""
+    seen = {"weights": {}, "calls": []}
+
+    def validate(epochs_done):
+        seen["calls"].append(epochs_done)
+        if crash_at is not None and epochs_done == crash_at and crash_at not in seen.setdefault("crashed", set()):
+            seen["crashed"].add(crash_at)
+            raise Crash
+        seen["weights"][epochs_done] = adapter_weights(model)
+        return {"hr@10": values[epochs_done - 1], "ndcg@10": values[epochs_done - 1] / 2}
+
+    return validate, seen
+
+
+HR = [0.1, 0.3, 0.2, 0.3, 0.5, 0.6]  # best after epoch 2; epochs 3 and 4 do not beat it (4 ties)
+
+
+@pytest.mark.parametrize("keep,kept", [("best", 2), ("last", 4)])
+def test_early_stopping_stops_after_patience_and_keeps_the_chosen_epoch(tiny_model_dir, keep, kept):
+    spec = {**SPEC, "epochs": 6, "early_stopping": {"metric": "hr@10", "patience": 2, "keep": keep}}
+    model = lora(tiny_model_dir, spec)
+    validate, seen = scripted_validation(model, HR)
+    log = T.train(model, examples(), collate, masked_ce, spec, seed=0, hooks=T.Hooks(validate=validate))
+    assert seen["calls"] == [1, 2, 3, 4]  # a tie is no improvement: stopped after epoch 4
+    assert log["epoch"].max() == 4 and len(log) == 8
+    assert_same(adapter_weights(model), seen["weights"][kept])
+    assert log.groupby("epoch")["valid_hr@10"].first().tolist() == HR[:4]
+    assert log["valid_ndcg@10"].iloc[-1] == HR[3] / 2
+    assert log.attrs["validation"] == {"history": {str(e): {"hr@10": HR[e - 1], "ndcg@10": HR[e - 1] / 2}
+                                                   for e in range(1, 5)},
+                                       "best_epoch": 2, "epochs_trained": 4, "kept_epoch": kept}
+
+
+def test_early_stopping_min_delta_and_no_stop_while_improving(tiny_model_dir):
+    spec = {**SPEC, "epochs": 3, "early_stopping": {"metric": "hr@10", "patience": 1, "min_delta": 0.05}}
+    model = lora(tiny_model_dir, spec)
+    validate, seen = scripted_validation(model, [0.1, 0.2, 0.3])
+    log = T.train(model, examples(), collate, masked_ce, spec, seed=0, hooks=T.Hooks(validate=validate))
+    assert seen["calls"] == [1, 2, 3] and log.attrs["validation"]["best_epoch"] == 3
+    assert_same(adapter_weights(model), seen["weights"][3])
+    model = lora(tiny_model_dir, spec)
+    validate, seen = scripted_validation(model, [0.1, 0.14, 0.3])  # +0.04 is within min_delta
+    T.train(model, examples(), collate, masked_ce, spec, seed=0, hooks=T.Hooks(validate=validate))
+    assert seen["calls"] == [1, 2]
+    assert_same(adapter_weights(model), seen["weights"][1])
+
+
+def test_early_stopping_resumes_to_the_same_decision(tiny_model_dir, tmp_path):
+    """Killed while validating epoch 3 (after epoch 2's best was recorded), rerun in a fresh
+    process: same stop, same kept weights (the best epoch's, from the checkpoint), same log."""
+    spec = {**SPEC, "epochs": 6, "early_stopping": {"metric": "hr@10", "patience": 2}}
+    whole = lora(tiny_model_dir, spec)
+    validate, _ = scripted_validation(whole, HR)
+    whole_log = T.train(whole, examples(), collate, masked_ce, spec, seed=0, hooks=T.Hooks(validate=validate))
+    ckpt = tmp_path / "adapter.ckpt"
+    killed = lora(tiny_model_dir, spec)
+    validate, seen = scripted_validation(killed, HR, crash_at=3)
+    with pytest.raises(Crash):
+        T.train(killed, examples(), collate, masked_ce, spec, seed=0, checkpoint_dir=ckpt,
+                hooks=T.Hooks(validate=validate))
+    resumed = lora(tiny_model_dir, spec)
+    validate, seen = scripted_validation(resumed, HR)
+    log = T.train(resumed, examples(), collate, masked_ce, spec, seed=0, checkpoint_dir=ckpt,
+                  hooks=T.Hooks(validate=validate))
+    assert seen["calls"] == [3, 4]  # epochs 1 and 2 were validated before the kill
+    assert_same(adapter_weights(whole), adapter_weights(resumed))
+    assert log.drop(columns=["seconds", "tokens_per_s"]).equals(whole_log.drop(columns=["seconds", "tokens_per_s"]))
+    assert log.attrs["validation"] == whole_log.attrs["validation"]
+    # a finished run's checkpoint left behind: the rerun trains nothing and keeps the same weights
+    again = lora(tiny_model_dir, spec)
+    validate, seen = scripted_validation(again, HR)
+    T.train(again, examples(), collate, masked_ce, spec, seed=0, checkpoint_dir=ckpt, hooks=T.Hooks(validate=validate))
+    assert seen["calls"] == [] and len(seen["weights"]) == 0
+    assert_same(adapter_weights(whole), adapter_weights(again))
+
+
+def test_early_stopping_errors_name_the_problem(tiny_model_dir):
+    spec = {**SPEC, "early_stopping": {"metric": "hr@10", "patience": 1}}
+    with pytest.raises(ValueError, match="no validation"):
+        run(tiny_model_dir, spec)
+    model = lora(tiny_model_dir, spec)
+    validate, _ = scripted_validation(model, HR)
+    with pytest.raises(ValueError, match="'hr@20'.*hr@10"):
+        T.train(model, examples(), collate, masked_ce, {**spec, "early_stopping": {"metric": "hr@20"}}, seed=0,
+                hooks=T.Hooks(validate=validate))
+    with pytest.raises(ValueError, match="keep must be best or last"):
+        T.train(model, examples(), collate, masked_ce, {**spec, "early_stopping": {"metric": "hr@10", "keep": "x"}},
+                seed=0, hooks=T.Hooks(validate=validate))

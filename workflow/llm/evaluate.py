@@ -231,6 +231,16 @@ def read_samples(path, splits: Sequence[str]) -> pd.DataFrame:
     return chosen
 
 
+def ranked_items(samples_path, items_path) -> pd.DataFrame:
+    """item_id, title of the items grounded ranking ranks: the dataset's item universe (any
+    sample's item; the items the surrogate ranks too), in the items table's order."""
+    items = pd.read_parquet(items_path, columns=["item_id", "title"])
+    items["item_id"] = items["item_id"].astype(str)
+    universe = item_vocabulary(pd.read_parquet(samples_path, columns=["history", "target", "candidates"]),
+                               items, source=items_path)
+    return items[items["item_id"].isin(set(universe))].reset_index(drop=True)
+
+
 def main(argv=None) -> int:
     p = cli.parser("Evaluate an LLM recommender: candidate likelihood, generation, grounded full ranking.")
     p.add_argument("--model-dir", required=True, help="the base model folder")
@@ -256,12 +266,7 @@ def main(argv=None) -> int:
         llm, evaluation, domain, prompt = s["llm"], s["evaluation"], s["domain"], s["prompt"]
         torch.manual_seed(args.seed)
         samples = read_samples(args.samples, evaluation["splits"])
-        items = pd.read_parquet(args.items, columns=["item_id", "title"])
-        items["item_id"] = items["item_id"].astype(str)
-        # grounded ranking ranks the dataset's item universe, the items the surrogate ranks too
-        universe = item_vocabulary(pd.read_parquet(args.samples, columns=["history", "target", "candidates"]),
-                                   items, source=args.items)
-        items = items[items["item_id"].isin(set(universe))].reset_index(drop=True)
+        items = ranked_items(args.samples, args.items)
         embeddings = None
         if "grounded" in evaluation["protocols"]:
             if not args.title_embeddings:

@@ -24,6 +24,10 @@
    before the epoch, i.e. after the previous one) and `lambda_e`. The measured distances are kept
    beside the trainer's checkpoint (curriculum.json, keyed by the run's fingerprint), so a killed run
    resumes with the same lambda history and measures nothing twice.
+   Early stopping (`soft.early_stopping`, the authors' HR@10 on the validation split): after every
+   epoch the grounded protocol of the evaluation runs on the validation split (`grounded_validation`,
+   train.Hooks.validate); train.train stops after `patience` epochs without improvement and keeps the
+   best (or the last) epoch's adapter (train.EarlyStopping).
 
     python -m workflow.llm.soft distill --model-dir results/models/base --adapter .../sft-open-n256/random/adapter \
         --samples .../samples.parquet --items .../items.parquet --selection .../selection/random.parquet \
@@ -32,7 +36,8 @@
         --out .../sft-open-n256/random/self_distilled.parquet --stats .../self_distilled_stats.tsv
     python -m workflow.llm.soft train --model-dir results/models/base --distilled .../self_distilled.parquet \
         --samples ... --items ... --selection ... --spec '{"llm": ..., "soft": ..., "evaluation": ...}' \
-        --seed 42 --threads 1 --out .../soft-open-n256/random/adapter
+        --seed 42 --threads 1 --out .../soft-open-n256/random/adapter \
+        [--title-embeddings results/ml-100k/llm/title_embeddings.parquet]  # with soft.early_stopping
 
 The adapter folder is that of SFT (workflow/llm/sft.py): the evaluation reads it the same way.
 """
@@ -413,10 +418,53 @@ def mixed_loss_fn(current_lambda: Callable[[], float]):
     return loss_fn
 
 
-def soft_method(cfg: dict[str, Any], llm: dict[str, Any], domain: str, prompt: str, batch_size: int,
-                distilled_path: str | Path, seed: int) -> stage.Method:
+def grounded_validation(loaded: stage.Loaded, stopping: dict[str, Any], *, samples_path: str | Path,
+                        items_path: str | Path, title_embeddings_path: str | Path, llm: dict[str, Any], domain: str,
+                        prompt: str, evaluation: dict[str, Any], seed: int) -> Callable[[int], dict[str, float]]:
+    """Early stopping's validate hook (train.Hooks.validate): the grounded protocol, as the evaluation
+    stage runs it (greedy answers to the open prompt, embedded by the base model, every item ranked),
+    on `stopping["samples"]` validation samples (drawn as the evaluation draws its generation subset;
+    all when null), with the model as it trains; the mean of every grounded metric (hr@K, ndcg@K).
+    Draws no random numbers the training would see."""
+    from workflow.llm import evaluate, grounding
+    from workflow.llm.protocols import PROTOCOLS
+
+    if prompt not in PROTOCOLS["grounded"].prompts:
+        raise ValueError(f"soft.early_stopping validates by grounded ranking, which needs the open prompt; "
+                         f"the run has the {prompt} prompt")
+    if stopping["metric"] not in PROTOCOLS["grounded"].metrics:
+        raise ValueError(f"soft.early_stopping.metric {stopping['metric']!r} is not a grounded metric "
+                         f"({', '.join(PROTOCOLS['grounded'].metrics)})")
+    samples = evaluate.read_samples(samples_path, ["valid"])
+    samples = samples[evaluate.generation_subset(samples["sample_id"].astype(str).to_numpy(), stopping["samples"],
+                                                 seed)].reset_index(drop=True)
+    items = evaluate.ranked_items(samples_path, items_path)
+    embeddings = grounding.read_title_embeddings(title_embeddings_path, items["item_id"].tolist())
+    evaluation = {"batch_size": evaluation["batch_size"], "max_new_tokens": evaluation["max_new_tokens"],
+                  "generation_samples": None}
+    log.info("early stopping on validation %s: %d samples, patience %d", stopping["metric"], len(samples),
+             stopping["patience"])
+
+    def validate(epochs_done: int) -> dict[str, float]:
+        with torch.random.fork_rng(devices=[]):
+            loaded.model.eval()  # the training step switches back
+            _, values = evaluate.evaluate_sharded(loaded.model, loaded.tokenizer, samples, items, protocols=["grounded"],
+                                                  domain=domain, llm=llm, evaluation=evaluation,
+                                                  autocast=loaded.autocast, title_embeddings=embeddings,
+                                                  prompt=prompt, seed=seed)
+        return {metric: float(np.nanmean(v)) for metric, v in values["grounded"].items()}
+
+    return validate
+
+
+def soft_method(cfg: dict[str, Any], llm: dict[str, Any], domain: str, prompt: str, evaluation: dict[str, Any],
+                distilled_path: str | Path, seed: int, validation: dict[str, str | Path] | None = None
+                ) -> stage.Method:
     """SOFT as a training stage: a fresh LoRA; the plan mixes the true and the self-distilled
-    answers by lambda_e, which the epoch hook measures on a fixed probe set."""
+    answers by lambda_e, which the epoch hook measures on a fixed probe set. With
+    `cfg["early_stopping"]`, `validation` names the samples, items and title embeddings the
+    validate hook reads (`grounded_validation`)."""
+    batch_size = evaluation["batch_size"]
     from workflow.llm.inference import base_model_only
     from workflow.llm.grounding import embed_texts
     from workflow.llm.model import resolve_attention
@@ -456,19 +504,31 @@ def soft_method(cfg: dict[str, Any], llm: dict[str, Any], domain: str, prompt: s
             return {"probe": probes, "d_0": float(train_log["d_0"].iloc[0]), "d_e": history["d_e"].tolist(),
                     "lambda_e": history["lambda_e"].tolist()}
 
+        validate = None
+        if cfg.get("early_stopping"):
+            if validation is None:
+                raise ValueError("soft.early_stopping is set: pass --title-embeddings (the grounded validation)")
+            validate = grounded_validation(loaded, cfg["early_stopping"], samples_path=validation["samples"],
+                                           items_path=validation["items"],
+                                           title_embeddings_path=validation["title_embeddings"], llm=llm,
+                                           domain=domain, prompt=prompt, evaluation=evaluation, seed=seed)
         return stage.Plan(examples, collate, mixed_loss_fn(current),
-                          train.Hooks(step_start=step_start, epoch_start=epoch_start),
+                          train.Hooks(step_start=step_start, epoch_start=epoch_start, validate=validate),
                           config={"distilled": str(distilled_path)}, summary=summary)
 
     return stage.Method("soft", cfg, lambda model, tokenizer: train.add_lora(model, cfg, seed), plan)
 
 
 def run_soft(model_dir: str | Path, distilled_path: str | Path, samples_path: str | Path, items_path: str | Path,
-             selection_path: str | Path, spec: dict[str, Any], seed: int, out: str | Path) -> Path:
-    """Train a fresh LoRA adapter by SOFT and save it to `out` (see the module docstring)."""
+             selection_path: str | Path, spec: dict[str, Any], seed: int, out: str | Path,
+             title_embeddings: str | Path | None = None) -> Path:
+    """Train a fresh LoRA adapter by SOFT and save it to `out` (see the module docstring);
+    `title_embeddings` for early stopping's grounded validation."""
     s = settings(spec)
     llm, cfg, domain = s["llm"], s["soft"], s["domain"]
-    method = soft_method(cfg, llm, domain, s["prompt"], s["evaluation"]["batch_size"], distilled_path, seed)
+    validation = None if title_embeddings is None else {"samples": samples_path, "items": items_path,
+                                                        "title_embeddings": title_embeddings}
+    method = soft_method(cfg, llm, domain, s["prompt"], s["evaluation"], distilled_path, seed, validation)
     stage.run_stage(method, model_dir=model_dir, samples_path=samples_path, items_path=items_path,
                     selection_path=selection_path, llm=llm, seed=seed, out=out,
                     config={"soft": cfg, "domain": domain, "prompt": s["prompt"], "budget": s["budget"]})
@@ -498,12 +558,14 @@ def main(argv=None) -> int:
     d.add_argument("--stats", required=True, help="TSV of the answers' kinds")
     t = sub.add_parser("train", parents=[common], help="a fresh LoRA on the mixed objective")
     t.add_argument("--distilled", required=True, help="the backbone's self_distilled.parquet")
+    t.add_argument("--title-embeddings", default=None, help="the title embeddings (soft.early_stopping's validation)")
 
     def run(a):
         if a.stage == "distill":
             run_distill(a.model_dir, a.adapter, a.samples, a.items, a.selection, a.spec, a.seed, a.out, a.stats)
         else:
-            run_soft(a.model_dir, a.distilled, a.samples, a.items, a.selection, a.spec, a.seed, a.out)
+            run_soft(a.model_dir, a.distilled, a.samples, a.items, a.selection, a.spec, a.seed, a.out,
+                     a.title_embeddings)
 
     return cli.run(run, p, argv)
 

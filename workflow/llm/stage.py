@@ -92,7 +92,8 @@ def run_stage(method: Method, *, model_dir: str | Path, samples_path: str | Path
                             scaler=train.grad_scaler(device, dtype))
     provenance = {"llm": llm, **config, "model_dir": str(model_dir), "samples": str(samples_path),
                   "selection": str(selection_path), "n_samples": len(plan.examples), **plan.config,
-                  **(plan.summary(train_log) if plan.summary is not None else {})}
+                  **(plan.summary(train_log) if plan.summary is not None else {}),
+                  **({"validation": train_log.attrs["validation"]} if "validation" in train_log.attrs else {})}
     train.save_adapter(model, out, provenance, train_log, seed, save_weights=plan.save_weights)
     train.remove_checkpoint(checkpoint)
     last = train_log.tail(max(1, len(train_log) // 10))

@@ -56,10 +56,43 @@ class Hooks:
       (LLaRA's curriculum draws hybrid or text-only batches from it);
     - `epoch_start(epoch) -> dict of floats` before an epoch's first step (SOFT's lambda_e, measured
       on the current model): the values are logged with every step of the epoch and kept in the
-      checkpoint, so a run resumed within the epoch uses them instead of measuring again."""
+      checkpoint, so a run resumed within the epoch uses them instead of measuring again;
+    - `validate(epochs_done) -> dict of floats` after every epoch (SOFT's grounded HR@10 on the
+      validation split): logged as `valid_<name>` with the epoch's steps and read by early stopping
+      (the training block's `early_stopping`, `EarlyStopping`)."""
     param_options: Callable[[str], dict[str, float]] | None = None
     step_start: Callable[[int, int], None] | None = None
     epoch_start: Callable[[int], dict[str, float]] | None = None
+    validate: Callable[[int], dict[str, float]] | None = None
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    """Stop when `metric` of the `validate` hook has not risen above the best epoch's by more than
+    `min_delta` for `patience` epochs; `keep` the best epoch's weights (the first best on a tie) or
+    the last epoch's."""
+    metric: str
+    patience: int = 1
+    min_delta: float = 0.0
+    keep: str = "best"
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any], hooks: "Hooks") -> "EarlyStopping | None":
+        cfg = spec.get("early_stopping")
+        if not cfg:
+            return None
+        if hooks.validate is None:
+            raise ValueError("early_stopping is set but the method has no validation (Hooks.validate)")
+        keep = str(cfg.get("keep", "best"))
+        if keep not in ("best", "last"):
+            raise ValueError(f"early_stopping.keep must be best or last, got {keep!r}")
+        return cls(str(cfg["metric"]), int(cfg.get("patience", 1)), float(cfg.get("min_delta", 0.0)), keep)
+
+    def improves(self, value: float, best: float | None) -> bool:
+        return best is None or value > best + self.min_delta
+
+    def should_stop(self, epochs_done: int, best_epoch: int) -> bool:
+        return epochs_done - best_epoch >= self.patience
 
 
 CHECKPOINT_FILE = "state.pt"
@@ -344,6 +377,11 @@ def train(model: torch.nn.Module, examples: Sequence[Any], collate: Callable[[li
     the same run is resumed. The caller removes it once the result is saved.
 
     `hooks`: the method's plug-ins (`Hooks`). `scaler`: a `torch.amp.GradScaler` for float16 autocast (`grad_scaler`); None otherwise.
+    `spec["early_stopping"]` ({metric, patience, min_delta}; needs `hooks.validate`): training stops
+    once the metric has not improved for `patience` epochs and the best epoch's weights are put back;
+    the learning-rate schedule stays that of `epochs` (stopping early changes no step before it).
+    The checkpoint keeps the validation history and the best weights, so a resumed run decides alike.
+    The returned log's `attrs["validation"]` holds {history, best_epoch, epochs_trained}.
     Under torchrun every rank calls this with the same examples (module docstring)."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -359,6 +397,7 @@ def train(model: torch.nn.Module, examples: Sequence[Any], collate: Callable[[li
     scheduler = lr_schedule(optimizer, total, float(spec.get("warmup_ratio", 0.0)))
     max_grad_norm = float(spec.get("max_grad_norm", 1.0) or 0.0)
     checkpoint_every = int(spec.get("checkpoint_every", 0) or 0)
+    stopping = EarlyStopping.from_spec(spec, hooks)
 
     seed_everything(seed)
     position, log_rows = {"epoch": 0, "step_in_epoch": 0}, []
@@ -371,10 +410,12 @@ def train(model: torch.nn.Module, examples: Sequence[Any], collate: Callable[[li
             position, log_rows = resumed
             log.info("resuming from %s at epoch %d, step %d of %d", checkpoint_dir, position["epoch"] + 1,
                      position["step_in_epoch"], per_epoch)
+    validation = position.setdefault("validation", {})  # epochs done -> the validate hook's values
+    best = position.setdefault("best", {})  # early stopping's best epoch: {epoch, value, weights, buffers}
 
     def checkpoint(epoch: int, step_in_epoch: int) -> None:
         if checkpoint_dir is not None:
-            where = {"epoch": epoch, "step_in_epoch": step_in_epoch}
+            where = {"epoch": epoch, "step_in_epoch": step_in_epoch, "validation": validation, "best": best}
             if step_in_epoch:  # within an epoch: its measured state goes on with it
                 where["epoch_state"] = position["epoch_state"]
             save_checkpoint(checkpoint_dir, trainable, optimizer, scheduler, where, log_rows, run_id, buffers)
@@ -387,6 +428,10 @@ def train(model: torch.nn.Module, examples: Sequence[Any], collate: Callable[[li
                disable=not distributed.is_main() or None)
     run_tokens, run_start = 0.0, time.perf_counter()
     for epoch in range(position["epoch"], epochs):
+        if stopping is not None and best and stopping.should_stop(epoch, best["epoch"]):
+            log.info("early stopping after epoch %d: %s has not improved on epoch %d's %.4f for %d epochs", epoch,
+                     stopping.metric, best["epoch"], best["value"], epoch - best["epoch"])
+            break
         order = epoch_order(len(examples), seed, epoch).tolist()
         batches = [order[i:i + bs] for i in range(0, len(order), bs)]
         start = position["step_in_epoch"] if epoch == position["epoch"] else 0
@@ -413,13 +458,57 @@ def train(model: torch.nn.Module, examples: Sequence[Any], collate: Callable[[li
                             tok_s=f"{run_tokens / (time.perf_counter() - run_start):.0f}")
             if checkpoint_every and global_step % checkpoint_every == 0 and step_in_epoch + 1 < per_epoch:
                 checkpoint(epoch, step_in_epoch + 1)
+        if hooks.validate is not None:
+            validation[epoch + 1] = validate_epoch(hooks.validate, epoch + 1, log_rows, stopping, best, trainable,
+                                                   buffers)
         checkpoint(epoch + 1, 0)
         done = [r for r in log_rows if r["epoch"] == epoch + 1]
         log.info("epoch %d/%d: mean loss %.4f over %d steps, %.0f tokens/s", epoch + 1, epochs,
                  sum(r["loss"] for r in done) / len(done), len(done),
                  sum(r["tokens"] for r in done) / sum(r["seconds"] for r in done))
     bar.close()
-    return pd.DataFrame(log_rows)
+    frame = pd.DataFrame(log_rows)
+    if validation:
+        epochs_trained = int(frame["epoch"].max())
+        if stopping is not None and stopping.keep == "best" and best and best["epoch"] < epochs_trained:
+            restore_weights(best, trainable, buffers)
+            log.info("kept epoch %d's weights (%s %.4f) of %d epochs trained", best["epoch"], stopping.metric,
+                     best["value"], epochs_trained)
+        frame.attrs["validation"] = {"history": {str(e): v for e, v in sorted(validation.items())},
+                                     "best_epoch": best.get("epoch"), "epochs_trained": epochs_trained,
+                                     "kept_epoch": best["epoch"] if stopping is not None and stopping.keep == "best"
+                                     else epochs_trained}
+    return frame
+
+
+def validate_epoch(validate: Callable[[int], dict[str, float]], epochs_done: int, log_rows: list[dict[str, Any]],
+                   stopping: EarlyStopping | None, best: dict[str, Any], trainable: dict[str, torch.Tensor],
+                   buffers: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Run the validate hook after `epochs_done` epochs: its values go on the epoch's log rows
+    (`valid_<name>`); with early stopping, a better value makes this epoch the best (its weights
+    copied into `best`)."""
+    values = {name: float(v) for name, v in validate(epochs_done).items()}
+    for row in log_rows:
+        if row["epoch"] == epochs_done:
+            row.update({f"valid_{name}": v for name, v in values.items()})
+    log.info("validation after epoch %d: %s", epochs_done, ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
+    if stopping is not None:
+        if stopping.metric not in values:
+            raise ValueError(f"early_stopping.metric {stopping.metric!r}: the validation reports {sorted(values)}")
+        if stopping.improves(values[stopping.metric], best.get("value")):
+            best.update(epoch=epochs_done, value=values[stopping.metric])
+            if stopping.keep == "best":
+                best.update(weights={n: p.detach().clone() for n, p in trainable.items()},
+                            buffers={n: b.detach().clone() for n, b in buffers.items()})
+    return values
+
+
+def restore_weights(best: dict[str, Any], trainable: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for name, p in trainable.items():
+            p.copy_(best["weights"][name])
+        for name, b in buffers.items():
+            b.copy_(best["buffers"][name])
 
 
 def save_adapter(model: torch.nn.Module, out: str | Path, config: dict[str, Any], train_log: pd.DataFrame,
