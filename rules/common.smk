@@ -10,7 +10,7 @@ from snakemake.exceptions import WorkflowError
 from workflow.config import prepare_settings
 from workflow.formats import resolve_files
 from workflow.runs import (HYBRID, PREFERENCE, TRAINED, at_seed, block as run_block, config_runs, config_seeds, grid_point,
-                           parse as parse_run, run_seed, wildcard_pattern)
+                           parse as parse_run, previous_round, run_seed, wildcard_pattern)
 from workflow.transfer import transfers
 
 RESULTS = config["results"]
@@ -111,7 +111,8 @@ def domain(wildcards):
 # LLM runs: named {method}-{prompt}[-k..][-e..][-n..][-s..] (workflow/runs.py); the `run` wildcard.
 RUN_PATTERN = {name: wildcard_pattern(methods) for name, methods in
                {"sft": ["sft"], "preference": PREFERENCE, "hybrid": HYBRID, "soft": ["soft"], "trained": TRAINED,
-                "evaluated": ["base", *TRAINED], "transfer": ["sft", *PREFERENCE, "soft"]}.items()}
+                "evaluated": ["base", *TRAINED], "transfer": ["sft", *PREFERENCE, "soft"],
+                "referenced": ["sft", "sprec"]}.items()}  # runs others start from: sft, an SPRec round
 SELECTIONS = config["selection"]["strategies"]
 RUNS = config_runs(config)
 TRAINED_RUNS = [r for r in RUNS if r.method != "base"]

@@ -1,13 +1,16 @@
-# Preference optimisation (DMPO, S-DPO, DynamicPO), each run starting from the SFT adapter of its
-# prompt, budget and selection, whose frozen copy is the reference.
+# Preference optimisation (DMPO, S-DPO, DynamicPO, LPO4Rec, NAPO, GRPO, SPRec), each run starting from
+# the SFT adapter of its prompt, budget and selection, whose frozen copy is the reference; an SPRec
+# round after the first starts from, and is referenced against, the previous round.
+include: "preference_inputs.smk"
 
 
 # The reference never changes: every candidate of every selected sample is scored once under the
-# SFT model, and all preference runs from it (every method, every k, every epoch count) read this table.
+# SFT model, and all preference runs from it (every method, every k, every epoch count) read this
+# table; likewise under each SPRec round for the next.
 rule reference_logprobs:
     input: **TRAINING_INPUTS, adapter=f"{RUN_DIR}/adapter",
     output: f"{RUN_DIR}/reference_logprobs.parquet",
-    wildcard_constraints: run=RUN_PATTERN["sft"],
+    wildcard_constraints: run=RUN_PATTERN["referenced"],
     params:
         launch=LAUNCH_ONE,
         # what the log-probs depend on: the prompts (llm, domain, prompt), budget and batch
@@ -24,7 +27,7 @@ rule reference_logprobs:
 
 
 rule preference:
-    input: **TRAINING_INPUTS, adapter=sft_file("adapter"), reference=sft_file("reference_logprobs.parquet"),
+    input: **TRAINING_INPUTS, adapter=preference_start("adapter"), reference=preference_start("reference_logprobs.parquet"),
     output: directory(f"{RUN_DIR}/adapter"),
     wildcard_constraints: run=RUN_PATTERN["preference"],
     params:

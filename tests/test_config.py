@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -86,6 +87,25 @@ def test_dry_run_on_default_config(tmp_path):
     out = _snakemake("-n", "--config", f"results={tmp_path}/results")
     assert out.returncode == 0, out.stdout + out.stderr
     assert "prepare" in out.stdout
+
+
+def test_sprec_rounds_are_chained_runs(tmp_path):
+    """sprec rounds: 3 plans rounds 1 and 2 as runs of their own; each round starts from the previous
+    round's adapter and reads the reference log-probs scored under it (round 1: the sft run's)."""
+    overlay = tmp_path / "sprec.yaml"
+    overlay.write_text("methods: [base, sprec-open-n256]\nsprec: {prompt: open, rounds: 3}\n"
+                       "selection: {strategies: [random]}\n")
+    out = _snakemake("-n", "-p", "--configfile", str(overlay), "--config", f"results={tmp_path}/results")
+    assert out.returncode == 0, out.stdout + out.stderr
+    llm = f"{tmp_path}/results/ml-100k/llm"
+    starts = re.findall(r"workflow\.llm\.preference --method sprec --adapter (\S+) --reference (\S+)", out.stdout)
+    chain = [("sft-open-n256", "sprec-open-r1-n256"), ("sprec-open-r1-n256", "sprec-open-r2-n256"),
+             ("sprec-open-r2-n256", "sprec-open-n256")]
+    assert sorted(starts) == sorted((f"{llm}/{start}/random/adapter", f"{llm}/{start}/random/reference_logprobs.parquet")
+                                    for start, _ in chain)
+    for start, run in chain:
+        assert f"{llm}/{run}/random/adapter" in out.stdout
+    assert len(re.findall(r"workflow\.llm\.reference --adapter", out.stdout)) == 3
 
 
 def test_snakemake_reports_a_bad_key():

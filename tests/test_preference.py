@@ -117,9 +117,7 @@ def test_make_loss_fn_grpo_samples_from_the_global_generator():
     assert first[2]["kl"] == pytest.approx(0.0)
 
 
-def test_sprec_runs_one_round_only():
-    with pytest.raises(ValueError, match="not chained"):
-        preference.make_loss_fn("sprec", {"beta": 0.1, "rounds": 2})
+def test_sprec_settings():
     cfg = preference.settings("sprec", {"llm": LLM, "preference": PREF})["cfg"]
     assert cfg["k"] == 1 and cfg["strategy"] == "self" and cfg["rounds"] == 1
     with pytest.raises(ValueError, match="sprec.k"):

@@ -27,6 +27,7 @@ from workflow.selection import nested_subset
     ("sft-open-s43", runs.Run("sft", "open", seed=43)),
     ("dmpo-open-k7-e2-n256-s0", runs.Run("dmpo", "open", k=7, epochs=2, budget=256, seed=0)),
     ("ilora-open-x8-grandom-n256-s8", runs.Run("ilora", "open", budget=256, experts=8, gate="random", seed=8)),
+    ("sprec-open-r2-n256", runs.Run("sprec", "open", budget=256, rounds=2)),
 ])
 def test_names_round_trip(name, expected):
     assert runs.parse(name) == expected and expected.name == name
@@ -38,6 +39,7 @@ def test_names_round_trip(name, expected):
     ("base-open-n128", "base model"), ("sft-open-n0", "positive"),
     ("llara-open-x4", "ilora only"), ("ilora-open-gsideways", "unknown gate"), ("sft-open-a1", "soft only"),
     ("sft-open-s43-n128", "is not"), ("sft-open-s", "is not"), ("base-open-s43", "base model"),
+    ("dmpo-open-r2", "sprec only"), ("sprec-open-r0", "positive"), ("sprec-open-n256-r2", "is not"),
 ])
 def test_malformed_names_say_what_is_wrong(name, message):
     with pytest.raises(ValueError, match=message):
@@ -46,7 +48,8 @@ def test_malformed_names_say_what_is_wrong(name, message):
 
 def valid_names() -> list[str]:
     """Names of every method and prompt: bare, with each flag it takes alone, and with all of them."""
-    values = {"k": 3, "experts": 4, "gate": "uniform", "alpha": 0.5, "epochs": 2, "budget": 64, "seed": 43}
+    values = {"k": 3, "experts": 4, "gate": "uniform", "alpha": 0.5, "rounds": 2, "epochs": 2, "budget": 64,
+              "seed": 43}
     names = []
     for method, prompt in itertools.product(runs.METHODS, runs.PROMPTS):
         fields = [field for _, field, _, _, applies in runs.FLAG_SYNTAX if method in applies]
@@ -70,6 +73,22 @@ def test_wildcard_pattern_matches_the_names_of_its_methods_only(methods):
         with pytest.raises(ValueError):
             runs.parse(bad)
         assert not pattern.fullmatch(bad), bad
+
+
+def test_sprec_rounds_chain_down_to_the_sft_run():
+    """Round r starts from round r - 1 (the config's own rounds keep the plain name), round 1 from
+    the sft run; other methods have no previous round."""
+    config = {"sprec": {"prompt": "open", "rounds": 3}}  # the blocks previous_round reads
+    chain, run = [], runs.parse("sprec-open-n256-s43")
+    while run is not None:
+        chain.append(run.name)
+        run = runs.previous_round(run, config)
+    assert chain == ["sprec-open-n256-s43", "sprec-open-r2-n256-s43", "sprec-open-r1-n256-s43"]
+    assert runs.block(runs.parse("sprec-open-r2"), config)["rounds"] == 2
+    config = {"sprec": {"prompt": "open", "rounds": 1}}
+    assert runs.previous_round(runs.parse("sprec-open-r2"), config) == runs.parse("sprec-open")
+    assert runs.previous_round(runs.parse("sprec-open"), config) is None
+    assert runs.previous_round(runs.parse("dmpo-open"), config) is None
 
 
 def test_a_preference_run_starts_from_the_sft_run_of_its_prompt_and_budget():

@@ -2,7 +2,7 @@
 
 A run is one LLM method under one prompt, with optional overrides of its config block:
 
-    {method}-{prompt}[-k{negatives}][-x{experts}][-g{gate}][-a{alpha}][-e{epochs}][-n{budget}][-s{seed}]
+    {method}-{prompt}[-k{negatives}][-x{experts}][-g{gate}][-a{alpha}][-r{rounds}][-e{epochs}][-n{budget}][-s{seed}]
 
 e.g. `sft-open`, `base-candidate`, `dmpo-open-k15`, `sft-candidate-e3-n512`. The name is the
 `method` column of every metrics table and the folder of the run's outputs, so two runs that differ
@@ -11,6 +11,8 @@ prompt of every row. Overrides:
 - `k`: negatives per sample (preference methods but sprec, whose one negative is fixed);
 - `x`, `g`: iLoRA's number of experts and gate input (sequence, random, uniform);
 - `a`: SOFT's curriculum alpha (e.g. `soft-open-a0.1`);
+- `r`: SPRec's self-play rounds (e.g. `sprec-open-r3`: round 3 starts from, and is referenced
+  against, `sprec-open-r2`; round 1 from the sft run; `previous_round`);
 - `e`: training epochs;
 - `n`: train on a seeded subset of `n` samples of the selection (the first n of one fixed seeded
   permutation, so n = 128 lies inside n = 512: learning-curve points differ only by the added data);
@@ -48,6 +50,7 @@ FLAG_SYNTAX = (
     ("x", "experts", "experts", "[0-9]+", ("ilora",)),
     ("g", "gate", "gate", "[a-z]+", ("ilora",)),
     ("a", "alpha", "alpha", r"[0-9]+(?:\.[0-9]+)?", ("soft",)),
+    ("r", "rounds", "rounds", "[0-9]+", ("sprec",)),
     ("e", "epochs", "epochs", "[0-9]+", TRAINED),
     ("n", "budget", "budget", "[0-9]+", TRAINED),
     ("s", "seed", "seed", "[0-9]+", TRAINED),
@@ -79,6 +82,7 @@ class Run(NamedTuple):
     gate: str | None = None
     alpha: float | None = None
     seed: int | None = None  # the training seed; None = the config's `seed`
+    rounds: int | None = None  # SPRec's rounds; None = its block's
 
     @property
     def name(self) -> str:
@@ -101,17 +105,18 @@ def parse(name: str) -> Run:
     """The run a name stands for; a malformed name raises ValueError naming what is wrong."""
     match = NAME.match(name)
     if not match:
-        raise ValueError(f"run name {name!r} is not {{method}}-{{prompt}}[-k<int>][-x<int>][-g<gate>][-e<int>]"
-                         f"[-a<number>][-n<int>][-s<int>] (e.g. sft-open, dmpo-candidate-k7, ilora-open-x4, sft-open-s43)")
+        raise ValueError(f"run name {name!r} is not {{method}}-{{prompt}}[-k<int>][-x<int>][-g<gate>][-a<number>]"
+                         f"[-r<int>][-e<int>][-n<int>][-s<int>] (e.g. sft-open, dmpo-candidate-k7, ilora-open-x4, "
+                         f"sprec-open-r2, sft-open-s43)")
     method, prompt = match["method"], match["prompt"]
     if method not in METHODS:
         raise ValueError(f"run name {name!r}: unknown method {method!r} (known: {', '.join(METHODS)})")
     if prompt not in PROMPTS:
         raise ValueError(f"run name {name!r}: unknown prompt {prompt!r} (known: {', '.join(PROMPTS)})")
-    values: dict[str, Any] = {key: int(match[key]) for key in ("k", "experts", "epochs", "budget")
+    values: dict[str, Any] = {key: int(match[key]) for key in ("k", "experts", "rounds", "epochs", "budget")
                               if match[key] is not None}
     if any(v < 1 for v in values.values()):
-        raise ValueError(f"run name {name!r}: k, x, e and n must be positive")
+        raise ValueError(f"run name {name!r}: k, x, r, e and n must be positive")
     if match["seed"] is not None:
         values["seed"] = int(match["seed"])
     if match["gate"] is not None:
@@ -123,7 +128,7 @@ def parse(name: str) -> Run:
         if values["alpha"] <= 0:
             raise ValueError(f"run name {name!r}: -a (alpha) must be positive")
     if method == "base" and values:
-        raise ValueError(f"run name {name!r}: the untuned base model takes no -k/-x/-g/-a/-e/-n/-s")
+        raise ValueError(f"run name {name!r}: the untuned base model takes no -k/-x/-g/-a/-r/-e/-n/-s")
     for flag, field, what, _, applies in FLAG_SYNTAX:
         if field in values and method not in applies:
             raise ValueError(f"run name {name!r}: -{flag} ({what}) applies to {', '.join(applies)} only")
@@ -176,7 +181,8 @@ def config_runs(config: dict[str, Any]) -> list[Run]:
     return list(dict.fromkeys(runs))
 
 
-BLOCK_KEYS = {"k": "k", "epochs": "epochs", "experts": "n_experts", "gate": "gate", "alpha": "alpha"}
+BLOCK_KEYS = {"k": "k", "epochs": "epochs", "experts": "n_experts", "gate": "gate", "alpha": "alpha",
+              "rounds": "rounds"}
 
 
 def block(run: Run, config: dict[str, Any]) -> dict[str, Any]:
@@ -189,11 +195,24 @@ def block(run: Run, config: dict[str, Any]) -> dict[str, Any]:
     return settings
 
 
+def previous_round(run: Run, config: dict[str, Any]) -> Run | None:
+    """The run an SPRec round starts from and is referenced against: the same run one round
+    earlier (its -r left out where that equals the sprec block's `rounds`, so the config's own run
+    is reused), None for round 1 (which starts from the sft run) and for every other method."""
+    if run.method != "sprec":
+        return None
+    rounds = block(run, config)["rounds"]
+    if rounds <= 1:
+        return None
+    earlier = rounds - 1
+    return run._replace(rounds=None if earlier == config["sprec"]["rounds"] else earlier)
+
+
 # Study grid axes: axis -> (the Run field it sets, the methods it applies to; None = every method).
 # `prompt` and `budget` apply to every method; the others override a key of the method's block.
 AXES = {"prompt": ("prompt", None), "k": ("k", TAKES_K), "epochs": ("epochs", None),
         "budget": ("budget", None), "n_experts": ("experts", ("ilora",)), "gate": ("gate", ("ilora",)),
-        "alpha": ("alpha", ("soft",))}
+        "alpha": ("alpha", ("soft",)), "rounds": ("rounds", ("sprec",))}
 
 
 def grid_point(method: str, point: dict[str, Any], config: dict[str, Any]) -> tuple[dict[str, Any], Run]:

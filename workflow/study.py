@@ -43,20 +43,21 @@ from workflow.summary import estimate, metric_frames, paired_delta, read_metrics
 
 log = logging.getLogger(__name__)
 
-AXES = ("prompt", "k", "epochs", "budget", "n_experts", "gate", "alpha")
+AXES = ("prompt", "k", "epochs", "budget", "n_experts", "gate", "alpha", "rounds")
 LABELS = ("dataset", "selection", "method", *AXES)
 KEY = (*LABELS, "protocol", "metric")  # a table row's key: the run's labels, then protocol and metric
 BASELINES = ("random", "popularity", "sasrec")
 SCHEMA = pa.schema([
     ("dataset", pa.string()), ("selection", pa.string()), ("method", pa.string()), ("prompt", pa.string()),
     ("k", pa.int64()), ("epochs", pa.int64()), ("budget", pa.int64()), ("n_experts", pa.int64()),
-    ("gate", pa.string()), ("alpha", pa.float64()), ("protocol", pa.string()), ("metric", pa.string()),
+    ("gate", pa.string()), ("alpha", pa.float64()), ("rounds", pa.int64()), ("protocol", pa.string()),
+    ("metric", pa.string()),
     ("is_reference", pa.bool_()),
     ("value", pa.float64()), ("n", pa.int64()), ("ci_low", pa.float64()), ("ci_high", pa.float64()),
     ("delta", pa.float64()), ("delta_ci_low", pa.float64()), ("delta_ci_high", pa.float64()),
     ("n_seeds", pa.int64()), ("train_seconds", pa.float64()), ("train_max_rss_mb", pa.float64()),
 ])
-INTEGER_AXES = ("k", "epochs", "budget", "n_experts")
+INTEGER_AXES = ("k", "epochs", "budget", "n_experts", "rounds")
 COST_COLUMNS = ("n_seeds", "train_seconds", "train_max_rss_mb")  # with_costs adds them
 
 
@@ -220,10 +221,10 @@ def baseline_values(paths: Sequence[str], split: str, metrics: Sequence[str], re
 
 def series_label(row: pd.Series, x: str) -> str:
     """`dmpo open e1 k3`: the method and the series' other axis values (budget as n, experts as x,
-    gate as g, alpha as a)."""
+    gate as g, alpha as a, rounds as r)."""
     parts = [row["method"]] + ([row["prompt"]] if x != "prompt" else [])
     for name, flag in (("epochs", "e"), ("k", "k"), ("budget", "n"), ("n_experts", "x"), ("gate", "g"),
-                       ("alpha", "a")):
+                       ("alpha", "a"), ("rounds", "r")):
         if name != x and not pd.isna(row[name]):
             value = row[name]
             parts.append(f"{flag}{value:g}" if isinstance(value, float) else f"{flag}{value}")

@@ -183,7 +183,8 @@ def make_loss_fn(method: str, cfg: dict[str, Any], scorer=None):
 
     scorer = scorer or candidate_logprobs
 
-    # sprec (one SPRec round) is DPO on the reference's top-ranked wrong candidate (strategy self)
+    # an sprec round is DPO on the reference's top-ranked wrong candidate (strategy self); the rules
+    # chain the rounds (workflow/runs.py previous_round): --adapter and --reference are the last round's
     objective = losses.OBJECTIVES["dpo" if method == "sprec" else method]
     kwargs: dict[str, Any] = {"beta": float(cfg["beta"])}
     if method == "dmpo":
@@ -195,9 +196,6 @@ def make_loss_fn(method: str, cfg: dict[str, Any], scorer=None):
     if method == "grpo":
         kwargs["group_size"] = int(cfg.get("group_size", 8))
         kwargs["kl_coef"] = float(cfg.get("kl_coef", 0.04))
-    if method == "sprec" and int(cfg.get("rounds", 1)) != 1:
-        raise ValueError(f"sprec: rounds={cfg['rounds']} asked for, but only one round runs (the rounds are "
-                         "not chained yet: set rounds: 1)")
     gamma = float(cfg.get("gamma", 0.0))
 
     def loss_fn(model, batch):
@@ -259,10 +257,11 @@ def run_preference(method: str, model_dir: str | Path, adapter: str | Path, samp
 
 
 def main(argv=None) -> int:
-    p = cli.parser("Preference optimisation (DMPO, S-DPO, DynamicPO) from the SFT adapter.")
+    p = cli.parser("Preference optimisation (DMPO, S-DPO, DynamicPO, LPO4Rec, NAPO, GRPO, SPRec) from the SFT adapter.")
     p.add_argument("--method", required=True, choices=METHODS)
     p.add_argument("--model-dir", required=True)
-    p.add_argument("--adapter", required=True, help="the SFT adapter: the starting policy and the frozen reference")
+    p.add_argument("--adapter", required=True, help="the starting policy and the frozen reference: the SFT adapter "
+                                                    "(an SPRec round after the first: the previous round's)")
     p.add_argument("--samples", required=True)
     p.add_argument("--items", required=True)
     p.add_argument("--selection", required=True)
