@@ -181,3 +181,9 @@ def test_grid_points_reuse_main_runs_and_label_every_axis():
     assert run.name == "llara-open-n256" and labels["n_experts"] is None  # the axis does not apply
     with pytest.raises(ValueError, match="selection.budget"):
         runs.grid_point("ilora", {"budget": 4096}, config)
+    config = config_with(["grpo-open-n256"], grpo={"prompt": "open", "k": 3, "strategy": "all"},
+                         sprec={"prompt": "open", "rounds": 1}, selection={"budget": 1024})
+    labels, run = runs.grid_point("grpo", {"budget": 256}, config)
+    assert run.name == "grpo-open-n256" and labels["k"] is None  # every other candidate, not k = 3
+    labels, run = runs.grid_point("sprec", {"budget": 256, "rounds": 2}, config)
+    assert run.name == "sprec-open-r2-n256" and labels["rounds"] == 2

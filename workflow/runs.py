@@ -229,7 +229,8 @@ def grid_point(method: str, point: dict[str, Any], config: dict[str, Any]) -> tu
             continue
         default = pool if axis == "budget" else block_cfg.get(BLOCK_KEYS.get(field, axis), None)
         value = point.get(axis, default)
-        labels[axis] = value
+        # strategy all: every other candidate is a negative, whatever the block's k
+        labels[axis] = None if axis == "k" and block_cfg.get("strategy") == "all" and axis not in point else value
         if axis == "budget" and value is not None and value > pool and "all" not in config["selection"]["strategies"]:
             raise ValueError(f"study grid budget {value} exceeds selection.budget ({pool})")
         explicit = axis == "k" and block_cfg.get("strategy") == "all"  # k is then the data's, not the block's
