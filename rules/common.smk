@@ -10,7 +10,8 @@ from snakemake.exceptions import WorkflowError
 from workflow.config import prepare_settings
 from workflow.formats import resolve_files
 from workflow.runs import (HYBRID, PREFERENCE, TRAINED, at_seed, block as run_block, config_runs, config_seeds, grid_point,
-                           parse as parse_run, previous_round, run_seed, wildcard_pattern)
+                           needs_reference, parse as parse_run, previous_round, run_seed,
+                           wildcard_pattern)
 from workflow.transfer import transfers
 
 RESULTS = config["results"]

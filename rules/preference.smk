@@ -27,12 +27,13 @@ rule reference_logprobs:
 
 
 rule preference:
-    input: **TRAINING_INPUTS, adapter=preference_start("adapter"), reference=preference_start("reference_logprobs.parquet"),
+    input: unpack(preference_inputs), **TRAINING_INPUTS,
     output: directory(f"{RUN_DIR}/adapter"),
     wildcard_constraints: run=RUN_PATTERN["preference"],
     params:
         launch=LAUNCH,
         method=lambda wildcards: parse_run(wildcards.run).method,
+        reference=reference_arg,
         args=training_args(lambda wildcards: run_spec(wildcards, preference=config["preference"],
                                                       method=run_block(parse_run(wildcards.run), config))),
     log: logged(f"{RUN_LOG}/train"),
@@ -44,4 +45,4 @@ rule preference:
         LLM_ENV
     shell:
         "{params.launch} workflow.llm.preference --method {params.method} --adapter {input.adapter:q} "
-        "--reference {input.reference:q} {params.args:q} > {log:q} 2>&1"
+        "{params.reference:q} {params.args:q} > {log:q} 2>&1"

@@ -108,6 +108,17 @@ def test_sprec_rounds_are_chained_runs(tmp_path):
     assert len(re.findall(r"workflow\.llm\.reference --adapter", out.stdout)) == 3
 
 
+def test_lpo4rec_plans_no_reference_pass(tmp_path):
+    """A reference-free run (lpo4rec, tail negatives) does not wait for the reference log-probs."""
+    overlay = tmp_path / "lpo.yaml"
+    overlay.write_text("methods: [base, lpo4rec-open-n256, dmpo-open-n256]\nselection: {strategies: [random]}\n")
+    out = _snakemake("-n", "-p", "--configfile", str(overlay), "--config", f"results={tmp_path}/results")
+    assert out.returncode == 0, out.stdout + out.stderr
+    commands = re.findall(r"workflow\.llm\.preference --method (\w+) --adapter \S+ (--reference \S+)?", out.stdout)
+    assert sorted(commands) == [("dmpo", f"--reference {tmp_path}/results/ml-100k/llm/sft-open-n256/random/"
+                                         "reference_logprobs.parquet"), ("lpo4rec", "")]
+
+
 def test_snakemake_reports_a_bad_key():
     out = _snakemake("-n", "--config", 'prepare={"kcore": "x"}')
     assert out.returncode != 0

@@ -224,3 +224,23 @@ def test_training_from_sft(method, tiny_model_dir, inputs, sft_adapter, referenc
     config = json.loads((out / "training_config.json").read_text())["config"]
     assert config["reference_adapter"] == str(sft_adapter)
     assert config["reference_logprobs"] == str(reference_table)
+
+
+def test_lpo4rec_trains_without_a_reference_and_the_others_ask_for_one(tiny_model_dir, inputs, sft_adapter,
+                                                                       reference_table, tmp_path):
+    """LPO4Rec is reference-free: without --reference it trains to the same adapter as with one
+    (its loss ignores the reference); an objective that reads it stops with what to pass."""
+    spec = {"llm": LLM, "preference": PREF, "method": {**METHOD, "strategy": "tail"}, "domain": "movie"}
+    with_ref, without = tmp_path / "with", tmp_path / "without"
+    preference.run_preference("lpo4rec", tiny_model_dir, sft_adapter, inputs["samples"], inputs["items"],
+                              inputs["selection"], reference_table, spec, 0, with_ref)
+    preference.run_preference("lpo4rec", tiny_model_dir, sft_adapter, inputs["samples"], inputs["items"],
+                              inputs["selection"], None, spec, 0, without)
+    for name, tensor in adapter_tensors(with_ref).items():
+        assert torch.equal(tensor, adapter_tensors(without)[name]), name
+    config = json.loads((without / "training_config.json").read_text())["config"]
+    assert config["reference_logprobs"] is None
+    for method, block in (("dmpo", METHOD), ("lpo4rec", {**METHOD, "strategy": "hardest"})):
+        with pytest.raises(ValueError, match="pass --reference"):
+            preference.run_preference(method, tiny_model_dir, sft_adapter, inputs["samples"], inputs["items"],
+                                      inputs["selection"], None, {**spec, "method": block}, 0, tmp_path / method)

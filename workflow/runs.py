@@ -195,6 +195,12 @@ def block(run: Run, config: dict[str, Any]) -> dict[str, Any]:
     return settings
 
 
+def needs_reference(run: Run, config: dict[str, Any]) -> bool:
+    """Whether a preference run reads its start's reference log-probs: every objective but LPO4Rec
+    (reference-free) does, and LPO4Rec too when its negatives are ranked by them (hardest, self)."""
+    return run.method != "lpo4rec" or block(run, config).get("strategy") in ("hardest", "self")
+
+
 def previous_round(run: Run, config: dict[str, Any]) -> Run | None:
     """The run an SPRec round starts from and is referenced against: the same run one round
     earlier (its -r left out where that equals the sprec block's `rounds`, so the config's own run

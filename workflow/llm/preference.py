@@ -170,8 +170,10 @@ def with_negatives(examples: list[dict[str, Any]], k: int, strategy: str, seed: 
 
 
 def collate(examples: Sequence[dict[str, Any]]):
+    """(prompts, answers, reference log-probs [B, C] or None for a reference-free run)."""
+    reference = [e.get("reference") for e in examples]
     return ([e["prompt"] for e in examples], [e["answers"] for e in examples],
-            torch.stack([e["reference"] for e in examples]))
+            None if reference[0] is None else torch.stack(reference))
 
 
 def make_loss_fn(method: str, cfg: dict[str, Any], scorer=None):
@@ -202,8 +204,11 @@ def make_loss_fn(method: str, cfg: dict[str, Any], scorer=None):
         prompt_ids, answer_ids, reference = batch
         policy, n_tokens = scorer(model, prompt_ids, answer_ids)
         policy = policy.float()
-        reference = reference.to(policy.device)
-        loss, diagnostics = objective(policy[:, 0], policy[:, 1:], reference[:, 0], reference[:, 1:], **kwargs)
+        if reference is None:  # reference-free (lpo4rec without --reference)
+            loss, diagnostics = objective(policy[:, 0], policy[:, 1:], None, None, **kwargs)
+        else:
+            reference = reference.to(policy.device)
+            loss, diagnostics = objective(policy[:, 0], policy[:, 1:], reference[:, 0], reference[:, 1:], **kwargs)
         if gamma:
             nll = -(policy[:, 0] / n_tokens[:, 0]).mean()
             loss = loss + gamma * nll
@@ -226,17 +231,19 @@ def policy_method(method: str, cfg: dict[str, Any], llm: dict[str, Any], domain:
 
     def plan(loaded: stage.Loaded) -> stage.Plan:
         examples = preference_examples(loaded.samples, loaded.items, loaded.tokenizer, domain, llm, prompt)
-        full = read_reference(reference_path, examples)  # every candidate: `hardest` ranks them
+        # every candidate: `hardest` and `self` rank them; none for a reference-free run
+        full = None if reference_path is None else read_reference(reference_path, examples)
         popularity = (item_popularity(pd.read_parquet(samples_path, columns=["split", "history", "target"]))
                       if cfg["strategy"] in ("tail", "head") else None)  # the whole train split's, not the run's
         chosen = with_negatives(examples, cfg["k"], cfg["strategy"], seed, full, popularity)
-        for example, ref in zip(chosen, full):
+        for example, ref in zip(chosen, full or []):
             example["reference"] = torch.tensor(ref[example["order"]], dtype=torch.float32)
         log.info("%s on %d samples, %s prompt, %d negatives each (%s), beta %.3g", method, len(chosen), prompt,
                  len(chosen[0]["answers"]) - 1, cfg["strategy"], cfg["beta"])
         return stage.Plan(chosen, collate, make_loss_fn(method, cfg),
                           fingerprint={"adapter": str(adapter), "method": method},
-                          config={"reference_adapter": str(adapter), "reference_logprobs": str(reference_path)})
+                          config={"reference_adapter": str(adapter),
+                                  "reference_logprobs": None if reference_path is None else str(reference_path)})
 
     return stage.Method(method, cfg, attach, plan)
 
@@ -248,6 +255,9 @@ def run_preference(method: str, model_dir: str | Path, adapter: str | Path, samp
     llm, cfg, domain = s["llm"], s["cfg"], s["domain"]
     if not (Path(adapter) / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{adapter}: no adapter_config.json (train the sft adapter first)")
+    if reference_path is None and (method != "lpo4rec" or cfg["strategy"] in ("hardest", "self")):
+        raise ValueError(f"{method} (negative strategy {cfg['strategy']}) reads the reference log-probs: pass "
+                         "--reference (only lpo4rec with random, all, tail or head negatives runs without)")
     policy = policy_method(method, cfg, llm, domain, s["prompt"], adapter, reference_path, samples_path, seed)
     train_log = stage.run_stage(policy, model_dir=model_dir, samples_path=samples_path, items_path=items_path,
                                 selection_path=selection_path, llm=llm, seed=seed, out=out,
@@ -265,8 +275,9 @@ def main(argv=None) -> int:
     p.add_argument("--samples", required=True)
     p.add_argument("--items", required=True)
     p.add_argument("--selection", required=True)
-    p.add_argument("--reference", required=True,
-                   help="the reference log-prob table of workflow.llm.reference (same adapter and selection)")
+    p.add_argument("--reference", default=None,
+                   help="the reference log-prob table of workflow.llm.reference (same adapter and selection); "
+                        "lpo4rec, reference-free, runs without it unless its negatives are ranked by it")
     p.add_argument("--spec", type=cli.json_arg, required=True)
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out", required=True)
