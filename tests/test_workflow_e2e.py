@@ -10,8 +10,8 @@ import pandas as pd
 
 from tiny_workflow import failure, snakemake
 
-RUNS = {"base-open", "base-candidate", "sft-open", "dmpo-open", "sdpo-open", "dynamicpo-open", "sft-candidate",
-        "dmpo-candidate-n4", "llara-candidate", "ilora-open", "soft-open"}
+RUNS = {"base-open", "base-candidate", "sft-open", "dmpo-open", "sdpo-open", "dynamicpo-open", "lpo4rec-open",
+        "sprec-open", "sft-candidate", "dmpo-candidate-n4", "llara-candidate", "ilora-open", "soft-open"}
 
 
 def test_whole_dag_writes_every_artifact(tiny_run):
@@ -61,6 +61,19 @@ def test_whole_dag_writes_every_artifact(tiny_run):
     config = json.loads((results / "tiny/llm/sft-candidate-n4/random/adapter/training_config.json").read_text())
     assert config["config"]["n_samples"] == 4 and config["config"]["prompt"] == "candidate"
     assert (results / "tiny/surrogate/item_embeddings.parquet").is_file()
+    # SPRec's round 2 starts from round 1 and reads the reference log-probs scored under it; LPO4Rec reads none
+    llm = results / "tiny/llm"
+    sprec = json.loads((llm / "sprec-open/random/adapter/training_config.json").read_text())["config"]
+    assert sprec["reference_adapter"].endswith("tiny/llm/sprec-open-r1/random/adapter")
+    assert sprec["reference_logprobs"].endswith("tiny/llm/sprec-open-r1/random/reference_logprobs.parquet")
+    lpo4rec = json.loads((llm / "lpo4rec-open/random/adapter/training_config.json").read_text())["config"]
+    assert lpo4rec["reference_logprobs"] is None
+    # SOFT validated each epoch on 3 validation samples and kept the best epoch's adapter
+    validation = json.loads((llm / "soft-open/random/adapter/training_config.json").read_text())["config"]["validation"]
+    assert 1 <= validation["epochs_trained"] <= 2 and validation["kept_epoch"] == validation["best_epoch"]
+    assert set(validation["history"]) == {str(e) for e in range(1, validation["epochs_trained"] + 1)}
+    soft_log = pd.read_parquet(llm / "soft-open/random/adapter/train_log.parquet")
+    assert soft_log["valid_hr@10"].notna().all()
 
 
 def test_rerun_has_nothing_to_do(tiny_run):

@@ -67,15 +67,18 @@ def tiny_config(tmp: Path, model_dir: Path) -> dict:
                                      "likelihood_reversed"]},
         "preference": {"batch_size": 2, "grad_accum": 1},
         "dmpo": {"k": 2, "prompt": "open"}, "sdpo": {"k": 2, "prompt": "open"}, "dynamicpo": {"k": 3, "prompt": "open"},
+        # reference-free (no reference log-probs read), and two self-play rounds (sprec-open-r1, then sprec-open)
+        "lpo4rec": {"k": 2, "prompt": "open"}, "sprec": {"prompt": "open", "rounds": 2},
         # the hybrid prompt under the candidate prompt (placeholders after history and candidates)
         "llara": {"prompt": "candidate", "batch_size": 2, "grad_accum": 1, "lora_r": 4, "lora_alpha": 8},
         "ilora": {"prompt": "open", "batch_size": 2, "grad_accum": 1, "lora_r": 4, "lora_alpha": 8, "n_experts": 2},
-        # SOFT on the sft-open backbone: its 8 self-distilled answers, d measured on 2 probe prompts
+        # SOFT on the sft-open backbone: its 8 self-distilled answers, d measured on 2 probe prompts, early
+        # stopping validated on 3 validation samples after each of its 2 epochs
         "soft": {"prompt": "open", "batch_size": 2, "grad_accum": 1, "lora_r": 4, "lora_alpha": 8, "probe_size": 2,
-                 "num_beams": 2},
+                 "num_beams": 2, "early_stopping": {"metric": "hr@10", "patience": 1, "samples": 3}},
         # both prompts, and a run on a nested 4 of the 8 selected samples (it trains sft-candidate-n4 first)
-        "methods": ["base", "sft", "dmpo", "sdpo", "dynamicpo", "sft-candidate", "dmpo-candidate-n4",
-                    "llara", "ilora", "soft"],
+        "methods": ["base", "sft", "dmpo", "sdpo", "dynamicpo", "lpo4rec", "sprec", "sft-candidate",
+                    "dmpo-candidate-n4", "llara", "ilora", "soft"],
         # explained runs: a preference run and SOFT (both against their sft)
         "explanations": {"n_samples": 4, "methods": ["dmpo-open", "soft-open"]},
         "summary": {"bootstrap": 50},
