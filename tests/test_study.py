@@ -240,9 +240,9 @@ def test_seeds_are_pooled_and_training_costs_reported(tmp_path):
     """Two seeds of each run: per-sample values averaged over the seeds, then the statistic and the
     paired difference against the reference (sft at the same budget) by hand; the training jobs'
     mean seconds and memory from their benchmark records."""
-    def bench(name, seconds, rss):
+    def bench(name, seconds, rss):  # Snakemake's benchmark columns; CPU time: 0.8 of the wall time
         path = tmp_path / f"{name}.tsv"
-        path.write_text("s\th:m:s\tmax_rss\tmax_vms\n" f"{seconds}\t0:00:01\t{rss}\t1\n")
+        path.write_text("s\th:m:s\tmax_rss\tmax_vms\tcpu_time\n" f"{seconds}\t0:00:01\t{rss}\t1\t{0.8 * seconds}\n")
         return str(path)
 
     def seeded(method, seed, hr1, seconds, rss, reference=False):
@@ -259,6 +259,7 @@ def test_seeds_are_pooled_and_training_costs_reported(tmp_path):
     assert napo["value"] == pytest.approx(np.mean([1, 0.5, 0, 0.5]))  # (seed 1 + seed 2) / 2 per sample
     assert napo["delta"] == pytest.approx(np.mean([1, 0.5, 0, 0.5]) - np.mean([0, 0.5, 0, 0.5]))
     assert napo["n_seeds"] == 2 and napo["train_seconds"] == 120 and napo["train_max_rss_mb"] == 1000
+    assert napo["train_cpu_seconds"] == pytest.approx(96)
     md = study.markdown("objectives", table, pd.DataFrame(columns=["dataset", "protocol", "metric"]), "budget",
                         "test", 200, 0.9)
-    assert "Pooled over 2 training seeds" in md and "| napo open e1 n64 | 120 | 1000 |" in md
+    assert "Pooled over 2 training seeds" in md and "| napo open e1 n64 | 120 | 96 | 1000 |" in md

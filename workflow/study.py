@@ -55,10 +55,11 @@ SCHEMA = pa.schema([
     ("is_reference", pa.bool_()),
     ("value", pa.float64()), ("n", pa.int64()), ("ci_low", pa.float64()), ("ci_high", pa.float64()),
     ("delta", pa.float64()), ("delta_ci_low", pa.float64()), ("delta_ci_high", pa.float64()),
-    ("n_seeds", pa.int64()), ("train_seconds", pa.float64()), ("train_max_rss_mb", pa.float64()),
+    ("n_seeds", pa.int64()), ("train_seconds", pa.float64()), ("train_cpu_seconds", pa.float64()),
+    ("train_max_rss_mb", pa.float64()),
 ])
 INTEGER_AXES = ("k", "epochs", "budget", "n_experts", "rounds")
-COST_COLUMNS = ("n_seeds", "train_seconds", "train_max_rss_mb")  # with_costs adds them
+COST_COLUMNS = ("n_seeds", "train_seconds", "train_cpu_seconds", "train_max_rss_mb")  # with_costs adds them
 
 
 def label_key(run: dict[str, Any]) -> tuple:
@@ -107,20 +108,26 @@ def normal_key(values: Sequence[Any]) -> tuple:
     return tuple(one(v) for v in values)
 
 
-def training_costs(runs: Sequence[dict[str, Any]]) -> dict[tuple, tuple[int, float, float]]:
-    """Per run's labels: (seeds, mean training-job seconds, mean peak resident memory in MB) over
-    its seeds, from the training jobs' Snakemake benchmark records (NaN for an untuned run)."""
+def training_costs(runs: Sequence[dict[str, Any]]) -> dict[tuple, tuple[int, float, float, float]]:
+    """Per run's labels: (seeds, mean training-job wall seconds, mean CPU seconds, mean peak resident
+    memory in MB) over its seeds, from the training jobs' Snakemake benchmark records (NaN for an
+    untuned run, and CPU seconds for a record without them). CPU seconds compare methods fairly
+    when jobs share the machine: wall time also counts the waits for a core."""
     found: dict[tuple, list] = {}
     for run in runs:
-        entry = found.setdefault(normal_key(label_key(run)), [set(), [], []])
+        entry = found.setdefault(normal_key(label_key(run)), [set(), [], [], []])
         entry[0].add(run.get("seed"))
         path = run.get("benchmark")
         if path and Path(path).is_file():
             record = pd.read_csv(path, sep="\t")
             entry[1].append(float(record["s"].iloc[-1]))
-            entry[2].append(float(record["max_rss"].iloc[-1]))
-    return {key: (len(seeds), float(np.mean(sec)) if sec else np.nan, float(np.mean(rss)) if rss else np.nan)
-            for key, (seeds, sec, rss) in found.items()}
+            entry[2].append(float(record["cpu_time"].iloc[-1]) if "cpu_time" in record.columns else np.nan)
+            entry[3].append(float(record["max_rss"].iloc[-1]))
+
+    def mean(values):
+        return float(np.mean(values)) if values else np.nan
+
+    return {key: (len(seeds), mean(sec), mean(cpu), mean(rss)) for key, (seeds, sec, cpu, rss) in found.items()}
 
 
 def series_key(key: tuple, x: str) -> tuple:
@@ -180,8 +187,9 @@ def study_table(runs: Sequence[dict[str, Any]], x: str, split: str, metrics: Seq
 def with_costs(table: pd.DataFrame, runs: Sequence[dict[str, Any]]) -> pd.DataFrame:
     """The table with each run's seed count and mean training cost (`training_costs`)."""
     costs = training_costs(runs)
-    rows = [costs.get(normal_key(row), (1, np.nan, np.nan)) for row in table[list(LABELS)].itertuples(index=False)]
-    extra = pd.DataFrame(rows, columns=["n_seeds", "train_seconds", "train_max_rss_mb"], index=table.index)
+    rows = [costs.get(normal_key(row), (1, np.nan, np.nan, np.nan))
+            for row in table[list(LABELS)].itertuples(index=False)]
+    extra = pd.DataFrame(rows, columns=list(COST_COLUMNS), index=table.index)
     return pd.concat([table, extra], axis=1).astype({"n_seeds": "Int64"})[SCHEMA.names]
 
 
@@ -247,7 +255,7 @@ def markdown(name: str, table: pd.DataFrame, baselines: pd.DataFrame, x: str, sp
               if table["is_reference"].any() else
               f"Δ = paired bootstrap difference against the same series at the smallest {x}."), ""]
     if "n_seeds" not in table.columns:  # a table without with_costs: one seed, no cost records
-        table = table.assign(n_seeds=1, train_seconds=np.nan, train_max_rss_mb=np.nan)
+        table = table.assign(n_seeds=1, train_seconds=np.nan, train_cpu_seconds=np.nan, train_max_rss_mb=np.nan)
     seeds = int(table["n_seeds"].max()) if table["n_seeds"].notna().any() else 1
     if seeds > 1:
         lines[-1:-1] = [f"Pooled over {seeds} training seeds: each sample's values averaged over the seeds, "
@@ -287,9 +295,11 @@ def markdown(name: str, table: pd.DataFrame, baselines: pd.DataFrame, x: str, sp
     costs = table.drop_duplicates(list(LABELS)).dropna(subset=["train_seconds"])
     if len(costs):
         lines += ["## Training cost", "", "Mean over seeds of each run's training job (Snakemake benchmark): "
-                  "seconds and peak resident memory.", "", "| run | seconds | peak memory (MB) |", "|---|---:|---:|"]
+                  "wall seconds, CPU seconds (the fair comparison when jobs share the machine) and peak "
+                  "resident memory.", "", "| run | seconds | CPU seconds | peak memory (MB) |", "|---|---:|---:|---:|"]
         for _, r in costs.iterrows():
-            lines.append(f"| {series_label(r, '')} | {r['train_seconds']:.0f} | {r['train_max_rss_mb']:.0f} |")
+            lines.append(f"| {series_label(r, '')} | {r['train_seconds']:.0f} | {r['train_cpu_seconds']:.0f} | "
+                         f"{r['train_max_rss_mb']:.0f} |")
         lines.append("")
     return "\n".join(lines)
 
