@@ -195,10 +195,16 @@ def block(run: Run, config: dict[str, Any]) -> dict[str, Any]:
     return settings
 
 
+def reads_reference(method: str, strategy: str | None) -> bool:
+    """Whether a preference method with this negative strategy reads the reference log-probs: every
+    objective but LPO4Rec (reference-free) does, and LPO4Rec too when its negatives are ranked by
+    them (hardest, self). The rules (`needs_reference`) and the trainer ask this one function."""
+    return method != "lpo4rec" or strategy in ("hardest", "self")
+
+
 def needs_reference(run: Run, config: dict[str, Any]) -> bool:
-    """Whether a preference run reads its start's reference log-probs: every objective but LPO4Rec
-    (reference-free) does, and LPO4Rec too when its negatives are ranked by them (hardest, self)."""
-    return run.method != "lpo4rec" or block(run, config).get("strategy") in ("hardest", "self")
+    """Whether a preference run reads its start's reference log-probs (`reads_reference`)."""
+    return reads_reference(run.method, block(run, config).get("strategy"))
 
 
 def previous_round(run: Run, config: dict[str, Any]) -> Run | None:

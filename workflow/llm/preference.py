@@ -30,6 +30,7 @@ import torch
 
 from workflow import cli
 from workflow.llm import losses, stage
+from workflow.runs import reads_reference
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +256,7 @@ def run_preference(method: str, model_dir: str | Path, adapter: str | Path, samp
     llm, cfg, domain = s["llm"], s["cfg"], s["domain"]
     if not (Path(adapter) / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{adapter}: no adapter_config.json (train the sft adapter first)")
-    if reference_path is None and (method != "lpo4rec" or cfg["strategy"] in ("hardest", "self")):
+    if reference_path is None and reads_reference(method, cfg["strategy"]):
         raise ValueError(f"{method} (negative strategy {cfg['strategy']}) reads the reference log-probs: pass "
                          "--reference (only lpo4rec with random, all, tail or head negatives runs without)")
     policy = policy_method(method, cfg, llm, domain, s["prompt"], adapter, reference_path, samples_path, seed)

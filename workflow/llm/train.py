@@ -470,14 +470,14 @@ def train(model: torch.nn.Module, examples: Sequence[Any], collate: Callable[[li
     frame = pd.DataFrame(log_rows)
     if validation:
         epochs_trained = int(frame["epoch"].max())
-        if stopping is not None and stopping.keep == "best" and best and best["epoch"] < epochs_trained:
+        kept = best["epoch"] if stopping is not None and stopping.keep == "best" else epochs_trained
+        if kept < epochs_trained:
             restore_weights(best, trainable, buffers)
-            log.info("kept epoch %d's weights (%s %.4f) of %d epochs trained", best["epoch"], stopping.metric,
-                     best["value"], epochs_trained)
+            log.info("kept epoch %d's weights (%s %.4f) of %d epochs trained", kept, stopping.metric, best["value"],
+                     epochs_trained)
         frame.attrs["validation"] = {"history": {str(e): v for e, v in sorted(validation.items())},
                                      "best_epoch": best.get("epoch"), "epochs_trained": epochs_trained,
-                                     "kept_epoch": best["epoch"] if stopping is not None and stopping.keep == "best"
-                                     else epochs_trained}
+                                     "kept_epoch": kept}
     return frame
 
 
