@@ -294,3 +294,17 @@ def test_early_stopping_errors_name_the_problem(tiny_model_dir):
     with pytest.raises(ValueError, match="keep must be best or last"):
         T.train(model, examples(), collate, masked_ce, {**spec, "early_stopping": {"metric": "hr@10", "keep": "x"}},
                 seed=0, hooks=T.Hooks(validate=validate))
+
+
+def test_early_stopping_defaults_are_the_schemas():
+    """A direct caller of train gets the settings a configured stage gets from config/schema.yaml."""
+    import yaml
+
+    from workflow.config import SCHEMA_PATH
+
+    props = yaml.safe_load(SCHEMA_PATH.read_text())["properties"]["soft"]["properties"]["early_stopping"]["properties"]
+    stopping = T.EarlyStopping.from_spec({"early_stopping": {"metric": "hr@10"}}, T.Hooks(validate=lambda e: {}))
+    assert (stopping.patience, stopping.min_delta, stopping.keep) == (
+        props["patience"]["default"], props["min_delta"]["default"], props["keep"]["default"])
+    with pytest.raises(ValueError, match="needs a metric"):
+        T.EarlyStopping.from_spec({"early_stopping": {"patience": 2}}, T.Hooks(validate=lambda e: {}))

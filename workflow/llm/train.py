@@ -70,9 +70,10 @@ class Hooks:
 class EarlyStopping:
     """Stop when `metric` of the `validate` hook has not risen above the best epoch's by more than
     `min_delta` for `patience` epochs; `keep` the best epoch's weights (the first best on a tie) or
-    the last epoch's."""
+    the last epoch's. The defaults are config/schema.yaml's (soft.early_stopping; a test holds them
+    equal), so a direct caller of `train` gets what a configured stage gets."""
     metric: str
-    patience: int = 1
+    patience: int = 2
     min_delta: float = 0.0
     keep: str = "best"
 
@@ -83,10 +84,14 @@ class EarlyStopping:
             return None
         if hooks.validate is None:
             raise ValueError("early_stopping is set but the method has no validation (Hooks.validate)")
-        keep = str(cfg.get("keep", "best"))
+        if "metric" not in cfg:
+            raise ValueError("early_stopping needs a metric (one the validate hook reports, e.g. hr@10)")
+        defaults = cls(str(cfg["metric"]))
+        keep = str(cfg.get("keep", defaults.keep))
         if keep not in ("best", "last"):
             raise ValueError(f"early_stopping.keep must be best or last, got {keep!r}")
-        return cls(str(cfg["metric"]), int(cfg.get("patience", 1)), float(cfg.get("min_delta", 0.0)), keep)
+        return cls(defaults.metric, int(cfg.get("patience", defaults.patience)),
+                   float(cfg.get("min_delta", defaults.min_delta)), keep)
 
     def improves(self, value: float, best: float | None) -> bool:
         return best is None or value > best + self.min_delta
