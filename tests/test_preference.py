@@ -89,7 +89,7 @@ def test_with_negatives_tail_prefers_unpopular_items_and_counts_targets_without_
 
 @pytest.mark.parametrize("method, cfg, kwargs", [
     ("lpo4rec", {"beta": 0.7}, {"beta": 0.7}),
-    ("napo", {"beta": 0.3, "margin_scale": 0.5}, {"beta": 0.3, "margin_scale": 0.5}),
+    ("napo", {"beta": 0.3, "margin_scale": 0.5, "share_negatives": False}, {"beta": 0.3, "margin_scale": 0.5}),
     ("sprec", {"beta": 0.4, "rounds": 1}, {"beta": 0.4}),
 ])
 def test_make_loss_fn_passes_the_method_block(method, cfg, kwargs):
@@ -103,6 +103,108 @@ def test_make_loss_fn_passes_the_method_block(method, cfg, kwargs):
     expected, _ = objective(policy[:, 0], policy[:, 1:], reference[:, 0], reference[:, 1:], **kwargs)
     assert n == 2 and loss.item() == pytest.approx(expected.item())
     assert "reward_accuracy" in diagnostics
+
+
+def chosen(items, history):
+    return {"items": items, "history": history}
+
+
+def test_sharing_masks_by_hand():
+    batch = [chosen(["a", "b", "c"], ["x", "y"]), chosen(["b", "d", "e"], ["y", "z"]), chosen(["f", "a", "d"], [])]
+    shareable, similarity = preference.sharing_masks(batch)
+    # columns: instance 0's negatives b c | instance 1's d e | instance 2's a d
+    assert shareable.tolist() == [
+        [False, False, True, True, False, False],  # a is 0's target, b c its own; d once (from 1, not 2)
+        [False, True, False, False, True, False],  # b is 1's target, d its own
+        [True, True, False, True, False, False],  # a and d are 2's own negatives
+    ]
+    torch.testing.assert_close(similarity, torch.tensor([[1.0, 1 / 3, 0.0], [1 / 3, 1.0, 0.0], [0.0, 0.0, 1.0]]))
+    with pytest.raises(ValueError, match="same number of negatives"):
+        preference.sharing_masks([chosen(["a", "b"], []), chosen(["c", "d", "e"], [])])
+
+
+def napo_by_loop(r, shareable, similarity, beta, scale, min_similarity):
+    """NAPO written out per instance (numpy): its own negatives plus the usable ones of the others."""
+    k = r.shape[1] - 1
+    terms, counts = [], []
+    for i in range(len(r)):
+        negatives = list(r[i, 1:])
+        for j in range(len(r)):
+            for m in range(k):
+                if j != i and shareable[i, j * k + m] and similarity[i, j] >= min_similarity:
+                    negatives.append(r[j, 1 + m])
+        gap = r[i, 0] - np.mean(negatives)
+        margin = scale / (1 + np.exp(-gap))
+        terms.append(np.log1p(np.exp(-(beta * gap - margin))))
+        counts.append(len(negatives))
+    return np.mean(terms), np.mean(counts)
+
+
+SHARING_BATCH = [chosen(["a", "b", "c"], ["x", "y"]), chosen(["b", "d", "e"], ["y", "z"]),
+                 chosen(["f", "a", "d"], ["x", "y", "z"])]
+
+
+@pytest.mark.parametrize("min_similarity", [0.0, 0.5, 0.7])
+def test_napo_in_batch_sharing_against_a_loop(min_similarity):
+    """The loss with shared negatives equals the NAPO formula written out per instance, independent
+    of losses.napo."""
+    gen = torch.Generator().manual_seed(3)
+    policy = torch.randn(3, 3, generator=gen, dtype=torch.float64) - 2
+    reference = torch.randn(3, 3, generator=gen, dtype=torch.float64) - 2
+    sharing = preference.sharing_masks(SHARING_BATCH)
+    beta, scale = 0.5, 0.8
+    scorer = lambda model, prompts, answers: (policy.clone(), torch.ones_like(policy))  # noqa: E731
+    loss_fn = preference.make_loss_fn("napo", {"beta": beta, "margin_scale": scale, "share_min_similarity": min_similarity},
+                                      scorer)
+    loss, n, diagnostics = loss_fn(None, ([[1]] * 3, [[[1]] * 3] * 3, reference, sharing))
+    expected, negatives = napo_by_loop((policy - reference).numpy(), sharing[0].numpy(), sharing[1].numpy(),
+                                       beta, scale, min_similarity)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)  # loss_fn works in float32
+    assert diagnostics["negatives"] == pytest.approx(negatives)
+    if min_similarity == 0.7:  # no pair this similar (Jaccard 1/3, 2/3, 2/3): plain napo
+        assert negatives == 2
+        plain = preference.make_loss_fn("napo", {"beta": beta, "margin_scale": scale, "share_negatives": False}, scorer)
+        assert loss.item() == plain(None, ([[1]] * 3, [[[1]] * 3] * 3, reference))[0].item()
+
+
+def test_napo_shared_negatives_get_gradient_through_the_instance_that_scored_them():
+    """d loss / d policy log-probs (autograd through the shared columns) equals central differences
+    of the per-instance loop: a shared negative's gradient reaches the row that scored it."""
+    gen = torch.Generator().manual_seed(4)
+    policy = (torch.randn(3, 3, generator=gen, dtype=torch.float64) - 2).requires_grad_()
+    reference = torch.randn(3, 3, generator=gen, dtype=torch.float64) - 2
+    sharing = preference.sharing_masks(SHARING_BATCH)
+    scorer = lambda model, prompts, answers: (policy, torch.ones_like(policy))  # noqa: E731
+    loss_fn = preference.make_loss_fn("napo", {"beta": 0.5, "margin_scale": 0.8}, scorer)
+    loss_fn(None, ([[1]] * 3, [[[1]] * 3] * 3, reference, sharing))[0].backward()
+    r, eps = (policy - reference).detach().numpy(), 1e-6
+    numeric = np.zeros_like(r)
+    for idx in np.ndindex(*r.shape):
+        up, down = r.copy(), r.copy()
+        up[idx] += eps
+        down[idx] -= eps
+        # the margin is detached in the objective: differentiate with it held at its value
+        numeric[idx] = (napo_fixed_margin(up, r, sharing) - napo_fixed_margin(down, r, sharing)) / (2 * eps)
+    np.testing.assert_allclose(policy.grad.numpy(), numeric, rtol=1e-4, atol=1e-7)
+    with pytest.raises(ValueError, match="no item ids"):
+        loss_fn(None, ([[1]] * 3, [[[1]] * 3] * 3, reference, None))
+
+
+def napo_fixed_margin(r, r_margin, sharing, beta=0.5, scale=0.8):
+    """napo_by_loop with each margin computed from r_margin (the detached margin's value)."""
+    shareable, similarity = sharing[0].numpy(), sharing[1].numpy()
+    terms = []
+    for i in range(len(r)):
+        def pool(x):
+            values = list(x[i, 1:])
+            for j in range(len(x)):
+                for m in range(2):
+                    if j != i and shareable[i, j * 2 + m]:
+                        values.append(x[j, 1 + m])
+            return values
+        gap, margin_gap = r[i, 0] - np.mean(pool(r)), r_margin[i, 0] - np.mean(pool(r_margin))
+        terms.append(np.log1p(np.exp(-(beta * gap - scale / (1 + np.exp(-margin_gap))))))
+    return np.mean(terms)
 
 
 def test_make_loss_fn_grpo_samples_from_the_global_generator():

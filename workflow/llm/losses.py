@@ -20,8 +20,9 @@ per-instance term given here.
   paper's "adaptive tail-item negatives" are a negative choice: strategy `tail` of
   `workflow.llm.preference.choose_negatives`.
 - napo (arXiv 2508.09653): negatives N_i = the instance's own k, plus the shared ones the trainer
-  passes (`shared_*`, [B, m], other instances' negative answers scored under this prompt; none by
-  default); gamma_i = margin_scale * sigma(mean_{j in N_i} (r_w - r_j)), detached (confidence);
+  passes (`shared_*`, [B, m]: the micro-batch's other instances' negatives with their rewards as
+  computed for those instances, masked; `workflow.llm.preference.shared_negatives`);
+  gamma_i = margin_scale * sigma(mean_{j in N_i} (r_w - r_j)), detached (confidence);
                 -log sigma(beta (r_w - mean_{j in N_i} r_j) - gamma_i)
 - grpo (group-relative policy gradient over the listed candidates, as ReRe / Rec-R1): candidates
   c = 0 (the positive), 1..k; p_theta = softmax(beta [l_w, l_1..l_k]), p_ref = the same softmax of
@@ -195,18 +196,20 @@ def napo(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: float =
     detached, N = the k own negatives plus the shared ones.
 
     Shared negatives (in-batch negative sharing) are optional: `shared_policy_rejected` and
-    `shared_ref_rejected` [B, m] are the log-probs of other instances' negative answers scored under
-    *this* instance's prompt, `shared_mask` [B, m] (bool, default all) which of them count (e.g. only
-    those of similar users). A summed log-prob is a property of (prompt, answer), so another prompt's
-    scores cannot be reused as they are; the trainer passes none today, and the objective is then
-    multi-negative DPO (DMPO) with the dynamic margin.
+    `shared_ref_rejected` [B, m] are log-probs of other instances' negative answers, `shared_mask`
+    [B, m] (bool, default all) which of them count for each row (a masked one gets weight 0, so
+    neither value nor gradient). The trainer passes the micro-batch's other instances' negatives as
+    those instances scored them (under their own prompts: the paper reuses the batch's computed
+    log-probs, without extra decoding), filtered by user similarity (`napo.share_negatives`,
+    `share_min_similarity`); without them the objective is multi-negative DPO (DMPO) with the
+    dynamic margin.
 
     Simplifications against the paper (read from its abstract and summaries; the full method text
-    was not available offline): the paper reuses the log-probs other sequences of the batch computed
-    for their negatives, filtered by user similarity, without extra decoding; here that needs scores
-    under this prompt (see above). The paper's margin comes from the confidence of each negative given
-    by a lightweight auxiliary model (larger margin for confident negatives, smaller for likely false
-    negatives); here the confidence is the policy's own, per instance: sigma of the mean reward gap,
+    was not available offline): the user similarity that filters shared negatives is taken here as
+    the Jaccard index of the two histories' item sets (the paper's measure is not stated in what was
+    read), and the micro-batch is the sharing pool. The paper's margin comes from the confidence of
+    each negative given by a lightweight auxiliary model (larger margin for confident negatives,
+    smaller for likely false negatives); here the confidence is the policy's own, per instance: sigma of the mean reward gap,
     detached, times `margin_scale`. At r = 0 (policy = reference) the loss is log(1 + e^(margin_scale/2)).
 
     The margin grows with the gap, so the loss *value* is monotone in r_w only while

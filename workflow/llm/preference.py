@@ -69,7 +69,8 @@ def preference_examples(samples: pd.DataFrame, items: pd.DataFrame, tokenizer, d
                          domain, llm)
         answers = [prompts.clipped_answer_ids(tokenizer, titles[i], llm["max_title_tokens"]) for i in candidates]
         examples.append({"sample_id": str(row.sample_id), "prompt": ids, "answers": answers,
-                         "candidates": candidates, "target": candidates.index(str(row.target))})
+                         "candidates": candidates, "target": candidates.index(str(row.target)),
+                         "history": [str(i) for i in row.history]})
     return examples
 
 
@@ -166,15 +167,45 @@ def with_negatives(examples: list[dict[str, Any]], k: int, strategy: str, seed: 
         order = [example["target"],
                  *choose_negatives(len(example["answers"]), example["target"], k, strategy, rng, ref, pop)]
         chosen.append({"prompt": example["prompt"], "answers": [example["answers"][j] for j in order],
-                       "order": order})
+                       "order": order, "items": [example["candidates"][j] for j in order],
+                       "history": example.get("history", [])})
     return chosen
 
 
 def collate(examples: Sequence[dict[str, Any]]):
-    """(prompts, answers, reference log-probs [B, C] or None for a reference-free run)."""
+    """(prompts, answers, reference log-probs [B, C] or None for a reference-free run, sharing):
+    `sharing` = (shareable [B, B*k] bool, similarity [B, B]) for NAPO's in-batch negative sharing
+    (`sharing_masks`), None when the examples carry no item ids."""
     reference = [e.get("reference") for e in examples]
+    sharing = sharing_masks(examples) if all("items" in e for e in examples) else None
     return ([e["prompt"] for e in examples], [e["answers"] for e in examples],
-            None if reference[0] is None else torch.stack(reference))
+            None if reference[0] is None else torch.stack(reference), sharing)
+
+
+def sharing_masks(examples: Sequence[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """For a micro-batch of chosen examples ([target, k negatives] item ids, history):
+    shareable [B, B*k]: row i, column j*k + m is instance j's m-th negative, usable as a negative of
+    instance i: j != i, and the item is neither i's target (a false negative by construction) nor one
+    of i's own negatives nor shared already by an earlier instance (each item counted once); similarity [B, B]: Jaccard of the two histories' item sets
+    (the user similarity NAPO filters shared negatives by)."""
+    k = len(examples[0]["items"]) - 1
+    if any(len(e["items"]) - 1 != k for e in examples):
+        raise ValueError("in-batch negative sharing needs the same number of negatives per instance")
+    B = len(examples)
+    shareable = torch.zeros(B, B * k, dtype=torch.bool)
+    similarity = torch.eye(B)
+    histories = [set(e["history"]) for e in examples]
+    for i, mine in enumerate(examples):
+        seen = set(mine["items"])  # the target and the own negatives, then each shared item once
+        for j, other in enumerate(examples):
+            if j == i:
+                continue
+            union = histories[i] | histories[j]
+            similarity[i, j] = len(histories[i] & histories[j]) / len(union) if union else 0.0
+            for m, item in enumerate(other["items"][1:]):
+                shareable[i, j * k + m] = item not in seen
+                seen.add(item)
+    return shareable, similarity
 
 
 def make_loss_fn(method: str, cfg: dict[str, Any], scorer=None):
@@ -196,20 +227,25 @@ def make_loss_fn(method: str, cfg: dict[str, Any], scorer=None):
         kwargs["margin"] = float(cfg.get("margin", 6.0))
     if method == "napo":
         kwargs["margin_scale"] = float(cfg.get("margin_scale", 0.2))
+    share = method == "napo" and bool(cfg.get("share_negatives", True))  # the schema's default
+    min_similarity = float(cfg.get("share_min_similarity", 0.0))
     if method == "grpo":
         kwargs["group_size"] = int(cfg.get("group_size", 8))
         kwargs["kl_coef"] = float(cfg.get("kl_coef", 0.04))
     gamma = float(cfg.get("gamma", 0.0))
 
     def loss_fn(model, batch):
-        prompt_ids, answer_ids, reference = batch
+        prompt_ids, answer_ids, reference = batch[:3]
         policy, n_tokens = scorer(model, prompt_ids, answer_ids)
         policy = policy.float()
+        extra = dict(kwargs)
+        if share:
+            extra.update(shared_negatives(policy, reference.to(policy.device), batch[3], min_similarity))
         if reference is None:  # reference-free (lpo4rec without --reference)
-            loss, diagnostics = objective(policy[:, 0], policy[:, 1:], None, None, **kwargs)
+            loss, diagnostics = objective(policy[:, 0], policy[:, 1:], None, None, **extra)
         else:
             reference = reference.to(policy.device)
-            loss, diagnostics = objective(policy[:, 0], policy[:, 1:], reference[:, 0], reference[:, 1:], **kwargs)
+            loss, diagnostics = objective(policy[:, 0], policy[:, 1:], reference[:, 0], reference[:, 1:], **extra)
         if gamma:
             nll = -(policy[:, 0] / n_tokens[:, 0]).mean()
             loss = loss + gamma * nll
@@ -218,6 +254,24 @@ def make_loss_fn(method: str, cfg: dict[str, Any], scorer=None):
         return loss, len(prompt_ids), {**diagnostics, "tokens": processed}
 
     return loss_fn
+
+
+def shared_negatives(policy: torch.Tensor, reference: torch.Tensor, sharing, min_similarity: float
+                     ) -> dict[str, torch.Tensor]:
+    """NAPO's in-batch negative sharing, as the paper describes it (reuse the log-probs the batch has
+    already computed for the other instances' negatives, filtered by user similarity; no extra
+    forward pass): every row gets all B*k negatives of the micro-batch as they were scored, under
+    their own instance's prompt, masked by `sharing_masks` (not itself, not its target or own
+    negatives) and by history Jaccard >= `min_similarity`. Their gradient flows through the instance
+    that scored them."""
+    if sharing is None:
+        raise ValueError("napo share_negatives: the batch carries no item ids (collate the chosen examples)")
+    shareable, similarity = sharing
+    B, k = policy.shape[0], policy.shape[1] - 1
+    similar = (similarity >= min_similarity).repeat_interleave(k, dim=1)  # [B, B*k]: instance j's k columns
+    return {"shared_policy_rejected": policy[:, 1:].reshape(1, B * k).expand(B, B * k),
+            "shared_ref_rejected": reference[:, 1:].reshape(1, B * k).expand(B, B * k),
+            "shared_mask": (shareable & similar).to(policy.device)}
 
 
 def policy_method(method: str, cfg: dict[str, Any], llm: dict[str, Any], domain: str, prompt: str,
