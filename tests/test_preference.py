@@ -323,6 +323,8 @@ def test_training_from_sft(method, tiny_model_dir, inputs, sft_adapter, referenc
     else:
         assert log["loss"].iloc[0] == pytest.approx(expected, abs=1e-4)
     assert log["reward_margin"].iloc[0] == pytest.approx(0.0, abs=1e-4)
+    if method == "napo":  # in-batch sharing on (the schema's default): more negatives than its own k
+        assert log["negatives"].max() > METHOD["k"]
     config = json.loads((out / "training_config.json").read_text())["config"]
     assert config["reference_adapter"] == str(sft_adapter)
     assert config["reference_logprobs"] == str(reference_table)
