@@ -10,7 +10,7 @@ from snakemake.exceptions import WorkflowError
 from workflow.config import prepare_settings
 from workflow.formats import resolve_files
 from workflow.runs import (HYBRID, PREFERENCE, TRAINED, at_seed, block as run_block, config_runs, config_seeds, grid_point,
-                           needs_reference, parse as parse_run, previous_round, run_seed,
+                           needs_reference, parse as parse_run, previous_round, run_seed, sft_phase,
                            wildcard_pattern)
 from workflow.transfer import transfers
 
@@ -111,7 +111,7 @@ def domain(wildcards):
 # ---------------------------------------------------------------------------------------------
 # LLM runs: named {method}-{prompt}[-k..][-e..][-n..][-s..] (workflow/runs.py); the `run` wildcard.
 RUN_PATTERN = {name: wildcard_pattern(methods) for name, methods in
-               {"sft": ["sft"], "preference": PREFERENCE, "hybrid": HYBRID, "soft": ["soft"], "trained": TRAINED,
+               {"sft": ["sft"], "preference": PREFERENCE, "sprec": ["sprec"], "hybrid": HYBRID, "soft": ["soft"], "trained": TRAINED,
                 "evaluated": ["base", *TRAINED], "transfer": ["sft", *PREFERENCE, "soft"],
                 "referenced": ["sft", "sprec"]}.items()}  # runs others start from: sft, an SPRec round
 SELECTIONS = config["selection"]["strategies"]

@@ -1,22 +1,23 @@
 # Preference optimisation (DMPO, S-DPO, DynamicPO, LPO4Rec, NAPO, GRPO, SPRec), each run starting from
 # the SFT adapter of its prompt, budget and selection, whose frozen copy is the reference; an SPRec
-# round after the first starts from, and is referenced against, the previous round.
+# round after the first starts from, and is referenced against, the previous round (with its SFT
+# phase: against that phase's adapter, its negatives ranked by the previous round).
 include: "preference_inputs.smk"
 
 
 # The reference never changes: every candidate of every selected sample is scored once under the
 # SFT model, and all preference runs from it (every method, every k, every epoch count) read this
-# table; likewise under each SPRec round for the next.
+# table; likewise under each SPRec round for the next, and under a round's SFT phase (`phase`).
 rule reference_logprobs:
-    input: **TRAINING_INPUTS, adapter=f"{RUN_DIR}/adapter",
-    output: f"{RUN_DIR}/reference_logprobs.parquet",
-    wildcard_constraints: run=RUN_PATTERN["referenced"],
+    input: **TRAINING_INPUTS, adapter=f"{RUN_DIR}/{{phase}}adapter",
+    output: f"{RUN_DIR}/{{phase}}reference_logprobs.parquet",
+    wildcard_constraints: run=RUN_PATTERN["referenced"], selection="[^/]+", phase="(?:sft_phase/)?",
     params:
         launch=LAUNCH_ONE,
         # what the log-probs depend on: the prompts (llm, domain, prompt), budget and batch
         args=training_args(lambda wildcards: run_spec(wildcards, evaluation={"batch_size": BATCH_SIZE})),
-    log: logged(f"{RUN_LOG}/reference_logprobs"),
-    benchmark: benchmarked(f"{RUN_LOG}/reference_logprobs"),
+    log: logged(f"{RUN_LOG}/{{phase}}reference_logprobs"),
+    benchmark: benchmarked(f"{RUN_LOG}/{{phase}}reference_logprobs"),
     priority: 10  # on the chain every tuned result waits for (see rule sft)
     threads: JOB_THREADS
     resources: **job_resources("reference_logprobs", "8GB", "2h", gpus=ONE_GPU),
@@ -26,6 +27,24 @@ rule reference_logprobs:
         "{params.launch} workflow.llm.reference --adapter {input.adapter:q} {params.args:q} > {log:q} 2>&1"
 
 
+rule sprec_sft_phase:
+    """SPRec's per-round SFT phase (`sprec.sft_phase`, the authors'): the round's start (the previous
+    round; round 1: the sft run) trained one epoch further on the positives of the run's selection."""
+    input: **TRAINING_INPUTS, adapter=lambda wildcards: start_file(wildcards, "adapter"),
+    output: directory(f"{RUN_DIR}/sft_phase/adapter"),
+    wildcard_constraints: run=RUN_PATTERN["sprec"], selection="[^/]+",
+    params: launch=LAUNCH, args=training_args(sft_phase_spec),
+    log: logged(f"{RUN_LOG}/sft_phase/train"),
+    benchmark: benchmarked(f"{RUN_LOG}/sft_phase/train"),
+    priority: 10  # on the chain every tuned result waits for (see rule sft)
+    threads: JOB_THREADS
+    resources: **job_resources("sft", "12GB", "4h", gpus=LLM_GPUS),
+    conda:
+        LLM_ENV
+    shell:
+        "{params.launch} workflow.llm.sft --start-adapter {input.adapter:q} {params.args:q} > {log:q} 2>&1"
+
+
 rule preference:
     input: unpack(preference_inputs), **TRAINING_INPUTS,
     output: directory(f"{RUN_DIR}/adapter"),
@@ -33,7 +52,7 @@ rule preference:
     params:
         launch=LAUNCH,
         method=lambda wildcards: parse_run(wildcards.run).method,
-        reference=reference_arg,
+        reference=reference_args,
         args=training_args(lambda wildcards: run_spec(wildcards, preference=config["preference"],
                                                       method=run_block(parse_run(wildcards.run), config))),
     log: logged(f"{RUN_LOG}/train"),

@@ -10,16 +10,34 @@ def start_file(wildcards, name):
     return f"{RESULTS}/{wildcards.dataset}/llm/{start.name}/{wildcards.selection}/{name}"
 
 
+def sft_phase_file(wildcards, name):
+    """A file of an SPRec round's SFT phase (its adapter, its reference log-probs), in the round's folder."""
+    return f"{RESULTS}/{wildcards.dataset}/llm/{wildcards.run}/{wildcards.selection}/sft_phase/{name}"
+
+
+def sft_phase_spec(wildcards):
+    """The --spec of an SPRec round's SFT phase: the sft block for one epoch at the round's learning
+    rate (the authors' SFT and DPO steps share theirs); its LoRA keys go unused (the start's stand)."""
+    sft = {key: value for key, value in config["sft"].items() if key != "prompt"}
+    return run_spec(wildcards, sft={**sft, "epochs": 1, "lr": run_block(parse_run(wildcards.run), config)["lr"]})
+
+
 def preference_inputs(wildcards):
     """What a preference run reads beside the dataset and its selection: its start's adapter and,
     unless the run is reference-free (workflow/runs.py needs_reference: lpo4rec), its start's
-    reference log-probs."""
+    reference log-probs. An SPRec round with its SFT phase starts from, and is referenced against,
+    that phase's adapter, and ranks its negatives by its start's log-probs (the previous model's)."""
+    if sft_phase(parse_run(wildcards.run), config):
+        return {"adapter": sft_phase_file(wildcards, "adapter"),
+                "reference": sft_phase_file(wildcards, "reference_logprobs.parquet"),
+                "negatives": start_file(wildcards, "reference_logprobs.parquet")}
     inputs = {"adapter": start_file(wildcards, "adapter")}
     if needs_reference(parse_run(wildcards.run), config):
         inputs["reference"] = start_file(wildcards, "reference_logprobs.parquet")
     return inputs
 
 
-def reference_arg(wildcards, input):
-    """A params function: `--reference TABLE` when the run reads one."""
-    return ["--reference", input.reference] if "reference" in input.keys() else []
+def reference_args(wildcards, input):
+    """A params function: `--reference TABLE` when the run reads one, `--negatives TABLE` when its
+    negatives are ranked by another."""
+    return [arg for name in ("reference", "negatives") if name in input.keys() for arg in (f"--{name}", input[name])]

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import os
+import json
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -108,6 +110,34 @@ def test_sprec_rounds_are_chained_runs(tmp_path):
     assert len(re.findall(r"workflow\.llm\.reference --adapter", out.stdout)) == 3
 
 
+def test_sprec_sft_phase_is_chained_before_each_rounds_dpo(tmp_path):
+    """sprec.sft_phase (the authors'): each round's start is first trained one epoch further on the
+    positives (rule sprec_sft_phase, at the round's lr); the round's DPO starts from that adapter and
+    is referenced against its log-probs, while its negatives are ranked by the start's (the previous
+    model's) log-probs."""
+    overlay = tmp_path / "sprec.yaml"
+    overlay.write_text("methods: [base, sprec-open-n256]\nsprec: {prompt: open, rounds: 2, sft_phase: true, lr: 0.0003}\n"
+                       "selection: {strategies: [random]}\n")
+    out = _snakemake("-n", "-p", "--configfile", str(overlay), "--config", f"results={tmp_path}/results")
+    assert out.returncode == 0, out.stdout + out.stderr
+    llm = f"{tmp_path}/results/ml-100k/llm"
+    dpo = re.findall(r"workflow\.llm\.preference --method sprec --adapter (\S+) --reference (\S+) --negatives (\S+)",
+                     out.stdout)
+    rounds = [("sft-open-n256", "sprec-open-r1-n256"), ("sprec-open-r1-n256", "sprec-open-n256")]
+    assert sorted(dpo) == sorted((f"{llm}/{run}/random/sft_phase/adapter",
+                                  f"{llm}/{run}/random/sft_phase/reference_logprobs.parquet",
+                                  f"{llm}/{start}/random/reference_logprobs.parquet") for start, run in rounds)
+    phases = re.findall(r"workflow\.llm\.sft --start-adapter (\S+) .*?--spec (.*?) --seed .*?--out (\S+)", out.stdout)
+    assert sorted((start, target) for start, _, target in phases) == sorted(
+        (f"{llm}/{start}/random/adapter", f"{llm}/{run}/random/sft_phase/adapter") for start, run in rounds)
+    for _, spec, _ in phases:
+        sft = json.loads(shlex.split(spec)[0])["sft"]
+        assert sft["epochs"] == 1 and sft["lr"] == 0.0003
+    references = re.findall(r"workflow\.llm\.reference --adapter (\S+)", out.stdout)
+    assert sorted(references) == sorted([f"{llm}/sft-open-n256/random/adapter", f"{llm}/sprec-open-r1-n256/random/adapter",
+                                         *(f"{llm}/{run}/random/sft_phase/adapter" for _, run in rounds)])
+
+
 def test_lpo4rec_plans_no_reference_pass(tmp_path):
     """A reference-free run (lpo4rec, tail negatives) does not wait for the reference log-probs."""
     overlay = tmp_path / "lpo.yaml"
@@ -140,13 +170,15 @@ def test_paper_config_plans_every_method_on_both_splits(tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     text = out.stdout
     runs = ["base-candidate", "base-open", "sft-candidate", "dmpo-candidate", "sdpo-candidate", "dynamicpo-candidate",
-            "llara-candidate", "ilora-candidate", "soft-open"]
+            "llara-candidate", "ilora-candidate", "soft-open", "sprec-open"]
     for dataset in ("movielens", "games", "steam", "lastfm"):
         for run in runs:
             for split in ("valid", "test"):
                 selection = "none" if run.startswith("base") else "random"
                 assert f"{dataset}/llm/{run}/{selection}/{split}/metrics.parquet" in text, (dataset, run, split)
         assert f"{dataset}/llm/sft-candidate/dealrec/test/metrics.parquet" in text
+        for run in ("sprec-open-r1", "sprec-open"):  # two self-play rounds, each with its SFT phase
+            assert f"{dataset}/llm/{run}/random/sft_phase/adapter" in text
         assert f"{dataset}/selection/dealrec.parquet" in text
     assert "rule preflight:" in text
     ilora = text[text.index("rule hybrid:"):]

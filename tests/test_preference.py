@@ -348,3 +348,39 @@ def test_lpo4rec_trains_without_a_reference_and_the_others_ask_for_one(tiny_mode
         with pytest.raises(ValueError, match="pass --reference"):
             preference.run_preference(method, tiny_model_dir, sft_adapter, inputs["samples"], inputs["items"],
                                       inputs["selection"], None, {**spec, "method": block}, 0, tmp_path / method)
+
+
+def test_negatives_table_ranks_the_candidates_and_the_reference_scores_them(tiny_model_dir, inputs, sft_adapter,
+                                                                            reference_table, tmp_path, monkeypatch):
+    """SPRec with its SFT phase: the negative is the previous model's top-ranked wrong candidate
+    (--negatives), the rewards are against the SFT-phase model (--reference)."""
+    table = pd.read_parquet(reference_table)
+    other = table.assign(candidate_logprob=[-np.asarray(v) for v in table["candidate_logprob"]])  # reversed ranking
+    other.to_parquet(tmp_path / "previous.parquet")
+    seen = {}
+    real = preference.with_negatives
+
+    def spy(examples, k, strategy, seed, full_reference=None, popularity=None):
+        chosen = real(examples, k, strategy, seed, full_reference, popularity)
+        seen.update(examples=examples, ranking=full_reference, chosen=chosen)
+        return chosen
+
+    monkeypatch.setattr(preference, "with_negatives", spy)
+    spec = {"llm": LLM, "preference": PREF, "method": {**METHOD, "k": 1, "strategy": "self"}, "domain": "movie"}
+    out = tmp_path / "sprec"
+    preference.run_preference("sprec", tiny_model_dir, sft_adapter, inputs["samples"], inputs["items"],
+                              inputs["selection"], reference_table, spec, 0, out, tmp_path / "previous.parquet")
+    rows = dict(zip(table["sample_id"], table["candidate_logprob"]))
+    assert len(seen["chosen"]) == len(rows)
+    for example, ranking, chosen in zip(seen["examples"], seen["ranking"], seen["chosen"]):
+        reference_values = np.asarray(rows[example["sample_id"]])
+        np.testing.assert_array_equal(ranking, -reference_values)  # ranked by the other table
+        wrong = [j for j in range(len(ranking)) if j != example["target"]]
+        assert chosen["order"][1] == max(wrong, key=lambda j: ranking[j])
+        np.testing.assert_array_equal(chosen["reference"].numpy(), reference_values[chosen["order"]])  # rewards
+    config = json.loads((out / "training_config.json").read_text())["config"]
+    assert config["negatives_ranked_by"] == str(tmp_path / "previous.parquet")
+    with pytest.raises(ValueError, match="hardest or self"):
+        preference.run_preference("dmpo", tiny_model_dir, sft_adapter, inputs["samples"], inputs["items"],
+                                  inputs["selection"], reference_table, {**spec, "method": METHOD}, 0,
+                                  tmp_path / "dmpo", tmp_path / "previous.parquet")

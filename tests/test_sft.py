@@ -174,3 +174,28 @@ def test_bad_inputs_are_clear_errors(tiny_model_dir, inputs, tmp_path, capsys):
     fails_with("sft.lr", spec={**SPEC, "sft": {**SFT, "lr": -1}})
     fails_with("target_modules", spec={**SPEC, "sft": {**SFT, "target_modules": ["nope_proj"]}})
     assert not (tmp_path / "adapter").exists()
+
+
+def test_start_adapter_trains_that_adapter_further(tiny_model_dir, inputs, tmp_path, capsys):
+    """SPRec's per-round SFT phase: --start-adapter continues an adapter instead of a fresh LoRA."""
+    first = tmp_path / "first" / "adapter"
+    assert sft.main(cli_args(tiny_model_dir, inputs, first)) == 0
+    still = tmp_path / "still" / "adapter"
+    assert sft.main(cli_args(tiny_model_dir, inputs, still, {**SPEC, "sft": {**SFT, "lr": 1e-12}})
+                    + ["--start-adapter", str(first)]) == 0
+    start, kept = adapter_tensors(first), adapter_tensors(still)
+    assert start.keys() == kept.keys()
+    for key in start:  # a vanishing step size: the start's weights, not a fresh LoRA (whose lora_B is 0)
+        torch.testing.assert_close(kept[key], start[key], rtol=0, atol=1e-6)
+    assert json.loads((still / "training_config.json").read_text())["config"]["start_adapter"] == str(first)
+
+    further = tmp_path / "further" / "adapter"
+    assert sft.main(cli_args(tiny_model_dir, inputs, further) + ["--start-adapter", str(first)]) == 0
+    assert any(not torch.equal(adapter_tensors(further)[k], start[k]) for k in start)
+    # same seed, same example order: the first step of the continued run sees a trained model
+    first_log, further_log = (pd.read_parquet(p / "train_log.parquet") for p in (first, further))
+    assert further_log["loss"].iloc[0] < first_log["loss"].iloc[0]
+
+    assert sft.main(cli_args(tiny_model_dir, inputs, tmp_path / "x" / "adapter")
+                    + ["--start-adapter", str(tmp_path / "nowhere")]) == 1
+    assert "nowhere: no adapter_config.json" in capsys.readouterr().err

@@ -61,11 +61,15 @@ def test_whole_dag_writes_every_artifact(tiny_run):
     config = json.loads((results / "tiny/llm/sft-candidate-n4/random/adapter/training_config.json").read_text())
     assert config["config"]["n_samples"] == 4 and config["config"]["prompt"] == "candidate"
     assert (results / "tiny/surrogate/item_embeddings.parquet").is_file()
-    # SPRec's round 2 starts from round 1 and reads the reference log-probs scored under it; LPO4Rec reads none
+    # SPRec's round 2: an SFT phase from round 1's adapter, then DPO from and against that phase's
+    # adapter, its negatives ranked by round 1's log-probs; LPO4Rec reads no reference
     llm = results / "tiny/llm"
     sprec = json.loads((llm / "sprec-open/random/adapter/training_config.json").read_text())["config"]
-    assert sprec["reference_adapter"].endswith("tiny/llm/sprec-open-r1/random/adapter")
-    assert sprec["reference_logprobs"].endswith("tiny/llm/sprec-open-r1/random/reference_logprobs.parquet")
+    assert sprec["reference_adapter"].endswith("tiny/llm/sprec-open/random/sft_phase/adapter")
+    assert sprec["reference_logprobs"].endswith("tiny/llm/sprec-open/random/sft_phase/reference_logprobs.parquet")
+    assert sprec["negatives_ranked_by"].endswith("tiny/llm/sprec-open-r1/random/reference_logprobs.parquet")
+    phase = json.loads((llm / "sprec-open/random/sft_phase/adapter/training_config.json").read_text())["config"]
+    assert phase["start_adapter"].endswith("tiny/llm/sprec-open-r1/random/adapter") and phase["sft"]["epochs"] == 1
     lpo4rec = json.loads((llm / "lpo4rec-open/random/adapter/training_config.json").read_text())["config"]
     assert lpo4rec["reference_logprobs"] is None
     # SOFT validated each epoch on 3 validation samples and kept the best epoch's adapter

@@ -67,8 +67,9 @@ def tiny_config(tmp: Path, model_dir: Path) -> dict:
                                      "likelihood_reversed"]},
         "preference": {"batch_size": 2, "grad_accum": 1},
         "dmpo": {"k": 2, "prompt": "open"}, "sdpo": {"k": 2, "prompt": "open"}, "dynamicpo": {"k": 3, "prompt": "open"},
-        # reference-free (no reference log-probs read), and two self-play rounds (sprec-open-r1, then sprec-open)
-        "lpo4rec": {"k": 2, "prompt": "open"}, "sprec": {"prompt": "open", "rounds": 2},
+        # reference-free (no reference log-probs read), and two self-play rounds (sprec-open-r1, then
+        # sprec-open), each with the authors' SFT phase before its DPO
+        "lpo4rec": {"k": 2, "prompt": "open"}, "sprec": {"prompt": "open", "rounds": 2, "sft_phase": True},
         # the hybrid prompt under the candidate prompt (placeholders after history and candidates)
         "llara": {"prompt": "candidate", "batch_size": 2, "grad_accum": 1, "lora_r": 4, "lora_alpha": 8},
         "ilora": {"prompt": "open", "batch_size": 2, "grad_accum": 1, "lora_r": 4, "lora_alpha": 8, "n_experts": 2},

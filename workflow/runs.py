@@ -207,6 +207,13 @@ def needs_reference(run: Run, config: dict[str, Any]) -> bool:
     return reads_reference(run.method, block(run, config).get("strategy"))
 
 
+def sft_phase(run: Run, config: dict[str, Any]) -> bool:
+    """Whether an SPRec round runs the authors' SFT phase first (`sprec.sft_phase`): its start trained
+    one epoch further on the positives, which the round's DPO then starts from and is referenced
+    against (rules/preference.smk, rule sprec_sft_phase)."""
+    return run.method == "sprec" and bool(block(run, config).get("sft_phase"))
+
+
 def previous_round(run: Run, config: dict[str, Any]) -> Run | None:
     """The run an SPRec round starts from and is referenced against: the same run one round
     earlier (its -r left out where that equals the sprec block's `rounds`, so the config's own run

@@ -31,9 +31,10 @@ per-instance term given here.
   A_g = (R_g - mean_G R) / (std_G R + eps) (std with Bessel's correction, as TRL);
                 -mean_g A_g log p_theta(s_g) + kl_coef * KL(p_theta || p_ref),
   KL exact over the 1 + k candidates: sum_c p_theta(c) (log p_theta(c) - log p_ref(c)).
-- sprec (SPRec) has no loss of its own: each self-play round is `dpo` with the reference's
-  top-ranked wrong candidate as the one negative (strategy `self`), the reference being the round's
-  starting model (the sft run, then the previous round: workflow/runs.py previous_round).
+- sprec (SPRec) has no loss of its own: each self-play round is `dpo` with the round's start's
+  top-ranked wrong candidate as the one negative (strategy `self`); the start is the sft run, then
+  the previous round (workflow/runs.py previous_round), and the reference is the start or, with
+  `sprec.sft_phase`, the start trained one epoch further on the positives (rule sprec_sft_phase).
 
 SOFT's mixed cross-entropy (`soft_mixed_ce`, at the end) takes the policy's summed log-probs and
 token counts of the true and the self-distilled answer of each sample instead (no reference).

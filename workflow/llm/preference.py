@@ -276,9 +276,11 @@ def shared_negatives(policy: torch.Tensor, reference: torch.Tensor, sharing, min
 
 def policy_method(method: str, cfg: dict[str, Any], llm: dict[str, Any], domain: str, prompt: str,
                   adapter: str | Path, reference_path: str | Path, samples_path: str | Path,
-                  seed: int) -> stage.Method:
+                  seed: int, negatives_path: str | Path | None = None) -> stage.Method:
     """A preference method as a training stage: the sft adapter loaded trainable (the policy's
-    start), examples with their negatives and reference log-probs, the method's objective."""
+    start), examples with their negatives and reference log-probs, the method's objective.
+    `negatives_path`: another model's log-prob table that `hardest` and `self` rank the candidates
+    by (SPRec with its SFT phase: the previous round's); default the reference's."""
     from peft import PeftModel
 
     def attach(model, tokenizer):
@@ -288,9 +290,10 @@ def policy_method(method: str, cfg: dict[str, Any], llm: dict[str, Any], domain:
         examples = preference_examples(loaded.samples, loaded.items, loaded.tokenizer, domain, llm, prompt)
         # every candidate: `hardest` and `self` rank them; none for a reference-free run
         full = None if reference_path is None else read_reference(reference_path, examples)
+        ranking = full if negatives_path is None else read_reference(negatives_path, examples)
         popularity = (item_popularity(pd.read_parquet(samples_path, columns=["split", "history", "target"]))
                       if cfg["strategy"] in ("tail", "head") else None)  # the whole train split's, not the run's
-        chosen = with_negatives(examples, cfg["k"], cfg["strategy"], seed, full, popularity)
+        chosen = with_negatives(examples, cfg["k"], cfg["strategy"], seed, ranking, popularity)
         for example, ref in zip(chosen, full or []):
             example["reference"] = torch.tensor(ref[example["order"]], dtype=torch.float32)
         log.info("%s on %d samples, %s prompt, %d negatives each (%s), beta %.3g", method, len(chosen), prompt,
@@ -298,14 +301,15 @@ def policy_method(method: str, cfg: dict[str, Any], llm: dict[str, Any], domain:
         return stage.Plan(chosen, collate, make_loss_fn(method, cfg),
                           fingerprint={"adapter": str(adapter), "method": method},
                           config={"reference_adapter": str(adapter),
-                                  "reference_logprobs": None if reference_path is None else str(reference_path)})
+                                  "reference_logprobs": None if reference_path is None else str(reference_path),
+                                  **({} if negatives_path is None else {"negatives_ranked_by": str(negatives_path)})})
 
     return stage.Method(method, cfg, attach, plan)
 
 
 def run_preference(method: str, model_dir: str | Path, adapter: str | Path, samples_path: str | Path,
                    items_path: str | Path, selection_path: str | Path, reference_path: str | Path,
-                   spec: dict[str, Any], seed: int, out: str | Path) -> Path:
+                   spec: dict[str, Any], seed: int, out: str | Path, negatives_path: str | Path | None = None) -> Path:
     s = settings(method, spec)
     llm, cfg, domain = s["llm"], s["cfg"], s["domain"]
     if not (Path(adapter) / "adapter_config.json").is_file():
@@ -313,7 +317,11 @@ def run_preference(method: str, model_dir: str | Path, adapter: str | Path, samp
     if reference_path is None and reads_reference(method, cfg["strategy"]):
         raise ValueError(f"{method} (negative strategy {cfg['strategy']}) reads the reference log-probs: pass "
                          "--reference (only lpo4rec with random, all, tail or head negatives runs without)")
-    policy = policy_method(method, cfg, llm, domain, s["prompt"], adapter, reference_path, samples_path, seed)
+    if negatives_path is not None and cfg["strategy"] not in ("hardest", "self"):
+        raise ValueError(f"--negatives ranks the candidates for strategy hardest or self; {method} has "
+                         f"strategy {cfg['strategy']}")
+    policy = policy_method(method, cfg, llm, domain, s["prompt"], adapter, reference_path, samples_path, seed,
+                           negatives_path)
     train_log = stage.run_stage(policy, model_dir=model_dir, samples_path=samples_path, items_path=items_path,
                                 selection_path=selection_path, llm=llm, seed=seed, out=out,
                                 config={method: cfg, "domain": domain, "prompt": s["prompt"], "budget": s["budget"]})
@@ -333,11 +341,14 @@ def main(argv=None) -> int:
     p.add_argument("--reference", default=None,
                    help="the reference log-prob table of workflow.llm.reference (same adapter and selection); "
                         "lpo4rec, reference-free, runs without it unless its negatives are ranked by it")
+    p.add_argument("--negatives", default=None,
+                   help="a log-prob table of the same layout that strategies hardest and self rank the candidates "
+                        "by instead of --reference (SPRec with its SFT phase: the previous round's model)")
     p.add_argument("--spec", type=cli.json_arg, required=True)
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out", required=True)
     return cli.run(lambda a: run_preference(a.method, a.model_dir, a.adapter, a.samples, a.items, a.selection,
-                                            a.reference, a.spec, a.seed, a.out), p, argv)
+                                            a.reference, a.spec, a.seed, a.out, a.negatives), p, argv)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ for the ~250 prompt tokens. The answer is tokenised exactly as evaluation tokeni
 
 The output folder holds the PEFT adapter (adapter_model.safetensors, adapter_config.json),
 training_config.json and train_log.parquet. A checkpoint folder OUT.ckpt beside it lets a killed
-job resume; it is removed once the adapter is saved.
+job resume; it is removed once the adapter is saved. With --start-adapter the run trains that adapter
+further (SPRec's per-round SFT phase) instead of a fresh LoRA.
 """
 from __future__ import annotations
 
@@ -75,32 +76,49 @@ def sft_loss(model, batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]
     return -logprob.sum() / total, total, {"tokens": processed}
 
 
-def method(block: dict[str, Any], llm: dict[str, Any], domain: str, prompt: str, seed: int) -> stage.Method:
-    """SFT as a training stage: a fresh LoRA, the target's title as the answer, `sft_loss`."""
+def method(block: dict[str, Any], llm: dict[str, Any], domain: str, prompt: str, seed: int,
+           start_adapter: str | Path | None = None) -> stage.Method:
+    """SFT as a training stage: the target's title as the answer, `sft_loss`, on a fresh LoRA or, with
+    `start_adapter`, on that adapter trained further (SPRec's per-round SFT phase)."""
+    def attach(model, tokenizer):
+        if start_adapter is None:
+            return train.add_lora(model, block, seed)
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(model, str(start_adapter), is_trainable=True)
+
     def plan(loaded: stage.Loaded) -> stage.Plan:
         examples = sft_examples(loaded.samples, loaded.items, loaded.tokenizer, domain, llm, prompt)
-        log.info("SFT on %d samples, %s prompt: %d prompt + %d answer tokens, %d epochs", len(examples), prompt,
-                 sum(len(e["prompt"]) for e in examples), sum(len(e["answer"]) for e in examples), block["epochs"])
-        return stage.Plan(examples, collate, sft_loss)
+        log.info("SFT on %d samples, %s prompt: %d prompt + %d answer tokens, %d epochs%s", len(examples), prompt,
+                 sum(len(e["prompt"]) for e in examples), sum(len(e["answer"]) for e in examples), block["epochs"],
+                 "" if start_adapter is None else f", from {start_adapter}")
+        start = {} if start_adapter is None else {"start_adapter": str(start_adapter)}
+        return stage.Plan(examples, collate, sft_loss, fingerprint=start, config=start)
 
-    return stage.Method("sft", block, lambda model, tokenizer: train.add_lora(model, block, seed), plan)
+    return stage.Method("sft", block, attach, plan)
 
 
 def run_sft(model_dir: str | Path, samples_path: str | Path, items_path: str | Path, selection_path: str | Path,
-            spec: dict[str, Any], seed: int, out: str | Path) -> Path:
+            spec: dict[str, Any], seed: int, out: str | Path, start_adapter: str | Path | None = None) -> Path:
     """Train a LoRA adapter by SFT and save it to `out` (see the module docstring)."""
     s = settings(spec)
     llm, sft, domain = s["llm"], s["sft"], s["domain"]
-    stage.run_stage(method(sft, llm, domain, s["prompt"], seed), model_dir=model_dir, samples_path=samples_path,
-                    items_path=items_path, selection_path=selection_path, llm=llm, seed=seed, out=out,
-                    config={"sft": sft, "domain": domain, "prompt": s["prompt"], "budget": s["budget"]})
+    if start_adapter is not None and not (Path(start_adapter) / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{start_adapter}: no adapter_config.json (--start-adapter must be a PEFT adapter folder)")
+    stage.run_stage(method(sft, llm, domain, s["prompt"], seed, start_adapter), model_dir=model_dir,
+                    samples_path=samples_path, items_path=items_path, selection_path=selection_path, llm=llm,
+                    seed=seed, out=out, config={"sft": sft, "domain": domain, "prompt": s["prompt"], "budget": s["budget"]})
     return Path(out)
 
 
 def main(argv=None) -> int:
     p = cli.parser("LoRA supervised fine-tuning on the candidate or open prompt, loss on the answer tokens.")
     cli.add_training_arguments(p, "sft")
-    return cli.run(lambda a: run_sft(a.model_dir, a.samples, a.items, a.selection, a.spec, a.seed, a.out), p, argv)
+    p.add_argument("--start-adapter", default=None,
+                   help="train this PEFT adapter further instead of a fresh LoRA (SPRec's per-round SFT phase); "
+                        "its LoRA settings stand, the sft block's lora keys are not used")
+    return cli.run(lambda a: run_sft(a.model_dir, a.samples, a.items, a.selection, a.spec, a.seed, a.out,
+                                     a.start_adapter), p, argv)
 
 
 if __name__ == "__main__":
