@@ -186,8 +186,9 @@ def sharing_masks(examples: Sequence[dict[str, Any]]) -> tuple[torch.Tensor, tor
     """For a micro-batch of chosen examples ([target, k negatives] item ids, history):
     shareable [B, B*k]: row i, column j*k + m is instance j's m-th negative, usable as a negative of
     instance i: j != i, and the item is neither i's target (a false negative by construction) nor one
-    of i's own negatives nor shared already by an earlier instance (each item counted once); similarity [B, B]: Jaccard of the two histories' item sets
-    (the user similarity NAPO filters shared negatives by)."""
+    of i's own negatives nor shared already by an earlier instance (each item counted once);
+    similarity [B, B]: Jaccard of the two histories' item sets (the user similarity NAPO filters
+    shared negatives by)."""
     k = len(examples[0]["items"]) - 1
     if any(len(e["items"]) - 1 != k for e in examples):
         raise ValueError("in-batch negative sharing needs the same number of negatives per instance")
