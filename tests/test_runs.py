@@ -28,6 +28,8 @@ from workflow.selection import nested_subset
     ("dmpo-open-k7-e2-n256-s0", runs.Run("dmpo", "open", k=7, epochs=2, budget=256, seed=0)),
     ("ilora-open-x8-grandom-n256-s8", runs.Run("ilora", "open", budget=256, experts=8, gate="random", seed=8)),
     ("sprec-open-r2-n256", runs.Run("sprec", "open", budget=256, rounds=2)),
+    ("dmpo-open-k3-b0.1-n256", runs.Run("dmpo", "open", k=3, budget=256, beta=0.1)),
+    ("sprec-open-b2-r2", runs.Run("sprec", "open", rounds=2, beta=2.0)),
 ])
 def test_names_round_trip(name, expected):
     assert runs.parse(name) == expected and expected.name == name
@@ -40,6 +42,7 @@ def test_names_round_trip(name, expected):
     ("llara-open-x4", "ilora only"), ("ilora-open-gsideways", "unknown gate"), ("sft-open-a1", "soft only"),
     ("sft-open-s43-n128", "is not"), ("sft-open-s", "is not"), ("base-open-s43", "base model"),
     ("dmpo-open-r2", "sprec only"), ("sprec-open-r0", "positive"), ("sprec-open-n256-r2", "is not"),
+    ("sft-open-b0.1", "-b"), ("dmpo-open-b0", "-b .beta. must be positive"), ("dmpo-open-b0.1-k3", "is not"),
 ])
 def test_malformed_names_say_what_is_wrong(name, message):
     with pytest.raises(ValueError, match=message):
@@ -49,7 +52,7 @@ def test_malformed_names_say_what_is_wrong(name, message):
 def valid_names() -> list[str]:
     """Names of every method and prompt: bare, with each flag it takes alone, and with all of them."""
     values = {"k": 3, "experts": 4, "gate": "uniform", "alpha": 0.5, "rounds": 2, "epochs": 2, "budget": 64,
-              "seed": 43}
+              "seed": 43, "beta": 0.25}
     names = []
     for method, prompt in itertools.product(runs.METHODS, runs.PROMPTS):
         fields = [field for _, field, _, _, applies in runs.FLAG_SYNTAX if method in applies]
@@ -187,3 +190,16 @@ def test_grid_points_reuse_main_runs_and_label_every_axis():
     assert run.name == "grpo-open-n256" and labels["k"] is None  # every other candidate, not k = 3
     labels, run = runs.grid_point("sprec", {"budget": 256, "rounds": 2}, config)
     assert run.name == "sprec-open-r2-n256" and labels["rounds"] == 2
+
+
+def test_beta_is_a_run_flag_and_a_study_axis():
+    """-b overrides a preference objective's beta; a grid value equal to the block's keeps the main
+    run's name (reused), another names the run."""
+    config = config_with(["dmpo-open-n256"], dmpo={"prompt": "open", "beta": 1.0}, selection={"budget": 1024})
+    labels, run = runs.grid_point("dmpo", {"budget": 256, "beta": 1.0}, config)
+    assert run.name == "dmpo-open-n256" and labels["beta"] == 1.0
+    labels, run = runs.grid_point("dmpo", {"budget": 256, "beta": 0.1}, config)
+    assert run.name == "dmpo-open-b0.1-n256" and labels["beta"] == 0.1
+    assert runs.block(run, config)["beta"] == 0.1
+    labels, run = runs.grid_point("sft", {"prompt": "open", "budget": 256, "beta": 0.1}, config)
+    assert run.name == "sft-open-n256" and labels["beta"] is None  # the axis does not apply

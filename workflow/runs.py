@@ -2,13 +2,14 @@
 
 A run is one LLM method under one prompt, with optional overrides of its config block:
 
-    {method}-{prompt}[-k{negatives}][-x{experts}][-g{gate}][-a{alpha}][-r{rounds}][-e{epochs}][-n{budget}][-s{seed}]
+    {method}-{prompt}[-k{negatives}][-b{beta}][-x{experts}][-g{gate}][-a{alpha}][-r{rounds}][-e{epochs}][-n{budget}][-s{seed}]
 
 e.g. `sft-open`, `base-candidate`, `dmpo-open-k15`, `sft-candidate-e3-n512`. The name is the
 `method` column of every metrics table and the folder of the run's outputs, so two runs that differ
 in anything that changes their result never share a name, and a reader of the summary sees the
 prompt of every row. Overrides:
 - `k`: negatives per sample (preference methods but sprec, whose one negative is fixed);
+- `b`: a preference objective's beta (e.g. `dmpo-open-b0.1`);
 - `x`, `g`: iLoRA's number of experts and gate input (sequence, random, uniform);
 - `a`: SOFT's curriculum alpha (e.g. `soft-open-a0.1`);
 - `r`: SPRec's self-play rounds (e.g. `sprec-open-r3`: round 3 starts from, and is referenced
@@ -47,6 +48,7 @@ PROMPT_PROTOCOLS = {prompt: supported_protocols(prompt) for prompt in PROMPTS}
 # `wildcard_pattern` builds the rules' `run` wildcard constraints from it.
 FLAG_SYNTAX = (
     ("k", "k", "negatives", "[0-9]+", TAKES_K),
+    ("b", "beta", "beta", r"[0-9]+(?:\.[0-9]+)?", PREFERENCE),
     ("x", "experts", "experts", "[0-9]+", ("ilora",)),
     ("g", "gate", "gate", "[a-z]+", ("ilora",)),
     ("a", "alpha", "alpha", r"[0-9]+(?:\.[0-9]+)?", ("soft",)),
@@ -83,11 +85,12 @@ class Run(NamedTuple):
     alpha: float | None = None
     seed: int | None = None  # the training seed; None = the config's `seed`
     rounds: int | None = None  # SPRec's rounds; None = its block's
+    beta: float | None = None  # a preference objective's beta; None = its block's
 
     @property
     def name(self) -> str:
         parts = [self.method, self.prompt]
-        parts += [f"{flag}{getattr(self, key):g}" if key == "alpha" else f"{flag}{getattr(self, key)}"
+        parts += [f"{flag}{getattr(self, key):g}" if key in ("alpha", "beta") else f"{flag}{getattr(self, key)}"
                   for flag, key in FLAGS if getattr(self, key) is not None]
         return "-".join(parts)
 
@@ -105,7 +108,7 @@ def parse(name: str) -> Run:
     """The run a name stands for; a malformed name raises ValueError naming what is wrong."""
     match = NAME.match(name)
     if not match:
-        raise ValueError(f"run name {name!r} is not {{method}}-{{prompt}}[-k<int>][-x<int>][-g<gate>][-a<number>]"
+        raise ValueError(f"run name {name!r} is not {{method}}-{{prompt}}[-k<int>][-b<number>][-x<int>][-g<gate>][-a<number>]"
                          f"[-r<int>][-e<int>][-n<int>][-s<int>] (e.g. sft-open, dmpo-candidate-k7, ilora-open-x4, "
                          f"sprec-open-r2, sft-open-s43)")
     method, prompt = match["method"], match["prompt"]
@@ -123,12 +126,13 @@ def parse(name: str) -> Run:
         if match["gate"] not in GATES:
             raise ValueError(f"run name {name!r}: unknown gate {match['gate']!r} (known: {', '.join(GATES)})")
         values["gate"] = match["gate"]
-    if match["alpha"] is not None:
-        values["alpha"] = float(match["alpha"])
-        if values["alpha"] <= 0:
-            raise ValueError(f"run name {name!r}: -a (alpha) must be positive")
+    for field, flag in (("alpha", "a"), ("beta", "b")):
+        if match[field] is not None:
+            values[field] = float(match[field])
+            if values[field] <= 0:
+                raise ValueError(f"run name {name!r}: -{flag} ({field}) must be positive")
     if method == "base" and values:
-        raise ValueError(f"run name {name!r}: the untuned base model takes no -k/-x/-g/-a/-r/-e/-n/-s")
+        raise ValueError(f"run name {name!r}: the untuned base model takes no -k/-b/-x/-g/-a/-r/-e/-n/-s")
     for flag, field, what, _, applies in FLAG_SYNTAX:
         if field in values and method not in applies:
             raise ValueError(f"run name {name!r}: -{flag} ({what}) applies to {', '.join(applies)} only")
@@ -182,7 +186,7 @@ def config_runs(config: dict[str, Any]) -> list[Run]:
 
 
 BLOCK_KEYS = {"k": "k", "epochs": "epochs", "experts": "n_experts", "gate": "gate", "alpha": "alpha",
-              "rounds": "rounds"}
+              "rounds": "rounds", "beta": "beta"}
 
 
 def block(run: Run, config: dict[str, Any]) -> dict[str, Any]:
@@ -231,7 +235,7 @@ def previous_round(run: Run, config: dict[str, Any]) -> Run | None:
 # `prompt` and `budget` apply to every method; the others override a key of the method's block.
 AXES = {"prompt": ("prompt", None), "k": ("k", TAKES_K), "epochs": ("epochs", None),
         "budget": ("budget", None), "n_experts": ("experts", ("ilora",)), "gate": ("gate", ("ilora",)),
-        "alpha": ("alpha", ("soft",)), "rounds": ("rounds", ("sprec",))}
+        "alpha": ("alpha", ("soft",)), "rounds": ("rounds", ("sprec",)), "beta": ("beta", PREFERENCE)}
 
 
 def grid_point(method: str, point: dict[str, Any], config: dict[str, Any]) -> tuple[dict[str, Any], Run]:
