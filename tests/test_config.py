@@ -91,23 +91,29 @@ def test_dry_run_on_default_config(tmp_path):
     assert "prepare" in out.stdout
 
 
+def dry_run(tmp_path, overlay_text):
+    """The commands `snakemake -n -p` plans with an overlay config (results under tmp_path)."""
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(overlay_text)
+    out = _snakemake("-n", "-p", "--configfile", str(overlay), "--config", f"results={tmp_path}/results")
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
+
+
 def test_sprec_rounds_are_chained_runs(tmp_path):
     """sprec rounds: 3 plans rounds 1 and 2 as runs of their own; each round starts from the previous
     round's adapter and reads the reference log-probs scored under it (round 1: the sft run's)."""
-    overlay = tmp_path / "sprec.yaml"
-    overlay.write_text("methods: [base, sprec-open-n256]\nsprec: {prompt: open, rounds: 3}\n"
-                       "selection: {strategies: [random]}\n")
-    out = _snakemake("-n", "-p", "--configfile", str(overlay), "--config", f"results={tmp_path}/results")
-    assert out.returncode == 0, out.stdout + out.stderr
+    planned = dry_run(tmp_path, "methods: [base, sprec-open-n256]\nsprec: {prompt: open, rounds: 3}\n"
+                                "selection: {strategies: [random]}\n")
     llm = f"{tmp_path}/results/ml-100k/llm"
-    starts = re.findall(r"workflow\.llm\.preference --method sprec --adapter (\S+) --reference (\S+)", out.stdout)
+    starts = re.findall(r"workflow\.llm\.preference --method sprec --adapter (\S+) --reference (\S+)", planned)
     chain = [("sft-open-n256", "sprec-open-r1-n256"), ("sprec-open-r1-n256", "sprec-open-r2-n256"),
              ("sprec-open-r2-n256", "sprec-open-n256")]
     assert sorted(starts) == sorted((f"{llm}/{start}/random/adapter", f"{llm}/{start}/random/reference_logprobs.parquet")
                                     for start, _ in chain)
     for start, run in chain:
-        assert f"{llm}/{run}/random/adapter" in out.stdout
-    assert len(re.findall(r"workflow\.llm\.reference --adapter", out.stdout)) == 3
+        assert f"{llm}/{run}/random/adapter" in planned
+    assert len(re.findall(r"workflow\.llm\.reference --adapter", planned)) == 3
 
 
 def test_sprec_sft_phase_is_chained_before_each_rounds_dpo(tmp_path):
@@ -115,36 +121,31 @@ def test_sprec_sft_phase_is_chained_before_each_rounds_dpo(tmp_path):
     positives (rule sprec_sft_phase, at the round's lr); the round's DPO starts from that adapter and
     is referenced against its log-probs, while its negatives are ranked by the start's (the previous
     model's) log-probs."""
-    overlay = tmp_path / "sprec.yaml"
-    overlay.write_text("methods: [base, sprec-open-n256]\nsprec: {prompt: open, rounds: 2, sft_phase: true, lr: 0.0003}\n"
-                       "selection: {strategies: [random]}\n")
-    out = _snakemake("-n", "-p", "--configfile", str(overlay), "--config", f"results={tmp_path}/results")
-    assert out.returncode == 0, out.stdout + out.stderr
+    planned = dry_run(tmp_path, "methods: [base, sprec-open-n256]\n"
+                                "sprec: {prompt: open, rounds: 2, sft_phase: true, lr: 0.0003}\n"
+                                "selection: {strategies: [random]}\n")
     llm = f"{tmp_path}/results/ml-100k/llm"
     dpo = re.findall(r"workflow\.llm\.preference --method sprec --adapter (\S+) --reference (\S+) --negatives (\S+)",
-                     out.stdout)
+                     planned)
     rounds = [("sft-open-n256", "sprec-open-r1-n256"), ("sprec-open-r1-n256", "sprec-open-n256")]
     assert sorted(dpo) == sorted((f"{llm}/{run}/random/sft_phase/adapter",
                                   f"{llm}/{run}/random/sft_phase/reference_logprobs.parquet",
                                   f"{llm}/{start}/random/reference_logprobs.parquet") for start, run in rounds)
-    phases = re.findall(r"workflow\.llm\.sft --start-adapter (\S+) .*?--spec (.*?) --seed .*?--out (\S+)", out.stdout)
+    phases = re.findall(r"workflow\.llm\.sft --start-adapter (\S+) .*?--spec (.*?) --seed .*?--out (\S+)", planned)
     assert sorted((start, target) for start, _, target in phases) == sorted(
         (f"{llm}/{start}/random/adapter", f"{llm}/{run}/random/sft_phase/adapter") for start, run in rounds)
     for _, spec, _ in phases:
         sft = json.loads(shlex.split(spec)[0])["sft"]
         assert sft["epochs"] == 1 and sft["lr"] == 0.0003
-    references = re.findall(r"workflow\.llm\.reference --adapter (\S+)", out.stdout)
+    references = re.findall(r"workflow\.llm\.reference --adapter (\S+)", planned)
     assert sorted(references) == sorted([f"{llm}/sft-open-n256/random/adapter", f"{llm}/sprec-open-r1-n256/random/adapter",
                                          *(f"{llm}/{run}/random/sft_phase/adapter" for _, run in rounds)])
 
 
 def test_lpo4rec_plans_no_reference_pass(tmp_path):
     """A reference-free run (lpo4rec, tail negatives) does not wait for the reference log-probs."""
-    overlay = tmp_path / "lpo.yaml"
-    overlay.write_text("methods: [base, lpo4rec-open-n256, dmpo-open-n256]\nselection: {strategies: [random]}\n")
-    out = _snakemake("-n", "-p", "--configfile", str(overlay), "--config", f"results={tmp_path}/results")
-    assert out.returncode == 0, out.stdout + out.stderr
-    commands = re.findall(r"workflow\.llm\.preference --method (\w+) --adapter \S+ (--reference \S+)?", out.stdout)
+    planned = dry_run(tmp_path, "methods: [base, lpo4rec-open-n256, dmpo-open-n256]\nselection: {strategies: [random]}\n")
+    commands = re.findall(r"workflow\.llm\.preference --method (\w+) --adapter \S+ (--reference \S+)?", planned)
     assert sorted(commands) == [("dmpo", f"--reference {tmp_path}/results/ml-100k/llm/sft-open-n256/random/"
                                          "reference_logprobs.parquet"), ("lpo4rec", "")]
 
