@@ -199,11 +199,16 @@ def block(run: Run, config: dict[str, Any]) -> dict[str, Any]:
     return settings
 
 
+# Negative strategies that rank the candidates by a model's log-probs (the reference's, or those of
+# preference --negatives): workflow/llm/preference.py choose_negatives.
+RANKED_STRATEGIES = ("hardest", "self")
+
+
 def reads_reference(method: str, strategy: str | None) -> bool:
     """Whether a preference method with this negative strategy reads the reference log-probs: every
     objective but LPO4Rec (reference-free) does, and LPO4Rec too when its negatives are ranked by
-    them (hardest, self). The rules (`needs_reference`) and the trainer ask this one function."""
-    return method != "lpo4rec" or strategy in ("hardest", "self")
+    them (RANKED_STRATEGIES). The rules (`needs_reference`) and the trainer ask this one function."""
+    return method != "lpo4rec" or strategy in RANKED_STRATEGIES
 
 
 def needs_reference(run: Run, config: dict[str, Any]) -> bool:

@@ -20,6 +20,7 @@ gamma * NLL(y_w) (token mean of the target answer).
 """
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Any, Sequence
@@ -30,7 +31,7 @@ import torch
 
 from workflow import cli
 from workflow.llm import losses, stage
-from workflow.runs import reads_reference
+from workflow.runs import RANKED_STRATEGIES, reads_reference
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ def choose_negatives(n_candidates: int, target: int, k: int, strategy: str, rng:
         raise ValueError(f"k={k} negatives asked for, but a sample has only {len(others)} non-target candidates")
     if strategy == "random":
         return sorted(rng.choice(others, size=k, replace=False).tolist())
-    if strategy in ("hardest", "self"):
+    if strategy in RANKED_STRATEGIES:
         if strategy == "self" and k != 1:
             raise ValueError(f"strategy 'self' (SPRec) takes exactly one negative, got k={k}")
         if reference is None:
@@ -172,14 +173,13 @@ def with_negatives(examples: list[dict[str, Any]], k: int, strategy: str, seed: 
     return chosen
 
 
-def collate(examples: Sequence[dict[str, Any]]):
+def collate(examples: Sequence[dict[str, Any]], sharing: bool = False):
     """(prompts, answers, reference log-probs [B, C] or None for a reference-free run, sharing):
-    `sharing` = (shareable [B, B*k] bool, similarity [B, B]) for NAPO's in-batch negative sharing
-    (`sharing_masks`), None when the examples carry no item ids."""
+    with `sharing` (NAPO's in-batch negative sharing) the micro-batch's (shareable [B, B*k] bool,
+    similarity [B, B]) of `sharing_masks`, else None."""
     reference = [e.get("reference") for e in examples]
-    sharing = sharing_masks(examples) if all("items" in e for e in examples) else None
     return ([e["prompt"] for e in examples], [e["answers"] for e in examples],
-            None if reference[0] is None else torch.stack(reference), sharing)
+            None if reference[0] is None else torch.stack(reference), sharing_masks(examples) if sharing else None)
 
 
 def sharing_masks(examples: Sequence[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -228,7 +228,7 @@ def make_loss_fn(method: str, cfg: dict[str, Any], scorer=None):
         kwargs["margin"] = float(cfg.get("margin", 6.0))
     if method == "napo":
         kwargs["margin_scale"] = float(cfg.get("margin_scale", 0.2))
-    share = method == "napo" and bool(cfg.get("share_negatives", True))  # the schema's default
+    share = shares_negatives(method, cfg)
     min_similarity = float(cfg.get("share_min_similarity", 0.0))
     if method == "grpo":
         kwargs["group_size"] = int(cfg.get("group_size", 8))
@@ -239,14 +239,11 @@ def make_loss_fn(method: str, cfg: dict[str, Any], scorer=None):
         prompt_ids, answer_ids, reference = batch[:3]
         policy, n_tokens = scorer(model, prompt_ids, answer_ids)
         policy = policy.float()
-        extra = dict(kwargs)
-        if share:
-            extra.update(shared_negatives(policy, reference.to(policy.device), batch[3], min_similarity))
-        if reference is None:  # reference-free (lpo4rec without --reference)
-            loss, diagnostics = objective(policy[:, 0], policy[:, 1:], None, None, **extra)
-        else:
+        if reference is not None:  # None: reference-free (lpo4rec without --reference)
             reference = reference.to(policy.device)
-            loss, diagnostics = objective(policy[:, 0], policy[:, 1:], reference[:, 0], reference[:, 1:], **extra)
+        extra = {**kwargs, **shared_negatives(policy, reference, batch[3], min_similarity)} if share else kwargs
+        ref_chosen, ref_rejected = (None, None) if reference is None else (reference[:, 0], reference[:, 1:])
+        loss, diagnostics = objective(policy[:, 0], policy[:, 1:], ref_chosen, ref_rejected, **extra)
         if gamma:
             nll = -(policy[:, 0] / n_tokens[:, 0]).mean()
             loss = loss + gamma * nll
@@ -255,6 +252,12 @@ def make_loss_fn(method: str, cfg: dict[str, Any], scorer=None):
         return loss, len(prompt_ids), {**diagnostics, "tokens": processed}
 
     return loss_fn
+
+
+def shares_negatives(method: str, cfg: dict[str, Any]) -> bool:
+    """Whether the run uses NAPO's in-batch negative sharing (`napo.share_negatives`, the schema's
+    default on): its collate builds the sharing masks and its loss reads them."""
+    return method == "napo" and bool(cfg.get("share_negatives", True))
 
 
 def shared_negatives(policy: torch.Tensor, reference: torch.Tensor, sharing, min_similarity: float
@@ -266,7 +269,7 @@ def shared_negatives(policy: torch.Tensor, reference: torch.Tensor, sharing, min
     negatives) and by history Jaccard >= `min_similarity`. Their gradient flows through the instance
     that scored them."""
     if sharing is None:
-        raise ValueError("napo share_negatives: the batch carries no item ids (collate the chosen examples)")
+        raise ValueError("napo share_negatives: the batch carries no item ids (collate the chosen examples with sharing=True)")
     shareable, similarity = sharing
     B, k = policy.shape[0], policy.shape[1] - 1
     similar = (similarity >= min_similarity).repeat_interleave(k, dim=1)  # [B, B*k]: instance j's k columns
@@ -299,7 +302,8 @@ def policy_method(method: str, cfg: dict[str, Any], llm: dict[str, Any], domain:
             example["reference"] = torch.tensor(ref[example["order"]], dtype=torch.float32)
         log.info("%s on %d samples, %s prompt, %d negatives each (%s), beta %.3g", method, len(chosen), prompt,
                  len(chosen[0]["answers"]) - 1, cfg["strategy"], cfg["beta"])
-        return stage.Plan(chosen, collate, make_loss_fn(method, cfg),
+        return stage.Plan(chosen, functools.partial(collate, sharing=shares_negatives(method, cfg)),
+                          make_loss_fn(method, cfg),
                           fingerprint={"adapter": str(adapter), "method": method},
                           config={"reference_adapter": str(adapter),
                                   "reference_logprobs": None if reference_path is None else str(reference_path),
@@ -318,7 +322,7 @@ def run_preference(method: str, model_dir: str | Path, adapter: str | Path, samp
     if reference_path is None and reads_reference(method, cfg["strategy"]):
         raise ValueError(f"{method} (negative strategy {cfg['strategy']}) reads the reference log-probs: pass "
                          "--reference (only lpo4rec with random, all, tail or head negatives runs without)")
-    if negatives_path is not None and cfg["strategy"] not in ("hardest", "self"):
+    if negatives_path is not None and cfg["strategy"] not in RANKED_STRATEGIES:
         raise ValueError(f"--negatives ranks the candidates for strategy hardest or self; {method} has "
                          f"strategy {cfg['strategy']}")
     policy = policy_method(method, cfg, llm, domain, s["prompt"], adapter, reference_path, samples_path, seed,
