@@ -52,7 +52,7 @@ rule preference:
     params:
         launch=LAUNCH,
         method=lambda wildcards: parse_run(wildcards.run).method,
-        reference=reference_args,
+        tables=preference_args,
         args=training_args(lambda wildcards: run_spec(wildcards, preference=config["preference"],
                                                       method=run_block(parse_run(wildcards.run), config))),
     log: logged(f"{RUN_LOG}/train"),
@@ -64,4 +64,4 @@ rule preference:
         LLM_ENV
     shell:
         "{params.launch} workflow.llm.preference --method {params.method} --adapter {input.adapter:q} "
-        "{params.reference:q} {params.args:q} > {log:q} 2>&1"
+        "{params.tables:q} {params.args:q} > {log:q} 2>&1"

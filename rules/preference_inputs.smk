@@ -31,13 +31,17 @@ def preference_inputs(wildcards):
         return {"adapter": sft_phase_file(wildcards, "adapter"),
                 "reference": sft_phase_file(wildcards, "reference_logprobs.parquet"),
                 "negatives": start_file(wildcards, "reference_logprobs.parquet")}
+    run = parse_run(wildcards.run)
     inputs = {"adapter": start_file(wildcards, "adapter")}
-    if needs_reference(parse_run(wildcards.run), config):
+    if needs_reference(run, config):
         inputs["reference"] = start_file(wildcards, "reference_logprobs.parquet")
+    if run.method == "napo":  # its auxiliary recommender: the SASRec surrogate's scores and user vectors
+        inputs.update(surrogate_tables(wildcards.dataset))
     return inputs
 
 
-def reference_args(wildcards, input):
+def preference_args(wildcards, input):
     """A params function: `--reference TABLE` when the run reads one, `--negatives TABLE` when its
-    negatives are ranked by another."""
-    return [arg for name in ("reference", "negatives") if name in input.keys() for arg in (f"--{name}", input[name])]
+    negatives are ranked by another, `--surrogate FOLDER` when it reads the surrogate (napo)."""
+    args = [arg for name in ("reference", "negatives") if name in input.keys() for arg in (f"--{name}", input[name])]
+    return args + (["--surrogate", str(Path(input.item_vectors).parent)] if "item_vectors" in input.keys() else [])

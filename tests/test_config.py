@@ -142,12 +142,16 @@ def test_sprec_sft_phase_is_chained_before_each_rounds_dpo(tmp_path):
                                          *(f"{llm}/{run}/random/sft_phase/adapter" for _, run in rounds)])
 
 
-def test_lpo4rec_plans_no_reference_pass(tmp_path):
-    """A reference-free run (lpo4rec, tail negatives) does not wait for the reference log-probs."""
-    planned = dry_run(tmp_path, "methods: [base, lpo4rec-open-n256, dmpo-open-n256]\nselection: {strategies: [random]}\n")
-    commands = re.findall(r"workflow\.llm\.preference --method (\w+) --adapter \S+ (--reference \S+)?", planned)
+def test_reference_free_runs_plan_no_reference_pass_and_napo_reads_the_surrogate(tmp_path):
+    """The reference-free runs (lpo4rec with tail negatives, napo with random ones) do not wait for
+    the reference log-probs; napo reads the SASRec surrogate, its auxiliary recommender."""
+    planned = dry_run(tmp_path, "methods: [base, lpo4rec-open-n256, napo-open-n256, dmpo-open-n256]\n"
+                                "selection: {strategies: [random]}\n")
+    commands = re.findall(r"workflow\.llm\.preference --method (\w+) --adapter \S+ (--reference \S+)? ?"
+                          r"(--surrogate \S+)?", planned)
     assert sorted(commands) == [("dmpo", f"--reference {tmp_path}/results/ml-100k/llm/sft-open-n256/random/"
-                                         "reference_logprobs.parquet"), ("lpo4rec", "")]
+                                         "reference_logprobs.parquet", ""), ("lpo4rec", "", ""),
+                                ("napo", "", f"--surrogate {tmp_path}/results/ml-100k/surrogate")]
 
 
 def test_snakemake_reports_a_bad_key():

@@ -174,61 +174,60 @@ def test_lpo4rec_against_a_loop():
     assert losses.lpo4rec(pc, pr, rc, rr, beta=beta)[0].item() == pytest.approx(expected, abs=1e-10)
 
 
-def napo_loop(pc, pr, rc, rr, beta, margin_scale):
+def napo_loop(pc, pr, beta, margin, shared=None, mask=None):
+    """The authors' per-instance NAPO term (reference-free), written as a Python loop."""
     terms = []
     for i in range(len(pc)):
-        r_w = pc[i].item() - rc[i].item()
-        r_j = [a - b for a, b in zip(pr[i].tolist(), rr[i].tolist())]
-        gap = sum(r_w - r for r in r_j) / len(r_j)
-        gamma = margin_scale / (1 + math.exp(-gap))
-        terms.append(softplus(-(beta * gap - gamma)))
+        negatives = pr[i].tolist()
+        if shared is not None:
+            negatives += [v for v, keep in zip(shared[i].tolist(), mask[i].tolist()) if keep]
+        a = -math.log(sum(math.exp(beta * (l - pc[i].item())) for l in negatives))
+        terms.append(softplus(-(a - margin)))
     return sum(terms) / len(terms)
 
 
 def test_napo_by_hand():
-    loss, diag = losses.napo(**CASE, beta=0.5, margin_scale=1.0)
-    # r_w = 0.5, mean r_j = 0: gap 0.5, gamma = sigmoid(0.5); logit 0.25 - gamma
-    gamma = 1 / (1 + math.exp(-0.5))
-    assert loss.item() == pytest.approx(softplus(-(0.25 - gamma)), abs=1e-12)
-    assert loss.item() == pytest.approx(0.8966183, abs=1e-6)
-    assert diag["margin_mean"] == pytest.approx(gamma) and diag["negatives"] == 2
-    # at r = 0 (policy = reference) the loss is log(1 + e^(margin_scale / 2)); margin 0 is DMPO
-    zero = losses.napo(t(-1.0, -2.0), t([-3.0, -4.0], [-1.0, -1.5]), t(-1.0, -2.0), t([-3.0, -4.0], [-1.0, -1.5]),
-                       beta=0.3, margin_scale=2.0)[0]
-    assert zero.item() == pytest.approx(math.log(1 + math.e), abs=1e-12)
-    dmpo = losses.dmpo(**CASE, beta=0.5)[0].item()
-    assert losses.napo(**CASE, beta=0.5, margin_scale=0.0)[0].item() == pytest.approx(dmpo)
+    # l_w = -2, l_j = (-3, -1), beta 0.5: sum_j e^(0.5 (l_j - l_w)) = e^-0.5 + e^0.5; margin 1
+    loss, diag = losses.napo(**CASE, beta=0.5, margin=1.0)
+    a = -math.log(math.exp(-0.5) + math.exp(0.5))
+    assert loss.item() == pytest.approx(math.log(1 + math.exp(-(a - 1.0))), abs=1e-12)
+    assert loss.item() == pytest.approx(1.9644, abs=1e-4)  # log(1 + e^1.8133)
+    assert diag["margin"] == 1.0 and diag["negatives"] == 2
+    # reference-free: the reference only changes the reported rewards; margin 0 is S-DPO on l
+    assert losses.napo(CASE["policy_chosen"], CASE["policy_rejected"], beta=0.5, margin=1.0)[0].item() == loss.item()
+    sdpo = losses.sdpo(CASE["policy_chosen"], CASE["policy_rejected"], t(0.0), t([0.0, 0.0]), beta=0.5)[0]
+    assert losses.napo(**CASE, beta=0.5)[0].item() == pytest.approx(sdpo.item(), abs=1e-12)
+
+
+def test_napo_margin_and_moving_average_by_hand():
+    # the authors' first batch: M_bar = 0.9 * 0 + 0.1 * M, gamma = gamma_0 (1 - alpha (M - M_bar))
+    average = losses.moving_average(0.0, 2.0, momentum=0.9)
+    assert average == pytest.approx(0.2)
+    assert losses.napo_margin(2.0, average, margin=1.0, alpha=0.3) == pytest.approx(1.0 - 0.3 * 1.8)
+    assert losses.moving_average(0.2, 1.0, momentum=0.9) == pytest.approx(0.28)
+    # less confident negatives than usual (higher SASRec scores: maybe liked) shrink the margin
+    assert losses.napo_margin(3.0, 1.0, margin=2.0, alpha=0.5) == pytest.approx(0.0)
+    assert losses.napo_margin(0.0, 1.0, margin=2.0, alpha=0.5) == pytest.approx(3.0)
 
 
 def test_napo_against_a_loop():
     pc, pr, rc, rr = random_inputs(3)
-    got = losses.napo(pc, pr, rc, rr, beta=0.4, margin_scale=1.5)[0].item()
-    assert got == pytest.approx(napo_loop(pc, pr, rc, rr, 0.4, 1.5), abs=1e-10)
+    got = losses.napo(pc, pr, rc, rr, beta=0.4, margin=0.7)[0].item()
+    assert got == pytest.approx(napo_loop(pc, pr, 0.4, 0.7), abs=1e-10)
 
 
-def test_napo_shared_negatives_join_the_mean():
+def test_napo_shared_negatives_join_the_softmax():
     pc, pr, rc, rr = random_inputs(4, k=2)
-    sp, sr = random_inputs(5, k=3)[1:4:2]
-    joined = losses.napo(pc, torch.cat([pr, sp], 1), rc, torch.cat([rr, sr], 1), beta=0.4)[0]
-    shared, diag = losses.napo(pc, pr, rc, rr, beta=0.4, shared_policy_rejected=sp, shared_ref_rejected=sr)
+    sp = random_inputs(5, k=3)[1]
+    joined = losses.napo(pc, torch.cat([pr, sp], 1), beta=0.4, margin=0.3)[0]
+    shared, diag = losses.napo(pc, pr, beta=0.4, margin=0.3, shared_policy_rejected=sp)
     assert shared.item() == pytest.approx(joined.item(), abs=1e-12) and diag["negatives"] == 5
-    masked = losses.napo(pc, pr, rc, rr, beta=0.4, shared_policy_rejected=sp, shared_ref_rejected=sr,
-                         shared_mask=torch.zeros(5, 3, dtype=torch.bool))[0]
-    assert masked.item() == pytest.approx(losses.napo(pc, pr, rc, rr, beta=0.4)[0].item(), abs=1e-12)
-    with pytest.raises(ValueError, match="both"):
-        losses.napo(pc, pr, rc, rr, shared_policy_rejected=sp)
-
-
-def test_napo_gradient_treats_the_margin_as_constant():
-    pc, pr, rc, rr = random_inputs(6, batch=3, k=2)
-    pc.requires_grad_(True)
-    beta, scale = 0.5, 1.0
-    loss, _ = losses.napo(pc, pr, rc, rr, beta=beta, margin_scale=scale)
-    loss.backward()
-    gap = (pc - rc) - (pr - rr).mean(1)
-    z = beta * gap - scale * torch.sigmoid(gap)
-    expected = -beta * (1 - torch.sigmoid(z)) / len(z)  # d mean softplus(-z) / d l_w, gamma held fixed
-    assert torch.allclose(pc.grad, expected.detach())
+    mask = torch.rand(5, 3, generator=torch.Generator().manual_seed(1)) > 0.5
+    got = losses.napo(pc, pr, rc, rr, beta=0.4, margin=0.3, shared_policy_rejected=sp, shared_mask=mask)[0].item()
+    assert got == pytest.approx(napo_loop(pc, pr, 0.4, 0.3, sp, mask), abs=1e-10)
+    none = losses.napo(pc, pr, beta=0.4, margin=0.3, shared_policy_rejected=sp,
+                       shared_mask=torch.zeros(5, 3, dtype=torch.bool))[0]
+    assert none.item() == pytest.approx(losses.napo(pc, pr, beta=0.4, margin=0.3)[0].item(), abs=1e-12)
 
 
 def test_grpo_advantages_are_group_normalised():
@@ -295,7 +294,7 @@ def test_grpo_samples_with_a_seeded_generator():
 
 
 @pytest.mark.parametrize("name, kwargs", [
-    ("lpo4rec", {"beta": 0.5}), ("napo", {"beta": 0.5}), ("napo", {"beta": 0.5, "margin_scale": 1.9}),
+    ("lpo4rec", {"beta": 0.5}), ("napo", {"beta": 0.5}), ("napo", {"beta": 0.5, "margin": 1.9}),
     ("grpo", {"kl_coef": 0.0, "samples": torch.tensor([[0, 1, 2, 0], [2, 2, 0, 1], [0, 0, 0, 3]])}),
     ("grpo", {"kl_coef": 0.3, "samples": torch.tensor([[0, 1, 2, 0], [2, 2, 0, 1], [0, 0, 0, 3]])}),
 ])
@@ -311,20 +310,11 @@ def test_raising_the_chosen_logprob_lowers_the_loss(name, kwargs):
     assert higher.item() < loss.item()
 
 
-def test_napo_value_can_rise_with_a_large_margin_scale_while_the_gradient_still_helps():
-    """Documented in losses.napo: above margin_scale = 4 beta the margin grows faster than the
-    logit near gap 0, so the loss value rises as r_w rises; the (gamma-fixed) gradient does not flip."""
-    pc, pr = t(0.0), t([0.0, 0.0])
-    pc.requires_grad_(True)
-    loss, _ = losses.napo(pc, pr, t(0.0), t([0.0, 0.0]), beta=0.5, margin_scale=3.0)
-    loss.backward()
-    assert pc.grad.item() < 0
-    higher, _ = losses.napo(pc.detach() + 0.05, pr, t(0.0), t([0.0, 0.0]), beta=0.5, margin_scale=3.0)
-    assert higher.item() > loss.item()
-
-
 @pytest.mark.parametrize("name, kwargs", [
-    ("lpo4rec", {}), ("grpo", {"kl_coef": 0.2, "samples": torch.tensor([[0, 1, 2, 0], [4, 2, 0, 1], [0, 0, 0, 3]])})])
+    ("lpo4rec", {}), ("napo", {"margin": 0.8}),
+    ("napo", {"margin": 0.8, "shared_policy_rejected": torch.randn(3, 5, dtype=torch.float64),
+              "shared_mask": torch.tensor([[1, 0, 1, 1, 0], [0, 0, 0, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)}),
+    ("grpo", {"kl_coef": 0.2, "samples": torch.tensor([[0, 1, 2, 0], [4, 2, 0, 1], [0, 0, 0, 3]])})])
 def test_new_objectives_gradients_match_finite_differences(name, kwargs):
     pc, pr, rc, rr = random_inputs(10, batch=3, k=4)
     fn = losses.OBJECTIVES[name]

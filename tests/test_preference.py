@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
+from test_llara import surrogate  # noqa: F401 (a fixture)
 from test_sft import LLM, SFT, adapter_tensors, inputs  # noqa: F401 (inputs is a fixture)
 from workflow.llm import data, evaluate, losses, preference, reference, sft
 from workflow.llm.scoring import candidate_logprobs
@@ -89,7 +90,6 @@ def test_with_negatives_tail_prefers_unpopular_items_and_counts_targets_without_
 
 @pytest.mark.parametrize("method, cfg, kwargs", [
     ("lpo4rec", {"beta": 0.7}, {"beta": 0.7}),
-    ("napo", {"beta": 0.3, "margin_scale": 0.5, "share_negatives": False}, {"beta": 0.3, "margin_scale": 0.5}),
     ("sprec", {"beta": 0.4, "rounds": 1}, {"beta": 0.4}),
 ])
 def test_make_loss_fn_passes_the_method_block(method, cfg, kwargs):
@@ -105,106 +105,120 @@ def test_make_loss_fn_passes_the_method_block(method, cfg, kwargs):
     assert "reward_accuracy" in diagnostics
 
 
-def chosen(items, history):
-    return {"items": items, "history": history}
+def chosen(items, repr_, confidence=None):
+    return {"items": items, "repr": np.array(repr_, dtype=np.float32),
+            "confidence": np.zeros(len(items) - 1) if confidence is None else np.array(confidence)}
 
 
-def test_sharing_masks_by_hand():
-    batch = [chosen(["a", "b", "c"], ["x", "y"]), chosen(["b", "d", "e"], ["y", "z"]), chosen(["f", "a", "d"], [])]
-    shareable, similarity = preference.sharing_masks(batch)
-    # columns: instance 0's negatives b c | instance 1's d e | instance 2's a d
-    assert shareable.tolist() == [
-        [False, False, True, True, False, False],  # a is 0's target, b c its own; d once (from 1, not 2)
-        [False, True, False, False, True, False],  # b is 1's target, d its own
-        [True, True, False, True, False, False],  # a and d are 2's own negatives
+# four instances, k = 2, sequence representations r0 (2, 0), r1 (2, 1), r2 (1, -1), r3 (1, 2): dot
+# products 0-1 4, 0-2 2, 0-3 2, 1-2 1, 1-3 4, 2-3 -1; instance 2's negative "a" is instance 0's target
+SHARING_BATCH = [chosen(["a", "b", "c"], [2.0, 0.0], [0.5, -1.0]), chosen(["d", "e", "f"], [2.0, 1.0], [2.0, 0.0]),
+                 chosen(["g", "a", "h"], [1.0, -1.0], [1.0, 3.0]), chosen(["i", "j", "k"], [1.0, 2.0], [-2.0, 1.5])]
+
+
+def test_napo_inputs_share_with_the_most_similar_others_never_the_own_target():
+    inputs = preference.napo_inputs(SHARING_BATCH, share_ratio=0.7)  # floor(0.7 * 3) = 2 others each
+    # columns: 0's negatives b c | 1's e f | 2's a h | 3's j k
+    assert inputs["shareable"].int().tolist() == [
+        [0, 0, 1, 1, 0, 1, 0, 0],  # 1 (dot 4), then 2 and 3 tie at 2: the earlier, 2; not its "a" (0's target)
+        [1, 1, 0, 0, 0, 0, 1, 1],  # 0 and 3 tie at 4
+        [1, 1, 1, 1, 0, 0, 0, 0],  # 0 (dot 2), 1 (dot 1); not 3 (dot -1)
+        [1, 1, 1, 1, 0, 0, 0, 0],  # 1 (dot 4), 0 (dot 2)
     ]
-    torch.testing.assert_close(similarity, torch.tensor([[1.0, 1 / 3, 0.0], [1 / 3, 1.0, 0.0], [0.0, 0.0, 1.0]]))
+    torch.testing.assert_close(inputs["confidence"], torch.tensor([[0.5, -1.0], [2.0, 0.0], [1.0, 3.0], [-2.0, 1.5]]))
+    assert preference.napo_inputs(SHARING_BATCH, share_ratio=0.3)["shareable"].sum() == 0  # floor(0.9) = 0
+    assert preference.napo_inputs(SHARING_BATCH, share_ratio=None)["shareable"] is None
+    everyone = preference.napo_inputs(SHARING_BATCH, share_ratio=1.0)["shareable"]
+    assert everyone.sum() == 4 * 3 * 2 - 1 and not everyone[0, 4]  # all the others' but 0's own target a
     with pytest.raises(ValueError, match="same number of negatives"):
-        preference.sharing_masks([chosen(["a", "b"], []), chosen(["c", "d", "e"], [])])
+        preference.napo_inputs([chosen(["a", "b"], [1.0]), chosen(["c", "d", "e"], [1.0])], 0.7)
 
 
-def napo_by_loop(r, shareable, similarity, beta, scale, min_similarity):
-    """NAPO written out per instance (numpy): its own negatives plus the usable ones of the others."""
-    k = r.shape[1] - 1
-    terms, counts = [], []
-    for i in range(len(r)):
-        negatives = list(r[i, 1:])
-        for j in range(len(r)):
+def napo_by_loop(policy, shareable, confidence, average, beta=0.5, margin=0.8, alpha=0.3, momentum=0.9):
+    """NAPO as the authors' trainer computes it, per instance (numpy, reference-free): the negatives
+    are the own k plus the shared ones; M the mean confidence over all of them, M_bar updated first."""
+    B, k = confidence.shape
+    pools, scores = [], []
+    for i in range(B):
+        pool, score = list(policy[i, 1:]), list(confidence[i])
+        for j in range(B):
             for m in range(k):
-                if j != i and shareable[i, j * k + m] and similarity[i, j] >= min_similarity:
-                    negatives.append(r[j, 1 + m])
-        gap = r[i, 0] - np.mean(negatives)
-        margin = scale / (1 + np.exp(-gap))
-        terms.append(np.log1p(np.exp(-(beta * gap - margin))))
-        counts.append(len(negatives))
-    return np.mean(terms), np.mean(counts)
+                if shareable is not None and shareable[i, j * k + m]:
+                    pool.append(policy[j, 1 + m])
+                    score.append(confidence[j, m])
+        pools.append(pool)
+        scores.extend(score)
+    M = np.mean(scores)
+    average = momentum * average + (1 - momentum) * M
+    gamma = margin * (1 - alpha * (M - average))
+    terms = [np.log1p(np.exp(-(-np.log(sum(np.exp(beta * (l - policy[i, 0])) for l in pool)) - gamma)))
+             for i, pool in enumerate(pools)]
+    return np.mean(terms), average, np.mean([len(p) for p in pools])
 
 
-SHARING_BATCH = [chosen(["a", "b", "c"], ["x", "y"]), chosen(["b", "d", "e"], ["y", "z"]),
-                 chosen(["f", "a", "d"], ["x", "y", "z"])]
+NAPO = {"beta": 0.5, "margin": 0.8, "alpha": 0.3, "momentum": 0.9}
 
 
-@pytest.mark.parametrize("min_similarity", [0.0, 0.5, 0.7])
-def test_napo_in_batch_sharing_against_a_loop(min_similarity):
-    """The loss with shared negatives equals the NAPO formula written out per instance, independent
-    of losses.napo."""
+@pytest.mark.parametrize("share", [True, False])
+def test_napo_loss_fn_against_a_loop_over_two_batches(share):
+    """Two batches through one loss function: the softmax over own and shared negatives, and the
+    margin from the confidences' moving average carried from batch to batch."""
     gen = torch.Generator().manual_seed(3)
-    policy = torch.randn(3, 3, generator=gen, dtype=torch.float64) - 2
-    reference = torch.randn(3, 3, generator=gen, dtype=torch.float64) - 2
-    sharing = preference.sharing_masks(SHARING_BATCH)
-    beta, scale = 0.5, 0.8
-    scorer = lambda model, prompts, answers: (policy.clone(), torch.ones_like(policy))  # noqa: E731
-    loss_fn = preference.make_loss_fn("napo", {"beta": beta, "margin_scale": scale, "share_min_similarity": min_similarity},
-                                      scorer)
-    loss, n, diagnostics = loss_fn(None, ([[1]] * 3, [[[1]] * 3] * 3, reference, sharing))
-    expected, negatives = napo_by_loop((policy - reference).numpy(), sharing[0].numpy(), sharing[1].numpy(),
-                                       beta, scale, min_similarity)
-    assert loss.item() == pytest.approx(expected, rel=1e-6)  # loss_fn works in float32
-    assert diagnostics["negatives"] == pytest.approx(negatives)
-    if min_similarity == 0.7:  # no pair this similar (Jaccard 1/3, 2/3, 2/3): plain napo
-        assert negatives == 2
-        plain = preference.make_loss_fn("napo", {"beta": beta, "margin_scale": scale, "share_negatives": False}, scorer)
-        assert loss.item() == plain(None, ([[1]] * 3, [[[1]] * 3] * 3, reference))[0].item()
+    inputs = preference.napo_inputs(SHARING_BATCH, share_ratio=0.7 if share else None)
+    state = preference.napo_state()
+    average = 0.0
+    for step in range(2):
+        policy = torch.randn(4, 3, generator=gen, dtype=torch.float64) - 2
+        scorer = lambda model, prompts, answers: (policy.clone(), torch.ones_like(policy))  # noqa: E731
+        loss_fn = preference.make_loss_fn("napo", NAPO, scorer, state=state)
+        loss, n, diagnostics = loss_fn(None, ([[1]] * 4, [[[1]] * 3] * 4, None, inputs))
+        shareable = None if inputs["shareable"] is None else inputs["shareable"].numpy()
+        expected, average, negatives = napo_by_loop(policy.numpy(), shareable, inputs["confidence"].double().numpy(),
+                                                    average)
+        assert loss.item() == pytest.approx(expected, rel=1e-6)  # loss_fn works in float32
+        assert float(state["confidence_average"]) == pytest.approx(average, rel=1e-6)
+        assert diagnostics["negatives"] == pytest.approx(negatives) and n == 4
+    assert negatives == (2 + 4 - 0.25 if share else 2)  # 4 shared each, less 0's own target once
 
 
 def test_napo_shared_negatives_get_gradient_through_the_instance_that_scored_them():
     """d loss / d policy log-probs (autograd through the shared columns) equals central differences
     of the per-instance loop: a shared negative's gradient reaches the row that scored it."""
     gen = torch.Generator().manual_seed(4)
-    policy = (torch.randn(3, 3, generator=gen, dtype=torch.float64) - 2).requires_grad_()
-    reference = torch.randn(3, 3, generator=gen, dtype=torch.float64) - 2
-    sharing = preference.sharing_masks(SHARING_BATCH)
+    policy = (torch.randn(4, 3, generator=gen, dtype=torch.float64) - 2).requires_grad_()
+    inputs = preference.napo_inputs(SHARING_BATCH, share_ratio=0.7)
     scorer = lambda model, prompts, answers: (policy, torch.ones_like(policy))  # noqa: E731
-    loss_fn = preference.make_loss_fn("napo", {"beta": 0.5, "margin_scale": 0.8}, scorer)
-    loss_fn(None, ([[1]] * 3, [[[1]] * 3] * 3, reference, sharing))[0].backward()
-    r, eps = (policy - reference).detach().numpy(), 1e-6
-    numeric = np.zeros_like(r)
-    for idx in np.ndindex(*r.shape):
-        up, down = r.copy(), r.copy()
+    loss_fn = preference.make_loss_fn("napo", NAPO, scorer)
+    loss_fn(None, ([[1]] * 4, [[[1]] * 3] * 4, None, inputs))[0].backward()
+    l, eps = policy.detach().numpy(), 1e-6
+    shareable, confidence = inputs["shareable"].numpy(), inputs["confidence"].double().numpy()
+    numeric = np.zeros_like(l)
+    for idx in np.ndindex(*l.shape):
+        up, down = l.copy(), l.copy()
         up[idx] += eps
         down[idx] -= eps
-        # the margin is detached in the objective: differentiate with it held at its value
-        numeric[idx] = (napo_fixed_margin(up, r, sharing) - napo_fixed_margin(down, r, sharing)) / (2 * eps)
+        numeric[idx] = (napo_by_loop(up, shareable, confidence, 0.0)[0]
+                        - napo_by_loop(down, shareable, confidence, 0.0)[0]) / (2 * eps)
     np.testing.assert_allclose(policy.grad.numpy(), numeric, rtol=1e-4, atol=1e-7)
-    with pytest.raises(ValueError, match="no item ids"):
-        loss_fn(None, ([[1]] * 3, [[[1]] * 3] * 3, reference, None))
+    assert (policy.grad[:, 1:] != 0).all()  # every negative, own or shared, is pushed
+    with pytest.raises(ValueError, match="no confidence scores"):
+        loss_fn(None, ([[1]] * 4, [[[1]] * 3] * 4, None, None))
 
 
-def napo_fixed_margin(r, r_margin, sharing, beta=0.5, scale=0.8):
-    """napo_by_loop with each margin computed from r_margin (the detached margin's value)."""
-    shareable, similarity = sharing[0].numpy(), sharing[1].numpy()
-    terms = []
-    for i in range(len(r)):
-        def pool(x):
-            values = list(x[i, 1:])
-            for j in range(len(x)):
-                for m in range(2):
-                    if j != i and shareable[i, j * 2 + m]:
-                        values.append(x[j, 1 + m])
-            return values
-        gap, margin_gap = r[i, 0] - np.mean(pool(r)), r_margin[i, 0] - np.mean(pool(r_margin))
-        terms.append(np.log1p(np.exp(-(beta * gap - scale / (1 + np.exp(-margin_gap))))))
-    return np.mean(terms)
+def test_napo_scores_are_the_surrogates_dot_products(surrogate, inputs):
+    samples = pd.read_parquet(inputs["samples"])
+    row = samples.iloc[0]
+    target = str(row.target)
+    negatives = [str(c) for c in row.candidates if str(c) != target][:2]
+    examples = [{"sample_id": str(row.sample_id), "items": [target, *negatives]}]
+    preference.napo_scores(examples, surrogate)
+    items = pd.read_parquet(surrogate / "item_embeddings.parquet").set_index("item_id")["embedding"]
+    reprs = pd.read_parquet(surrogate / "sequence_repr.parquet").set_index("sample_id")["repr"]
+    r = np.asarray(reprs[str(row.sample_id)])
+    np.testing.assert_allclose(examples[0]["confidence"], [np.dot(items[i], r) for i in negatives], rtol=1e-5)
+    np.testing.assert_array_equal(examples[0]["repr"], r)
+    with pytest.raises(ValueError, match="no representation of sample 'nobody'"):
+        preference.napo_scores([{"sample_id": "nobody", "items": [target, *negatives]}], surrogate)
 
 
 def test_make_loss_fn_grpo_samples_from_the_global_generator():
@@ -231,7 +245,9 @@ def test_settings_of_the_new_methods():
     assert cfg["strategy"] == "tail" and cfg["beta"] == 1.0
     cfg = preference.settings("grpo", {"llm": LLM, "preference": PREF})["cfg"]
     assert cfg["strategy"] == "all" and cfg["group_size"] == 8 and cfg["kl_coef"] == 0.04
-    assert preference.settings("napo", {})["cfg"]["margin_scale"] == 0.2
+    cfg = preference.settings("napo", {"preference": PREF})["cfg"]  # the authors' napo.sh, batch 4 x 1 here
+    assert (cfg["beta"], cfg["margin"], cfg["alpha"], cfg["momentum"], cfg["share_ratio"]) == (1.0, 1.0, 0.3, 0.9, 0.7)
+    assert cfg["batch_size"] == 4 and cfg["grad_accum"] == 1 and cfg["share_negatives"]
 
 
 def test_settings_merge_and_validate():
@@ -301,33 +317,51 @@ def test_read_reference_rejects_other_samples_or_candidates(tiny_model_dir, inpu
 
 
 @pytest.mark.parametrize("method", ["dmpo", "sdpo", "dynamicpo", "lpo4rec", "napo", "grpo", "sprec"])
-def test_training_from_sft(method, tiny_model_dir, inputs, sft_adapter, reference_table, tmp_path):
+def test_training_from_sft(method, tiny_model_dir, inputs, sft_adapter, reference_table, surrogate, tmp_path):
     out = tmp_path / method
     overrides = {"sprec": {"k": 1, "strategy": "self"}, "lpo4rec": {"strategy": "tail"}}  # tail: its default
     block = {**METHOD, **overrides.get(method, {})}
     spec = {"llm": LLM, "preference": PREF, "method": block, "domain": "movie"}
     preference.run_preference(method, tiny_model_dir, sft_adapter, inputs["samples"], inputs["items"],
-                              inputs["selection"], reference_table, spec, 0, out)
+                              inputs["selection"], reference_table, spec, 0, out,
+                              surrogate_dir=surrogate if method == "napo" else None)
     before, after = adapter_tensors(sft_adapter), adapter_tensors(out)
     assert before.keys() == after.keys()
     assert any(not torch.equal(before[k], after[k]) for k in before)  # the policy moved
     log = __import__("pandas").read_parquet(out / "train_log.parquet")
     # First step: the policy IS the reference (the SFT adapter), so every reward is 0 and the loss
     # is the objective's value at r = 0: log 2 for DMPO, DynamicPO and SPRec (DPO), log(1 + k) for
-    # S-DPO, log(1 + e^(margin_scale / 2)) for NAPO; GRPO's KL term is 0. LPO4Rec is reference-free.
-    expected = {"sdpo": math.log(1 + METHOD["k"]), "napo": math.log(1 + math.exp(0.1))}.get(method, math.log(2))
+    # S-DPO; GRPO's KL term is 0. LPO4Rec and NAPO are reference-free.
+    expected = {"sdpo": math.log(1 + METHOD["k"])}.get(method, math.log(2))
     if method == "grpo":
         assert log["kl"].iloc[0] == pytest.approx(0.0, abs=1e-4)
+    elif method == "napo":  # first batch: M_bar = 0.1 M, so the margin is gamma_0 (1 - 0.3 * 0.9 M)
+        first = log.iloc[0]
+        assert first["margin"] == pytest.approx(1.0 - 0.3 * 0.9 * first["confidence"], rel=1e-5)
+        assert 0 < first["loss"] < 50
     elif method == "lpo4rec":
         assert 0 < log["loss"].iloc[0] < 50 and 0 < log["p_chosen"].iloc[0] < 1
     else:
         assert log["loss"].iloc[0] == pytest.approx(expected, abs=1e-4)
     assert log["reward_margin"].iloc[0] == pytest.approx(0.0, abs=1e-4)
-    if method == "napo":  # in-batch sharing on (the schema's default): more negatives than its own k
+    if method == "napo":  # in-batch sharing on (the schema's default, batch 4): more negatives than its own k
         assert log["negatives"].max() > METHOD["k"]
     config = json.loads((out / "training_config.json").read_text())["config"]
+    if method == "napo":
+        assert config["auxiliary_recommender"] == str(surrogate)
     assert config["reference_adapter"] == str(sft_adapter)
     assert config["reference_logprobs"] == str(reference_table)
+
+
+def test_napo_trains_without_a_reference_and_asks_for_the_surrogate(tiny_model_dir, inputs, sft_adapter, surrogate,
+                                                                     tmp_path):
+    spec = {"llm": LLM, "preference": PREF, "method": METHOD, "domain": "movie"}
+    args = (tiny_model_dir, sft_adapter, inputs["samples"], inputs["items"], inputs["selection"], None, spec, 0)
+    with pytest.raises(ValueError, match="pass --surrogate"):
+        preference.run_preference("napo", *args, tmp_path / "none")
+    out = preference.run_preference("napo", *args, tmp_path / "napo", surrogate_dir=surrogate)
+    log = pd.read_parquet(out / "train_log.parquet")
+    assert log["margin"].notna().all() and (log["confidence_average"] != 0).all()
 
 
 def test_lpo4rec_trains_without_a_reference_and_the_others_ask_for_one(tiny_model_dir, inputs, sft_adapter,

@@ -153,6 +153,45 @@ def test_killed_and_rerun_ends_with_the_same_adapter(tiny_model_dir, tmp_path, c
     assert log["loss"].tolist() == whole_log["loss"].tolist()
 
 
+def running_mean_loss(state, calls=None):
+    """masked_ce scaled by a running mean of the past losses kept in `state` (as NAPO's margin):
+    a resumed run only matches when the trainer restores the state."""
+    count = {"n": 0}
+
+    def loss_fn(model, batch):
+        count["n"] += 1
+        if calls is not None and count["n"] > calls:
+            raise Crash
+        loss, n, diagnostics = masked_ce(model, batch)
+        state["mean"].mul_(0.5).add_(0.5 * float(loss))
+        return loss * (1 + state["mean"]), n, diagnostics
+
+    return loss_fn
+
+
+@pytest.mark.parametrize("keep_state", [True, False])
+def test_resume_restores_the_methods_state(tiny_model_dir, tmp_path, keep_state):
+    spec = {**SPEC, "checkpoint_every": 1}
+    whole_state = {"mean": torch.zeros(())}
+    whole = lora(tiny_model_dir, spec)
+    whole_log = T.train(whole, examples(), collate, running_mean_loss(whole_state), spec, seed=0,
+                        hooks=T.Hooks(state=whole_state))
+    ckpt = tmp_path / "adapter.ckpt"
+    crashed_state = {"mean": torch.zeros(())}
+    with pytest.raises(Crash):
+        T.train(lora(tiny_model_dir, spec), examples(), collate, running_mean_loss(crashed_state, 5), spec, seed=0,
+                checkpoint_dir=ckpt, hooks=T.Hooks(state=crashed_state))
+    state = {"mean": torch.zeros(())}  # a fresh process: the state starts over unless restored
+    resumed = lora(tiny_model_dir, spec)
+    log = T.train(resumed, examples(), collate, running_mean_loss(state), spec, seed=0, checkpoint_dir=ckpt,
+                  hooks=T.Hooks(state=state if keep_state else None))
+    same = log["loss"].tolist() == whole_log["loss"].tolist()
+    assert same == keep_state
+    if keep_state:
+        assert_same(adapter_weights(whole), adapter_weights(resumed))
+        assert float(state["mean"]) == float(whole_state["mean"])
+
+
 def test_checkpoint_of_another_run_is_not_resumed(tiny_model_dir, tmp_path):
     ckpt = tmp_path / "adapter.ckpt"
     run(tiny_model_dir, {**SPEC, "lr": 0.05}, checkpoint_dir=ckpt)  # finished, checkpoint left behind

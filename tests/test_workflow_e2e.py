@@ -10,7 +10,7 @@ import pandas as pd
 
 from tiny_workflow import failure, snakemake
 
-RUNS = {"base-open", "base-candidate", "sft-open", "dmpo-open", "sdpo-open", "dynamicpo-open", "lpo4rec-open",
+RUNS = {"base-open", "base-candidate", "sft-open", "dmpo-open", "sdpo-open", "dynamicpo-open", "lpo4rec-open", "napo-open",
         "sprec-open", "sft-candidate", "dmpo-candidate-n4", "llara-candidate", "ilora-open", "soft-open"}
 
 
@@ -72,6 +72,10 @@ def test_whole_dag_writes_every_artifact(tiny_run):
     assert phase["start_adapter"].endswith("tiny/llm/sprec-open-r1/random/adapter") and phase["sft"]["epochs"] == 1
     lpo4rec = json.loads((llm / "lpo4rec-open/random/adapter/training_config.json").read_text())["config"]
     assert lpo4rec["reference_logprobs"] is None
+    # NAPO: reference-free, its auxiliary recommender the surrogate, negatives shared in batches of 4
+    napo = json.loads((llm / "napo-open/random/adapter/training_config.json").read_text())["config"]
+    assert napo["reference_logprobs"] is None and napo["auxiliary_recommender"].endswith("tiny/surrogate")
+    assert pd.read_parquet(llm / "napo-open/random/adapter/train_log.parquet")["negatives"].gt(2).all()
     # SOFT validated each epoch on 3 validation samples and kept the best epoch's adapter
     validation = json.loads((llm / "soft-open/random/adapter/training_config.json").read_text())["config"]["validation"]
     assert 1 <= validation["epochs_trained"] <= 2 and validation["kept_epoch"] == validation["best_epoch"]

@@ -70,6 +70,8 @@ def tiny_config(tmp: Path, model_dir: Path) -> dict:
         # reference-free (no reference log-probs read), and two self-play rounds (sprec-open-r1, then
         # sprec-open), each with the authors' SFT phase before its DPO
         "lpo4rec": {"k": 2, "prompt": "open"}, "sprec": {"prompt": "open", "rounds": 2, "sft_phase": True},
+        # reference-free too, its negatives scored by the surrogate and shared within batches of 4
+        "napo": {"k": 2, "prompt": "open"},
         # the hybrid prompt under the candidate prompt (placeholders after history and candidates)
         "llara": {"prompt": "candidate", "batch_size": 2, "grad_accum": 1, "lora_r": 4, "lora_alpha": 8},
         "ilora": {"prompt": "open", "batch_size": 2, "grad_accum": 1, "lora_r": 4, "lora_alpha": 8, "n_experts": 2},
@@ -78,7 +80,7 @@ def tiny_config(tmp: Path, model_dir: Path) -> dict:
         "soft": {"prompt": "open", "batch_size": 2, "grad_accum": 1, "lora_r": 4, "lora_alpha": 8, "probe_size": 2,
                  "num_beams": 2, "early_stopping": {"metric": "hr@10", "patience": 1, "samples": 3}},
         # both prompts, and a run on a nested 4 of the 8 selected samples (it trains sft-candidate-n4 first)
-        "methods": ["base", "sft", "dmpo", "sdpo", "dynamicpo", "lpo4rec", "sprec", "sft-candidate",
+        "methods": ["base", "sft", "dmpo", "sdpo", "dynamicpo", "lpo4rec", "napo", "sprec", "sft-candidate",
                     "dmpo-candidate-n4", "llara", "ilora", "soft"],
         # explained runs: a preference run and SOFT (both against their sft)
         "explanations": {"n_samples": 4, "methods": ["dmpo-open", "soft-open"]},

@@ -204,11 +204,15 @@ def block(run: Run, config: dict[str, Any]) -> dict[str, Any]:
 RANKED_STRATEGIES = ("hardest", "self")
 
 
+REFERENCE_FREE = ("lpo4rec", "napo")  # objectives of the policy's log-probs alone (workflow/llm/losses.py)
+
+
 def reads_reference(method: str, strategy: str | None) -> bool:
     """Whether a preference method with this negative strategy reads the reference log-probs: every
-    objective but LPO4Rec (reference-free) does, and LPO4Rec too when its negatives are ranked by
-    them (RANKED_STRATEGIES). The rules (`needs_reference`) and the trainer ask this one function."""
-    return method != "lpo4rec" or strategy in RANKED_STRATEGIES
+    objective but the reference-free ones (LPO4Rec, NAPO) does, and those too when their negatives
+    are ranked by them (RANKED_STRATEGIES). The rules (`needs_reference`) and the trainer ask this
+    one function."""
+    return method not in REFERENCE_FREE or strategy in RANKED_STRATEGIES
 
 
 def needs_reference(run: Run, config: dict[str, Any]) -> bool:

@@ -19,11 +19,11 @@ per-instance term given here.
   The reference log-probs are accepted (uniform signature) and only enter the diagnostics. The
   paper's "adaptive tail-item negatives" are a negative choice: strategy `tail` of
   `workflow.llm.preference.choose_negatives`.
-- napo (arXiv 2508.09653): negatives N_i = the instance's own k, plus the shared ones the trainer
-  passes (`shared_*`, [B, m]: the micro-batch's other instances' negatives with their rewards as
-  computed for those instances, masked; `workflow.llm.preference.shared_negatives`);
-  gamma_i = margin_scale * sigma(mean_{j in N_i} (r_w - r_j)), detached (confidence);
-                -log sigma(beta (r_w - mean_{j in N_i} r_j) - gamma_i)
+- napo (arXiv 2508.09653; the authors' code, acoding-xuan/NAPO): reference-free (the policy's
+  log-probs, as the authors' trainer), negatives N_i = the instance's own k plus the shared ones the
+  trainer passes (`shared_*`, [B, m]: the other instances' negatives under their own prompts,
+  masked; `workflow.llm.preference.shared_negatives`); a margin gamma per batch (`napo_margin`);
+                -log sigma(-log sum_{j in N_i} exp(beta (l_j - l_w)) - gamma)
 - grpo (group-relative policy gradient over the listed candidates, as ReRe / Rec-R1): candidates
   c = 0 (the positive), 1..k; p_theta = softmax(beta [l_w, l_1..l_k]), p_ref = the same softmax of
   the reference log-probs (beta = 1 by default: the policy's own relative likelihoods); G candidates
@@ -190,49 +190,57 @@ def lpo4rec(policy_chosen, policy_rejected, ref_chosen=None, ref_rejected=None, 
                               p_chosen=float(log_p[:, 0].detach().exp().mean()))
 
 
-def napo(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: float = 0.1, margin_scale: float = 0.2,
-         shared_policy_rejected=None, shared_ref_rejected=None, shared_mask=None):
-    """NAPO (arXiv 2508.09653), as implemented here:
-    -log sigma(beta (r_w - mean_{j in N} r_j) - gamma), gamma = margin_scale * sigma(mean_{j in N}(r_w - r_j))
-    detached, N = the k own negatives plus the shared ones.
+def napo_margin(confidence: float, average: float, margin: float = 1.0, alpha: float = 0.3) -> float:
+    """NAPO's dynamic reward margin (the authors' trainer): gamma = margin (1 - alpha (M - M_bar)).
 
-    Shared negatives (in-batch negative sharing) are optional: `shared_policy_rejected` and
-    `shared_ref_rejected` [B, m] are log-probs of other instances' negative answers, `shared_mask`
-    [B, m] (bool, default all) which of them count for each row (a masked one gets weight 0, so
-    neither value nor gradient). The trainer passes the micro-batch's other instances' negatives as
-    those instances scored them (under their own prompts: the paper reuses the batch's computed
-    log-probs, without extra decoding), filtered by user similarity (`napo.share_negatives`,
-    `share_min_similarity`); without them the objective is multi-negative DPO (DMPO) with the
-    dynamic margin.
+    M is the batch's mean confidence score of its negatives by the auxiliary recommender (SASRec's
+    score of the negative item for the user: a high score says the negative may well be liked, a
+    likely false negative), M_bar its moving average over the batches so far, this one included
+    (`moving_average`). A batch of less trustworthy negatives than usual gets a smaller margin."""
+    return margin * (1.0 - alpha * (confidence - average))
 
-    Simplifications against the paper (read from its abstract and summaries; the full method text
-    was not available offline): the user similarity that filters shared negatives is taken here as
-    the Jaccard index of the two histories' item sets (the paper's measure is not stated in what was
-    read), and the micro-batch is the sharing pool. The paper's margin comes from the confidence of
-    each negative given by a lightweight auxiliary model (larger margin for confident negatives,
-    smaller for likely false negatives); here the confidence is the policy's own, per instance: sigma of the mean reward gap,
-    detached, times `margin_scale`. At r = 0 (policy = reference) the loss is log(1 + e^(margin_scale/2)).
 
-    The margin grows with the gap, so the loss *value* is monotone in r_w only while
-    margin_scale * sigma'(gap) < beta, i.e. everywhere when margin_scale < 4 beta (the default 0.2
-    with beta 0.1); the gradient, which holds gamma fixed, always raises r_w and lowers the r_j.
-    """
-    r_w, r_j = rewards(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
-    weights = torch.ones_like(r_j)
+def moving_average(average: float, value: float, momentum: float = 0.9) -> float:
+    """momentum * average + (1 - momentum) * value (NAPO's M_bar, from 0 at the first batch as the
+    authors' trainer: `move_ratio` 0.9)."""
+    return momentum * average + (1.0 - momentum) * value
+
+
+def napo(policy_chosen, policy_rejected, ref_chosen=None, ref_rejected=None, beta: float = 1.0,
+         margin: float = 0.0, shared_policy_rejected=None, shared_mask=None):
+    """NAPO (arXiv 2508.09653) as the authors' code computes it (acoding-xuan/NAPO,
+    trainer/softmax_dpo_trainer.py): reference-free, softmax over the negatives with a margin,
+    -log sigma(A_i - gamma), A_i = -log sum_{j in N_i} exp(beta (l_j - l_w)),
+    l the policy's summed answer log-probs; `margin` is gamma (`napo_margin`, one value per batch).
+
+    Shared negatives (in-batch negative sharing) are optional: `shared_policy_rejected` [B, m] are
+    log-probs of other instances' negative answers (under their own prompts: the authors reuse the
+    batch's computed log-probs, no extra decoding), `shared_mask` [B, m] (bool, default all) which of
+    them join row i's N_i. The reference arguments only enter the diagnostics (rewards against the
+    reference, as the other objectives report) when given.
+
+    Against the authors' code: their sharing gathers every negative's log-prob across GPUs inside
+    `torch.no_grad` and then reads instance i's own negatives from that gathered tensor, so in a
+    sharing run no negative gets a gradient (only l_w is pushed up), and on GPU r > 0 row i reads
+    GPU 0's instance i; here every negative, own or shared, keeps its gradient through the instance
+    that scored it (the method as the paper describes it). Their pool is the global batch (4 GPUs x
+    4); here the trainer's micro-batch (`preference.batch_size`)."""
+    negatives = policy_rejected
+    mask = torch.ones_like(policy_rejected, dtype=torch.bool)
     if shared_policy_rejected is not None:
-        if shared_ref_rejected is None:
-            raise ValueError("napo: shared negatives need both policy and reference log-probs")
-        shared = shared_policy_rejected - shared_ref_rejected
-        mask = torch.ones_like(shared) if shared_mask is None else shared_mask.to(shared.dtype)
-        r_j = torch.cat([r_j, shared], dim=1)
-        weights = torch.cat([weights, mask], dim=1)
-    mean_r_j = (weights * r_j).sum(dim=1) / weights.sum(dim=1)
-    gap = r_w - mean_r_j  # = mean_j (r_w - r_j) over N
-    gamma = (margin_scale * torch.sigmoid(gap)).detach()
-    loss = -F.logsigmoid(beta * gap - gamma).mean()
-    own_k = policy_rejected.shape[1]
-    return loss, _diagnostics(r_w, r_j[:, :own_k], margin_mean=float(gamma.mean()),
-                              negatives=float(weights.sum(dim=1).mean()))
+        negatives = torch.cat([negatives, shared_policy_rejected], dim=1)
+        shared = torch.ones_like(shared_policy_rejected, dtype=torch.bool) if shared_mask is None else shared_mask.bool()
+        mask = torch.cat([mask, shared], dim=1)
+    gaps = (beta * (negatives - policy_chosen[:, None])).masked_fill(~mask, float("-inf"))
+    softmax_term = -torch.logsumexp(gaps, dim=1)  # A_i
+    loss = -F.logsigmoid(softmax_term - margin).mean()
+    if ref_chosen is None or ref_rejected is None:
+        r_w, r_j = policy_chosen, policy_rejected
+    else:
+        r_w, r_j = rewards(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
+    gap = (policy_chosen[:, None] - policy_rejected).detach()
+    return loss, _diagnostics(r_w, r_j, logprob_accuracy=float((gap > 0).float().mean()), margin=float(margin),
+                              negatives=float(mask.sum(dim=1).float().mean()))
 
 
 def grpo_advantages(group_rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 from workflow import cli
-from workflow.llm import losses, stage
+from workflow.llm import losses, stage, train
 from workflow.runs import RANKED_STRATEGIES, reads_reference
 
 log = logging.getLogger(__name__)
@@ -167,53 +167,56 @@ def with_negatives(examples: list[dict[str, Any]], k: int, strategy: str, seed: 
         pop = None if popularity is None else np.array([popularity.get(str(c), 0) for c in example["candidates"]])
         order = [example["target"],
                  *choose_negatives(len(example["answers"]), example["target"], k, strategy, rng, ref, pop)]
-        chosen.append({"prompt": example["prompt"], "answers": [example["answers"][j] for j in order],
+        chosen.append({"sample_id": example.get("sample_id"), "prompt": example["prompt"],
+                       "answers": [example["answers"][j] for j in order],
                        "order": order, "items": [example["candidates"][j] for j in order],
                        "history": example.get("history", [])})
     return chosen
 
 
-def collate(examples: Sequence[dict[str, Any]], sharing: bool = False):
-    """(prompts, answers, reference log-probs [B, C] or None for a reference-free run, sharing):
-    with `sharing` (NAPO's in-batch negative sharing) the micro-batch's (shareable [B, B*k] bool,
-    similarity [B, B]) of `sharing_masks`, else None."""
+def collate(examples: Sequence[dict[str, Any]], share_ratio: float | None = None):
+    """(prompts, answers, reference log-probs [B, C] or None for a reference-free run, napo): for
+    examples carrying NAPO's auxiliary scores, `napo_inputs` (with `share_ratio`, its in-batch
+    negative sharing), else None."""
     reference = [e.get("reference") for e in examples]
     return ([e["prompt"] for e in examples], [e["answers"] for e in examples],
-            None if reference[0] is None else torch.stack(reference), sharing_masks(examples) if sharing else None)
+            None if reference[0] is None else torch.stack(reference),
+            napo_inputs(examples, share_ratio) if "confidence" in examples[0] else None)
 
 
-def sharing_masks(examples: Sequence[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """For a micro-batch of chosen examples ([target, k negatives] item ids, history):
-    shareable [B, B*k]: row i, column j*k + m is instance j's m-th negative, usable as a negative of
-    instance i: j != i, and the item is neither i's target (a false negative by construction) nor one
-    of i's own negatives nor shared already by an earlier instance (each item counted once);
-    similarity [B, B]: Jaccard of the two histories' item sets (the user similarity NAPO filters
-    shared negatives by)."""
+def napo_inputs(examples: Sequence[dict[str, Any]], share_ratio: float | None) -> dict[str, torch.Tensor | None]:
+    """NAPO's per-batch inputs, all model-free: `confidence` [B, k], the auxiliary recommender's
+    score of each negative; `shareable` [B, B*k] (None without sharing): row i, column j*k + m is
+    instance j's m-th negative, shared with i when j is among the floor(share_ratio (B - 1)) other
+    instances most similar to i (dot product of the SASRec sequence representations; ties to the
+    earlier instance) and the item is not i's own target (a false negative by construction; the
+    authors' code does not check this). The authors' `neg_accept_ratio` and `seq_logits` similarity."""
     k = len(examples[0]["items"]) - 1
     if any(len(e["items"]) - 1 != k for e in examples):
-        raise ValueError("in-batch negative sharing needs the same number of negatives per instance")
+        raise ValueError("napo: every instance of a batch needs the same number of negatives")
+    confidence = torch.tensor(np.stack([e["confidence"] for e in examples]), dtype=torch.float32)
+    if share_ratio is None:
+        return {"confidence": confidence, "shareable": None}
     B = len(examples)
+    reprs = np.stack([e["repr"] for e in examples]).astype(np.float64)
+    similarity = reprs @ reprs.T
+    n_take = int(share_ratio * (B - 1))
     shareable = torch.zeros(B, B * k, dtype=torch.bool)
-    similarity = torch.eye(B)
-    histories = [set(e["history"]) for e in examples]
     for i, mine in enumerate(examples):
-        seen = set(mine["items"])  # the target and the own negatives, then each shared item once
-        for j, other in enumerate(examples):
-            if j == i:
-                continue
-            union = histories[i] | histories[j]
-            similarity[i, j] = len(histories[i] & histories[j]) / len(union) if union else 0.0
-            for m, item in enumerate(other["items"][1:]):
-                shareable[i, j * k + m] = item not in seen
-                seen.add(item)
-    return shareable, similarity
+        others = sorted((j for j in range(B) if j != i), key=lambda j: (-similarity[i, j], j))[:n_take]
+        for j in others:
+            for m, item in enumerate(examples[j]["items"][1:]):
+                shareable[i, j * k + m] = item != mine["items"][0]
+    return {"confidence": confidence, "shareable": shareable}
 
 
-def make_loss_fn(method: str, cfg: dict[str, Any], scorer=None):
+def make_loss_fn(method: str, cfg: dict[str, Any], scorer=None, state: dict[str, torch.Tensor] | None = None):
     """loss_fn(model, batch) for the shared training loop: the objective, plus gamma * NLL(y_w).
     `scorer(model, prompt_ids, answer_ids) -> (sum [B, C], n [B, C])` defaults to the shared-prefix
     `candidate_logprobs`; a plug-in may pass its own (iLoRA's embeddings hook, or the concatenated
-    reference path that bench/bench_preference.py compares against)."""
+    reference path that bench/bench_preference.py compares against). `state`: NAPO's running
+    average of its negatives' confidence ({"confidence_average": scalar tensor}), updated in place by
+    every call (the trainer keeps it in the checkpoint: `train.Hooks.state`)."""
     from workflow.llm.scoring import candidate_logprobs
 
     scorer = scorer or candidate_logprobs
@@ -226,24 +229,24 @@ def make_loss_fn(method: str, cfg: dict[str, Any], scorer=None):
         kwargs["pairwise"] = bool(cfg.get("pairwise", False))
     if method == "dynamicpo":
         kwargs["margin"] = float(cfg.get("margin", 6.0))
-    if method == "napo":
-        kwargs["margin_scale"] = float(cfg.get("margin_scale", 0.2))
-    share = shares_negatives(method, cfg)
-    min_similarity = float(cfg.get("share_min_similarity", 0.0))
     if method == "grpo":
         kwargs["group_size"] = int(cfg.get("group_size", 8))
         kwargs["kl_coef"] = float(cfg.get("kl_coef", 0.04))
     gamma = float(cfg.get("gamma", 0.0))
+    if method == "napo" and state is None:
+        state = napo_state()
 
     def loss_fn(model, batch):
         prompt_ids, answer_ids, reference = batch[:3]
         policy, n_tokens = scorer(model, prompt_ids, answer_ids)
         policy = policy.float()
-        if reference is not None:  # None: reference-free (lpo4rec without --reference)
+        if reference is not None:  # None: a reference-free run (lpo4rec, napo)
             reference = reference.to(policy.device)
-        extra = {**kwargs, **shared_negatives(policy, reference, batch[3], min_similarity)} if share else kwargs
+        extra = napo_arguments(policy, batch[3], cfg, state) if method == "napo" else {}
         ref_chosen, ref_rejected = (None, None) if reference is None else (reference[:, 0], reference[:, 1:])
-        loss, diagnostics = objective(policy[:, 0], policy[:, 1:], ref_chosen, ref_rejected, **extra)
+        loss, diagnostics = objective(policy[:, 0], policy[:, 1:], ref_chosen, ref_rejected, **kwargs, **extra)
+        if method == "napo":
+            diagnostics.update(confidence=float(state["confidence"]), confidence_average=float(state["confidence_average"]))
         if gamma:
             nll = -(policy[:, 0] / n_tokens[:, 0]).mean()
             loss = loss + gamma * nll
@@ -256,35 +259,75 @@ def make_loss_fn(method: str, cfg: dict[str, Any], scorer=None):
 
 def shares_negatives(method: str, cfg: dict[str, Any]) -> bool:
     """Whether the run uses NAPO's in-batch negative sharing (`napo.share_negatives`, the schema's
-    default on): its collate builds the sharing masks and its loss reads them."""
+    default on): its collate builds the sharing mask and its loss reads it."""
     return method == "napo" and bool(cfg.get("share_negatives", True))
 
 
-def shared_negatives(policy: torch.Tensor, reference: torch.Tensor, sharing, min_similarity: float
-                     ) -> dict[str, torch.Tensor]:
-    """NAPO's in-batch negative sharing, as the paper describes it (reuse the log-probs the batch has
-    already computed for the other instances' negatives, filtered by user similarity; no extra
-    forward pass): every row gets all B*k negatives of the micro-batch as they were scored, under
-    their own instance's prompt, masked by `sharing_masks` (not itself, not its target or own
-    negatives) and by history Jaccard >= `min_similarity`. Their gradient flows through the instance
-    that scored them."""
-    if sharing is None:
-        raise ValueError("napo share_negatives: the batch carries no item ids (collate the chosen examples with sharing=True)")
-    shareable, similarity = sharing
+def napo_state() -> dict[str, torch.Tensor]:
+    """NAPO's running state: M_bar (the moving average of the batches' mean confidence, from 0 as the
+    authors') and the last batch's M."""
+    return {"confidence_average": torch.zeros(()), "confidence": torch.zeros(())}
+
+
+def napo_arguments(policy: torch.Tensor, inputs: dict[str, torch.Tensor | None] | None, cfg: dict[str, Any],
+                   state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The NAPO objective's batch arguments: the shared negatives (`shared_negatives`) and the margin
+    gamma = margin (1 - alpha (M - M_bar)), M the mean confidence over every instance's negatives, own
+    and shared (the authors' M_local), M_bar updated with it first (`losses.moving_average`). Updates
+    `state` in place. The confidences are model-free, so M and the margin carry no gradient."""
+    if inputs is None:
+        raise ValueError("napo: the batch carries no confidence scores (collate examples with 'confidence')")
+    confidence, shareable = inputs["confidence"], inputs["shareable"]
+    weights, scores, extra = torch.ones_like(confidence), confidence, {}
+    if shareable is not None:
+        B, k = confidence.shape
+        extra = shared_negatives(policy, shareable)
+        weights = torch.cat([weights, shareable.float()], dim=1)
+        scores = torch.cat([confidence, confidence.reshape(1, B * k).expand(B, B * k)], dim=1)
+    batch_mean = float((weights * scores).sum() / weights.sum())
+    average = losses.moving_average(float(state["confidence_average"]), batch_mean, float(cfg.get("momentum", 0.9)))
+    state["confidence"].fill_(batch_mean)
+    state["confidence_average"].fill_(average)
+    margin = losses.napo_margin(batch_mean, average, float(cfg.get("margin", 1.0)), float(cfg.get("alpha", 0.3)))
+    return {"margin": margin, **extra}
+
+
+def shared_negatives(policy: torch.Tensor, shareable: torch.Tensor) -> dict[str, torch.Tensor]:
+    """NAPO's in-batch negative sharing (reuse the log-probs the batch has already computed for the
+    other instances' negatives; no extra forward pass): every row gets all B*k negatives of the
+    micro-batch as they were scored, under their own instance's prompt, masked by `napo_inputs`'
+    `shareable`. Their gradient flows through the instance that scored them."""
     B, k = policy.shape[0], policy.shape[1] - 1
-    similar = (similarity >= min_similarity).repeat_interleave(k, dim=1)  # [B, B*k]: instance j's k columns
     return {"shared_policy_rejected": policy[:, 1:].reshape(1, B * k).expand(B, B * k),
-            "shared_ref_rejected": reference[:, 1:].reshape(1, B * k).expand(B, B * k),
-            "shared_mask": (shareable & similar).to(policy.device)}
+            "shared_mask": shareable.to(policy.device)}
+
+
+def napo_scores(examples: Sequence[dict[str, Any]], surrogate_dir: str | Path) -> None:
+    """NAPO's auxiliary recommender, the SASRec surrogate: per chosen example, in place, `repr` (its
+    sequence representation, the similarity the sharing ranks users by) and `confidence` [k] (the
+    SASRec score <repr, item embedding> of each negative, as the authors' scores_of_sorted_neg_items)."""
+    from workflow.llm.llara import read_item_vectors, read_sequence_vectors
+
+    row_of, vectors = read_item_vectors(surrogate_dir)
+    reprs = read_sequence_vectors(surrogate_dir, [e["sample_id"] for e in examples])
+    items = vectors.numpy()
+    for example, r in zip(examples, reprs):
+        missing = [i for i in example["items"][1:] if i not in row_of]
+        if missing:
+            raise ValueError(f"{surrogate_dir}: no SASRec embedding of item '{missing[0]}'")
+        example["repr"] = r
+        example["confidence"] = items[[row_of[i] for i in example["items"][1:]]] @ r
 
 
 def policy_method(method: str, cfg: dict[str, Any], llm: dict[str, Any], domain: str, prompt: str,
                   adapter: str | Path, reference_path: str | Path, samples_path: str | Path,
-                  seed: int, negatives_path: str | Path | None = None) -> stage.Method:
+                  seed: int, negatives_path: str | Path | None = None,
+                  surrogate_dir: str | Path | None = None) -> stage.Method:
     """A preference method as a training stage: the sft adapter loaded trainable (the policy's
     start), examples with their negatives and reference log-probs, the method's objective.
     `negatives_path`: another model's log-prob table that `hardest` and `self` rank the candidates
-    by (SPRec with its SFT phase: the previous round's); default the reference's."""
+    by (SPRec with its SFT phase: the previous round's); default the reference's. `surrogate_dir`:
+    the SASRec surrogate's tables, NAPO's auxiliary recommender (`napo_scores`)."""
     from peft import PeftModel
 
     def attach(model, tokenizer):
@@ -300,21 +343,28 @@ def policy_method(method: str, cfg: dict[str, Any], llm: dict[str, Any], domain:
         chosen = with_negatives(examples, cfg["k"], cfg["strategy"], seed, ranking, popularity)
         for example, ref in zip(chosen, full or []):
             example["reference"] = torch.tensor(ref[example["order"]], dtype=torch.float32)
+        state = None
+        if method == "napo":
+            napo_scores(chosen, surrogate_dir)
+            state = napo_state()
         log.info("%s on %d samples, %s prompt, %d negatives each (%s), beta %.3g", method, len(chosen), prompt,
                  len(chosen[0]["answers"]) - 1, cfg["strategy"], cfg["beta"])
-        return stage.Plan(chosen, functools.partial(collate, sharing=shares_negatives(method, cfg)),
-                          make_loss_fn(method, cfg),
+        share_ratio = float(cfg.get("share_ratio", 0.7)) if shares_negatives(method, cfg) else None
+        return stage.Plan(chosen, functools.partial(collate, share_ratio=share_ratio),
+                          make_loss_fn(method, cfg, state=state), hooks=train.Hooks(state=state),
                           fingerprint={"adapter": str(adapter), "method": method},
                           config={"reference_adapter": str(adapter),
                                   "reference_logprobs": None if reference_path is None else str(reference_path),
-                                  **({} if negatives_path is None else {"negatives_ranked_by": str(negatives_path)})})
+                                  **({} if negatives_path is None else {"negatives_ranked_by": str(negatives_path)}),
+                                  **({} if method != "napo" else {"auxiliary_recommender": str(surrogate_dir)})})
 
     return stage.Method(method, cfg, attach, plan)
 
 
 def run_preference(method: str, model_dir: str | Path, adapter: str | Path, samples_path: str | Path,
                    items_path: str | Path, selection_path: str | Path, reference_path: str | Path,
-                   spec: dict[str, Any], seed: int, out: str | Path, negatives_path: str | Path | None = None) -> Path:
+                   spec: dict[str, Any], seed: int, out: str | Path, negatives_path: str | Path | None = None,
+                   surrogate_dir: str | Path | None = None) -> Path:
     s = settings(method, spec)
     llm, cfg, domain = s["llm"], s["cfg"], s["domain"]
     if not (Path(adapter) / "adapter_config.json").is_file():
@@ -325,8 +375,11 @@ def run_preference(method: str, model_dir: str | Path, adapter: str | Path, samp
     if negatives_path is not None and cfg["strategy"] not in RANKED_STRATEGIES:
         raise ValueError(f"--negatives ranks the candidates for strategy hardest or self; {method} has "
                          f"strategy {cfg['strategy']}")
+    if method == "napo" and surrogate_dir is None:
+        raise ValueError("napo scores its negatives' confidence with the SASRec surrogate: pass --surrogate "
+                         "(the folder of the surrogate stage's item_embeddings.parquet and sequence_repr.parquet)")
     policy = policy_method(method, cfg, llm, domain, s["prompt"], adapter, reference_path, samples_path, seed,
-                           negatives_path)
+                           negatives_path, surrogate_dir)
     train_log = stage.run_stage(policy, model_dir=model_dir, samples_path=samples_path, items_path=items_path,
                                 selection_path=selection_path, llm=llm, seed=seed, out=out,
                                 config={method: cfg, "domain": domain, "prompt": s["prompt"], "budget": s["budget"]})
@@ -349,11 +402,14 @@ def main(argv=None) -> int:
     p.add_argument("--negatives", default=None,
                    help="a log-prob table of the same layout that strategies hardest and self rank the candidates "
                         "by instead of --reference (SPRec with its SFT phase: the previous round's model)")
+    p.add_argument("--surrogate", default=None,
+                   help="the SASRec surrogate's folder (item_embeddings.parquet, sequence_repr.parquet): napo's "
+                        "auxiliary recommender, which scores its negatives' confidence and ranks users for sharing")
     p.add_argument("--spec", type=cli.json_arg, required=True)
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out", required=True)
     return cli.run(lambda a: run_preference(a.method, a.model_dir, a.adapter, a.samples, a.items, a.selection,
-                                            a.reference, a.spec, a.seed, a.out, a.negatives), p, argv)
+                                            a.reference, a.spec, a.seed, a.out, a.negatives, a.surrogate), p, argv)
 
 
 if __name__ == "__main__":

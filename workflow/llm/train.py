@@ -59,11 +59,16 @@ class Hooks:
       checkpoint, so a run resumed within the epoch uses them instead of measuring again;
     - `validate(epochs_done) -> dict of floats` after every epoch (SOFT's grounded HR@10 on the
       validation split): logged as `valid_<name>` with the epoch's steps and read by early stopping
-      (the training block's `early_stopping`, `EarlyStopping`)."""
+      (the training block's `early_stopping`, `EarlyStopping`);
+    - `state`: tensors the method's loss function updates in place as it goes (NAPO's moving average
+      of its negatives' confidence): kept in the checkpoint and restored in place on resume, so a
+      resumed run goes on from the same values. Under data parallel each rank keeps its own (the
+      loss function sees only this rank's micro-batches)."""
     param_options: Callable[[str], dict[str, float]] | None = None
     step_start: Callable[[int, int], None] | None = None
     epoch_start: Callable[[int], dict[str, float]] | None = None
     validate: Callable[[int], dict[str, float]] | None = None
+    state: dict[str, torch.Tensor] | None = None
 
 
 @dataclass(frozen=True)
@@ -245,7 +250,8 @@ def running_statistics(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def save_checkpoint(folder: Path, trainable: dict[str, torch.Tensor], optimizer, scheduler,
                     position: dict[str, int], log_rows: list[dict[str, Any]], run_id: str,
-                    buffers: dict[str, torch.Tensor] | None = None) -> None:
+                    buffers: dict[str, torch.Tensor] | None = None,
+                    method_state: dict[str, torch.Tensor] | None = None) -> None:
     rng = distributed.gather_objects(_rng_state())  # every rank's, so each resumes its own dropout stream
     with distributed.main_writes() as writer:
         if not writer:
@@ -255,6 +261,7 @@ def save_checkpoint(folder: Path, trainable: dict[str, torch.Tensor], optimizer,
             "fingerprint": run_id, "position": position, "log": log_rows, "rank_rng": rng,
             "trainable": {n: p.detach().clone() for n, p in trainable.items()},
             "buffers": {n: b.detach().clone() for n, b in (buffers or {}).items()},
+            "method_state": {n: t.detach().clone() for n, t in (method_state or {}).items()},
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         }
         with atomic_path(folder / CHECKPOINT_FILE, suffix=".pt") as tmp:
@@ -262,8 +269,8 @@ def save_checkpoint(folder: Path, trainable: dict[str, torch.Tensor], optimizer,
 
 
 def load_checkpoint(folder: Path, trainable: dict[str, torch.Tensor], optimizer, scheduler,
-                    run_id: str, buffers: dict[str, torch.Tensor] | None = None
-                    ) -> tuple[dict[str, int], list[dict[str, Any]]] | None:
+                    run_id: str, buffers: dict[str, torch.Tensor] | None = None,
+                    method_state: dict[str, torch.Tensor] | None = None) -> tuple[dict[str, int], list[dict[str, Any]]] | None:
     """Restore a checkpoint of this same run in place; None when there is none (or a stale one)."""
     path = folder / CHECKPOINT_FILE
     if not path.exists():
@@ -279,6 +286,10 @@ def load_checkpoint(folder: Path, trainable: dict[str, torch.Tensor], optimizer,
             p.copy_(state["trainable"][name])
         for name, b in (buffers or {}).items():
             b.copy_(state.get("buffers", {})[name])
+        for name, t in (method_state or {}).items():
+            if name not in state.get("method_state", {}):
+                raise ValueError(f"{path}: no saved '{name}' of the method's state")
+            t.copy_(state["method_state"][name])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     ranks = state.get("rank_rng") or [state["rng"]]  # "rng": a checkpoint written before data parallel
@@ -410,7 +421,7 @@ def train(model: torch.nn.Module, examples: Sequence[Any], collate: Callable[[li
     if checkpoint_dir is not None:
         checkpoint_dir = Path(checkpoint_dir)
         run_id = fingerprint(examples, spec, seed, trainable, fingerprint_extra)
-        resumed = load_checkpoint(checkpoint_dir, trainable, optimizer, scheduler, run_id, buffers)
+        resumed = load_checkpoint(checkpoint_dir, trainable, optimizer, scheduler, run_id, buffers, hooks.state)
         if resumed is not None:
             position, log_rows = resumed
             log.info("resuming from %s at epoch %d, step %d of %d", checkpoint_dir, position["epoch"] + 1,
@@ -423,7 +434,8 @@ def train(model: torch.nn.Module, examples: Sequence[Any], collate: Callable[[li
             where = {"epoch": epoch, "step_in_epoch": step_in_epoch, "validation": validation, "best": best}
             if step_in_epoch:  # within an epoch: its measured state goes on with it
                 where["epoch_state"] = position["epoch_state"]
-            save_checkpoint(checkpoint_dir, trainable, optimizer, scheduler, where, log_rows, run_id, buffers)
+            save_checkpoint(checkpoint_dir, trainable, optimizer, scheduler, where, log_rows, run_id, buffers,
+                            hooks.state)
 
     global_step = position["epoch"] * per_epoch + position["step_in_epoch"]
     ranks = distributed.world_size()
