@@ -1,13 +1,17 @@
-"""Preference optimisation from the SFT adapter: DMPO, S-DPO and DynamicPO (DESIGN section 5).
+"""Preference optimisation from the SFT adapter: DMPO, S-DPO, DynamicPO (DESIGN section 5) and the
+newest objectives, LPO4Rec, NAPO, GRPO over the candidates and SPRec's rounds (workflow/llm/losses.py).
 
-The policy starts as the SFT adapter and is trained further; the reference is the frozen SFT model.
+The policy starts as the SFT adapter and is trained further; the reference is the frozen SFT model
+(LPO4Rec and NAPO are reference-free: they read no reference table unless their negatives are ranked
+by it; NAPO reads the SASRec surrogate instead, its auxiliary recommender, --surrogate).
 Because the reference never changes, its log-probs are scored once per (dataset, selection) by
 `workflow.llm.reference` (every candidate, no gradients) and read here from that table (--reference):
 no second model in memory, no reference that silently equals the policy (the defect of the DMPO
 authors' code), and one reference pass shared by every method and every k of the collapse study.
 
 Negatives are k of the sample's own candidates (never the target), by strategy:
-`random` (seeded per run), `hardest` (highest reference log-prob) or `all` (k = n - 1).
+`random` (seeded per run), `hardest` (highest reference log-prob), `all` (k = n - 1), `self` (the
+reference's top wrong candidate) or `tail` / `head` (by train-split popularity).
 Each training step scores the 1 + k answers of a sample with the shared-prefix scorer (prompt
 encoded once) and applies one objective of `workflow.llm.losses`, plus an optional SFT term
 gamma * NLL(y_w) (token mean of the target answer).
@@ -70,8 +74,7 @@ def preference_examples(samples: pd.DataFrame, items: pd.DataFrame, tokenizer, d
                          domain, llm)
         answers = [prompts.clipped_answer_ids(tokenizer, titles[i], llm["max_title_tokens"]) for i in candidates]
         examples.append({"sample_id": str(row.sample_id), "prompt": ids, "answers": answers,
-                         "candidates": candidates, "target": candidates.index(str(row.target)),
-                         "history": [str(i) for i in row.history]})
+                         "candidates": candidates, "target": candidates.index(str(row.target))})
     return examples
 
 
@@ -169,8 +172,7 @@ def with_negatives(examples: list[dict[str, Any]], k: int, strategy: str, seed: 
                  *choose_negatives(len(example["answers"]), example["target"], k, strategy, rng, ref, pop)]
         chosen.append({"sample_id": example.get("sample_id"), "prompt": example["prompt"],
                        "answers": [example["answers"][j] for j in order],
-                       "order": order, "items": [example["candidates"][j] for j in order],
-                       "history": example.get("history", [])})
+                       "order": order, "items": [example["candidates"][j] for j in order]})
     return chosen
 
 
