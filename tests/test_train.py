@@ -163,7 +163,7 @@ def running_mean_loss(state, calls=None):
         if calls is not None and count["n"] > calls:
             raise Crash
         loss, n, diagnostics = masked_ce(model, batch)
-        state["mean"].mul_(0.5).add_(0.5 * float(loss))
+        state["mean"].mul_(0.5).add_(0.5 * float(loss.detach()))
         return loss * (1 + state["mean"]), n, diagnostics
 
     return loss_fn
