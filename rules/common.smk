@@ -95,8 +95,13 @@ def optional_args(wildcards, input):
     `--reference-adapter`, `--title-embeddings`, `--surrogate FOLDER`), and `--trained-on` for a transferred run."""
     flags = {"adapter": "--adapter", "reference": "--reference-adapter", "title_embeddings": "--title-embeddings"}
     args = [arg for name, flag in flags.items() if name in input.keys() for arg in (flag, input[name])]
-    args += ["--surrogate", str(Path(input.item_vectors).parent)] if "item_vectors" in input.keys() else []
+    args += surrogate_args(input)
     return args + (["--trained-on", wildcards.trained_on] if "trained_on" in wildcards.keys() else [])
+
+
+def surrogate_args(input):
+    """`--surrogate FOLDER` for a job whose inputs include the surrogate's tables (`surrogate_tables`)."""
+    return ["--surrogate", str(Path(input.item_vectors).parent)] if "item_vectors" in input.keys() else []
 
 
 def spec(obj):

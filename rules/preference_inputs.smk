@@ -44,4 +44,4 @@ def preference_args(wildcards, input):
     """A params function: `--reference TABLE` when the run reads one, `--negatives TABLE` when its
     negatives are ranked by another, `--surrogate FOLDER` when it reads the surrogate (napo)."""
     args = [arg for name in ("reference", "negatives") if name in input.keys() for arg in (f"--{name}", input[name])]
-    return args + (["--surrogate", str(Path(input.item_vectors).parent)] if "item_vectors" in input.keys() else [])
+    return args + surrogate_args(input)

@@ -181,13 +181,20 @@ def lpo4rec(policy_chosen, policy_rejected, ref_chosen=None, ref_rejected=None, 
     logits = beta * torch.cat([policy_chosen[:, None], policy_rejected], dim=1)
     log_p = torch.log_softmax(logits, dim=1)
     loss = -log_p[:, 0].mean()
+    return loss, _reference_free_diagnostics(policy_chosen, policy_rejected, ref_chosen, ref_rejected,
+                                             p_chosen=float(log_p[:, 0].detach().exp().mean()))
+
+
+def _reference_free_diagnostics(policy_chosen, policy_rejected, ref_chosen, ref_rejected,
+                                **extra: float) -> Diagnostics:
+    """A reference-free objective's diagnostics: rewards against the reference when it is given (as the
+    other objectives report), else the policy's log-probs, and `logprob_accuracy` (l_w > l_j share)."""
     if ref_chosen is None or ref_rejected is None:
         r_w, r_j = policy_chosen, policy_rejected
     else:
         r_w, r_j = rewards(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
     gap = (policy_chosen[:, None] - policy_rejected).detach()
-    return loss, _diagnostics(r_w, r_j, logprob_accuracy=float((gap > 0).float().mean()),
-                              p_chosen=float(log_p[:, 0].detach().exp().mean()))
+    return _diagnostics(r_w, r_j, logprob_accuracy=float((gap > 0).float().mean()), **extra)
 
 
 def napo_margin(confidence: float, average: float, margin: float = 1.0, alpha: float = 0.3) -> float:
@@ -234,13 +241,8 @@ def napo(policy_chosen, policy_rejected, ref_chosen=None, ref_rejected=None, bet
     gaps = (beta * (negatives - policy_chosen[:, None])).masked_fill(~mask, float("-inf"))
     softmax_term = -torch.logsumexp(gaps, dim=1)  # A_i
     loss = -F.logsigmoid(softmax_term - margin).mean()
-    if ref_chosen is None or ref_rejected is None:
-        r_w, r_j = policy_chosen, policy_rejected
-    else:
-        r_w, r_j = rewards(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
-    gap = (policy_chosen[:, None] - policy_rejected).detach()
-    return loss, _diagnostics(r_w, r_j, logprob_accuracy=float((gap > 0).float().mean()), margin=float(margin),
-                              negatives=float(mask.sum(dim=1).float().mean()))
+    return loss, _reference_free_diagnostics(policy_chosen, policy_rejected, ref_chosen, ref_rejected,
+                                             margin=float(margin), negatives=float(mask.sum(dim=1).float().mean()))
 
 
 def grpo_advantages(group_rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

@@ -217,8 +217,8 @@ def make_loss_fn(method: str, cfg: dict[str, Any], scorer=None, state: dict[str,
     `scorer(model, prompt_ids, answer_ids) -> (sum [B, C], n [B, C])` defaults to the shared-prefix
     `candidate_logprobs`; a plug-in may pass its own (iLoRA's embeddings hook, or the concatenated
     reference path that bench/bench_preference.py compares against). `state`: NAPO's running
-    average of its negatives' confidence ({"confidence_average": scalar tensor}), updated in place by
-    every call (the trainer keeps it in the checkpoint: `train.Hooks.state`)."""
+    average of its negatives' confidence (`napo_state`), updated in place by every call (the
+    trainer keeps it in the checkpoint: `train.Hooks.state`)."""
     from workflow.llm.scoring import candidate_logprobs
 
     scorer = scorer or candidate_logprobs
@@ -244,11 +244,10 @@ def make_loss_fn(method: str, cfg: dict[str, Any], scorer=None, state: dict[str,
         policy = policy.float()
         if reference is not None:  # None: a reference-free run (lpo4rec, napo)
             reference = reference.to(policy.device)
-        extra = napo_arguments(policy, batch[3], cfg, state) if method == "napo" else {}
+        extra, measured = napo_arguments(policy, batch[3], cfg, state) if method == "napo" else ({}, {})
         ref_chosen, ref_rejected = (None, None) if reference is None else (reference[:, 0], reference[:, 1:])
         loss, diagnostics = objective(policy[:, 0], policy[:, 1:], ref_chosen, ref_rejected, **kwargs, **extra)
-        if method == "napo":
-            diagnostics.update(confidence=float(state["confidence"]), confidence_average=float(state["confidence_average"]))
+        diagnostics.update(measured)
         if gamma:
             nll = -(policy[:, 0] / n_tokens[:, 0]).mean()
             loss = loss + gamma * nll
@@ -266,17 +265,18 @@ def shares_negatives(method: str, cfg: dict[str, Any]) -> bool:
 
 
 def napo_state() -> dict[str, torch.Tensor]:
-    """NAPO's running state: M_bar (the moving average of the batches' mean confidence, from 0 as the
-    authors') and the last batch's M."""
-    return {"confidence_average": torch.zeros(()), "confidence": torch.zeros(())}
+    """NAPO's running state: M_bar, the moving average of the batches' mean confidence (from 0 as the
+    authors')."""
+    return {"confidence_average": torch.zeros(())}
 
 
 def napo_arguments(policy: torch.Tensor, inputs: dict[str, torch.Tensor | None] | None, cfg: dict[str, Any],
-                   state: dict[str, torch.Tensor]) -> dict[str, Any]:
+                   state: dict[str, torch.Tensor]) -> tuple[dict[str, Any], dict[str, float]]:
     """The NAPO objective's batch arguments: the shared negatives (`shared_negatives`) and the margin
     gamma = margin (1 - alpha (M - M_bar)), M the mean confidence over every instance's negatives, own
-    and shared (the authors' M_local), M_bar updated with it first (`losses.moving_average`). Updates
-    `state` in place. The confidences are model-free, so M and the margin carry no gradient."""
+    and shared (the authors' M_local), M_bar updated with it first (`losses.moving_average`); and the
+    diagnostics M (`confidence`) and M_bar (`confidence_average`). Updates `state` in place. The
+    confidences are model-free, so M and the margin carry no gradient."""
     if inputs is None:
         raise ValueError("napo: the batch carries no confidence scores (collate examples with 'confidence')")
     confidence, shareable = inputs["confidence"], inputs["shareable"]
@@ -288,10 +288,9 @@ def napo_arguments(policy: torch.Tensor, inputs: dict[str, torch.Tensor | None] 
         scores = torch.cat([confidence, confidence.reshape(1, B * k).expand(B, B * k)], dim=1)
     batch_mean = float((weights * scores).sum() / weights.sum())
     average = losses.moving_average(float(state["confidence_average"]), batch_mean, float(cfg.get("momentum", 0.9)))
-    state["confidence"].fill_(batch_mean)
     state["confidence_average"].fill_(average)
     margin = losses.napo_margin(batch_mean, average, float(cfg.get("margin", 1.0)), float(cfg.get("alpha", 0.3)))
-    return {"margin": margin, **extra}
+    return {"margin": margin, **extra}, {"confidence": batch_mean, "confidence_average": average}
 
 
 def shared_negatives(policy: torch.Tensor, shareable: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -373,7 +372,8 @@ def run_preference(method: str, model_dir: str | Path, adapter: str | Path, samp
         raise FileNotFoundError(f"{adapter}: no adapter_config.json (train the sft adapter first)")
     if reference_path is None and reads_reference(method, cfg["strategy"]):
         raise ValueError(f"{method} (negative strategy {cfg['strategy']}) reads the reference log-probs: pass "
-                         "--reference (only lpo4rec with random, all, tail or head negatives runs without)")
+                         "--reference (only the reference-free lpo4rec and napo run without, and only with random, all, tail "
+                         "or head negatives)")
     if negatives_path is not None and cfg["strategy"] not in RANKED_STRATEGIES:
         raise ValueError(f"--negatives ranks the candidates for strategy hardest or self; {method} has "
                          f"strategy {cfg['strategy']}")

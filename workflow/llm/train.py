@@ -270,7 +270,8 @@ def save_checkpoint(folder: Path, trainable: dict[str, torch.Tensor], optimizer,
 
 def load_checkpoint(folder: Path, trainable: dict[str, torch.Tensor], optimizer, scheduler,
                     run_id: str, buffers: dict[str, torch.Tensor] | None = None,
-                    method_state: dict[str, torch.Tensor] | None = None) -> tuple[dict[str, int], list[dict[str, Any]]] | None:
+                    method_state: dict[str, torch.Tensor] | None = None
+                    ) -> tuple[dict[str, int], list[dict[str, Any]]] | None:
     """Restore a checkpoint of this same run in place; None when there is none (or a stale one)."""
     path = folder / CHECKPOINT_FILE
     if not path.exists():
