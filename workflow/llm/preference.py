@@ -35,7 +35,7 @@ import torch
 
 from workflow import cli
 from workflow.llm import losses, stage, train
-from workflow.runs import RANKED_STRATEGIES, reads_reference
+from workflow.runs import RANKED_STRATEGIES, REFERENCE_FREE, reads_reference
 
 log = logging.getLogger(__name__)
 
@@ -372,8 +372,8 @@ def run_preference(method: str, model_dir: str | Path, adapter: str | Path, samp
         raise FileNotFoundError(f"{adapter}: no adapter_config.json (train the sft adapter first)")
     if reference_path is None and reads_reference(method, cfg["strategy"]):
         raise ValueError(f"{method} (negative strategy {cfg['strategy']}) reads the reference log-probs: pass "
-                         "--reference (only the reference-free lpo4rec and napo run without, and only with random, all, tail "
-                         "or head negatives)")
+                         f"--reference (only the reference-free {' and '.join(REFERENCE_FREE)} run without, and only with "
+                         f"negatives the reference does not rank: not {' or '.join(RANKED_STRATEGIES)})")
     if negatives_path is not None and cfg["strategy"] not in RANKED_STRATEGIES:
         raise ValueError(f"--negatives ranks the candidates for strategy hardest or self; {method} has "
                          f"strategy {cfg['strategy']}")
