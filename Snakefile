@@ -18,7 +18,8 @@ report: "report/workflow.rst"
 
 
 # JSON schema check with defaults filled; an error names the offending key (e.g. prepare.kcore).
-validate_config(config, f"{workflow.basedir}/config/schema.yaml")
+# The overrides are typed by the schema: `--config 'sft={epochs: 2}'` gives Snakemake the string '2'.
+validate_config(config, f"{workflow.basedir}/config/schema.yaml", overrides=workflow.config_settings.overwrite_config)
 
 # Rules run `python -m workflow.<stage>`: make the package importable from any working directory
 # (`--directory`), conda environment (`--sdm conda`) or cluster node, installed or not.

@@ -38,9 +38,61 @@ def _key_path(error: jsonschema.ValidationError) -> str:
     return ".".join(str(p) for p in error.absolute_path) or "<top level>"
 
 
-def validate(config: dict[str, Any], schema_path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
-    """Validate `config` in place (filling defaults) and return it; errors name the key."""
+def _types(schema: dict[str, Any]) -> set[str]:
+    """The JSON types a schema node allows (its `type`, or its `oneOf` / `anyOf` branches')."""
+    declared = schema.get("type")
+    types = {declared} if isinstance(declared, str) else set(declared or ())
+    for branch in schema.get("oneOf", []) + schema.get("anyOf", []):
+        types |= _types(branch)
+    return types
+
+
+def _scalar(text: str, types: set[str]) -> Any:
+    """A command-line string as the scalar the schema wants: int, float, bool or None (YAML's
+    reading; `1e-4`, which YAML 1.1 reads as a string, as a float); the string when none fits."""
+    for kind, parse in (("integer", int), ("number", int), ("number", float)):
+        if kind in types:
+            try:
+                return parse(text)
+            except ValueError:
+                pass
+    value = yaml.safe_load(text) if text.strip() else None
+    return value if isinstance(value, (bool, type(None))) else text
+
+
+def coerce(values: Any, schema: dict[str, Any]) -> Any:
+    """`values` with every string typed by the schema where the schema does not take a string.
+    `--config` gives nested values as strings (`sft={epochs: 2}` reads as {'epochs': '2'}); a string
+    that is no such value stays, and validation names its key."""
+    if isinstance(values, dict):
+        extra = schema.get("additionalProperties")
+        return {key: coerce(value, schema.get("properties", {}).get(key, extra if isinstance(extra, dict) else {}))
+                for key, value in values.items()}
+    if isinstance(values, list):
+        return [coerce(value, schema.get("items", {})) for value in values]
+    types = _types(schema)
+    if isinstance(values, str) and types and "string" not in types:
+        return _scalar(values, types)
+    return values
+
+
+def _update(target: dict[str, Any], source: dict[str, Any]) -> None:
+    """Nested dicts merged as Snakemake merges `--config` into the config files."""
+    for key, value in source.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            _update(target[key], value)
+        else:
+            target[key] = copy.deepcopy(value)
+
+
+def validate(config: dict[str, Any], schema_path: str | Path = SCHEMA_PATH,
+             overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Validate `config` in place (filling defaults) and return it; errors name the key.
+    `overrides` (Snakemake's `--config` and `--configfile` values, already merged into `config`)
+    are merged again typed by the schema (`coerce`), so `--config 'sft={epochs: 2}'` works."""
     schema = yaml.safe_load(Path(schema_path).read_text())
+    if overrides:
+        _update(config, coerce(dict(overrides), schema))
     validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     lines = [f"config key '{_key_path(e)}': {e.message}" for e in errors]
