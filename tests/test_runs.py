@@ -30,6 +30,9 @@ from workflow.selection import nested_subset
     ("sprec-open-r2-n256", runs.Run("sprec", "open", budget=256, rounds=2)),
     ("dmpo-open-k3-b0.1-n256", runs.Run("dmpo", "open", k=3, budget=256, beta=0.1)),
     ("sprec-open-b2-r2", runs.Run("sprec", "open", rounds=2, beta=2.0)),
+    ("dmpo-open-k3-b0.1-lr5e-4-n256", runs.Run("dmpo", "open", k=3, budget=256, beta=0.1, lr=5e-4)),
+    ("sft-open-lr1.5e-4-e2", runs.Run("sft", "open", epochs=2, lr=1.5e-4)),
+    ("ilora-open-lr2e-5-x4", runs.Run("ilora", "open", experts=4, lr=2e-5)),
 ])
 def test_names_round_trip(name, expected):
     assert runs.parse(name) == expected and expected.name == name
@@ -43,6 +46,8 @@ def test_names_round_trip(name, expected):
     ("sft-open-s43-n128", "is not"), ("sft-open-s", "is not"), ("base-open-s43", "base model"),
     ("dmpo-open-r2", "sprec only"), ("sprec-open-r0", "positive"), ("sprec-open-n256-r2", "is not"),
     ("sft-open-b0.1", "-b"), ("dmpo-open-b0", "-b .beta. must be positive"), ("dmpo-open-b0.1-k3", "is not"),
+    ("dmpo-open-lr5e-04", "-lr5e-4"), ("dmpo-open-lr50e-5", "is not"), ("dmpo-open-lr0.0005", "is not"),
+    ("dmpo-open-lr5.0e-4", "is not"), ("base-open-lr5e-4", "base model"), ("sft-open-e2-lr1e-4", "is not"),
 ])
 def test_malformed_names_say_what_is_wrong(name, message):
     with pytest.raises(ValueError, match=message):
@@ -52,7 +57,7 @@ def test_malformed_names_say_what_is_wrong(name, message):
 def valid_names() -> list[str]:
     """Names of every method and prompt: bare, with each flag it takes alone, and with all of them."""
     values = {"k": 3, "experts": 4, "gate": "uniform", "alpha": 0.5, "rounds": 2, "epochs": 2, "budget": 64,
-              "seed": 43, "beta": 0.25}
+              "seed": 43, "beta": 0.25, "lr": 3e-4}
     names = []
     for method, prompt in itertools.product(runs.METHODS, runs.PROMPTS):
         fields = [field for _, field, _, _, applies in runs.FLAG_SYNTAX if method in applies]
@@ -72,7 +77,7 @@ def test_wildcard_pattern_matches_the_names_of_its_methods_only(methods):
     # names parse() refuses for their grammar (not only for a value: -n0 is refused later)
     for bad in ["sft", "sft-open-n128-e3", "ipo-open", "sft-closed", "sft-open-k3", "base-open-n128",
                 "llara-open-x4", "ilora-open-gsideways", "sft-open-a1", "sft-open-s43-n128", "base-open-s43",
-                "soft-open-a1.", "dmpo-open-s"]:
+                "soft-open-a1.", "dmpo-open-s", "base-open-lr1e-4", "sft-open-lr0.001"]:
         with pytest.raises(ValueError):
             runs.parse(bad)
         assert not pattern.fullmatch(bad), bad
@@ -203,3 +208,30 @@ def test_beta_is_a_run_flag_and_a_study_axis():
     assert runs.block(run, config)["beta"] == 0.1
     labels, run = runs.grid_point("sft", {"prompt": "open", "budget": 256, "beta": 0.1}, config)
     assert run.name == "sft-open-n256" and labels["beta"] is None  # the axis does not apply
+
+
+@pytest.mark.parametrize("lr", [5e-4, 1e-4, 2e-5, 1e-5, 3e-3, 1.5e-4, 0.00012345, 7.25e-6])
+def test_learning_rate_spelling_reads_back_the_same_rate(lr):
+    text = runs.lr_text(lr)
+    assert float(text) == lr and re.fullmatch(r"[1-9](\.[0-9]*[1-9])?e-?[0-9]+", text)
+    run = runs.Run("dmpo", "open", lr=lr)
+    assert runs.parse(run.name) == run
+
+
+def test_learning_rate_is_a_run_flag_and_a_study_axis():
+    """-lr overrides the learning rate of any trained method's block; a grid value equal to the
+    block's keeps the main run's name (reused), another names the run and reaches its settings."""
+    config = config_with(["dmpo-open-n256"], dmpo={"prompt": "open", "beta": 1.0, "lr": 5e-4},
+                         sft={"prompt": "open", "lr": 5e-4}, selection={"budget": 1024})
+    assert runs.block(runs.parse("dmpo-open-lr1e-4"), config)["lr"] == 1e-4
+    assert runs.block(runs.parse("dmpo-open"), config)["lr"] == 5e-4
+    labels, run = runs.grid_point("dmpo", {"budget": 256, "lr": 0.0005}, config)
+    assert run.name == "dmpo-open-n256" and labels["lr"] == 5e-4
+    labels, run = runs.grid_point("dmpo", {"budget": 256, "lr": 0.0001, "beta": 0.1}, config)
+    assert run.name == "dmpo-open-b0.1-lr1e-4-n256" and labels["lr"] == 1e-4
+    assert runs.block(runs.parse(run.name), config)["lr"] == 1e-4 and runs.parse(run.name) == run
+    labels, run = runs.grid_point("sft", {"prompt": "open", "budget": 256, "lr": 2e-5}, config)
+    assert run.name == "sft-open-lr2e-5-n256" and runs.block(run, config)["lr"] == 2e-5
+    assert run.sft() == runs.Run("sft", "open", budget=256)  # a tuned run's start keeps the sft block's rate
+    # the config's `methods` takes such names (the schema's pattern of run names)
+    validate({**config, "methods": ["dmpo-open-b0.1-lr1e-4-n256", "sprec-open-r2", "sft-open-lr2e-5"]})

@@ -145,7 +145,7 @@ def test_cli_rejects_a_bad_spec_and_files_without_likelihood_rows(runs, tmp_path
            "--out-md", str(tmp_path / "c.md"), "--out-png", str(tmp_path / "c.png")]
     spec = {"name": "collapse", "x": "k", "split": "test", "metrics": ["hr@1"], "bootstrap": 10, "ci": 0.9}
     assert study.main(["--spec", json.dumps(spec)] + out) == 1  # no runs
-    assert study.main(["--spec", json.dumps({**spec, "runs": runs, "x": "lr"})] + out) == 1
+    assert study.main(["--spec", json.dumps({**spec, "runs": runs, "x": "temperature"})] + out) == 1
     empty = tmp_path / "gen.parquet"
     frame = pd.read_parquet(runs[0]["path"])
     frame[frame["protocol"] == "generation"].to_parquet(empty)

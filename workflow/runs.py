@@ -2,7 +2,7 @@
 
 A run is one LLM method under one prompt, with optional overrides of its config block:
 
-    {method}-{prompt}[-k{negatives}][-b{beta}][-x{experts}][-g{gate}][-a{alpha}][-r{rounds}][-e{epochs}][-n{budget}][-s{seed}]
+    {method}-{prompt}[-k{negatives}][-b{beta}][-lr{learning rate}][-x{experts}][-g{gate}][-a{alpha}][-r{rounds}][-e{epochs}][-n{budget}][-s{seed}]
 
 e.g. `sft-open`, `base-candidate`, `dmpo-open-k15`, `sft-candidate-e3-n512`. The name is the
 `method` column of every metrics table and the folder of the run's outputs, so two runs that differ
@@ -10,6 +10,8 @@ in anything that changes their result never share a name, and a reader of the su
 prompt of every row. Overrides:
 - `k`: negatives per sample (preference methods but sprec, whose one negative is fixed);
 - `b`: a preference objective's beta (e.g. `dmpo-open-b0.1`);
+- `lr`: the learning rate of the run's block, in one spelling: mantissa, `e`, exponent, no padding
+  (`dmpo-open-lr5e-4`, `sft-open-lr1.5e-4`; `lr_text`), so one rate has one name;
 - `x`, `g`: iLoRA's number of experts and gate input (sequence, random, uniform);
 - `a`: SOFT's curriculum alpha (e.g. `soft-open-a0.1`);
 - `r`: SPRec's self-play rounds (e.g. `sprec-open-r3`: round 3 starts from, and is referenced
@@ -49,6 +51,7 @@ PROMPT_PROTOCOLS = {prompt: supported_protocols(prompt) for prompt in PROMPTS}
 FLAG_SYNTAX = (
     ("k", "k", "negatives", "[0-9]+", TAKES_K),
     ("b", "beta", "beta", r"[0-9]+(?:\.[0-9]+)?", PREFERENCE),
+    ("lr", "lr", "learning rate", r"[1-9](?:\.[0-9]*[1-9])?e-?[0-9]+", TRAINED),
     ("x", "experts", "experts", "[0-9]+", ("ilora",)),
     ("g", "gate", "gate", "[a-z]+", ("ilora",)),
     ("a", "alpha", "alpha", r"[0-9]+(?:\.[0-9]+)?", ("soft",)),
@@ -74,6 +77,18 @@ def wildcard_pattern(methods) -> str:
     return "(?:" + "|".join(method_pattern(m) for m in methods) + ")"
 
 
+def lr_text(lr: float) -> str:
+    """A learning rate as a run name spells it: `5e-4`, `1.5e-4`, `1e-5` (the shortest mantissa that
+    reads back the same float; no exponent padding, so the name has one spelling per rate)."""
+    if not lr > 0:
+        raise ValueError(f"learning rate must be positive, got {lr!r}")
+    for digits in range(17):
+        mantissa, exponent = f"{lr:.{digits}e}".split("e")
+        if float(f"{mantissa}e{exponent}") == lr:
+            break
+    return f"{mantissa}e{int(exponent)}"
+
+
 class Run(NamedTuple):
     method: str
     prompt: str
@@ -86,13 +101,16 @@ class Run(NamedTuple):
     seed: int | None = None  # the training seed; None = the config's `seed`
     rounds: int | None = None  # SPRec's rounds; None = its block's
     beta: float | None = None  # a preference objective's beta; None = its block's
+    lr: float | None = None  # the learning rate; None = its block's
 
     @property
     def name(self) -> str:
-        parts = [self.method, self.prompt]
-        parts += [f"{flag}{getattr(self, key):g}" if key in ("alpha", "beta") else f"{flag}{getattr(self, key)}"
-                  for flag, key in FLAGS if getattr(self, key) is not None]
-        return "-".join(parts)
+        def text(key: str) -> str:
+            value = getattr(self, key)
+            return lr_text(value) if key == "lr" else f"{value:g}" if key in ("alpha", "beta") else f"{value}"
+
+        return "-".join([self.method, self.prompt, *(f"{flag}{text(key)}" for flag, key in FLAGS
+                                                      if getattr(self, key) is not None)])
 
     def sft(self) -> "Run":
         """The sft run a preference or SOFT run starts from, and every tuned run is read against
@@ -108,7 +126,8 @@ def parse(name: str) -> Run:
     """The run a name stands for; a malformed name raises ValueError naming what is wrong."""
     match = NAME.match(name)
     if not match:
-        raise ValueError(f"run name {name!r} is not {{method}}-{{prompt}}[-k<int>][-b<number>][-x<int>][-g<gate>][-a<number>]"
+        raise ValueError(f"run name {name!r} is not {{method}}-{{prompt}}[-k<int>][-b<number>][-lr<m>e<exp>][-x<int>]"
+                         f"[-g<gate>][-a<number>]"
                          f"[-r<int>][-e<int>][-n<int>][-s<int>] (e.g. sft-open, dmpo-candidate-k7, ilora-open-x4, "
                          f"sprec-open-r2, sft-open-s43)")
     method, prompt = match["method"], match["prompt"]
@@ -131,8 +150,12 @@ def parse(name: str) -> Run:
             values[field] = float(match[field])
             if values[field] <= 0:
                 raise ValueError(f"run name {name!r}: -{flag} ({field}) must be positive")
+    if match["lr"] is not None:
+        values["lr"] = float(match["lr"])
+        if lr_text(values["lr"]) != match["lr"]:  # one spelling per rate, so a run is never trained twice
+            raise ValueError(f"run name {name!r}: write the learning rate as -lr{lr_text(values['lr'])}")
     if method == "base" and values:
-        raise ValueError(f"run name {name!r}: the untuned base model takes no -k/-b/-x/-g/-a/-r/-e/-n/-s")
+        raise ValueError(f"run name {name!r}: the untuned base model takes no -k/-b/-lr/-x/-g/-a/-r/-e/-n/-s")
     for flag, field, what, _, applies in FLAG_SYNTAX:
         if field in values and method not in applies:
             raise ValueError(f"run name {name!r}: -{flag} ({what}) applies to {', '.join(applies)} only")
@@ -186,11 +209,11 @@ def config_runs(config: dict[str, Any]) -> list[Run]:
 
 
 BLOCK_KEYS = {"k": "k", "epochs": "epochs", "experts": "n_experts", "gate": "gate", "alpha": "alpha",
-              "rounds": "rounds", "beta": "beta"}
+              "rounds": "rounds", "beta": "beta", "lr": "lr"}
 
 
 def block(run: Run, config: dict[str, Any]) -> dict[str, Any]:
-    """The run's training settings: its method's config block with the name's -k, -x, -g and -e
+    """The run's training settings: its method's config block with the name's -k, -b, -lr, -x, -g, -a, -r and -e
     (the prompt and -n budget travel beside the block, as every LLM stage's `prompt` and `budget`)."""
     settings = {key: value for key, value in config[run.method].items() if key != "prompt"}
     for field, key in BLOCK_KEYS.items():
@@ -244,7 +267,8 @@ def previous_round(run: Run, config: dict[str, Any]) -> Run | None:
 # `prompt` and `budget` apply to every method; the others override a key of the method's block.
 AXES = {"prompt": ("prompt", None), "k": ("k", TAKES_K), "epochs": ("epochs", None),
         "budget": ("budget", None), "n_experts": ("experts", ("ilora",)), "gate": ("gate", ("ilora",)),
-        "alpha": ("alpha", ("soft",)), "rounds": ("rounds", ("sprec",)), "beta": ("beta", PREFERENCE)}
+        "alpha": ("alpha", ("soft",)), "rounds": ("rounds", ("sprec",)), "beta": ("beta", PREFERENCE),
+        "lr": ("lr", TRAINED)}
 
 
 def grid_point(method: str, point: dict[str, Any], config: dict[str, Any]) -> tuple[dict[str, Any], Run]:

@@ -1,7 +1,7 @@
 """Studies: a grid of config variants -> runs -> one table and one plot with paired differences.
 
 Every study has the same shape. Some methods are trained at every point of a grid of overrides
-(prompt, negatives k, epochs, training budget, iLoRA's experts and gate, SOFT's alpha, SPRec's rounds, a preference objective's beta;
+(prompt, negatives k, epochs, training budget, iLoRA's experts and gate, SOFT's alpha, SPRec's rounds, a preference objective's beta, the learning rate;
 `studies.<name>` in the config, runs named as in workflow/runs.py) on the same selection, and
 evaluated under the study's protocols (likelihood by default; grounded, generation, ... where the
 run's prompt supports them) on the same samples of one split, so the runs are paired. The table
@@ -43,7 +43,7 @@ from workflow.summary import estimate, metric_frames, paired_delta, read_metrics
 
 log = logging.getLogger(__name__)
 
-AXES = ("prompt", "k", "epochs", "budget", "n_experts", "gate", "alpha", "rounds", "beta")
+AXES = ("prompt", "k", "epochs", "budget", "n_experts", "gate", "alpha", "rounds", "beta", "lr")
 LABELS = ("dataset", "selection", "method", *AXES)
 KEY = (*LABELS, "protocol", "metric")  # a table row's key: the run's labels, then protocol and metric
 BASELINES = ("random", "popularity", "sasrec")
@@ -51,6 +51,7 @@ SCHEMA = pa.schema([
     ("dataset", pa.string()), ("selection", pa.string()), ("method", pa.string()), ("prompt", pa.string()),
     ("k", pa.int64()), ("epochs", pa.int64()), ("budget", pa.int64()), ("n_experts", pa.int64()),
     ("gate", pa.string()), ("alpha", pa.float64()), ("rounds", pa.int64()), ("beta", pa.float64()),
+    ("lr", pa.float64()),
     ("protocol", pa.string()),
     ("metric", pa.string()),
     ("is_reference", pa.bool_()),
@@ -230,10 +231,10 @@ def baseline_values(paths: Sequence[str], split: str, metrics: Sequence[str], re
 
 def series_label(row: pd.Series, x: str) -> str:
     """`dmpo open e1 k3`: the method and the series' other axis values (budget as n, experts as x,
-    gate as g, alpha as a, rounds as r, beta as b)."""
+    gate as g, alpha as a, rounds as r, beta as b, learning rate as lr)."""
     parts = [row["method"]] + ([row["prompt"]] if x != "prompt" else [])
     for name, flag in (("epochs", "e"), ("k", "k"), ("budget", "n"), ("n_experts", "x"), ("gate", "g"),
-                       ("alpha", "a"), ("rounds", "r"), ("beta", "b")):
+                       ("alpha", "a"), ("rounds", "r"), ("beta", "b"), ("lr", "lr")):
         if name != x and not pd.isna(row[name]):
             value = row[name]
             parts.append(f"{flag}{value:g}" if isinstance(value, float) else f"{flag}{value}")
