@@ -1,12 +1,15 @@
 # LLM-as-recommender workflow: raw datasets -> samples -> surrogate -> LLM methods -> one summary.
 # Rules are thin; every stage is `python -m workflow.<stage>` (see workflow/).
 import shlex
+import sys
 
 from snakemake.utils import min_version
+from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 # The package is `workflow`; import names from it only, never the package itself, which would
 # shadow Snakemake's own `workflow` object here.
 from workflow.config import validate as validate_config
+from workflow.failures import print_failed_logs
 
 min_version("9.20")
 
@@ -24,12 +27,17 @@ validate_config(config, f"{workflow.basedir}/config/schema.yaml", overrides=work
 # Rules run `python -m workflow.<stage>`: make the package importable from any working directory
 # (`--directory`), conda environment (`--sdm conda`) or cluster node, installed or not.
 PACKAGE_ROOT = shlex.quote(workflow.basedir)
-shell.prefix(f"export PYTHONPATH={PACKAGE_ROOT}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
+# `python` in a rule is the interpreter Snakemake runs under (a shell function), so the rules work
+# without an activated virtual environment; under `--sdm conda`, the rule's environment's own.
+PYTHON = ("" if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+          else f'python() {{{{ {shlex.quote(sys.executable)} "$@"; }}}}; ')
+shell.prefix(f"export PYTHONPATH={PACKAGE_ROOT}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; {PYTHON}")
 
 
 include: "rules/common.smk"
 include: "rules/targets.smk"
 include: "rules/data.smk"
+include: "rules/semantic_ids.smk"
 include: "rules/surrogate.smk"
 include: "rules/baselines.smk"
 include: "rules/selection.smk"
@@ -46,3 +54,8 @@ include: "rules/study.smk"
 rule all:
     input: all_targets(),
     default_target: True
+
+
+# Without a profile's `show-failed-logs`, Snakemake names a failed job's log but does not show it.
+onerror:
+    print_failed_logs(log, shown=workflow.output_settings.show_failed_logs)

@@ -5,7 +5,7 @@ include: "data_inputs.smk"
 rule ingest:
     input: raw_inputs,
     output: **data("{dataset}", "interactions", "item_table"),
-    params: spec=lambda wildcards: spec({"name": wildcards.dataset, **config["datasets"][wildcards.dataset]}),
+    params: spec=ingest_spec,
     log: logged("{dataset}/ingest"),
     benchmark: benchmarked("{dataset}/ingest"),
     resources: **job_resources("ingest", "4GB", "1h"),

@@ -160,6 +160,22 @@ def test_snakemake_reports_a_bad_key():
     assert "prepare.kcore" in out.stdout + out.stderr
 
 
+def test_methods_take_every_run_name_of_the_grammar():
+    """`methods` is checked by workflow/runs.py's grammar (no second copy in the schema): the run-name
+    flags the docs show are accepted, a wrong one is named with its entry and the reason."""
+    config = _default()
+    config["methods"] = ["base", "dmpo-open-b0.1-n256", "sprec-open-r2", "ilora-open-x4-gsequence", "soft-open-a0.1",
+                         "sft-open-e3-n512-s43"]
+    cfg.validate(config)
+    config = _default()
+    config["methods"] = ["base", "sft-open", "sft-open-x3", "foo"]
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.validate(config)
+    assert "config key 'methods[2]': run name 'sft-open-x3': -x (experts) applies to ilora only" in str(err.value)
+    assert "config key 'methods[3]': unknown method 'foo'" in str(err.value)
+    assert "methods[0]" not in str(err.value)
+
+
 def test_nested_overrides_are_typed_by_the_schema():
     """`--config` gives nested values as strings; validate types them by the schema where it takes no
     string, and leaves a string it cannot read for the error that names the key."""

@@ -97,6 +97,7 @@ def validate(config: dict[str, Any], schema_path: str | Path = SCHEMA_PATH,
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     lines = [f"config key '{_key_path(e)}': {e.message}" for e in errors]
     if not errors:
+        lines += _run_name_errors(config)
         # A dataset's `prepare` overrides are checked as merged with the top-level block, so a
         # wrong key or type there is named with its full path too.
         prepare_schema = schema["properties"]["prepare"]
@@ -108,6 +109,21 @@ def validate(config: dict[str, Any], schema_path: str | Path = SCHEMA_PATH,
     if lines:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
     return config
+
+
+def _run_name_errors(config: dict[str, Any]) -> list[str]:
+    """`methods` entries that are no run name by workflow/runs.py's grammar (its one definition)."""
+    from workflow.runs import resolve
+
+    errors = []
+    for i, entry in enumerate(config["methods"]):
+        try:
+            if entry != "base":  # base resolves the other entries: their errors are their own
+                resolve(entry, config)
+        except ValueError as exc:
+            reason = str(exc).removeprefix("config key 'methods': ")
+            errors.append(f"config key 'methods[{i}]': {reason}")
+    return errors
 
 
 def validate_block(block: str, settings: dict[str, Any], schema_path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
