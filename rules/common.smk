@@ -42,6 +42,9 @@ JOB_THREADS = CORES if config["threads_per_job"] == "all" else min(int(config["t
 wildcard_constraints:
     dataset="|".join(DATASETS) if DATASETS else "[^/]+",
     split="valid|test",
+    # one folder: else a run's deeper files (sprec's sft_phase/adapter) also match rule preference's
+    # {selection}/adapter, with selection = random/sft_phase/... (PeriodicWildcardError)
+    selection="[^/]+",
 
 
 # the rules that load the LLM (they take `resources.llm` even on a CPU-only config)
@@ -81,6 +84,14 @@ def data(dataset, *names):
     Namedlist.items()), or those named."""
     paths = {"interactions": "interactions", "samples": "samples", "item_table": "items"}
     return {name: f"{RESULTS}/{dataset}/data/{paths[name]}.parquet" for name in names or ("samples", "item_table")}
+
+
+def run_items(wildcards):
+    """The items table a run reads: the sid prompt's shows every item by its semantic ID (rule
+    semantic_ids), every other prompt the titles."""
+    if parse_run(wildcards.run).prompt == "sid":
+        return f"{RESULTS}/{wildcards.dataset}/data/items_sid.parquet"
+    return data(wildcards.dataset, "item_table")["item_table"]
 
 
 def surrogate_tables(dataset):
@@ -165,7 +176,8 @@ def method_spec(wildcards):
 
 # The inputs and arguments every LLM training or scoring stage of a run takes (workflow/cli.py
 # add_training_arguments): `params: args=training_args(method_spec)`, `shell: "... {params.args:q}"`.
-TRAINING_INPUTS = {"model": BASE_MODEL, **data("{dataset}"), "selection": training_selection}
+TRAINING_INPUTS = {"model": BASE_MODEL, **data("{dataset}", "samples"), "item_table": run_items,
+                   "selection": training_selection}
 
 
 def training_args(spec_of):

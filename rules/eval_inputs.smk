@@ -23,7 +23,7 @@ def evaluation_inputs(wildcards):
     base model (for a transferred run, the one trained on {trained_on}); the surrogate tables for a
     llara or ilora run; the title embeddings when the grounded protocol is on."""
     run = parse_run(wildcards.run)
-    inputs = {"model": BASE_MODEL, **data(wildcards.dataset)}
+    inputs = {"model": BASE_MODEL, **data(wildcards.dataset, "samples"), "item_table": run_items(wildcards)}
     if run.method != "base":
         trained_on = wildcards.trained_on if "trained_on" in wildcards.keys() else wildcards.dataset
         inputs["adapter"] = f"{RESULTS}/{trained_on}/llm/{wildcards.run}/{wildcards.selection}/adapter"

@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 
 from workflow.llm.protocols import supported as supported_protocols
 
-PROMPTS = ("candidate", "open")
+PROMPTS = ("candidate", "open", "sid")  # sid: items shown and answered by semantic ID (workflow/semantic_ids.py)
 PREFERENCE = ("dmpo", "sdpo", "dynamicpo", "lpo4rec", "napo", "grpo", "sprec")  # workflow/llm/preference.py
 TRAINED = ("sft", "dmpo", "sdpo", "dynamicpo", "llara", "ilora", "soft", "lpo4rec", "napo", "grpo", "sprec")
 TAKES_K = tuple(m for m in PREFERENCE if m != "sprec")  # the -k flag; sprec's one negative is fixed

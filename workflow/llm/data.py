@@ -39,7 +39,8 @@ def read_training_samples(samples_path: str | Path, selection_path: str | Path) 
 
 def prompt_ids(tokenizer, prompt: str, history_titles, candidate_titles, domain: str, llm: dict[str, Any],
                item_marker: str | None = None) -> list[int]:
-    """The rendered prompt of kind `prompt` (candidate: history and candidates; open: history only);
+    """The rendered prompt of kind `prompt` (candidate: history and candidates; open: history only;
+    sid: history only, every item shown by its semantic ID);
     `item_marker` after every listed title for the hybrid prompt (workflow/llm/llara.py)."""
     from workflow.llm import prompts
 
@@ -49,4 +50,6 @@ def prompt_ids(tokenizer, prompt: str, history_titles, candidate_titles, domain:
         return prompts.candidate_prompt_ids(tokenizer, history_titles, candidate_titles, domain, **budget)
     if prompt == "open":
         return prompts.open_prompt_ids(tokenizer, history_titles, domain, **budget)
-    raise ValueError(f"unknown prompt {prompt!r} (known: candidate, open)")
+    if prompt == "sid":  # the items' "titles" are their semantic IDs (the sid items table)
+        return prompts.sid_prompt_ids(tokenizer, history_titles, domain, max_prompt_tokens=llm["max_prompt_tokens"])
+    raise ValueError(f"unknown prompt {prompt!r} (known: candidate, open, sid)")

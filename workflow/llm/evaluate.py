@@ -41,6 +41,7 @@ from workflow.llm.protocols import (ANSWER_ERRORS, PREDICTIONS_SCHEMA, PROTOCOLS
                                     normalize, position_bias_values, resolve, reversed_candidates,
                                     reversed_order_logprobs)
 from workflow.prepare import item_vocabulary
+from workflow.semantic_ids import sid_items, sid_tokens
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def generation_subset(sample_ids: Sequence[str], n: int | None, seed: int) -> np
 def prompt_inputs(samples: pd.DataFrame, items: pd.DataFrame, tokenizer, domain: str, llm: dict,
                   item_marker: str | None = None) -> dict[str, list]:
     """Token ids of the candidate and open prompts (with `item_marker` after every listed title:
-    the hybrid prompt) and of every candidate's answer, and the candidate and history titles as the
+    the hybrid prompt), of the sid prompt when the items are shown by semantic ID, and of every candidate's answer, and the candidate and history titles as the
     prompt shows them (clipped)."""
     from workflow.llm import prompts
 
@@ -73,13 +74,18 @@ def prompt_inputs(samples: pd.DataFrame, items: pd.DataFrame, tokenizer, domain:
         raise ValueError(f"{len(unknown)} item ids of the samples are not in the items table, e.g. {unknown[:3]}")
     clipped = {i: prompts.clip_title(tokenizer, titles[i], llm["max_title_tokens"]) for i in sorted(needed)}
     answer = {}
-    out = {"candidate_prompt": [], "open_prompt": [], "answers": [], "shown_titles": [], "shown_history": []}
+    sid = sid_items(items)
+    out = {"candidate_prompt": [], "open_prompt": [], "answers": [], "shown_titles": [], "shown_history": [],
+           **({"sid_prompt": []} if sid else {})}
     for history, candidates in zip(samples["history"], samples["candidates"]):
         history_titles = [titles[i] for i in history]
         candidate_titles = [titles[i] for i in candidates]
         out["candidate_prompt"].append(prompts.candidate_prompt_ids(tokenizer, history_titles, candidate_titles,
                                                                     domain, **budget))
         out["open_prompt"].append(prompts.open_prompt_ids(tokenizer, history_titles, domain, **budget))
+        if sid:
+            out["sid_prompt"].append(prompts.sid_prompt_ids(tokenizer, history_titles, domain,
+                                                            max_prompt_tokens=llm["max_prompt_tokens"]))
         for i in candidates:
             if i not in answer:
                 answer[i] = prompts.answer_ids(tokenizer, clipped[i])
@@ -284,7 +290,7 @@ def main(argv=None) -> int:
                                                                              args.surrogate)}
         else:
             model, tokenizer = load_for_evaluation(args.model_dir, args.adapter, llm["device"], llm["dtype"],
-                                                   llm["attention"], llm["quantization"])
+                                                   llm["attention"], llm["quantization"], item_tokens=sid_tokens(items))
         device = model_device(model)
         log.info("%s/%s/%s: %d samples (%s), %s prompt, protocols %s", args.dataset, args.run, args.selection,
                  len(samples), ", ".join(evaluation["splits"]), prompt, ", ".join(evaluation["protocols"]))

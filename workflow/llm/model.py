@@ -293,16 +293,38 @@ def load_for_training(model_dir: str | os.PathLike, llm: dict):
     return model, tokenizer, device, resolve_dtype(llm["dtype"], device)
 
 
+def add_item_tokens(model, tokenizer, tokens) -> list[int]:
+    """Add item ID tokens (workflow.semantic_ids.sid_tokens) to the tokenizer and resize the input
+    and (tied) output embeddings; the new rows are drawn around the mean embedding (transformers'
+    mean resizing) from a fixed seed, so the untrained rows are the same in every job. Their ids."""
+    if not tokens:
+        return []
+    tokenizer.add_tokens(list(tokens))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    return item_token_ids(tokenizer)
+
+
+def item_token_ids(tokenizer) -> list[int]:
+    """Ids of the item ID tokens added to `tokenizer` (`add_item_tokens`), ascending."""
+    from workflow.semantic_ids import TOKEN
+
+    return sorted(i for token, i in tokenizer.get_added_vocab().items() if TOKEN.fullmatch(token))
+
+
 def load_for_evaluation(model_dir, adapter=None, device="auto", dtype="auto", attention="auto",
-                        quantization="none"):
+                        quantization="none", item_tokens=()):
     """(model, tokenizer) in eval mode, no parameter requiring gradients; with `adapter`, the base
     model wrapped by the PEFT adapter. The no-grad attention (`resolve_attention(training=False)`),
     and the linear weights stored in the compute dtype (`train.cast_frozen_linears`: the results of
-    autocast's per-matmul casts, without a cast of every weight at every generated token)."""
+    autocast's per-matmul casts, without a cast of every weight at every generated token).
+    `item_tokens`: item ID tokens to add first (the sid prompt's runs)."""
     from workflow.llm.train import cast_frozen_linears
 
     model, tokenizer = load_model(model_dir, device=device, dtype=dtype, attention=attention, training=False,
                                   quantization=quantization)
+    add_item_tokens(model, tokenizer, item_tokens)  # before the adapter, whose trainable tokens index them
     if adapter:
         from peft import PeftModel
 

@@ -20,6 +20,10 @@ open prompt (BIGRec style)::
     ...
     Which {noun} will the user {do} next? Answer with the {noun}'s title only.
 
+sid prompt (TIGER / LC-Rec / MiniOneRec): the open prompt over semantic IDs. Every item is shown
+and answered by its ID (`<a_12><b_3><c_40>`: tokens added to the vocabulary, workflow/semantic_ids.py)
+where the open prompt shows titles, and the question ends "Answer with the {noun}'s ID only."
+
 `render` sends the text as one user message through the model's chat template with the
 generation prompt appended (SmolLM2's template adds its default system message), or, for a model
 without a chat template, as plain text followed by a newline. The answer is the bare title followed
@@ -82,10 +86,10 @@ def candidate_prompt(history_titles: Sequence[str], candidate_titles: Sequence[s
     )
 
 
-def open_prompt(history_titles: Sequence[str], domain: str = "item") -> str:
-    """BIGRec-style prompt text: history; ask for the next item by title."""
+def open_prompt(history_titles: Sequence[str], domain: str = "item", answer_word: str = "title") -> str:
+    """BIGRec-style prompt text: history; ask for the next item by title (the sid prompt: by ID)."""
     noun, nouns, did, do = domain_words(domain)
-    question = f"Which {noun} will the user {do} next? Answer with the {noun}'s title only."
+    question = f"Which {noun} will the user {do} next? Answer with the {noun}'s {answer_word} only."
     return _history_block(history_titles, domain) + question
 
 
@@ -180,6 +184,12 @@ def open_prompt_ids(tokenizer, history_titles: Sequence[str], domain: str = "ite
     `item_marker` follows every history title."""
     history = _listed(tokenizer, history_titles, max_title_tokens, item_marker)
     return _fit(tokenizer, history, lambda h: open_prompt(h, domain), max_prompt_tokens)
+
+
+def sid_prompt_ids(tokenizer, history_ids: Sequence[str], domain: str = "item", *,
+                   max_prompt_tokens: int = 512) -> list[int]:
+    """Rendered sid prompt: the history's semantic IDs, the oldest dropped to fit."""
+    return _fit(tokenizer, list(history_ids), lambda h: open_prompt(h, domain, answer_word="ID"), max_prompt_tokens)
 
 
 def clipped_answer_ids(tokenizer, title: str, max_title_tokens: int = 24) -> list[int]:

@@ -36,6 +36,14 @@ workflow/runs.py):
   other than the target are excluded from the ranking, as workflow.metrics.full_ranking_ranks does
   for the surrogate; HR@K, NDCG@K for K in 1, 5, 10, 20. The ranked items are the dataset's item
   universe (`workflow.prepare.item_vocabulary`: every item of any sample), the surrogate's items.
+- catalogue (open and sid prompts): whole-catalogue generation. Beam search constrained to the
+  answers of every catalogue item (its title under the open prompt, its semantic ID under the sid
+  prompt; `workflow.llm.catalogue`), `evaluation.catalogue_beams` live beams, returns each sample's
+  top 20 distinct items ranked by summed log-prob; history items other than the target excluded as
+  in full_ranking; HR@K, NDCG@K for K in 1, 5, 10, 20 (the target's rank when the beam returned it,
+  a miss otherwise) and, as checks, `invalid` and `duplicate`: returned outputs that are not
+  catalogue items, and items returned twice (0 by construction of the prefix tree). On the decoded
+  subset; read against popularity's and SASRec's full ranking of the same items.
 - full_ranking: not an LLM protocol: the baselines' and SASRec's ranking of all items, listed for
   the popularity ranking it is read against.
 
@@ -356,6 +364,49 @@ def grounded(ctx: EvalContext) -> Reported:
                     {"open_generated": answers, "grounded_top": top_lists, "grounded_target_rank": rank_col})
 
 
+def catalogue(ctx: EvalContext) -> Reported:
+    """The decoded samples' top items by beam search constrained to the catalogue's answers."""
+    from workflow.llm import catalogue as search
+    from workflow.llm.inference import no_sample_hooks, pad_id
+    from workflow.llm.prompts import clipped_answer_ids
+
+    start = time.perf_counter()
+    items, n, samples = ctx.items, ctx.n, ctx.samples
+    item_ids = items["item_id"].astype(str).to_numpy()
+    position = {item: i for i, item in enumerate(item_ids)}
+    answers = [clipped_answer_ids(ctx.tokenizer, t, ctx.llm["max_title_tokens"]) for t in items["title"].astype(str)]
+    rows = np.flatnonzero(ctx.decode)
+    targets = np.array([position[t] for t in samples["target"].astype(str).to_numpy()[rows]], dtype=np.int64)
+    exclude = [{position[i] for i in samples["history"].iloc[r]} - {t} for r, t in zip(rows, targets)]
+    prompt_ids = ctx.inputs[f"{ctx.prompt}_prompt"]
+    hooks = ctx.hooks_for(samples, prompt_ids) if ctx.hooks_for is not None else no_sample_hooks
+    ranked = search.beam_search(ctx.model, [prompt_ids[r] for r in rows], search.catalogue_trie(answers),
+                                width=ctx.evaluation["catalogue_beams"], top=max(metrics.FULL_RANKING_KS),
+                                exclude=exclude, pad_id=pad_id(ctx.tokenizer), batch_size=ctx.batch_size,
+                                autocast=ctx.autocast, sample_hooks=lambda chosen: hooks(rows[chosen]))
+    ranks = search.target_ranks(ranked.items, ranked.scores, targets, len(item_ids))
+    per_sample = metrics.full_ranking_metrics(ranks)
+    per_sample["invalid"] = np.array([sum(not 0 <= i < len(item_ids) for i in found) for found in ranked.items],
+                                     dtype=np.float64)
+    per_sample["duplicate"] = np.array([len(found) - len(set(found)) for found in ranked.items], dtype=np.float64)
+    values = {}
+    for name, v in per_sample.items():
+        full = np.full(n, np.nan)
+        full[rows] = v
+        values[name] = full
+    top_lists: list[list[str] | None] = [None] * n
+    rank_col: list[int | None] = [None] * n
+    for j, r in enumerate(rows):
+        top_lists[r] = [str(item_ids[i]) for i in ranked.items[j]]
+        rank_col[r] = int(ranks[j]) if ranks[j] < len(item_ids) else None
+    seconds = time.perf_counter() - start
+    log.info("catalogue: %d samples, %d beams over %d items in %.1f s (%.2f s/sample, %d decoding steps), "
+             "hr@10 %.3f, invalid %d, duplicate %d", len(rows), ctx.evaluation["catalogue_beams"], len(item_ids),
+             seconds, seconds / max(len(rows), 1), ranked.steps, per_sample["hr@10"].mean() if len(rows) else np.nan,
+             int(per_sample["invalid"].sum()), int(per_sample["duplicate"].sum()))
+    return Reported({"catalogue": values}, {"catalogue_top": top_lists, "catalogue_target_rank": rank_col})
+
+
 # ---------------------------------------------------------------------------------------------
 # the registry
 
@@ -367,7 +418,8 @@ class Protocol:
     headline: tuple[str, ...] = ()   # summary.md's paired differences
     popularity: str | None = None    # the popularity baseline's protocol ranking the same items
     scores: bool = False             # reads the shared pass's forward candidate scores
-    decodes: str | None = None       # reads the shared pass's "free" or "constrained" answers
+    decodes: str | None = None       # decodes the decoded subset: the shared pass's "free" or "constrained"
+                                     # answers, or its own "catalogue" beam search
     runs_with: tuple[str, ...] = ()  # protocols run (and reported) whenever it is
     columns: tuple[str, ...] = ()    # the predictions.parquet columns it writes (PREDICTIONS_SCHEMA)
 
@@ -379,7 +431,7 @@ FULL_RANKING_METRICS = (*(f"hr@{k}" for k in metrics.FULL_RANKING_KS), *(f"ndcg@
 # The order is the order protocols run in and their rows in the metrics tables (and summary.md's
 # paired-differences sections).
 PROTOCOLS: dict[str, Protocol] = {
-    "likelihood": Protocol(likelihood, prompts=("candidate", "open"), metrics=CANDIDATE_METRICS,
+    "likelihood": Protocol(likelihood, prompts=("candidate", "open", "sid"), metrics=CANDIDATE_METRICS,
                            headline=("hr@1", "mrr", "auc"), popularity="likelihood", scores=True,
                            columns=("candidate_logprob", "candidate_tokens", "target_rank", "target_rank_norm")),
     "likelihood_norm": Protocol(None, metrics=CANDIDATE_METRICS, headline=("hr@1", "mrr", "auc"),
@@ -397,6 +449,9 @@ PROTOCOLS: dict[str, Protocol] = {
     "generation_constrained": Protocol(generation_constrained, prompts=("candidate",), metrics=("valid", "hit"),
                                        headline=("hit",), decodes="constrained",
                                        columns=("constrained_generated", "constrained_item")),
+    "catalogue": Protocol(catalogue, prompts=("open", "sid"), metrics=(*FULL_RANKING_METRICS, "invalid", "duplicate"),
+                          headline=("hr@10", "ndcg@10"), popularity="full_ranking", decodes="catalogue",
+                          columns=("catalogue_top", "catalogue_target_rank")),
     "full_ranking": Protocol(None, metrics=FULL_RANKING_METRICS, popularity="full_ranking"),  # baselines, SASRec
 }
 
@@ -411,6 +466,7 @@ PREDICTIONS_SCHEMA = pa.schema([
     ("open_generated", pa.string()), ("grounded_top", pa.list_(pa.string())), ("grounded_target_rank", pa.int32()),
     ("answer_category", pa.string()), ("constrained_generated", pa.string()), ("constrained_item", pa.string()),
     ("candidate_logprob_reversed", pa.list_(pa.float32())), ("target_rank_reversed", pa.int32()),
+    ("catalogue_top", pa.list_(pa.string())), ("catalogue_target_rank", pa.int32()),
 ])
 
 

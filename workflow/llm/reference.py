@@ -66,6 +66,7 @@ def main(argv=None) -> int:
         from workflow.llm.evaluate import settings
         from workflow.llm.model import autocast, load_for_evaluation, resolve_device
         from workflow.llm.data import read_training_samples
+        from workflow.semantic_ids import sid_tokens
 
         s = settings(args.spec)
         llm, evaluation, domain = s["llm"], s["evaluation"], s["domain"]
@@ -73,7 +74,7 @@ def main(argv=None) -> int:
         samples = read_training_samples(args.samples, args.selection)
         items = pd.read_parquet(args.items, columns=["item_id", "title"])
         model, tokenizer = load_for_evaluation(args.model_dir, args.adapter, llm["device"], llm["dtype"],
-                                               llm["attention"])
+                                               llm["attention"], item_tokens=sid_tokens(items))
         device = resolve_device(llm["device"])
         start = time.perf_counter()
         table = reference_table(model, tokenizer, samples, items, domain=domain, llm=llm,

@@ -40,6 +40,8 @@ from typing import Callable, NamedTuple, Sequence
 import torch
 import torch.nn.functional as F
 
+from workflow.llm import compiling
+
 EmbedsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -67,8 +69,9 @@ def _check(prompt_ids: Sequence[Sequence[int]], answer_ids: Sequence[Sequence[Se
 
 
 def pack(prompt_ids: Sequence[Sequence[int]], answer_ids: Sequence[Sequence[Sequence[int]]],
-         pad_id: int = 0) -> Packed:
-    """The packed layout of the module docstring, as CPU tensors."""
+         pad_id: int = 0, multiple: int = 1) -> Packed:
+    """The packed layout of the module docstring, as CPU tensors; rows padded to a multiple of
+    `multiple` tokens (a compiled decoder's length buckets, workflow.llm.compiling)."""
     n_cands = _check(prompt_ids, answer_ids)
     max_answer = max(len(a) for answers in answer_ids for a in answers)
     B = len(prompt_ids)
@@ -88,7 +91,7 @@ def pack(prompt_ids: Sequence[Sequence[int]], answer_ids: Sequence[Sequence[Sequ
             targets[b, c, :L] = torch.tensor(answer)
             mask[b, c, :L] = True
         rows.append(ids), positions.append(pos), segments.append(seg)
-    T = max(len(r) for r in rows)
+    T = -(-max(len(r) for r in rows) // multiple) * multiple
 
     def padded(seqs, value):
         return torch.tensor([s + [value] * (T - len(s)) for s in seqs], dtype=torch.long)
@@ -104,11 +107,16 @@ def block_mask(segment: torch.Tensor, attn_implementation: str, dtype: torch.dty
     T = segment.shape[1]
     causal = torch.ones(T, T, dtype=torch.bool, device=segment.device).tril()
     query, key = segment[:, :, None], segment[:, None, :]
-    allowed = (causal & ((key == query) | (key == 0)))[:, None]
+    return attention_mask((causal & ((key == query) | (key == 0)))[:, None], attn_implementation, dtype)
+
+
+def attention_mask(allowed: torch.Tensor, attn_implementation: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A [B, 1, Q, K] bool mask (True = attend) as the decoder takes it: bool for sdpa, additive
+    (0 / dtype-min) for eager."""
     if attn_implementation == "sdpa":
         return allowed
     if attn_implementation == "eager":
-        return torch.zeros(allowed.shape, dtype=dtype, device=segment.device).masked_fill(
+        return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
             ~allowed, torch.finfo(dtype).min)
     raise ValueError(f"attention implementation {attn_implementation!r} does not take a custom 4D mask; "
                      "load the model with attn_implementation='sdpa' or 'eager'")
@@ -141,13 +149,14 @@ def token_logprobs(model, prompt_ids: Sequence[Sequence[int]], answer_ids: Seque
     """
     decoder, lm_head, config = _parts(model)
     device = lm_head.weight.device
-    packed = pack(prompt_ids, answer_ids, _pad_id(config))
+    forward = compiling.forward_of(decoder)  # `llm.compile`: the compiled decoder, lengths bucketed
+    packed = pack(prompt_ids, answer_ids, _pad_id(config), compiling.BUCKET if forward is not decoder else 1)
     input_ids = packed.input_ids.to(device)
     embeds = decoder.get_input_embeddings()(input_ids)
     if inputs_embeds_fn is not None:
         embeds = inputs_embeds_fn(input_ids, embeds)
     attention = block_mask(packed.segment.to(device), config._attn_implementation, embeds.dtype)
-    hidden = decoder(inputs_embeds=embeds, attention_mask=attention,
+    hidden = forward(inputs_embeds=embeds, attention_mask=attention,
                      position_ids=packed.position_ids.to(device), use_cache=False).last_hidden_state
 
     return _answer_logprobs(hidden, packed, lm_head)

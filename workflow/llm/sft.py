@@ -82,7 +82,7 @@ def method(block: dict[str, Any], llm: dict[str, Any], domain: str, prompt: str,
     `start_adapter`, on that adapter trained further (SPRec's per-round SFT phase)."""
     def attach(model, tokenizer):
         if start_adapter is None:
-            return train.add_lora(model, block, seed)
+            return train.add_lora(model, block, seed, tokenizer)
         from peft import PeftModel
 
         return PeftModel.from_pretrained(model, str(start_adapter), is_trainable=True)

@@ -74,11 +74,13 @@ def run_stage(method: Method, *, model_dir: str | Path, samples_path: str | Path
               selection_path: str | Path, llm: dict[str, Any], seed: int, out: str | Path,
               config: dict[str, Any]) -> pd.DataFrame:
     """Train `method` on the selected samples and save its adapter to `out`; the per-step log."""
-    from workflow.llm.model import load_for_training
+    from workflow.llm.model import add_item_tokens, load_for_training
+    from workflow.semantic_ids import sid_tokens
 
     samples = read_training_samples(samples_path, selection_path)
     items = pd.read_parquet(items_path, columns=["item_id", "title"])
     model, tokenizer, device, dtype = load_for_training(model_dir, llm)
+    add_item_tokens(model, tokenizer, sid_tokens(items))  # the sid prompt's items are their semantic IDs
     model = method.attach(model, tokenizer)
     train.cast_frozen_linears(model, dtype)  # autocast's results without a cast per matmul
     checkpoint = train.checkpoint_dir_for(out)
@@ -89,7 +91,8 @@ def run_stage(method: Method, *, model_dir: str | Path, samples_path: str | Path
     train_log = train.train(model, plan.examples, plan.collate, plan.loss_fn, method.block, seed=seed,
                             checkpoint_dir=checkpoint, autocast=loaded.autocast, desc=method.name,
                             fingerprint_extra={**base, **plan.fingerprint}, hooks=plan.hooks,
-                            scaler=train.grad_scaler(device, dtype))
+                            scaler=train.grad_scaler(device, dtype), compile_mode=llm.get("compile", "off"),
+                            compile_cache=llm.get("compile_cache"))
     provenance = {"llm": llm, **config, "model_dir": str(model_dir), "samples": str(samples_path),
                   "selection": str(selection_path), "n_samples": len(plan.examples), **plan.config,
                   **(plan.summary(train_log) if plan.summary is not None else {}),

@@ -40,7 +40,7 @@ import torch
 from tqdm.auto import tqdm
 
 from workflow.io import atomic_dir, atomic_path, write_json, write_parquet
-from workflow.llm import distributed
+from workflow.llm import compiling, distributed
 
 log = logging.getLogger("workflow.llm.train")
 
@@ -110,13 +110,20 @@ CHECKPOINT_FILE = "state.pt"
 
 # ----------------------------------------------------------------------------- model and schedule
 
-def add_lora(model: torch.nn.Module, spec: dict[str, Any], seed: int) -> torch.nn.Module:
-    """Wrap `model` in a fresh PEFT LoRA adapter; its initial weights depend on `seed` only."""
+def add_lora(model: torch.nn.Module, spec: dict[str, Any], seed: int, tokenizer=None) -> torch.nn.Module:
+    """Wrap `model` in a fresh PEFT LoRA adapter; its initial weights depend on `seed` only. Item ID
+    tokens added to the vocabulary (`tokenizer`'s, workflow.llm.model.add_item_tokens) train
+    beside it: their embedding rows (and the tied LM head's) by PEFT's trainable tokens, every other
+    row frozen."""
     from peft import LoraConfig, get_peft_model
 
+    from workflow.llm.model import item_token_ids
+
+    added = item_token_ids(tokenizer) if tokenizer is not None else []
     cfg = LoraConfig(
         r=int(spec["lora_r"]), lora_alpha=float(spec["lora_alpha"]), lora_dropout=float(spec["lora_dropout"]),
         target_modules=list(spec["target_modules"]), task_type="CAUSAL_LM",
+        **({"trainable_token_indices": {"embed_tokens": added}} if added else {}),
     )
     torch.manual_seed(seed)
     try:
@@ -145,9 +152,12 @@ def cast_frozen_linears(model: torch.nn.Module, dtype: torch.dtype) -> int:
     if dtype == torch.float32:
         return 0
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    # a tied LM head is the embedding's weight (PEFT's trainable tokens wrap it, so `head` is then the wrapper)
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
     cast = 0
     for module in model.modules():
-        if (isinstance(module, torch.nn.Linear) and module is not head and not module.weight.requires_grad
+        if (isinstance(module, torch.nn.Linear) and module is not head and id(module.weight) not in embeddings
+                and not module.weight.requires_grad
                 and not is_quantized(module) and module.weight.dtype != dtype):
             module.weight.data = module.weight.data.to(dtype)
             if module.bias is not None and not module.bias.requires_grad:
@@ -382,7 +392,8 @@ def train(model: torch.nn.Module, examples: Sequence[Any], collate: Callable[[li
           spec: dict[str, Any], *, seed: int, checkpoint_dir: str | Path | None = None,
           autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
           fingerprint_extra: Any = None, desc: str = "train", hooks: Hooks = Hooks(),
-          scaler: "torch.amp.GradScaler | None" = None) -> pd.DataFrame:
+          scaler: "torch.amp.GradScaler | None" = None, compile_mode: str = "off",
+          compile_cache: str | Path | None = None) -> pd.DataFrame:
     """Train the parameters of `model` that require grad on `examples`; return the per-step log.
 
     `collate(list of examples) -> batch` builds a micro-batch; `loss_fn(model, batch)` returns
@@ -394,6 +405,9 @@ def train(model: torch.nn.Module, examples: Sequence[Any], collate: Callable[[li
     the same run is resumed. The caller removes it once the result is saved.
 
     `hooks`: the method's plug-ins (`Hooks`). `scaler`: a `torch.amp.GradScaler` for float16 autocast (`grad_scaler`); None otherwise.
+    `compile_mode` (`llm.compile`: auto, on, off) and `compile_cache`: the loss's decoder forward
+    through torch.compile with a persistent cache (workflow.llm.compiling; `auto` decides from
+    the run's estimated work).
     `spec["early_stopping"]` ({metric, patience, min_delta}; needs `hooks.validate`): training stops
     once the metric has not improved for `patience` epochs and the best epoch's weights are put back;
     the learning-rate schedule stays that of `epochs` (stopping early changes no step before it).
@@ -415,6 +429,9 @@ def train(model: torch.nn.Module, examples: Sequence[Any], collate: Callable[[li
     max_grad_norm = float(spec.get("max_grad_norm", 1.0) or 0.0)
     checkpoint_every = int(spec.get("checkpoint_every", 0) or 0)
     stopping = EarlyStopping.from_spec(spec, hooks)
+    compiled = compiling.decide(compile_mode, model, examples, epochs)
+    if compiled:
+        compiling.enable(model, compile_cache)
 
     seed_everything(seed)
     position, log_rows = {"epoch": 0, "step_in_epoch": 0}, []
@@ -485,6 +502,8 @@ def train(model: torch.nn.Module, examples: Sequence[Any], collate: Callable[[li
                  sum(r["loss"] for r in done) / len(done), len(done),
                  sum(r["tokens"] for r in done) / sum(r["seconds"] for r in done))
     bar.close()
+    if compiled:
+        compiling.log_graph_breaks(desc)
     frame = pd.DataFrame(log_rows)
     if validation:
         epochs_trained = int(frame["epoch"].max())
@@ -538,7 +557,9 @@ def save_adapter(model: torch.nn.Module, out: str | Path, config: dict[str, Any]
         if writer:
             with atomic_dir(out) as tmp:
                 if save_weights is None:
-                    model.save_pretrained(tmp, safe_serialization=True)
+                    # never the resized embedding matrix (the vocabulary x hidden size): added item
+                    # tokens' rows are the adapter's trainable tokens, the rest the base model's
+                    model.save_pretrained(tmp, safe_serialization=True, save_embedding_layers=False)
                 else:
                     save_weights(tmp)
                 write_json({"config": config, "seed": seed}, tmp / "training_config.json")

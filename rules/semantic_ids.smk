@@ -1,0 +1,21 @@
+# Item semantic IDs (workflow/semantic_ids.py): RQ k-means codes of the base model's title
+# embeddings, and the items table with the IDs as titles that the sid prompt's runs read (run_items).
+
+
+rule semantic_ids:
+    input:
+        **data("{dataset}"),
+        embeddings=f"{RESULTS}/{{dataset}}/llm/title_embeddings.parquet",
+    output:
+        codes=f"{RESULTS}/{{dataset}}/data/semantic_ids.parquet",
+        item_table=f"{RESULTS}/{{dataset}}/data/items_sid.parquet",
+    params: spec=spec(config["semantic_ids"]), seed=config["seed"],
+    log: logged("{dataset}/semantic_ids"),
+    benchmark: benchmarked("{dataset}/semantic_ids"),
+    resources: **job_resources("semantic_ids", "2GB", "15m"),
+    conda:
+        "../envs/cpu.yaml"
+    shell:
+        "python -m workflow.semantic_ids --items {input.item_table:q} --samples {input.samples:q} --embeddings "
+        "{input.embeddings:q} --spec {params.spec:q} --seed {params.seed} --threads 1 --out {output.codes:q} "
+        "--out-items {output.item_table:q} > {log:q} 2>&1"

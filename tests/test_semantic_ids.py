@@ -1,0 +1,128 @@
+"""Item semantic IDs (workflow/semantic_ids.py) and the sid prompt's runs on a tiny Llama: codes
+unique, tokens added and trained by PEFT's trainable tokens (every other embedding row frozen), the
+catalogue protocol returning valid distinct items."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import safetensors.torch
+import torch
+
+from test_sft import LLM, SFT, tables
+from workflow import semantic_ids
+from workflow.llm import evaluate, sft
+from workflow.llm.model import add_item_tokens, item_token_ids, load_for_evaluation, load_model
+
+
+def test_residual_codes_quantise_level_by_level():
+    gen = np.random.default_rng(0)
+    centres = gen.normal(size=(4, 8)) * 10
+    x = np.concatenate([c + gen.normal(size=(25, 8)) * 0.1 for c in centres]).astype(np.float32)
+    codes = semantic_ids.residual_codes(x, levels=2, codebook_size=4, seed=0)
+    # level 1 recovers the four well-separated clusters exactly
+    for k in range(4):
+        assert len(set(codes[k * 25:(k + 1) * 25, 0])) == 1
+    assert len(set(codes[:, 0])) == 4
+    # level 2 quantises what level 1 left: with each level's centroids taken as its groups' means,
+    # the two-level reconstruction is closer than the one-level one
+    def group_means(values, labels):
+        return np.stack([values[labels == c].mean(0) if (labels == c).any() else np.zeros(values.shape[1])
+                         for c in range(4)])[labels]
+
+    one = group_means(x, codes[:, 0])
+    two = one + group_means(x - one, codes[:, 1])
+    assert codes.shape == (100, 2) and codes.max() < 4
+    assert ((x - two) ** 2).sum() < ((x - one) ** 2).sum()
+
+
+def test_collisions_get_an_extra_numbering_code():
+    codes = np.array([[1, 2], [1, 2], [0, 1], [1, 2], [0, 0]])
+    out = semantic_ids.deduplicated(codes)
+    np.testing.assert_array_equal(out[:, 2], [0, 1, 0, 2, 0])
+    assert len({tuple(r) for r in out}) == len(out)
+    assert semantic_ids.sid_string(out[1]) == "<a_1><b_2><c_1>"
+
+
+def test_semantic_ids_unique_even_for_identical_embeddings():
+    gen = np.random.default_rng(1)
+    emb = gen.normal(size=(30, 16)).astype(np.float32)
+    emb[5] = emb[6] = emb[7]  # identical text -> identical embedding
+    ids = [f"i{k:02d}" for k in range(30)]
+    table = semantic_ids.semantic_ids(ids, emb, {"levels": 2, "codebook_size": 4, "iterations": 10}, seed=3)
+    assert table["sid"].is_unique and len(table) == 30
+    assert table["item_id"].tolist() == sorted(ids)
+    assert all(len(c) == 3 for c in table["codes"])
+    again = semantic_ids.semantic_ids(ids, emb, {"levels": 2, "codebook_size": 4, "iterations": 10}, seed=3)
+    pd.testing.assert_frame_equal(table, again)  # seeded: the same IDs every time
+
+
+def test_sid_items_and_tokens():
+    items = pd.DataFrame({"item_id": ["x", "y"], "title": ["<a_3><b_0>", "<a_10><b_1>"]})
+    assert semantic_ids.sid_items(items)
+    assert semantic_ids.sid_tokens(items) == ["<a_3>", "<a_10>", "<b_0>", "<b_1>"]
+    titles = pd.DataFrame({"item_id": ["x"], "title": ["Heat (1995)"]})
+    assert not semantic_ids.sid_items(titles) and semantic_ids.sid_tokens(titles) == []
+
+
+@pytest.fixture
+def sid_inputs(tmp_path):
+    samples, items = tables()
+    gen = np.random.default_rng(0)
+    emb = gen.normal(size=(len(items), 12)).astype(np.float32)
+    ids = semantic_ids.semantic_ids(items["item_id"].tolist(), emb, {"levels": 2, "codebook_size": 3,
+                                                                      "iterations": 10}, seed=0)
+    paths = {k: tmp_path / f"{k}.parquet" for k in ("samples", "items", "selection")}
+    samples.to_parquet(paths["samples"])
+    semantic_ids.sid_item_table(items, ids).to_parquet(paths["items"])
+    pd.DataFrame({"sample_id": [f"s{k}" for k in range(8)]}).to_parquet(paths["selection"])
+    return paths, ids
+
+
+def test_sid_sft_trains_only_the_id_rows_and_evaluates_on_the_catalogue(tiny_model_dir, sid_inputs, tmp_path):
+    paths, ids = sid_inputs
+    out = tmp_path / "adapter"
+    spec = {"llm": LLM, "sft": {**SFT, "lora_dropout": 0.0, "lr": 0.05}, "domain": "movie", "prompt": "sid"}
+    args = ["--model-dir", str(tiny_model_dir), "--samples", str(paths["samples"]), "--items", str(paths["items"]),
+            "--selection", str(paths["selection"]), "--spec", json.dumps(spec), "--seed", "0", "--threads", "1",
+            "--out", str(out)]
+    assert sft.main(args) == 0
+    config = json.loads((out / "adapter_config.json").read_text())
+    items = pd.read_parquet(paths["items"])
+    tokens = semantic_ids.sid_tokens(items)
+    base, tokenizer = load_model(tiny_model_dir, device="cpu", dtype="float32", attention="sdpa", training=False)
+    added = add_item_tokens(base, tokenizer, tokens)
+    assert config["trainable_token_indices"] == {"embed_tokens": added}
+    assert len(added) == len(tokens) and added == item_token_ids(tokenizer)
+    # an ID is one token per code: the tokenizer never splits it
+    assert len(tokenizer.encode(ids["sid"].iloc[0], add_special_tokens=False)) == len(ids["codes"].iloc[0])
+    # the adapter stores the ID rows only; after loading, those rows moved and every other row is the base's
+    stored = safetensors.torch.load_file(out / "adapter_model.safetensors")
+    assert not any("base_layer" in k for k in stored)  # not the resized embedding matrix
+    delta = [v for k, v in stored.items() if "trainable_tokens_delta" in k]  # embed_tokens' and the tied lm_head's
+    assert delta and all(d.shape[0] == len(added) for d in delta)
+    torch.testing.assert_close(delta[0], delta[-1], rtol=0, atol=0)
+    model, _ = load_for_evaluation(tiny_model_dir, out, device="cpu", dtype="float32", item_tokens=tokens)
+    with torch.no_grad():
+        embedded = model.get_input_embeddings()(torch.arange(len(tokenizer)))
+    before = base.get_input_embeddings().weight
+    others = torch.ones(len(tokenizer), dtype=torch.bool)
+    others[added] = False
+    torch.testing.assert_close(embedded[others], before[others], rtol=0, atol=0)
+    assert (embedded[added] - before[added]).abs().sum(-1).gt(0).all()
+    # evaluation: likelihood over the stored candidates' IDs and the catalogue's constrained beam search
+    samples = evaluate.read_samples(paths["samples"], ["test"])
+    evaluation = {"batch_size": 2, "max_new_tokens": 4, "generation_samples": None, "catalogue_beams": 4}
+    frame, values = evaluate.evaluate(model, tokenizer, samples, items, protocols=["likelihood", "catalogue"],
+                                      domain="movie", llm=LLM, evaluation=evaluation, prompt="sid")
+    assert set(values) == {"likelihood", "likelihood_norm", "catalogue"}
+    catalogue = set(items["item_id"])
+    for top, history in zip(frame["catalogue_top"], samples["history"]):
+        assert 0 < len(top) == len(set(top)) <= 20
+        assert set(top) <= catalogue
+    assert np.all(values["catalogue"]["invalid"] == 0) and np.all(values["catalogue"]["duplicate"] == 0)
+    with pytest.raises(ValueError, match="need the other prompt"):
+        evaluate.evaluate(model, tokenizer, samples, items, protocols=["grounded"], domain="movie", llm=LLM,
+                          evaluation=evaluation, prompt="sid")
