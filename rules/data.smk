@@ -1,5 +1,22 @@
-# Ingestion (raw files -> canonical Parquet) and preparation (k-core, splits, candidates).
+# Downloads of the datasets that name a `source`, ingestion (raw files -> canonical Parquet) and
+# preparation (k-core, splits, candidates).
 include: "data_inputs.smk"
+
+
+# On the machine Snakemake runs on: cluster nodes often have no way out.
+localrules: download
+
+
+rule download:
+    output: directory(f"{DOWNLOADS}/{{source}}"),
+    wildcard_constraints: source="|".join(map(re.escape, DOWNLOAD_SPECS)) or "(?!)",
+    params: spec=download_spec,
+    log: logged("downloads/{source}"),
+    resources: **job_resources("download", "1GB", "8h"),
+    conda:
+        "../envs/cpu.yaml"
+    shell:
+        "python -m workflow.sources --spec {params.spec:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule ingest:

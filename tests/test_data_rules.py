@@ -78,3 +78,27 @@ def test_rules_run_without_an_activated_environment_and_a_failure_shows_its_log(
     assert "No module named" not in text and "python: command not found" not in text, text
     assert f"log {tmp_path}/results/logs/bad/ingest.log:" in text, text
     assert f"IngestError: {raw}/u.data, line 1: expected 4 fields" in text, text
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("{format: movielens-1m, path: /nonexistent/ml-1m}",
+     "dataset 'x': folder /nonexistent/ml-1m does not exist (expected files ratings.dat and movies.dat)"),
+    (f"{{format: amazon-2014, path: {ROOT}/tests/fixtures/raw/amazon-2014}}",
+     "dataset 'x': format amazon-2014 needs key 'category' (e.g. Video_Games)"),
+    ("{source: amazon-2014}", "dataset 'x': source amazon-2014 needs a category"),
+])
+def test_missing_data_stops_the_dry_run(tmp_path, entry, message):
+    """A dataset's missing files or category stop the workflow when it is parsed, with ingest's message."""
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(f"datasets:\n  x: {entry}\n")
+    out = snakemake("-n", "--configfile", overlay, "--replace-workflow-config", "--config", f"results={tmp_path}/results")
+    assert out.returncode != 0
+    assert message in out.stdout + out.stderr, out.stdout + out.stderr
+
+
+def test_the_paper_dry_run_has_no_wildcard_errors(tmp_path):
+    out = snakemake("-n", "--configfile", "config/paper.yaml", "--replace-workflow-config", "--config",
+                    f"results={tmp_path}/results")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "WildcardError" not in out.stdout + out.stderr
+    assert planned_rules(out.stdout).count("download") == 4
