@@ -335,3 +335,32 @@ def test_a_run_on_another_selection_is_paired_with_its_run_on_the_first():
     # the markdown shows the comparison as its own paired column
     text = summary.markdown(table, 300, 0.95, 0)
     assert "hr@1 vs strategy" in text
+
+
+def test_whole_catalogue_table_reads_every_row_against_sasrec():
+    """catalogue and grounded rows, popularity's and random's full ranking: each with HR@10 and its
+    paired difference to SASRec's full ranking on the samples both have (by hand: mean of hits)."""
+    rows = []
+    hits = {("sasrec", "none", "full_ranking"): [1, 1, 0, 1], ("popularity", "none", "full_ranking"): [0, 1, 0, 0],
+            ("sft-sid", "random", "catalogue"): [1, 0, 0, None]}
+    for (method, selection, protocol), values in hits.items():
+        for k, v in enumerate(values):
+            if v is None:
+                continue
+            for metric in ("hr@10", "ndcg@10"):
+                rows.append({"dataset": "d", "method": method, "selection": selection, "protocol": protocol,
+                             "split": "test", "sample_id": f"s{k}", "user_id": f"u{k}", "metric": metric,
+                             "value": float(v)})
+    table = summary.summarize(pd.DataFrame(rows), resamples=20, level=0.9, seed=0)
+    sid = table[(table["method"] == "sft-sid") & (table["metric"] == "hr@10")].iloc[0]
+    assert sid["value"] == pytest.approx(1 / 3)
+    assert sid["delta_vs_sasrec"] == pytest.approx(1 / 3 - 2 / 3)  # samples s0-s2, the ones both have
+    assert table.loc[table["method"] == "sasrec", "delta_vs_sasrec"].isna().all()
+    pop = table[(table["method"] == "popularity") & (table["metric"] == "hr@10")].iloc[0]
+    assert pop["delta_vs_sasrec"] == pytest.approx(1 / 4 - 3 / 4)
+    md = summary.markdown(table, 20, 0.9, 0)
+    section = md.split("### Whole catalogue")[1].split("###")[0]
+    lines = [l for l in section.splitlines() if l.startswith("| ") and "method" not in l]
+    assert [l.split(" | ")[0] for l in lines] == ["| popularity / none (full_ranking)", "| sasrec / none (full_ranking)",
+                                                  "| sft-sid / random (catalogue)"]
+    assert "-0.333" in lines[2]

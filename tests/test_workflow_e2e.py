@@ -11,7 +11,8 @@ import pandas as pd
 from tiny_workflow import failure, snakemake
 
 RUNS = {"base-open", "base-candidate", "sft-open", "dmpo-open", "sdpo-open", "dynamicpo-open", "lpo4rec-open", "napo-open",
-        "sprec-open", "sft-candidate", "dmpo-candidate-n4", "llara-candidate", "ilora-open", "soft-open"}
+        "sprec-open", "sft-candidate", "dmpo-candidate-n4", "llara-candidate", "ilora-open", "soft-open",
+        "base-sid", "sft-sid", "dmpo-sid"}
 
 
 def test_whole_dag_writes_every_artifact(tiny_run):
@@ -30,7 +31,8 @@ def test_whole_dag_writes_every_artifact(tiny_run):
     # each prompt's runs report the protocols it supports
     protocols = summary.groupby("method")["protocol"].agg(set).to_dict()
     for run in RUNS:
-        extra = {"grounded"} if "-open" in run else {"generation", "generation_constrained", "likelihood_reversed"}
+        extra = ({"grounded", "catalogue"} if "-open" in run else {"catalogue"} if "-sid" in run
+                 else {"generation", "generation_constrained", "likelihood_reversed"})
         assert protocols[run] == {"likelihood", "likelihood_norm"} | extra, (run, protocols[run])
     assert protocols["sasrec"] == protocols["popularity"] == {"likelihood", "full_ranking"}
     # every LLM run is scored on the same test samples as the surrogate and the baselines ...
@@ -38,9 +40,19 @@ def test_whole_dag_writes_every_artifact(tiny_run):
     n_test = int((samples["split"] == "test").sum())
     likelihood = summary[(summary["protocol"] == "likelihood") & (summary["metric"] == "hr@1")]
     assert set(likelihood["n"]) == {n_test}
-    # ... and generation and grounded on the same seeded 6 of them
-    decoded = summary[summary["protocol"].isin(["generation", "grounded", "generation_constrained"])]
+    # ... and generation, grounded and catalogue on the same seeded 6 of them
+    decoded = summary[summary["protocol"].isin(["generation", "grounded", "generation_constrained", "catalogue"])]
     assert set(decoded["n"]) == {6}
+    # the catalogue's beam returns catalogue items only, each once; every row is read against SASRec
+    catalogue = summary[summary["protocol"] == "catalogue"]
+    assert (catalogue.loc[catalogue["metric"].isin(["invalid", "duplicate"]), "value"] == 0).all()
+    assert catalogue.loc[catalogue["metric"] == "hr@10", "delta_vs_sasrec"].notna().all()
+    assert "### Whole catalogue" in (results / "summary.md").read_text()
+    # semantic IDs: one per ranked item, unique; the sid runs trained the ID tokens beside LoRA
+    ids = pd.read_parquet(results / "tiny/data/semantic_ids.parquet")
+    assert ids["sid"].is_unique and len(ids) == len(pd.read_parquet(results / "tiny/data/items_sid.parquet"))
+    sid_adapter = json.loads((results / "tiny/llm/sft-sid/random/adapter/adapter_config.json").read_text())
+    assert len(sid_adapter["trainable_token_indices"]["embed_tokens"]) > 0
     # constrained decoding names a candidate every time; the free answers' categories sum to 1
     constrained = summary[(summary["protocol"] == "generation_constrained") & (summary["metric"] == "valid")]
     assert len(constrained) and (constrained["value"] == 1).all()

@@ -62,9 +62,11 @@ def tiny_config(tmp: Path, model_dir: Path) -> dict:
         "selection": {"strategies": ["random"], "budget": 8},
         # generation and grounded decode 6 of the 8 test samples
         # every protocol, the candidate-prompt switches included (constrained generation, reversed order)
-        "evaluation": {"max_new_tokens": 6, "batch_size": 4, "generation_samples": 6,
+        "evaluation": {"max_new_tokens": 6, "batch_size": 4, "generation_samples": 6, "catalogue_beams": 4,
                        "protocols": ["likelihood", "generation", "grounded", "generation_constrained",
-                                     "likelihood_reversed"]},
+                                     "likelihood_reversed", "catalogue"]},
+        # the sid prompt's items: 2 levels of 4 codes (+ the collision level) over the tiny catalogue
+        "semantic_ids": {"levels": 2, "codebook_size": 4, "iterations": 5},
         "preference": {"batch_size": 2, "grad_accum": 1},
         "dmpo": {"k": 2, "prompt": "open"}, "sdpo": {"k": 2, "prompt": "open"}, "dynamicpo": {"k": 3, "prompt": "open"},
         # reference-free (no reference log-probs read), and two self-play rounds (sprec-open-r1, then
@@ -80,8 +82,9 @@ def tiny_config(tmp: Path, model_dir: Path) -> dict:
         "soft": {"prompt": "open", "batch_size": 2, "grad_accum": 1, "lora_r": 4, "lora_alpha": 8, "probe_size": 2,
                  "num_beams": 2, "early_stopping": {"metric": "hr@10", "patience": 1, "samples": 3}},
         # both prompts, and a run on a nested 4 of the 8 selected samples (it trains sft-candidate-n4 first)
+        # and the sid prompt (semantic IDs): sft, and dmpo from it
         "methods": ["base", "sft", "dmpo", "sdpo", "dynamicpo", "lpo4rec", "napo", "sprec", "sft-candidate",
-                    "dmpo-candidate-n4", "llara", "ilora", "soft"],
+                    "dmpo-candidate-n4", "llara", "ilora", "soft", "sft-sid", "dmpo-sid"],
         # explained runs: a preference run and SOFT (both against their sft)
         "explanations": {"n_samples": 4, "methods": ["dmpo-open", "soft-open"]},
         "summary": {"bootstrap": 50},

@@ -26,6 +26,8 @@ sample ids both have, with the same resamples applied to both sides (a paired bo
   likelihood_reversed are read against popularity's candidate ranking (`likelihood`), grounded and
   full_ranking against its `full_ranking`; generation (free or constrained) has no popularity
   counterpart.
+- `sasrec`: for every whole-catalogue row (`CATALOGUE_PROTOCOLS`: full_ranking, catalogue,
+  grounded) but SASRec's own, SASRec's full ranking; summary.md's whole-catalogue table shows them.
 Of a reference's selections the row's own is taken when present, else the first (in `selections` of
 the spec when given, else alphabetical): `base-P` (selection `none`) is compared with the default
 sft run. Column `{R}_selection` names the reference's selection (null: no comparison).
@@ -69,7 +71,9 @@ from workflow.llm.protocols import headlines, popularity_protocol
 log = logging.getLogger(__name__)
 
 SPLIT = "test"
-REFERENCES = ("sft", "base", "popularity", "strategy")
+REFERENCES = ("sft", "base", "popularity", "strategy", "sasrec")
+# the protocols that rank the whole catalogue (the whole-catalogue table; read against SASRec's full ranking)
+CATALOGUE_PROTOCOLS = ("full_ranking", "catalogue", "grounded")
 BASELINES = ("random", "popularity", "sasrec")  # listed first in the tables
 NO_POPULARITY = {"random", "popularity"}
 GROUP = ["dataset", "method", "selection", "protocol"]
@@ -248,6 +252,11 @@ def reference_runs(method: str, protocol: str, reference: str) -> list[tuple[str
     a run of prompt P; for sft, the sft run of the row's prompt and budget (workflow/runs.py
     Run.sft: what a preference or SOFT run started from, what LLaRA and iLoRA are read against),
     then sft-P."""
+    if reference == "sasrec":
+        # SASRec's full ranking: what every whole-catalogue row is read against
+        if method == "sasrec" or protocol not in CATALOGUE_PROTOCOLS:
+            return []
+        return [("sasrec", "full_ranking")]
     if reference == "popularity":
         # popularity ranks the candidate sets and all items: a protocol is read against the one
         # ranking the same items (workflow/llm/protocols.py)
@@ -505,6 +514,21 @@ def paired_table(by_dataset: pd.DataFrame, protocol: str) -> pd.DataFrame:
     return wide[[c for m in headline for r in references if (c := f"{m} vs {r}") in wide.columns]]
 
 
+def catalogue_table(by_dataset: pd.DataFrame) -> pd.DataFrame:
+    """The whole-catalogue rows (`CATALOGUE_PROTOCOLS`): `method / selection (protocol)` by HR@10,
+    NDCG@10 and each one's paired difference to SASRec's full ranking; baselines first."""
+    table = by_dataset[by_dataset["protocol"].isin(CATALOGUE_PROTOCOLS) & by_dataset["metric"].isin(["hr@10", "ndcg@10"])]
+    if table.empty:
+        return pd.DataFrame()
+    table = table.assign(selection=table["selection"] + " (" + table["protocol"] + ")")
+    long = pd.concat([table.assign(cell=table.apply(format_cell, axis=1), column=table["metric"]),
+                      table.assign(cell=table.apply(lambda r: delta_cell(r, "sasrec"), axis=1),
+                                   column=table["metric"] + " vs sasrec")])
+    long = long.assign(row=row_names(long))
+    wide = long.pivot(index="row", columns="column", values="cell")
+    return wide.reindex(index=row_labels(table), columns=["hr@10", "hr@10 vs sasrec", "ndcg@10", "ndcg@10 vs sasrec"])
+
+
 def markdown_table(wide: pd.DataFrame) -> list[str]:
     header = ["method / selection", *wide.columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -525,6 +549,11 @@ def markdown(summary: pd.DataFrame, resamples: int, level: float, seed: int) -> 
         for protocol, table in by_dataset.groupby("protocol", sort=False):
             parts += [f"### {protocol} (n = {int(table['n'].max())} test samples)", ""]
             parts += markdown_table(wide_table(table))
+        catalogue = catalogue_table(by_dataset)
+        if len(catalogue):
+            n = int(by_dataset.loc[by_dataset["protocol"].isin(CATALOGUE_PROTOCOLS), "n"].max())
+            parts += [f"### Whole catalogue (up to n = {n} test samples; the decoding protocols on their subset)", ""]
+            parts += markdown_table(catalogue)
         for protocol in headlines():
             wide = paired_table(by_dataset, protocol)
             if len(wide):
@@ -540,7 +569,7 @@ def markdown(summary: pd.DataFrame, resamples: int, level: float, seed: int) -> 
         "untuned `base-P`, and `popularity` = the popularity baseline ranking the same items (its "
         "candidate ranking for likelihood and likelihood_norm, its full ranking for grounded and "
         "full_ranking), and `strategy` = the same run on the first selection strategy (a run on DEALRec's "
-        "selection against the one on the random selection, same budget). A row `(trained on A)` is a run trained on dataset A evaluated on this dataset's "
+        "selection against the one on the random selection, same budget); the whole-catalogue rows (full_ranking, catalogue, grounded) are also read against `sasrec`, SASRec's full ranking. A row `(trained on A)` is a run trained on dataset A evaluated on this dataset's "
         "samples (config `transfer`): read against this dataset's `base` and `popularity` and against the "
         "sft run trained on A evaluated here. ▲ / ▼: the interval of the difference to `sft` lies above / below zero; †: the "
         "interval of the difference to `popularity` lies above zero (the row beats popularity). The "
@@ -555,7 +584,7 @@ def markdown(summary: pd.DataFrame, resamples: int, level: float, seed: int) -> 
         "sum to 1). generation_constrained: greedy decoding restricted to the candidate titles. "
         "likelihood_reversed: likelihood with the candidates listed in reversed order; top_changed = share of "
         "samples whose top candidate differs from the forward order's. grounded: the greedy answer to the open "
-        "prompt embedded by the base model, all items ranked by L2 distance. full_ranking: the surrogate "
+        "prompt embedded by the base model, all items ranked by L2 distance. catalogue: beam search constrained to every catalogue item's answer (its title, or its semantic ID under the sid prompt), the top 20 items by summed log-prob; invalid and duplicate count returned outputs that are not items or repeat one (0 by construction). full_ranking: the surrogate "
         "and the popularity and random baselines ranking all items (history items other than the target "
         "excluded).",
         "",
