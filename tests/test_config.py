@@ -143,7 +143,7 @@ def test_sprec_sft_phase_is_chained_before_each_rounds_dpo(tmp_path):
 
 
 def test_reference_free_runs_plan_no_reference_pass_and_napo_reads_the_surrogate(tmp_path):
-    """The reference-free runs (lpo4rec with tail negatives, napo with random ones) do not wait for
+    """The reference-free runs (lpo4rec with its head_gumbel negatives, napo with random ones) do not wait for
     the reference log-probs; napo reads the SASRec surrogate, its auxiliary recommender."""
     planned = dry_run(tmp_path, "methods: [base, lpo4rec-open-n256, napo-open-n256, dmpo-open-n256]\n"
                                 "selection: {strategies: [random]}\n")

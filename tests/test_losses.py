@@ -174,6 +174,46 @@ def test_lpo4rec_against_a_loop():
     assert losses.lpo4rec(pc, pr, rc, rr, beta=beta)[0].item() == pytest.approx(expected, abs=1e-10)
 
 
+def test_lpo4rec_authors_by_hand():
+    # row 0: answer probabilities p = (0.5; 0.25, 0.1), a tail target; row 1: (0.2; 0.6, 0.05), a head one
+    pc, pr = t(math.log(0.5), math.log(0.2)), t([math.log(0.25), math.log(0.1)], [math.log(0.6), math.log(0.05)])
+    nll, tail = t(1.0, 2.0), torch.tensor([1, 0])
+    loss, diag = losses.lpo4rec_authors(pc, pr, nll=nll, tail=tail)  # weight 0.5, temperature 2
+    # s_0 = e^0.25 / (e^0.25 + e^0.125 + e^0.05), s_1 = e^0.1 / (e^0.1 + e^0.3 + e^0.025)
+    s0 = math.exp(0.25) / (math.exp(0.25) + math.exp(0.125) + math.exp(0.05))
+    s1 = math.exp(0.1) / (math.exp(0.1) + math.exp(0.3) + math.exp(0.025))
+    w0, w1 = math.e / (math.e + 1), 1 / (math.e + 1)  # softmax of the tail flags (1, 0)
+    assert loss.item() == pytest.approx(w0 * (1.0 + 0.5 * s0) + w1 * (2.0 + 0.5 * s1), abs=1e-12)
+    assert loss.item() == pytest.approx(1.4469618, abs=1e-6)
+    assert diag["lpo_share"] == pytest.approx((s0 + s1) / 2) and diag["tail_share"] == 0.5
+    # no tail target in the batch: equal weights, the plain mean (the authors' code sums instead)
+    flat, _ = losses.lpo4rec_authors(pc, pr, nll=nll, tail=torch.tensor([0, 0]))
+    assert flat.item() == pytest.approx(((1.0 + 0.5 * s0) + (2.0 + 0.5 * s1)) / 2, abs=1e-12)
+
+
+def test_lpo4rec_authors_against_a_loop():
+    pc, pr, _, _ = random_inputs(11, batch=6, k=5)
+    pc, pr = -pc.abs() / 3, -pr.abs() / 3  # log-probs: answer probabilities between about 0.05 and 1
+    nll = torch.rand(6, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 3
+    tail = torch.tensor([1, 0, 0, 1, 1, 0])
+    weight, temperature = 0.7, 1.5
+    z = sum(math.exp(f) for f in tail.tolist())
+    expected = 0.0
+    for i in range(6):
+        probs = [math.exp(pc[i].item())] + [math.exp(v) for v in pr[i].tolist()]
+        share = math.exp(probs[0] / temperature) / sum(math.exp(q / temperature) for q in probs)
+        expected += math.exp(tail[i].item()) / z * (nll[i].item() + weight * share)
+    got = losses.lpo4rec_authors(pc, pr, nll=nll, tail=tail, weight=weight, temperature=temperature)[0]
+    assert got.item() == pytest.approx(expected, abs=1e-12)
+    # the share term is added as it is, so raising the positive's probability raises the loss
+    pc.requires_grad_(True)
+    losses.lpo4rec_authors(pc, pr, nll=nll.detach(), tail=tail)[0].backward()
+    assert (pc.grad > 0).all()
+    assert torch.autograd.gradcheck(
+        lambda a, b, n: losses.lpo4rec_authors(a, b, nll=n, tail=tail, weight=weight, temperature=temperature)[0],
+        (pc.detach().requires_grad_(True), pr.requires_grad_(True), nll.requires_grad_(True)))
+
+
 def napo_loop(pc, pr, beta, margin, shared=None, mask=None):
     """The authors' per-instance NAPO term (reference-free), written as a Python loop."""
     terms = []
@@ -274,6 +314,24 @@ def test_grpo_fixed_samples_by_hand():
     assert with_kl.item() == pytest.approx(expected + 0.5 * kl, abs=1e-12)
 
 
+def test_grpo_k3_kl_by_hand():
+    samples = torch.tensor([[0, 2, 2, 1]])
+    pg, _ = losses.grpo(**CASE, beta=1.0, kl_coef=0.0, eps=0.0, samples=samples)
+    loss, diag = losses.grpo(**CASE, beta=1.0, kl_coef=0.5, eps=0.0, samples=samples, kl="k3")
+    # d_g = log p_ref(s_g) - log p_theta(s_g), normalised over the candidates (-2, -3, -1) and (-2.5, -2, -2)
+    lse, lse_ref = math.log(math.exp(-2) + math.exp(-3) + math.exp(-1)), math.log(math.exp(-2.5) + 2 * math.exp(-2))
+    log_p, log_ref = [-2 - lse, -3 - lse, -1 - lse], [-2.5 - lse_ref, -2 - lse_ref, -2 - lse_ref]
+    k3 = sum(math.exp(log_ref[s] - log_p[s]) - (log_ref[s] - log_p[s]) - 1 for s in (0, 2, 2, 1)) / 4
+    assert diag["kl"] == pytest.approx(k3, abs=1e-12) and k3 == pytest.approx(0.5168158, abs=1e-6)
+    assert loss.item() == pytest.approx(pg.item() + 0.5 * k3, abs=1e-12)
+    # at the reference the estimator is 0 on every draw, as the exact KL
+    same, diag = losses.grpo(**{**CASE, "ref_chosen": CASE["policy_chosen"], "ref_rejected": CASE["policy_rejected"]},
+                             kl_coef=1.0, samples=samples, kl="k3")
+    assert diag["kl"] == 0.0
+    with pytest.raises(ValueError, match="k3"):
+        losses.grpo(**CASE, samples=samples, kl="k2")
+
+
 def test_grpo_against_a_loop():
     pc, pr, rc, rr = random_inputs(7)
     samples = torch.randint(0, 5, (5, 6), generator=torch.Generator().manual_seed(0))
@@ -314,7 +372,8 @@ def test_raising_the_chosen_logprob_lowers_the_loss(name, kwargs):
     ("lpo4rec", {}), ("napo", {"margin": 0.8}),
     ("napo", {"margin": 0.8, "shared_policy_rejected": torch.randn(3, 5, dtype=torch.float64),
               "shared_mask": torch.tensor([[1, 0, 1, 1, 0], [0, 0, 0, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)}),
-    ("grpo", {"kl_coef": 0.2, "samples": torch.tensor([[0, 1, 2, 0], [4, 2, 0, 1], [0, 0, 0, 3]])})])
+    ("grpo", {"kl_coef": 0.2, "samples": torch.tensor([[0, 1, 2, 0], [4, 2, 0, 1], [0, 0, 0, 3]])}),
+    ("grpo", {"kl_coef": 0.2, "kl": "k3", "samples": torch.tensor([[0, 1, 2, 0], [4, 2, 0, 1], [0, 0, 0, 3]])})])
 def test_new_objectives_gradients_match_finite_differences(name, kwargs):
     pc, pr, rc, rr = random_inputs(10, batch=3, k=4)
     fn = losses.OBJECTIVES[name]

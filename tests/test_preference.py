@@ -62,6 +62,32 @@ def test_popularity_strategies_draw_by_inverse_or_direct_popularity(strategy):
         preference.choose_negatives(5, 1, 2, strategy, rng)
 
 
+def test_head_gumbel_draws_among_head_candidates_uniformly_and_fills_from_the_rest():
+    head = np.array([True, True, False, True, True, False])  # the target (index 1) never drawn
+    rng = np.random.default_rng(0)
+    draws = [preference.choose_negatives(6, 1, 1, "head_gumbel", rng, head=head)[0] for _ in range(3000)]
+    assert set(draws) == {0, 3, 4}
+    for j in (0, 3, 4):
+        assert draws.count(j) / len(draws) == pytest.approx(1 / 3, abs=0.03), j
+    # three head negatives there: k 3 takes them all, k 4 one of the two tail candidates besides
+    assert preference.choose_negatives(6, 1, 3, "head_gumbel", rng, head=head) == [0, 3, 4]
+    four = [preference.choose_negatives(6, 1, 4, "head_gumbel", rng, head=head) for _ in range(50)]
+    assert all(len(p) == 4 and set(p) >= {0, 3, 4} and 1 not in p for p in four)
+    assert {tuple(sorted(set(p) - {0, 3, 4})) for p in four} == {(2,), (5,)}
+    again = np.random.default_rng(7), np.random.default_rng(7)
+    assert (preference.choose_negatives(6, 1, 2, "head_gumbel", again[0], head=head)
+            == preference.choose_negatives(6, 1, 2, "head_gumbel", again[1], head=head))
+    with pytest.raises(ValueError, match="head items"):
+        preference.choose_negatives(6, 1, 2, "head_gumbel", rng)
+
+
+def test_head_items_are_the_most_frequent_share():
+    popularity = {"a": 9, "b": 1, "c": 5, "d": 5, "e": 0}
+    assert preference.head_items(popularity, 0.8) == {"a", "c", "d", "b"}  # int(0.8 * 5) = 4
+    assert preference.head_items(popularity, 0.5) == {"a", "c"}  # int(2.5) = 2; c, d tie: the smaller id
+    assert preference.head_items(popularity, 0.1) == set()
+
+
 def test_item_popularity_counts_train_histories_and_targets():
     samples = pd.DataFrame({"split": ["train", "train", "test"], "history": [["a", "b"], ["a"], ["a", "c"]],
                             "target": ["b", "c", "d"]})
@@ -90,6 +116,8 @@ def test_with_negatives_tail_prefers_unpopular_items_and_counts_targets_without_
 
 @pytest.mark.parametrize("method, cfg, kwargs", [
     ("lpo4rec", {"beta": 0.7}, {"beta": 0.7}),
+    ("lpo4rec", {"beta": 0.7, "form": "paper"}, {"beta": 0.7}),
+    ("grpo", {"beta": 1.0, "group_size": 4, "kl_coef": 0.1, "kl": "k3"}, {"beta": 1.0, "group_size": 4, "kl_coef": 0.1, "kl": "k3"}),
     ("sprec", {"beta": 0.4, "rounds": 1}, {"beta": 0.4}),
 ])
 def test_make_loss_fn_passes_the_method_block(method, cfg, kwargs):
@@ -98,11 +126,28 @@ def test_make_loss_fn_passes_the_method_block(method, cfg, kwargs):
         policy = policy[:, :2]
     reference = policy - 0.25 * torch.arange(policy.shape[1])
     scorer = lambda model, prompts, answers: (policy.clone(), torch.ones_like(policy))  # noqa: E731
+    torch.manual_seed(0)  # grpo draws its group from torch's generator
     loss, n, diagnostics = preference.make_loss_fn(method, cfg, scorer)(None, ([[1], [2]], [[[1]] * 3] * 2, reference))
     objective = losses.OBJECTIVES["dpo" if method == "sprec" else method]
+    torch.manual_seed(0)
     expected, _ = objective(policy[:, 0], policy[:, 1:], reference[:, 0], reference[:, 1:], **kwargs)
     assert n == 2 and loss.item() == pytest.approx(expected.item())
     assert "reward_accuracy" in diagnostics
+
+
+def test_make_loss_fn_lpo4rec_authors_form_reads_the_tail_flags_and_the_target_nll():
+    policy = torch.tensor([[-1.0, -2.0, -0.5], [-3.0, -1.0, -2.0]], dtype=torch.float64)
+    n_tokens = torch.tensor([[2.0, 1.0, 1.0], [4.0, 1.0, 1.0]], dtype=torch.float64)
+    scorer = lambda model, prompts, answers: (policy.clone(), n_tokens)  # noqa: E731
+    cfg = {"beta": 0.7, "form": "authors", "lpo_weight": 0.5, "temperature": 2.0}
+    examples = [{"prompt": [1], "answers": [[1]] * 3, "tail": 1}, {"prompt": [2], "answers": [[1]] * 3, "tail": 0}]
+    batch = preference.collate(examples)
+    assert batch[2] is None and batch[3]["tail"].tolist() == [1, 0]
+    loss, n, diagnostics = preference.make_loss_fn("lpo4rec", cfg, scorer)(None, batch)
+    expected, _ = losses.lpo4rec_authors(policy[:, 0], policy[:, 1:], nll=torch.tensor([0.5, 0.75], dtype=torch.float64),
+                                         tail=torch.tensor([1, 0]), weight=0.5, temperature=2.0)
+    assert n == 2 and loss.item() == pytest.approx(expected.item(), abs=1e-6)  # the trainer scores in float32
+    assert diagnostics["tail_share"] == 0.5 and "lpo_share" in diagnostics
 
 
 def chosen(items, repr_, confidence=None):
@@ -242,9 +287,10 @@ def test_sprec_settings():
 
 def test_settings_of_the_new_methods():
     cfg = preference.settings("lpo4rec", {"llm": LLM, "preference": PREF})["cfg"]
-    assert cfg["strategy"] == "tail" and cfg["beta"] == 1.0
+    assert cfg["strategy"] == "head_gumbel" and cfg["beta"] == 1.0 and cfg["form"] == "paper"
+    assert (cfg["head_share"], cfg["lpo_weight"], cfg["temperature"]) == (0.8, 0.5, 2.0)  # the authors' main.py
     cfg = preference.settings("grpo", {"llm": LLM, "preference": PREF})["cfg"]
-    assert cfg["strategy"] == "all" and cfg["group_size"] == 8 and cfg["kl_coef"] == 0.04
+    assert cfg["strategy"] == "all" and cfg["group_size"] == 8 and cfg["kl_coef"] == 0.04 and cfg["kl"] == "exact"
     cfg = preference.settings("napo", {"preference": PREF})["cfg"]  # the authors' napo.sh, batch 4 x 1 here
     assert (cfg["beta"], cfg["margin"], cfg["alpha"], cfg["momentum"], cfg["share_ratio"]) == (1.0, 1.0, 0.3, 0.9, 0.7)
     assert cfg["batch_size"] == 4 and cfg["grad_accum"] == 1 and cfg["share_negatives"]
@@ -319,7 +365,7 @@ def test_read_reference_rejects_other_samples_or_candidates(tiny_model_dir, inpu
 @pytest.mark.parametrize("method", ["dmpo", "sdpo", "dynamicpo", "lpo4rec", "napo", "grpo", "sprec"])
 def test_training_from_sft(method, tiny_model_dir, inputs, sft_adapter, reference_table, surrogate, tmp_path):
     out = tmp_path / method
-    overrides = {"sprec": {"k": 1, "strategy": "self"}, "lpo4rec": {"strategy": "tail"}}  # tail: its default
+    overrides = {"sprec": {"k": 1, "strategy": "self"}, "lpo4rec": {"strategy": "head_gumbel", "head_share": 0.8}}
     block = {**METHOD, **overrides.get(method, {})}
     spec = {"llm": LLM, "preference": PREF, "method": block, "domain": "movie"}
     preference.run_preference(method, tiny_model_dir, sft_adapter, inputs["samples"], inputs["items"],
@@ -351,6 +397,21 @@ def test_training_from_sft(method, tiny_model_dir, inputs, sft_adapter, referenc
         assert config["auxiliary_recommender"] == str(surrogate)
     assert config["reference_adapter"] == str(sft_adapter)
     assert config["reference_logprobs"] == str(reference_table)
+
+
+def test_lpo4rec_authors_form_trains_with_tail_flags(tiny_model_dir, inputs, sft_adapter, tmp_path):
+    """form authors: CE + 0.5 x the LPO share, reweighted by tail targets, negatives among head items;
+    reference-free like the paper's form."""
+    block = {**METHOD, "strategy": "head_gumbel", "head_share": 0.8, "form": "authors", "lpo_weight": 0.5,
+             "temperature": 2.0}
+    spec = {"llm": LLM, "preference": PREF, "method": block, "domain": "movie"}
+    out = preference.run_preference("lpo4rec", tiny_model_dir, sft_adapter, inputs["samples"], inputs["items"],
+                                    inputs["selection"], None, spec, 0, tmp_path / "authors")
+    log = pd.read_parquet(out / "train_log.parquet")
+    k = METHOD["k"]
+    # the share of exp(p / 2) lies between 1 / (1 + k e^0.5) and e^0.5 / (e^0.5 + k)
+    assert ((log["lpo_share"] > 1 / (1 + k * math.exp(0.5))) & (log["lpo_share"] < math.exp(0.5) / (math.exp(0.5) + k))).all()
+    assert log["tail_share"].between(0, 1).all() and (log["nll"] > 0).all()
 
 
 def test_napo_trains_without_a_reference_and_asks_for_the_surrogate(tiny_model_dir, inputs, sft_adapter, surrogate,
@@ -394,8 +455,8 @@ def test_negatives_table_ranks_the_candidates_and_the_reference_scores_them(tiny
     seen = {}
     real = preference.with_negatives
 
-    def spy(examples, k, strategy, seed, full_reference=None, popularity=None):
-        chosen = real(examples, k, strategy, seed, full_reference, popularity)
+    def spy(examples, k, strategy, seed, full_reference=None, popularity=None, head=None):
+        chosen = real(examples, k, strategy, seed, full_reference, popularity, head)
         seen.update(examples=examples, ranking=full_reference, chosen=chosen)
         return chosen
 

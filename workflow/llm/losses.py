@@ -17,20 +17,26 @@ per-instance term given here.
   negatives:    -log( exp(beta l_w) / (exp(beta l_w) + sum_j exp(beta l_j)) )
                 = logsumexp(beta l_w, beta l_1, ..., beta l_k) - beta l_w
   The reference log-probs are accepted (uniform signature) and only enter the diagnostics. The
-  paper's "adaptive tail-item negatives" are a negative choice: strategy `tail` of
-  `workflow.llm.preference.choose_negatives`.
+  negatives are the trainer's (`workflow.llm.preference.choose_negatives`): the paper's adaptive
+  negative sampling prioritises tail items by drawing the negatives among the head (popular) items,
+  strategy `head_gumbel` (the default).
+  `lpo4rec_authors`, the authors' code (Yuhanleeee/LPO4Rec main.py), with p_c = exp(l_c) the model's
+  probability of each answer, CE_i the token-mean NLL of the target, w = softmax over the batch of
+  the tail-target flags:   sum_i w_i (CE_i + lambda s_i),
+                s_i = exp(p_w / tau) / (exp(p_w / tau) + sum_j exp(p_j / tau))  (a share, not its log).
 - napo (arXiv 2508.09653; the authors' code, acoding-xuan/NAPO): reference-free (the policy's
   log-probs, as the authors' trainer), negatives N_i = the instance's own k plus the shared ones the
   trainer passes (`shared_*`, [B, m]: the other instances' negatives under their own prompts,
   masked; `workflow.llm.preference.shared_negatives`); a margin gamma per batch (`napo_margin`);
                 -log sigma(-log sum_{j in N_i} exp(beta (l_j - l_w)) - gamma)
-- grpo (group-relative policy gradient over the listed candidates, as ReRe / Rec-R1): candidates
+- grpo (group-relative policy gradient over the listed candidates, after ReRe / MiniOneRec's RL stage): candidates
   c = 0 (the positive), 1..k; p_theta = softmax(beta [l_w, l_1..l_k]), p_ref = the same softmax of
   the reference log-probs (beta = 1 by default: the policy's own relative likelihoods); G candidates
   s_1..s_G drawn from p_theta (detached); R_g = 1[s_g = 0];
   A_g = (R_g - mean_G R) / (std_G R + eps) (std with Bessel's correction, as TRL);
                 -mean_g A_g log p_theta(s_g) + kl_coef * KL(p_theta || p_ref),
-  KL exact over the 1 + k candidates: sum_c p_theta(c) (log p_theta(c) - log p_ref(c)).
+  KL exact over the 1 + k candidates: sum_c p_theta(c) (log p_theta(c) - log p_ref(c)); or (`kl="k3"`,
+  ReRe's and MiniOneRec's estimator) mean_g exp(d_g) - d_g - 1, d_g = log p_ref(s_g) - log p_theta(s_g).
 - sprec (SPRec) has no loss of its own: each self-play round is `dpo` with the round's start's
   top-ranked wrong candidate as the one negative (strategy `self`); the start is the sft run, then
   the previous round (workflow/runs.py previous_round), and the reference is the start or, with
@@ -170,19 +176,40 @@ def lpo4rec(policy_chosen, policy_rejected, ref_chosen=None, ref_rejected=None, 
     The reference arguments are ignored by the loss (the trainer passes them to every objective); when
     given, the diagnostics report rewards against them as for the other objectives, beside the
     policy's own `logprob_accuracy` (l_w > l_j share) and `p_chosen` (the listwise probability of the
-    positive). Against the paper and its code (github Yuhanleeee/LPO4Rec, main.py): the authors train
-    a SASRec model (scores over the whole catalogue), not an LLM over candidate answers; their code
-    applies a temperature to softmaxed scores, draws its negatives by Gumbel top-k among the head
-    (popular, non-tail) items, adds the LPO term (weight 0.5) to cross-entropy and reweights the batch
-    towards samples whose target is a tail item. Here: the loss above alone (add an SFT term with
-    `gamma`), beta as the inverse temperature on summed log-probs, negatives by the run's strategy
-    (`tail`: the least popular candidates preferred; `head`: the most popular), no sample reweighting.
+    positive). This is the paper's listwise loss; the authors' code (github Yuhanleeee/LPO4Rec, main.py)
+    trains a SASRec model with another one, `lpo4rec_authors`. Here beta is the inverse temperature on
+    summed log-probs and the negatives are the run's strategy (`head_gumbel`: among the head items, as
+    the authors'; add an SFT term with `gamma`).
     """
     logits = beta * torch.cat([policy_chosen[:, None], policy_rejected], dim=1)
     log_p = torch.log_softmax(logits, dim=1)
     loss = -log_p[:, 0].mean()
     return loss, _reference_free_diagnostics(policy_chosen, policy_rejected, ref_chosen, ref_rejected,
                                              p_chosen=float(log_p[:, 0].detach().exp().mean()))
+
+
+def lpo4rec_authors(policy_chosen, policy_rejected, ref_chosen=None, ref_rejected=None, *, nll, tail,
+                    weight: float = 0.5, temperature: float = 2.0):
+    """LPO4Rec as the authors' code trains (Yuhanleeee/LPO4Rec main.py, `training_step` with
+    `lpo_loss_gumbel`): sum_i w_i (CE_i + weight s_i).
+
+    p = exp([l_w, l_1..l_k]) is the model's probability of each answer (theirs: SASRec's softmax over
+    the catalogue); s_i = exp(p_w / temperature) / sum_c exp(p_c / temperature), the positive's
+    share itself, not -log of it, added to the loss as they add it (so minimising it lowers the
+    positive's share; with p in [0, 1] it stays within [1 / (1 + k e^(1/temperature)),
+    e^(1/temperature) / (e^(1/temperature) + k)], about 1 / (1 + k) for small p). `nll` [B] is CE_i, the
+    token-mean NLL of the target answer (their CE over the catalogue; here SFT's loss), `tail` [B] 1
+    where the target is a tail item; w = softmax(tail) over the batch, so a tail sample weighs e times
+    another and the weights sum to 1. Their code sums the terms unweighted when a batch holds no tail
+    target (B times the scale of a batch that holds one); here such a batch is the plain mean.
+    The reference arguments only enter the diagnostics."""
+    p = torch.cat([policy_chosen[:, None], policy_rejected], dim=1).exp()
+    share = torch.softmax(p / temperature, dim=1)[:, 0]
+    weights = torch.softmax(tail.to(p.dtype), dim=0)
+    loss = (weights * (nll + weight * share)).sum()
+    return loss, _reference_free_diagnostics(policy_chosen, policy_rejected, ref_chosen, ref_rejected,
+                                             lpo_share=float(share.detach().mean()), nll=float(nll.detach().mean()),
+                                             tail_share=float(tail.float().mean()))
 
 
 def _reference_free_diagnostics(policy_chosen, policy_rejected, ref_chosen, ref_rejected,
@@ -257,15 +284,18 @@ def grpo_advantages(group_rewards: torch.Tensor, eps: float = 1e-6) -> torch.Ten
 
 
 def grpo(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: float = 1.0, group_size: int = 8,
-         kl_coef: float = 0.04, eps: float = 1e-6, samples=None, generator=None):
-    """Group-relative policy gradient over the listed candidates (as ReRe / Rec-R1).
+         kl_coef: float = 0.04, eps: float = 1e-6, samples=None, generator=None, kl: str = "exact"):
+    """Group-relative policy gradient over the listed candidates (after ReRe / MiniOneRec's RL stage,
+    which sample by constrained beam search over the whole catalogue instead).
 
     p_theta = softmax(beta [l_w, l_1..l_k]) over the 1 + k candidates (index 0 = the positive; beta an
     inverse temperature, 1 = the policy's own relative likelihoods); G =
     `group_size` candidates are drawn from it (detached, with replacement) unless `samples` [B, G]
     (candidate indices) is given; R_g = 1 if s_g = 0 else 0; A = `grpo_advantages(R)`;
     loss = -mean_{b,g} A_g log p_theta(s_g) + kl_coef * mean_b KL(p_theta || p_ref),
-    p_ref = softmax(beta [reference log-probs]), the KL exact over the candidates.
+    p_ref = softmax(beta [reference log-probs]), the KL exact over the candidates (`kl="exact"`) or
+    ReRe's and MiniOneRec's k3 estimator on the drawn candidates (`kl="k3"`): mean_{b,g} exp(d) - d - 1,
+    d = log p_ref(s_g) - log p_theta(s_g) (unbiased for KL(p_theta || p_ref) when s_g ~ p_theta, >= 0).
 
     One optimisation step per sampled group, so the PPO ratio is 1 and clipping never acts: the
     surrogate's gradient is A grad log p. Sampling uses `generator` (a CPU torch.Generator), else
@@ -280,10 +310,16 @@ def grpo(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: float =
     group_rewards = (samples == 0).to(log_p.dtype)
     advantages = grpo_advantages(group_rewards, eps)
     policy_gradient = -(advantages * log_p.gather(1, samples)).mean()
-    kl = (log_p.exp() * (log_p - log_ref)).sum(dim=1).mean()
-    loss = policy_gradient + kl_coef * kl
+    if kl == "exact":
+        kl_term = (log_p.exp() * (log_p - log_ref)).sum(dim=1).mean()
+    elif kl == "k3":
+        d = log_ref.gather(1, samples) - log_p.gather(1, samples)
+        kl_term = (d.exp() - d - 1).mean()
+    else:
+        raise ValueError(f"grpo: unknown KL estimator {kl!r} (known: exact, k3)")
+    loss = policy_gradient + kl_coef * kl_term
     r_w, r_j = rewards(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
-    return loss, _diagnostics(r_w, r_j, kl=float(kl.detach()), sample_hit_rate=float(group_rewards.mean()),
+    return loss, _diagnostics(r_w, r_j, kl=float(kl_term.detach()), sample_hit_rate=float(group_rewards.mean()),
                               p_chosen=float(log_p[:, 0].detach().exp().mean()))
 
 

@@ -11,7 +11,8 @@ authors' code), and one reference pass shared by every method and every k of the
 
 Negatives are k of the sample's own candidates (never the target), by strategy:
 `random` (seeded per run), `hardest` (highest reference log-prob), `all` (k = n - 1), `self` (the
-reference's top wrong candidate) or `tail` / `head` (by train-split popularity).
+reference's top wrong candidate), `tail` / `head` (by train-split popularity) or `head_gumbel`
+(LPO4Rec's: among the candidates that are head items).
 Each training step scores the 1 + k answers of a sample with the shared-prefix scorer (prompt
 encoded once) and applies one objective of `workflow.llm.losses`, plus an optional SFT term
 gamma * NLL(y_w) (token mean of the target answer).
@@ -101,7 +102,8 @@ def read_reference(path: str | Path, examples: Sequence[dict[str, Any]]) -> list
 
 
 def choose_negatives(n_candidates: int, target: int, k: int, strategy: str, rng: np.random.Generator,
-                     reference: np.ndarray | None = None, popularity: np.ndarray | None = None) -> list[int]:
+                     reference: np.ndarray | None = None, popularity: np.ndarray | None = None,
+                     head: np.ndarray | None = None) -> list[int]:
     """Indices of k negatives among a sample's candidates (never the target).
 
     `random`: k uniformly (seeded rng); `hardest`: the k highest reference log-probs; `all`: every
@@ -110,7 +112,12 @@ def choose_negatives(n_candidates: int, target: int, k: int, strategy: str, rng:
     without replacement with probability proportional to 1 / (1 + count), so the least popular
     candidates are preferred; `head`: proportional to 1 + count (the most popular preferred, closer to
     the LPO4Rec authors' code, which draws its negatives among head items). `popularity` holds the
-    training interaction count of each candidate (in candidate order)."""
+    training interaction count of each candidate (in candidate order). `head_gumbel` (LPO4Rec's
+    adaptive negatives, the authors' `lpo_loss_gumbel`): k uniformly among the candidates that are
+    head items (`head`, a bool per candidate: `head_items`), the rest uniformly among the others when
+    fewer than k are. The authors draw by Gumbel top-k over the model's softmaxed scores, keys
+    p_j + Gumbel noise with p_j in [0, 1], so their draw is within a factor e of uniform; an LLM's
+    probability of a whole title is near 0, which makes that Gumbel top-k uniform here."""
     others = [j for j in range(n_candidates) if j != target]
     if strategy == "all":
         return others
@@ -126,6 +133,14 @@ def choose_negatives(n_candidates: int, target: int, k: int, strategy: str, rng:
         # stable sort on -logprob: ties keep candidate order, so the choice is deterministic
         order = sorted(others, key=lambda j: (-float(reference[j]), j))
         return order[:k]
+    if strategy == "head_gumbel":
+        if head is None:
+            raise ValueError("strategy 'head_gumbel' needs which candidates are head items")
+        popular = [j for j in others if head[j]]
+        picked = rng.choice(popular, size=min(k, len(popular)), replace=False).tolist() if popular else []
+        rest = [j for j in others if not head[j]]
+        picked += rng.choice(rest, size=k - len(picked), replace=False).tolist() if len(picked) < k else []
+        return sorted(picked)
     if strategy in ("tail", "head"):
         if popularity is None:
             raise ValueError(f"strategy '{strategy}' needs the popularity of every candidate")
@@ -134,7 +149,8 @@ def choose_negatives(n_candidates: int, target: int, k: int, strategy: str, rng:
             raise ValueError("popularity counts must be >= 0")
         weights = 1.0 / (1.0 + counts) if strategy == "tail" else 1.0 + counts
         return sorted(rng.choice(others, size=k, replace=False, p=weights / weights.sum()).tolist())
-    raise ValueError(f"unknown negative strategy {strategy!r} (known: random, hardest, all, self, tail, head)")
+    raise ValueError(f"unknown negative strategy {strategy!r} (known: random, hardest, all, self, tail, head, "
+                     "head_gumbel)")
 
 
 def item_popularity(samples: pd.DataFrame) -> dict[str, int]:
@@ -149,11 +165,20 @@ def item_popularity(samples: pd.DataFrame) -> dict[str, int]:
     return counts
 
 
+def head_items(popularity: dict[str, int], share: float) -> set[str]:
+    """The head items: the int(share n) most frequent of the n items `popularity` counts (ties to the
+    smaller item id); every other item, counted or not, is a tail item. The LPO4Rec authors'
+    `notail_item(train, 0.2)`, Counter.most_common(int(0.8 n)), over the training sequences."""
+    ranked = sorted(popularity, key=lambda item: (-popularity[item], item))
+    return set(ranked[:int(share * len(ranked))])
+
+
 def with_negatives(examples: list[dict[str, Any]], k: int, strategy: str, seed: int,
                    full_reference: list[np.ndarray] | None = None,
-                   popularity: dict[str, int] | None = None) -> list[dict[str, Any]]:
+                   popularity: dict[str, int] | None = None, head: set[str] | None = None) -> list[dict[str, Any]]:
     """Per example: answers reordered as [target, negatives...] (seeded; `hardest` and `self` read the
-    reference log-probs of all candidates, `tail` and `head` the item popularity). Without
+    reference log-probs of all candidates, `tail` and `head` the item popularity, `head_gumbel` the
+    `head` items). Without
     `popularity` (the trainer does not pass it yet), `tail` and `head` count each item's occurrences as
     the target of the given examples (the training targets of the run's selection)."""
     rng = np.random.default_rng([seed, 0x5EED])
@@ -168,8 +193,9 @@ def with_negatives(examples: list[dict[str, Any]], k: int, strategy: str, seed: 
     for i, example in enumerate(examples):
         ref = None if full_reference is None else full_reference[i]
         pop = None if popularity is None else np.array([popularity.get(str(c), 0) for c in example["candidates"]])
+        is_head = None if head is None else np.array([str(c) in head for c in example["candidates"]])
         order = [example["target"],
-                 *choose_negatives(len(example["answers"]), example["target"], k, strategy, rng, ref, pop)]
+                 *choose_negatives(len(example["answers"]), example["target"], k, strategy, rng, ref, pop, is_head)]
         chosen.append({"sample_id": example.get("sample_id"), "prompt": example["prompt"],
                        "answers": [example["answers"][j] for j in order],
                        "order": order, "items": [example["candidates"][j] for j in order]})
@@ -177,13 +203,14 @@ def with_negatives(examples: list[dict[str, Any]], k: int, strategy: str, seed: 
 
 
 def collate(examples: Sequence[dict[str, Any]], share_ratio: float | None = None):
-    """(prompts, answers, reference log-probs [B, C] or None for a reference-free run, napo): for
+    """(prompts, answers, reference log-probs [B, C] or None for a reference-free run, extra): for
     examples carrying NAPO's auxiliary scores, `napo_inputs` (with `share_ratio`, its in-batch
-    negative sharing), else None."""
+    negative sharing); for examples with a tail flag (LPO4Rec's authors' form), {"tail": [B]}; else None."""
     reference = [e.get("reference") for e in examples]
+    extra = (napo_inputs(examples, share_ratio) if "confidence" in examples[0]
+             else {"tail": torch.tensor([e["tail"] for e in examples])} if "tail" in examples[0] else None)
     return ([e["prompt"] for e in examples], [e["answers"] for e in examples],
-            None if reference[0] is None else torch.stack(reference),
-            napo_inputs(examples, share_ratio) if "confidence" in examples[0] else None)
+            None if reference[0] is None else torch.stack(reference), extra)
 
 
 def napo_inputs(examples: Sequence[dict[str, Any]], share_ratio: float | None) -> dict[str, torch.Tensor | None]:
@@ -227,6 +254,10 @@ def make_loss_fn(method: str, cfg: dict[str, Any], scorer=None, state: dict[str,
     # chain the rounds (workflow/runs.py previous_round): --adapter and --reference are the last round's
     objective = losses.OBJECTIVES["dpo" if method == "sprec" else method]
     kwargs: dict[str, Any] = {"beta": float(cfg["beta"])}
+    authors_lpo = method == "lpo4rec" and cfg.get("form") == "authors"
+    if authors_lpo:  # beta has no place in the authors' form: their temperature acts on probabilities
+        objective = losses.lpo4rec_authors
+        kwargs = {"weight": float(cfg["lpo_weight"]), "temperature": float(cfg["temperature"])}
     if method == "dmpo":
         kwargs["pairwise"] = bool(cfg.get("pairwise", False))
     if method == "dynamicpo":
@@ -234,6 +265,8 @@ def make_loss_fn(method: str, cfg: dict[str, Any], scorer=None, state: dict[str,
     if method == "grpo":
         kwargs["group_size"] = int(cfg.get("group_size", 8))
         kwargs["kl_coef"] = float(cfg.get("kl_coef", 0.04))
+        if "kl" in cfg:
+            kwargs["kl"] = cfg["kl"]
     gamma = float(cfg.get("gamma", 0.0))
     if method == "napo" and state is None:
         state = napo_state()
@@ -245,6 +278,8 @@ def make_loss_fn(method: str, cfg: dict[str, Any], scorer=None, state: dict[str,
         if reference is not None:  # None: a reference-free run (lpo4rec, napo)
             reference = reference.to(policy.device)
         extra, measured = napo_arguments(policy, batch[3], cfg, state) if method == "napo" else ({}, {})
+        if authors_lpo:  # their cross-entropy: the target's token-mean NLL, SFT's loss
+            extra = {"nll": -policy[:, 0] / n_tokens[:, 0], "tail": batch[3]["tail"].to(policy.device)}
         ref_chosen, ref_rejected = (None, None) if reference is None else (reference[:, 0], reference[:, 1:])
         loss, diagnostics = objective(policy[:, 0], policy[:, 1:], ref_chosen, ref_rejected, **kwargs, **extra)
         diagnostics.update(measured)
@@ -339,11 +374,17 @@ def policy_method(method: str, cfg: dict[str, Any], llm: dict[str, Any], domain:
         # every candidate: `hardest` and `self` rank them; none for a reference-free run
         full = None if reference_path is None else read_reference(reference_path, examples)
         ranking = full if negatives_path is None else read_reference(negatives_path, examples)
+        authors_lpo = method == "lpo4rec" and cfg.get("form") == "authors"
         popularity = (item_popularity(pd.read_parquet(samples_path, columns=["split", "history", "target"]))
-                      if cfg["strategy"] in ("tail", "head") else None)  # the whole train split's, not the run's
-        chosen = with_negatives(examples, cfg["k"], cfg["strategy"], seed, ranking, popularity)
+                      if cfg["strategy"] in ("tail", "head", "head_gumbel") or authors_lpo
+                      else None)  # the whole train split's, not the run's
+        head = None if popularity is None or "head_share" not in cfg else head_items(popularity, cfg["head_share"])
+        chosen = with_negatives(examples, cfg["k"], cfg["strategy"], seed, ranking, popularity, head)
         for example, ref in zip(chosen, full or []):
             example["reference"] = torch.tensor(ref[example["order"]], dtype=torch.float32)
+        if authors_lpo:  # the authors reweight the samples whose target is a tail item
+            for example in chosen:
+                example["tail"] = int(example["items"][0] not in head)
         state = None
         if method == "napo":
             napo_scores(chosen, surrogate_dir)
