@@ -40,6 +40,7 @@ def job_writing(all_jobs: list[dict[str, str]], path: str) -> dict[str, str]:
 
 def test_dry_run_gives_every_trained_run_a_folder_per_seed(tmp_path):
     config = {**tiny_config(tmp_path, tmp_path / "model"), "seeds": SEEDS}
+    write_tiny_movielens(tmp_path / "raw")  # the workflow checks the raw files when it is parsed
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     out = snakemake(tmp_path / "work", tmp_path / "config.yaml", "-n", "-p")
     assert out.returncode == 0, failure(out)

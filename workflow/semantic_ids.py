@@ -137,6 +137,20 @@ def sid_tokens(items: pd.DataFrame) -> list[str]:
     return [f"<{letter}_{code}>" for letter, code in sorted(found)]
 
 
+def embedding_rows(path, item_ids) -> np.ndarray:
+    """[n, H] rows of an item_id, embedding table (rule title_embeddings) in the order of
+    `item_ids`; every item must have one."""
+    table = pd.read_parquet(path)
+    missing_columns = [c for c in ("item_id", "embedding") if c not in table.columns]
+    if missing_columns:
+        raise ValueError(f"{path}: missing columns {missing_columns}")
+    table = table.set_index(table["item_id"].astype(str))
+    missing = pd.Index(item_ids).difference(table.index)
+    if len(missing):
+        raise ValueError(f"{path}: no embedding for {len(missing)} items, e.g. {list(missing[:3])}")
+    return np.stack(table.loc[list(item_ids), "embedding"].to_numpy()).astype(np.float32)
+
+
 def main(argv=None) -> int:
     p = cli.parser("Semantic IDs of the items: RQ k-means codes of their title embeddings, collisions numbered.")
     p.add_argument("--items", required=True, help="items.parquet (item_id, title)")
@@ -149,7 +163,6 @@ def main(argv=None) -> int:
 
     def run(args):
         from workflow.config import stage_settings
-        from workflow.llm.grounding import read_title_embeddings
         from workflow.prepare import item_vocabulary
 
         spec = stage_settings({"semantic_ids": args.spec}, {"semantic_ids": "semantic_ids"})["semantic_ids"]
@@ -157,7 +170,7 @@ def main(argv=None) -> int:
         items["item_id"] = items["item_id"].astype(str)
         universe = sorted(item_vocabulary(pd.read_parquet(args.samples, columns=["history", "target", "candidates"]),
                                           items, source=args.items))
-        table = semantic_ids(universe, read_title_embeddings(args.embeddings, universe), spec, args.seed)
+        table = semantic_ids(universe, embedding_rows(args.embeddings, universe), spec, args.seed)
         write_parquet(table, args.out, schema=SCHEMA, config={"semantic_ids": spec}, seed=args.seed)
         write_parquet(sid_item_table(items, table), args.out_items, config={"semantic_ids": spec}, seed=args.seed)
 

@@ -84,15 +84,9 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
 
 def read_title_embeddings(path, item_ids: Sequence[str]) -> np.ndarray:
     """The embedding table in the order of `item_ids`; every item must be present."""
-    table = pd.read_parquet(path)
-    for col in ("item_id", "embedding"):
-        if col not in table.columns:
-            raise ValueError(f"{path}: missing column '{col}'")
-    table = table.set_index(table["item_id"].astype(str))
-    missing = pd.Index(item_ids).difference(table.index)
-    if len(missing):
-        raise ValueError(f"{path}: no embedding for {len(missing)} items, e.g. {list(missing[:3])}")
-    return np.stack(table.loc[list(item_ids), "embedding"].to_numpy()).astype(np.float32)
+    from workflow.semantic_ids import embedding_rows
+
+    return embedding_rows(path, item_ids)
 
 
 def main(argv=None) -> int:
