@@ -90,7 +90,7 @@ def test_report_shows_summary_in_chromium(tiny_run, tmp_path):
         assert metric in text, metric
     likelihood_mrr = summary[(summary["protocol"] == "likelihood") & (summary["metric"] == "mrr")]
     sft = likelihood_mrr[likelihood_mrr["method"].str.startswith("sft-")].iloc[0]  # runs are sft-{prompt}
-    assert f"{sft['value']:.3f}" in text and f"[{sft['ci_low']:.2f}, {sft['ci_high']:.2f}]" in text
+    assert f"{sft['value']:.3f}" in text and f"[{sft['ci_low']:.3f}, {sft['ci_high']:.3f}]" in text
 
     shot = tmp_path / "report.png"
     taken = chromium(url, tmp_path / "chromium", f"--screenshot={shot}")

@@ -75,7 +75,7 @@ def _html_cell(row: pd.Series) -> str:
         cell = f"<b>{cell} {marker}</b>"
     cell += seed_spread(row)
     if np.isfinite(row["ci_low"]):
-        cell += f'<br><span class="ci">[{row["ci_low"]:.2f}, {row["ci_high"]:.2f}]</span>'
+        cell += f'<br><span class="ci">[{row["ci_low"]:.3f}, {row["ci_high"]:.3f}]</span>'  # the point's digits
     return cell
 
 

@@ -445,11 +445,13 @@ def markers(row: pd.Series) -> str:
 
 
 def format_cell(row: pd.Series) -> str:
+    """`0.145 ± 0.008 (3 seeds) [0.100, 0.200] ▲`: the interval with the point's 3 decimals (fewer would
+    print `0.007 [0.01, 0.01]`, an interval that seems not to hold its point)."""
     if not np.isfinite(row["value"]):
         return "n/a"
     cell = f"{row['value']:.3f}" + seed_spread(row)
     if np.isfinite(row["ci_low"]):
-        cell += f" [{row['ci_low']:.2f}, {row['ci_high']:.2f}]"
+        cell += f" [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
     marker = markers(row)
     return f"{cell} {marker}" if marker else cell
 
