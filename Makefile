@@ -8,7 +8,7 @@ CORES ?= all
 TEST_WORKERS ?= auto
 export PATH := $(BIN):$(PATH)
 
-.PHONY: run test lint bench gpu-check verify clean-results
+.PHONY: run test lint bench gpu-check verify docs clean-results
 
 $(STAMP): pyproject.toml requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ gpu-check: $(STAMP)
 OTHER ?=
 verify: $(STAMP)
 	python -m workflow.verify results --out results/verify.json $(if $(OTHER),--compare $(OTHER))
+
+# The results tables of README.md and docs/ from results/ (workflow/docs.py): snapshot the default
+# run's summary into docs/results/, rewrite the README's table and every study that has been run.
+docs: $(STAMP)
+	python -m workflow.docs --results results --readme README.md --docs docs
 
 lint: $(STAMP)
 	snakemake --lint

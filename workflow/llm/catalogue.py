@@ -13,7 +13,7 @@ compete for the `width` live slots (highest score first). A sample stops when it
 or when `top` finished items all score at least the best live beam: log-probs only fall as a prefix
 grows, so no later item can enter its top. Finished items do not take live slots, so a beam as wide
 as the catalogue keeps every prefix and enumerates every item with its exact log-prob: the
-exhaustive ranking (tested). Narrower beams trade recall for time (README, "Whole catalogue").
+exhaustive ranking (tested). Narrower beams trade recall for time (docs/catalogue.md).
 
 Tree attention over one KV cache (written by hand: `transformers`' beam search copies the prompt
 cache once per beam and reorders it every step, and a per-step `prefix_allowed_tokens_fn` call in
