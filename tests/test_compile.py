@@ -93,17 +93,19 @@ def test_padding_to_a_bucket_leaves_logprobs_unchanged(tiny_model_dir):
             padded = scoring.token_logprobs(model, ps, ans)[0]
         finally:
             compiling.disable(model)
-    assert_close_float32(padded, plain, depth=64 * 2, what="bucketed rows")
+    # only the kernels' blocking changes with the row length: float32 rounding over the longest
+    # accumulation, the vocabulary's logsumexp (conftest's rule)
+    assert_close_float32(padded, plain, depth=49152, what="bucketed rows")
 
 
 def test_compiled_loss_and_logprobs_within_bf16_rounding(tiny_model_dir, cache):
     model = lora_model(tiny_model_dir)
-    batch = examples()
+    batch = examples()[:SPEC["batch_size"]]  # the trainer's micro-batch shape: one compiled graph for both tests
     ps, ans = [e["prompt"] for e in batch], [e["answer"] for e in batch]
     with bf16():
         eager_lp, _ = scoring.answer_logprobs(model, ps, ans)
         eager_loss = sft.sft_loss(model, (ps, ans))[0]
-    compiling.enable(model, cache, dynamic=False)
+    compiling.enable(model, cache)
     try:
         with bf16():
             compiled_lp, _ = scoring.answer_logprobs(model, ps, ans)

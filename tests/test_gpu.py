@@ -143,3 +143,30 @@ def test_nf4_loading_and_one_lora_step(smollm):
     assert all(train.is_quantized(m) for m in quantized)
     ps, ans = prompts_and_answers(tokenizer)
     one_step(model, sft.sft_loss, (ps, [a[0] for a in ans]), "nf4")
+
+
+def test_compiled_step_and_scoring_match_eager(smollm, tmp_path):
+    """llm.compile on CUDA (workflow/llm/compiling.py, default mode: no CUDA graphs, whose recording
+    per new length the packed rows' changing shapes would repeat): the compiled decoder's SFT loss,
+    one optimizer step and the scorer's log-probs against eager, within this file's bf16 tolerance."""
+    from workflow.llm import compiling, scoring, sft, train
+    from workflow.llm.model import autocast, load_for_training
+
+    model, tokenizer, device, dtype = load_for_training(smollm, {"device": "cuda", "dtype": "auto",
+                                                                 "attention": "auto"})
+    model = train.add_lora(model, {**LORA, "lora_dropout": 0.0}, seed=0)
+    train.cast_frozen_linears(model, dtype)
+    ps, ans = prompts_and_answers(tokenizer, k=4)
+    with torch.no_grad(), autocast(device, dtype):
+        eager_lp, _ = scoring.candidate_logprobs(model, ps, ans)
+        eager_loss = sft.sft_loss(model, (ps, [a[0] for a in ans]))[0]
+    compiling.enable(model, tmp_path / "cache")
+    try:
+        with torch.no_grad(), autocast(device, dtype):
+            compiled_lp, _ = scoring.candidate_logprobs(model, ps, ans)
+        row = one_step(model, sft.sft_loss, (ps, [a[0] for a in ans]), "compiled-sft")
+    finally:
+        compiling.disable(model)
+    torch.testing.assert_close(compiled_lp, eager_lp, atol=0.15, rtol=0.02)
+    torch.testing.assert_close(torch.tensor(row["loss"]), eager_loss.float().cpu(), atol=0.05, rtol=0.02)
+    assert compiling.graph_breaks() == {}, compiling.graph_breaks()
