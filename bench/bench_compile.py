@@ -40,7 +40,7 @@ from workflow.llm import compiling, preference, scoring, sft, train  # noqa: E40
 from workflow.llm.model import autocast, convert_base_model, load_model, resolve_dtype  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out"
-WORKLOADS = ("sft", "dmpo", "score")
+WORKLOADS = ("sft", "score", "dmpo")
 
 
 def model_for(model_dir, workload):
@@ -179,8 +179,11 @@ def main() -> None:
             if not line:
                 print(f"{workload} {mode} failed:\n{done.stderr[-3000:]}")
                 continue
-            results[workload, mode] = json.loads(line[0][len("RESULT "):])
-            print(f"  {workload} {mode}: {time.perf_counter() - t:.0f} s wall", flush=True)
+            results[workload, mode] = r = json.loads(line[0][len("RESULT "):])
+            # each pass as it ends (a long run cut short keeps what it measured)
+            print(f"  {workload} {mode}: {time.perf_counter() - t:.0f} s wall, CPU s per call "
+                  f"{', '.join(f'{c:.1f}' for c in r['cpu'])}, tokens {r['tokens']}, graph breaks {r['breaks']}",
+                  flush=True)
     dtype = resolve_dtype("auto", "cpu")
     peak = peak_cpu() if dtype == torch.bfloat16 else fp32_peak_cpu()
     print(f"{dtype} matmul peak {peak / 1e9:.0f} GFLOP per CPU-second")

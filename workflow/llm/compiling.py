@@ -25,8 +25,10 @@ job of a run with the same model and shapes loads kernels instead of generating 
 seconds. Saved = work / EAGER_RATE * (1 - 1 / SPEEDUP), work = the job's tokens (every token id
 of its examples, epochs times) times the model's parameters; compile cost = COMPILE_SECONDS per
 30 decoder layers (Inductor's time grows with the graph, i.e. the layers). The constants are
-measured by bench/bench_compile.py on SmolLM2-135M (see there); on CUDA `auto` stays eager (not
-measured here; `on` compiles).
+those of SmolLM2-135M on the project's machine kind (below; bench/bench_compile.py measures them);
+break-even ~160k tokens a job there (~385 SFT samples of ~420 tokens, one epoch), so the default
+256-sample jobs stay eager and larger budgets compile. On CUDA `auto` stays eager (not measured
+here; `on` compiles).
 """
 from __future__ import annotations
 
@@ -43,7 +45,9 @@ MODES = ("auto", "on", "off")
 BUCKET = 64  # packed row lengths are padded to a multiple of this: 64, 128, ..., 448, 512, ...
 ATTRIBUTE = "_llmrec_compiled_forward"  # where `enable` keeps the compiled forward on the decoder
 
-# bench/bench_compile.py, SmolLM2-135M, LoRA r 8, bf16 autocast, batch 4 x ~420 tokens, 1 thread:
+# Measured on the project's machine kind (Xeon with AMX, bf16 autocast; issue 35): SmolLM2-135M,
+# LoRA r 8, batch 4 x ~420 tokens, eager 445 and compiled 764 tokens per CPU-second (1 thread),
+# 142 s of compilation; bench/bench_compile.py measures them again on the machine it runs on.
 EAGER_RATE = 445 * 134.5e6  # token-parameters per CPU-second of an eager SFT step (445 tokens/s x 134.5M)
 SPEEDUP = 1.7               # compiled over eager tokens per CPU-second
 COMPILE_SECONDS = 150.0     # CPU seconds of a cold compile (forward + backward, 30 layers)
