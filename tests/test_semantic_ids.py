@@ -126,3 +126,38 @@ def test_sid_sft_trains_only_the_id_rows_and_evaluates_on_the_catalogue(tiny_mod
     with pytest.raises(ValueError, match="need the other prompt"):
         evaluate.evaluate(model, tokenizer, samples, items, protocols=["grounded"], domain="movie", llm=LLM,
                           evaluation=evaluation, prompt="sid")
+
+
+def test_alignment_examples_and_token_learning_rate(tiny_model_dir, sid_inputs, tmp_path):
+    """sft.sid_alignment adds ID -> title and title -> ID examples per item of the samples; the ID
+    token rows train at token_lr_scale x lr without weight decay (their own AdamW group)."""
+    from transformers import AutoTokenizer
+
+    from workflow.llm import prompts, train
+
+    paths, ids = sid_inputs
+    items = pd.read_parquet(paths["items"])
+    samples = pd.read_parquet(paths["samples"]).head(2)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    examples = sft.alignment_examples(samples, items, tokenizer, "movie", LLM)
+    used = sorted({i for h in samples["history"] for i in h} | set(samples["target"]))
+    assert len(examples) == 2 * len(used)
+    first = items.set_index("item_id").loc[used[0]]
+    assert prompts.render(tokenizer, f"Which movie has the ID {first['title']}? Answer with the movie's title only.") \
+        == examples[0]["prompt"]
+    assert examples[1]["answer"] == prompts.answer_ids(tokenizer, first["title"])
+    groups = train.param_groups({"lora_A": torch.nn.Parameter(torch.zeros(1)),
+                                 "embed_tokens.token_adapter.trainable_tokens_delta.default": torch.nn.Parameter(torch.zeros(1))},
+                                {"lr": 0.001, "weight_decay": 0.1, "token_lr_scale": 20.0})
+    assert sorted((g["lr"], g["weight_decay"]) for g in groups) == [(0.001, 0.1), (0.02, 0.0)]
+    out = tmp_path / "aligned"
+    spec = {"llm": LLM, "sft": {**SFT, "lora_dropout": 0.0, "epochs": 1, "sid_alignment": True}, "domain": "movie",
+            "prompt": "sid"}
+    args = ["--model-dir", str(tiny_model_dir), "--samples", str(paths["samples"]), "--items", str(paths["items"]),
+            "--selection", str(paths["selection"]), "--spec", json.dumps(spec), "--seed", "0", "--threads", "1",
+            "--out", str(out)]
+    assert sft.main(args) == 0
+    config = json.loads((out / "training_config.json").read_text())["config"]
+    n_items = len({i for h in pd.read_parquet(paths["samples"]).head(8)["history"] for i in h}
+                  | set(pd.read_parquet(paths["samples"]).head(8)["target"]))
+    assert config["n_samples"] == 8 + 2 * n_items

@@ -114,10 +114,11 @@ def semantic_ids(item_ids, embeddings: np.ndarray, spec: dict[str, Any], seed: i
 
 
 def sid_item_table(items: pd.DataFrame, ids: pd.DataFrame) -> pd.DataFrame:
-    """The items table with every item's semantic ID as its title (items without one are dropped:
-    the IDs cover the ranked item universe)."""
+    """The items table with every item's semantic ID as its title and the title as `text` (items
+    without an ID are dropped: the IDs cover the ranked item universe)."""
     sid = dict(zip(ids["item_id"].astype(str), ids["sid"]))
     table = items[items["item_id"].astype(str).isin(sid.keys())].copy()
+    table["text"] = table["title"]  # the title, for the ID <-> title alignment tasks (sft.sid_alignment)
     table["title"] = table["item_id"].astype(str).map(sid)
     return table.reset_index(drop=True)
 

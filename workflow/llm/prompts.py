@@ -192,6 +192,14 @@ def sid_prompt_ids(tokenizer, history_ids: Sequence[str], domain: str = "item", 
     return _fit(tokenizer, list(history_ids), lambda h: open_prompt(h, domain, answer_word="ID"), max_prompt_tokens)
 
 
+def alignment_prompts(sid: str, title: str, domain: str = "item") -> list[tuple[str, str]]:
+    """LC-Rec's / MiniOneRec's ID <-> title alignment tasks of one item: (prompt text, answer) for
+    ID -> title and for title -> ID."""
+    noun = domain_words(domain)[0]
+    return [(f"Which {noun} has the ID {sid}? Answer with the {noun}'s title only.", title),
+            (f'What is the ID of the {noun} "{title}"? Answer with the {noun}\'s ID only.', sid)]
+
+
 def clipped_answer_ids(tokenizer, title: str, max_title_tokens: int = 24) -> list[int]:
     """`answer_ids` of the title clipped exactly as the prompt builders clip it."""
     return answer_ids(tokenizer, clip_title(tokenizer, title, max_title_tokens))

@@ -60,6 +60,25 @@ def sft_examples(samples: pd.DataFrame, items: pd.DataFrame, tokenizer, domain: 
     return examples
 
 
+def alignment_examples(samples: pd.DataFrame, items: pd.DataFrame, tokenizer, domain: str, llm: dict[str, Any]
+                       ) -> list[dict[str, list[int]]]:
+    """The ID -> title and title -> ID examples (`prompts.alignment_prompts`) of every item of the
+    samples (targets and histories), in item-id order; `items` is the sid table (title = ID, text =
+    the title)."""
+    from workflow.llm import prompts
+
+    if "text" not in items.columns:
+        raise ValueError("sft.sid_alignment needs the sid items table (item titles in column `text`, rule semantic_ids)")
+    used = sorted({str(i) for h in samples["history"] for i in h} | set(samples["target"].astype(str)))
+    rows = items.set_index(items["item_id"].astype(str))
+    examples = []
+    for item in used:
+        title = prompts.clip_title(tokenizer, str(rows.at[item, "text"]), llm["max_title_tokens"])
+        for text, answer in prompts.alignment_prompts(str(rows.at[item, "title"]), title, domain):
+            examples.append({"prompt": prompts.render(tokenizer, text), "answer": prompts.answer_ids(tokenizer, answer)})
+    return examples
+
+
 def collate(examples: Sequence[dict[str, list[int]]]) -> tuple[list[list[int]], list[list[int]]]:
     return [e["prompt"] for e in examples], [e["answer"] for e in examples]
 
@@ -89,6 +108,10 @@ def method(block: dict[str, Any], llm: dict[str, Any], domain: str, prompt: str,
 
     def plan(loaded: stage.Loaded) -> stage.Plan:
         examples = sft_examples(loaded.samples, loaded.items, loaded.tokenizer, domain, llm, prompt)
+        if prompt == "sid" and block["sid_alignment"]:
+            aligned = alignment_examples(loaded.samples, loaded.items, loaded.tokenizer, domain, llm)
+            log.info("with %d ID <-> title alignment examples", len(aligned))
+            examples += aligned
         log.info("SFT on %d samples, %s prompt: %d prompt + %d answer tokens, %d epochs%s", len(examples), prompt,
                  sum(len(e["prompt"]) for e in examples), sum(len(e["answer"]) for e in examples), block["epochs"],
                  "" if start_adapter is None else f", from {start_adapter}")

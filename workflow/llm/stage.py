@@ -78,7 +78,8 @@ def run_stage(method: Method, *, model_dir: str | Path, samples_path: str | Path
     from workflow.semantic_ids import sid_tokens
 
     samples = read_training_samples(samples_path, selection_path)
-    items = pd.read_parquet(items_path, columns=["item_id", "title"])
+    items = pd.read_parquet(items_path)
+    items = items[[c for c in ("item_id", "title", "text") if c in items.columns]]  # text: the sid table's titles
     model, tokenizer, device, dtype = load_for_training(model_dir, llm)
     add_item_tokens(model, tokenizer, sid_tokens(items))  # the sid prompt's items are their semantic IDs
     model = method.attach(model, tokenizer)

@@ -185,14 +185,21 @@ def lr_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio
     return get_cosine_schedule_with_warmup(optimizer, math.ceil(warmup_ratio * total_steps), total_steps)
 
 
+TOKEN_ROWS = "trainable_tokens_delta"  # PEFT's name of the trainable token rows (item ID tokens)
+
+
 def param_groups(trainable: dict[str, torch.nn.Parameter], spec: dict[str, Any],
                  options: Callable[[str], dict[str, float]] | None = None) -> list[dict[str, Any]]:
     """AdamW parameter groups: the spec's lr and weight_decay, scaled or replaced per parameter by
-    `options(name)` ({"lr_scale": .., "weight_decay": ..}); parameters with equal options share a group."""
+    `options(name)` ({"lr_scale": .., "weight_decay": ..}); parameters with equal options share a group.
+    Item ID token rows (PEFT's trainable tokens, the sid prompt) take the spec's `token_lr_scale`
+    and no weight decay."""
     lr, decay = float(spec["lr"]), float(spec.get("weight_decay", 0.0))
     groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
     for name, p in trainable.items():
         opts = options(name) if options is not None else {}
+        if TOKEN_ROWS in name:
+            opts = {"lr_scale": float(spec["token_lr_scale"]), "weight_decay": 0.0, **opts}
         key = (lr * float(opts.get("lr_scale", 1.0)), float(opts.get("weight_decay", decay)))
         groups.setdefault(key, []).append(p)
     return [{"params": ps, "lr": group_lr, "weight_decay": wd} for (group_lr, wd), ps in groups.items()]
