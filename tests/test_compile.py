@@ -78,7 +78,10 @@ def test_auto_compiles_large_jobs_only(tiny_model_dir):
     assert not compiling.decide("auto", model, examples(), epochs=1)  # a few hundred tokens
     est = compiling.estimate(model, 1.0)
     break_even = est["compile"] / est["saved"]
-    assert compiling.decide("auto", model, [{"prompt": [1] * int(break_even * 1.01)}])
+    big = [{"prompt": [1] * int(break_even * 1.01)}]
+    assert not compiling.decide("auto", model, big)  # float32 compute: eager whatever the work
+    train.cast_frozen_linears(model, torch.bfloat16)
+    assert compiling.decide("auto", model, big)
 
 
 def test_padding_to_a_bucket_leaves_logprobs_unchanged(tiny_model_dir):
