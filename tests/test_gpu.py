@@ -170,3 +170,51 @@ def test_compiled_step_and_scoring_match_eager(smollm, tmp_path):
     torch.testing.assert_close(compiled_lp, eager_lp, atol=0.15, rtol=0.02)
     torch.testing.assert_close(torch.tensor(row["loss"]), eager_loss.float().cpu(), atol=0.05, rtol=0.02)
     assert compiling.graph_breaks() == {}, compiling.graph_breaks()
+
+
+def test_catalogue_beam_search_on_the_gpu_matches_exhaustive_scores(smollm):
+    """The tree-attention beam search on the GPU in bf16: at full width every item comes back once,
+    each with its log-prob from the packed scorer (same dtype; bf16's rounding bounds the gap)."""
+    from workflow.llm import catalogue, scoring
+    from workflow.llm.model import autocast, load_for_evaluation
+
+    model, tokenizer = load_for_evaluation(smollm, device="cuda", dtype="bfloat16")
+    prompts, answers = prompts_and_answers(tokenizer, n=3, k=8)
+    catalogue_answers = answers[0]
+    trie = catalogue.catalogue_trie(catalogue_answers)
+    cast = lambda: autocast("cuda", "bfloat16")  # noqa: E731
+    torch.cuda.reset_peak_memory_stats()
+    ranked = catalogue.beam_search(model, prompts, trie, width=len(catalogue_answers), top=len(catalogue_answers),
+                                   autocast=cast)
+    with torch.no_grad(), cast():
+        expected, _ = scoring.candidate_logprobs(model, prompts, [catalogue_answers] * len(prompts))
+    for row, (found, scores) in enumerate(zip(ranked.items, ranked.scores)):
+        assert sorted(found) == list(range(len(catalogue_answers)))
+        torch.testing.assert_close(torch.tensor(scores), expected[row, found].float().cpu(), rtol=0, atol=0.25)
+    record("catalogue_beam_search")
+
+
+def test_item_id_tokens_on_the_gpu(smollm, tmp_path):
+    """The sid prompt's ID tokens added on the GPU: the resized embeddings on the model's device, the
+    ID rows trained by PEFT's trainable tokens, every other row unchanged after a step."""
+    from workflow.llm import train
+    from workflow.llm.model import add_item_tokens, autocast, load_for_training
+    from workflow.llm.scoring import answer_logprobs
+
+    llm = {"device": "cuda", "dtype": "bfloat16", "attention": "auto", "quantization": "none"}
+    model, tokenizer, device, dtype = load_for_training(smollm, llm)
+    added = add_item_tokens(model, tokenizer, ["<a_0>", "<a_1>", "<b_0>", "<b_1>"])
+    model = train.add_lora(model, {**LORA, "lora_dropout": 0.0}, 0, tokenizer)
+    assert all(p.device.type == "cuda" for p in model.parameters())
+    before = model.get_input_embeddings()(torch.arange(len(tokenizer), device=device)).detach().clone()
+    optimizer = torch.optim.AdamW(train.param_groups({n: p for n, p in model.named_parameters() if p.requires_grad},
+                                                     {**LORA, "lr": 1e-2, "token_lr_scale": 10.0}))
+    prompt = tokenizer.encode("The user has watched <a_0><b_1>", add_special_tokens=False)
+    with autocast(device, dtype):
+        logprob, n = answer_logprobs(model, [prompt], [tokenizer.encode("<a_1><b_0>", add_special_tokens=False)])
+    (-logprob.sum() / n.sum()).backward()
+    optimizer.step()
+    after = model.get_input_embeddings()(torch.arange(len(tokenizer), device=device)).detach()
+    changed = (after - before).abs().sum(-1) > 0
+    assert changed[added].all() and not changed[[i for i in range(len(tokenizer)) if i not in added]].any()
+    record("item_id_tokens")
