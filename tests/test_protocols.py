@@ -27,7 +27,7 @@ def test_the_table_says_what_the_prompts_support():
     assert set(runs.PROMPT_PROTOCOLS) == set(runs.PROMPTS)
     assert set(protocols.supported("candidate")) == {"likelihood", "generation", "generation_constrained",
                                                      "likelihood_reversed"}
-    assert set(protocols.supported("open")) == {"likelihood", "grounded"}
+    assert set(protocols.supported("open")) == {"likelihood", "grounded", "catalogue"}
     assert runs.parse("sft-open").protocols(["generation", "grounded", "likelihood"]) == ["grounded", "likelihood"]
     with pytest.raises(ValueError, match="the open prompt supports likelihood, grounded"):
         protocols.resolve(["generation"], "open")
@@ -38,15 +38,21 @@ def test_popularity_and_headline_facts():
     assert {p: protocols.popularity_protocol(p) for p in protocols.PROTOCOLS} == {
         "likelihood": "likelihood", "likelihood_norm": "likelihood", "likelihood_reversed": "likelihood",
         "grounded": "full_ranking", "full_ranking": "full_ranking", "generation": None,
-        "generation_constrained": None}
+        "generation_constrained": None, "catalogue": "full_ranking"}
     assert protocols.popularity_protocol("unknown") is None
     assert protocols.headlines() == {"likelihood": ("hr@1", "mrr", "auc"), "likelihood_norm": ("hr@1", "mrr", "auc"),
                                      "grounded": ("hr@10", "ndcg@10"), "generation_constrained": ("hit",),
-                                     "likelihood_reversed": ("hr@1", "top_changed")}
+                                     "likelihood_reversed": ("hr@1", "top_changed"),
+                                     "catalogue": ("hr@10", "ndcg@10")}
     for name, protocol in protocols.PROTOCOLS.items():
         assert set(protocol.headline) <= set(protocol.metrics), name
         assert set(protocol.columns) <= set(protocols.PREDICTIONS_SCHEMA.names), name
         assert set(protocol.runs_with) <= set(protocols.PROTOCOLS), name
+        assert set(protocol.reads) <= set(protocols.INPUTS), name
+        # a protocol a prompt may request has a function (the others are reported by another's)
+        assert (name in protocols.RUNS) == bool(protocol.prompts), name
+    assert protocols.reads(["likelihood", "grounded"]) == ("title_embeddings",)
+    assert protocols.reads(["likelihood", "generation"]) == ()
 
 
 @pytest.mark.parametrize("prompt", ["candidate", "open"])
@@ -55,7 +61,8 @@ def test_each_protocol_emits_what_it_declares(tiny_model_dir, prompt):
     requested = list(protocols.supported(prompt))
     embeddings = grounding.embed_texts(model, tokenizer, ITEMS["title"].tolist(), batch_size=4)
     pred, values = evaluate.evaluate(model, tokenizer, SAMPLES, ITEMS, protocols=requested, domain="movie", llm=LLM,
-                                     evaluation={"max_new_tokens": 4, "batch_size": 2, "protocols": requested},
+                                     evaluation={"max_new_tokens": 4, "batch_size": 2, "catalogue_beams": 4,
+                                                 "protocols": requested},
                                      title_embeddings=embeddings, prompt=prompt)
     reported = [p for p in protocols.PROTOCOLS if p in values]
     assert list(values) == reported  # in the table's order

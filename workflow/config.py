@@ -12,6 +12,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from workflow.runs import PROMPTS, resolve
+
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = ROOT / "config" / "schema.yaml"
 DEFAULT_CONFIG = ROOT / "config" / "config.yaml"
@@ -113,8 +115,6 @@ def validate(config: dict[str, Any], schema_path: str | Path = SCHEMA_PATH,
 
 def _run_name_errors(config: dict[str, Any]) -> list[str]:
     """`methods` entries that are no run name by workflow/runs.py's grammar (its one definition)."""
-    from workflow.runs import resolve
-
     errors = []
     for i, entry in enumerate(config["methods"]):
         try:
@@ -147,8 +147,6 @@ def stage_settings(spec: dict[str, Any], blocks: dict[str, str]) -> dict[str, An
     with its defaults filled, plus what the run's name says (workflow/runs.py): `domain` (the
     dataset's item word, default "item"), `prompt` (candidate or open, default candidate) and
     `budget` (train on a nested subset of that many selected samples; default None = all)."""
-    from workflow.runs import PROMPTS
-
     unknown = set(spec) - set(blocks) - set(RUN_KEYS)
     if unknown:
         raise KeyError(f"--spec: unknown keys {sorted(unknown)} (expected {', '.join([*blocks, *RUN_KEYS])})")

@@ -33,7 +33,7 @@ from __future__ import annotations
 import re
 from typing import Any, NamedTuple
 
-from workflow.llm.protocols import supported as supported_protocols
+from workflow.protocol_table import supported as supported_protocols
 
 PROMPTS = ("candidate", "open", "sid")  # sid: items shown and answered by semantic ID (workflow/semantic_ids.py)
 PREFERENCE = ("dmpo", "sdpo", "dynamicpo", "lpo4rec", "napo", "grpo", "sprec")  # workflow/llm/preference.py
@@ -42,7 +42,7 @@ TAKES_K = tuple(m for m in PREFERENCE if m != "sprec")  # the -k flag; sprec's o
 HYBRID = ("llara", "ilora")  # the hybrid prompt: SASRec item embeddings after each title
 GATES = ("sequence", "random", "uniform")  # iLoRA's gate inputs (workflow/llm/ilora.py)
 METHODS = ("base", *TRAINED)
-# The protocols each prompt supports, from workflow/llm/protocols.py's table (`supported_protocols`).
+# The protocols each prompt supports, from workflow/protocol_table.py's table (`supported_protocols`).
 PROMPT_PROTOCOLS = {prompt: supported_protocols(prompt) for prompt in PROMPTS}
 
 # The override flags, in the order a name gives them: (letter, Run field, what it sets, the pattern of

@@ -129,6 +129,11 @@ def sid_items(items: pd.DataFrame) -> bool:
     return len(titles) > 0 and bool(titles.str.fullmatch(SID.pattern).all())
 
 
+def item_token_ids(tokenizer) -> list[int]:
+    """Ids of the item ID tokens added to `tokenizer` (workflow.llm.model.add_item_tokens), ascending."""
+    return sorted(i for token, i in tokenizer.get_added_vocab().items() if TOKEN.fullmatch(token))
+
+
 def sid_tokens(items: pd.DataFrame) -> list[str]:
     """The ID tokens an items table's titles use, ordered by (level, code): the tokens to add to
     the vocabulary, in the same order for training and evaluation. None for a title table."""

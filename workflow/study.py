@@ -38,7 +38,7 @@ import pyarrow as pa
 
 from workflow import cli
 from workflow.io import atomic_path, write_parquet
-from workflow.llm.protocols import popularity_protocol
+from workflow.protocol_table import popularity_protocol
 from workflow.summary import estimate, metric_frames, paired_delta, read_metrics
 
 log = logging.getLogger(__name__)
@@ -211,7 +211,7 @@ def baseline_values(paths: Sequence[str], split: str, metrics: Sequence[str], re
                     samples: dict[tuple[str, str], pd.Index] | None = None) -> pd.DataFrame:
     """dataset, method, protocol, metric, value, ci_low, ci_high of the baselines (random,
     popularity, SASRec) on `split`, for each of `protocols`: their ranking of the same items (the
-    candidate sets for the likelihood protocols, all items for grounded; workflow.llm.protocols.popularity_protocol),
+    candidate sets for the likelihood protocols, all items for grounded; workflow.protocol_table.popularity_protocol),
     on the samples the runs were scored on under that protocol when `samples` says them
     (`evaluated_samples`), so a line and the runs it is read against share their samples."""
     rows = []

@@ -66,7 +66,7 @@ import pyarrow as pa
 
 from workflow import cli, runs
 from workflow.io import atomic_path, write_parquet
-from workflow.llm.protocols import headlines, popularity_protocol
+from workflow.protocol_table import headlines, popularity_protocol
 
 log = logging.getLogger(__name__)
 

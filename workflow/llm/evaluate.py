@@ -36,12 +36,13 @@ from workflow.llm.inference import (PassOutputs, SampleHooks, answer_trie, base_
                                     encoded_passes, generation_config, greedy_answers, likelihood_scores,
                                     next_tokens, no_sample_hooks, prompt_passes)
 from workflow.llm.model import load_for_evaluation  # noqa: F401  (the evaluation's loading, used by callers as evaluate.load_for_evaluation)
-from workflow.llm.protocols import (ANSWER_ERRORS, PREDICTIONS_SCHEMA, PROTOCOLS, EvalContext,  # noqa: F401
+from workflow.llm.protocols import (ANSWER_ERRORS, PREDICTIONS_SCHEMA, PROTOCOLS, RUNS, EvalContext,  # noqa: F401
                                     answer_category, grounded_ranking, match_answer, matched_candidates,
                                     normalize, position_bias_values, resolve, reversed_candidates,
                                     reversed_order_logprobs)
+from workflow.llm.prompts import prompt_inputs
 from workflow.prepare import item_vocabulary
-from workflow.semantic_ids import sid_items, sid_tokens
+from workflow.semantic_ids import sid_tokens
 
 log = logging.getLogger(__name__)
 
@@ -56,43 +57,6 @@ def generation_subset(sample_ids: Sequence[str], n: int | None, seed: int) -> np
         return np.ones(len(ids), dtype=bool)
     chosen = np.random.default_rng([seed, 0x6E4]).choice(np.sort(ids), size=n, replace=False)
     return np.isin(ids, chosen)
-
-
-def prompt_inputs(samples: pd.DataFrame, items: pd.DataFrame, tokenizer, domain: str, llm: dict,
-                  item_marker: str | None = None) -> dict[str, list]:
-    """Token ids of the candidate and open prompts (with `item_marker` after every listed title:
-    the hybrid prompt), of the sid prompt when the items are shown by semantic ID, and of every candidate's answer, and the candidate and history titles as the
-    prompt shows them (clipped)."""
-    from workflow.llm import prompts
-
-    titles = dict(zip(items["item_id"].astype(str), items["title"].astype(str)))
-    budget = dict(max_title_tokens=llm["max_title_tokens"], max_prompt_tokens=llm["max_prompt_tokens"],
-                  item_marker=item_marker)
-    needed = {i for seq in samples["candidates"] for i in seq} | {i for seq in samples["history"] for i in seq}
-    unknown = sorted(needed - titles.keys())
-    if unknown:
-        raise ValueError(f"{len(unknown)} item ids of the samples are not in the items table, e.g. {unknown[:3]}")
-    clipped = {i: prompts.clip_title(tokenizer, titles[i], llm["max_title_tokens"]) for i in sorted(needed)}
-    answer = {}
-    sid = sid_items(items)
-    out = {"candidate_prompt": [], "open_prompt": [], "answers": [], "shown_titles": [], "shown_history": [],
-           **({"sid_prompt": []} if sid else {})}
-    for history, candidates in zip(samples["history"], samples["candidates"]):
-        history_titles = [titles[i] for i in history]
-        candidate_titles = [titles[i] for i in candidates]
-        out["candidate_prompt"].append(prompts.candidate_prompt_ids(tokenizer, history_titles, candidate_titles,
-                                                                    domain, **budget))
-        out["open_prompt"].append(prompts.open_prompt_ids(tokenizer, history_titles, domain, **budget))
-        if sid:
-            out["sid_prompt"].append(prompts.sid_prompt_ids(tokenizer, history_titles, domain,
-                                                            max_prompt_tokens=llm["max_prompt_tokens"]))
-        for i in candidates:
-            if i not in answer:
-                answer[i] = prompts.answer_ids(tokenizer, clipped[i])
-        out["answers"].append([answer[i] for i in candidates])
-        out["shown_titles"].append([clipped[i] for i in candidates])
-        out["shown_history"].append([clipped[i] for i in history])
-    return out
 
 
 def context(model, tokenizer, samples: pd.DataFrame, items: pd.DataFrame, chosen: Sequence[str], *, domain: str,
@@ -171,8 +135,8 @@ def evaluate(model, tokenizer, samples: pd.DataFrame, items: pd.DataFrame, *, pr
             "candidates": ctx.candidates}
     values: dict[str, dict[str, np.ndarray]] = {}
     for name in chosen:
-        if PROTOCOLS[name].run is not None:
-            reported = PROTOCOLS[name].run(ctx)
+        if name in RUNS:
+            reported = RUNS[name](ctx)
             values |= reported.values
             pred |= reported.columns
     frame = pd.DataFrame({name: pred.get(name, [None] * ctx.n) for name in PREDICTIONS_SCHEMA.names})

@@ -35,6 +35,7 @@ import torch
 
 from workflow import cli
 from workflow.io import atomic_dir, write_json
+from workflow.semantic_ids import item_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -304,13 +305,6 @@ def add_item_tokens(model, tokenizer, tokens) -> list[int]:
         torch.manual_seed(0)
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
     return item_token_ids(tokenizer)
-
-
-def item_token_ids(tokenizer) -> list[int]:
-    """Ids of the item ID tokens added to `tokenizer` (`add_item_tokens`), ascending."""
-    from workflow.semantic_ids import TOKEN
-
-    return sorted(i for token, i in tokenizer.get_added_vocab().items() if TOKEN.fullmatch(token))
 
 
 def load_for_evaluation(model_dir, adapter=None, device="auto", dtype="auto", attention="auto",

@@ -38,6 +38,8 @@ from __future__ import annotations
 import functools
 from typing import Any, Mapping, Sequence
 
+from workflow.semantic_ids import sid_items
+
 # domain -> (noun, plural, past tense phrase, present tense phrase)
 DOMAINS: dict[str, tuple[str, str, str, str]] = {
     "movie": ("movie", "movies", "watched", "watch"),
@@ -203,3 +205,38 @@ def alignment_prompts(sid: str, title: str, domain: str = "item") -> list[tuple[
 def clipped_answer_ids(tokenizer, title: str, max_title_tokens: int = 24) -> list[int]:
     """`answer_ids` of the title clipped exactly as the prompt builders clip it."""
     return answer_ids(tokenizer, clip_title(tokenizer, title, max_title_tokens))
+
+
+def prompt_inputs(samples, items, tokenizer, domain: str, llm: dict,
+                  item_marker: str | None = None) -> dict[str, list]:
+    """Token ids of the candidate and open prompts (with `item_marker` after every listed title:
+    the hybrid prompt), of the sid prompt when the items are shown by semantic ID, and of every candidate's answer, and the candidate and history titles as the
+    prompt shows them (clipped)."""
+    titles = dict(zip(items["item_id"].astype(str), items["title"].astype(str)))
+    budget = dict(max_title_tokens=llm["max_title_tokens"], max_prompt_tokens=llm["max_prompt_tokens"],
+                  item_marker=item_marker)
+    needed = {i for seq in samples["candidates"] for i in seq} | {i for seq in samples["history"] for i in seq}
+    unknown = sorted(needed - titles.keys())
+    if unknown:
+        raise ValueError(f"{len(unknown)} item ids of the samples are not in the items table, e.g. {unknown[:3]}")
+    clipped = {i: clip_title(tokenizer, titles[i], llm["max_title_tokens"]) for i in sorted(needed)}
+    answer = {}
+    sid = sid_items(items)
+    out = {"candidate_prompt": [], "open_prompt": [], "answers": [], "shown_titles": [], "shown_history": [],
+           **({"sid_prompt": []} if sid else {})}
+    for history, candidates in zip(samples["history"], samples["candidates"]):
+        history_titles = [titles[i] for i in history]
+        candidate_titles = [titles[i] for i in candidates]
+        out["candidate_prompt"].append(candidate_prompt_ids(tokenizer, history_titles, candidate_titles,
+                                                                    domain, **budget))
+        out["open_prompt"].append(open_prompt_ids(tokenizer, history_titles, domain, **budget))
+        if sid:
+            out["sid_prompt"].append(sid_prompt_ids(tokenizer, history_titles, domain,
+                                                            max_prompt_tokens=llm["max_prompt_tokens"]))
+        for i in candidates:
+            if i not in answer:
+                answer[i] = answer_ids(tokenizer, clipped[i])
+        out["answers"].append([answer[i] for i in candidates])
+        out["shown_titles"].append([clipped[i] for i in candidates])
+        out["shown_history"].append([clipped[i] for i in history])
+    return out

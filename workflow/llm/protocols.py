@@ -1,9 +1,10 @@
-"""The evaluation protocols (DESIGN section 6): one function per protocol and ONE table,
-`PROTOCOLS`, that also says per protocol the prompts it supports, the metrics it emits, its
-headline metrics (summary.md's paired differences), the popularity ranking it is read against, and
-what it reads of the evaluation's shared pass. workflow/llm/evaluate.py runs the requested ones in
-the table's order, workflow/runs.py, workflow/summary.py and workflow/study.py read the rest.
-Adding a protocol: its function and its row here (and its name in config/schema.yaml's enum).
+"""The evaluation protocols (DESIGN section 6): one function per protocol, registered in `RUNS`
+against its row of the ONE table, workflow/protocol_table.py's `PROTOCOLS` (the prompts it supports,
+the metrics it emits, its headline metrics, the popularity ranking it is read against, what it reads
+of the evaluation's shared pass and of the stored inputs). workflow/llm/evaluate.py runs the
+requested ones in the table's order; workflow/runs.py, the rules, workflow/summary.py and
+workflow/study.py read the table alone. Adding a protocol: its row there, its function here (and its
+name in config/schema.yaml's enum).
 
 A protocol function takes the `EvalContext` (the model, the samples, their prompt inputs, the shared
 pass's outputs) and returns its per-sample values {protocol: {metric: [N]}} (NaN for samples it did
@@ -53,8 +54,8 @@ subset of the samples (`EvalContext.decode`, the same for every run, so their pa
 hold), while likelihood scores all samples. Each batch of prompts is encoded once: its KV cache
 serves the candidate scoring and both decodings (the shared pass, `EvalContext.passes`).
 
-Torch, transformers and faiss are imported inside the functions: workflow/runs.py (read by the
-Snakefile) imports this table.
+Torch, transformers and faiss are imported inside the functions, where they must wait: the
+evaluation's command line loads them only for the protocols it runs.
 """
 from __future__ import annotations
 
@@ -69,6 +70,10 @@ import pandas as pd
 import pyarrow as pa
 
 from workflow import metrics
+from workflow.llm.prompts import prompt_inputs
+from workflow.protocol_table import (ANSWER_ERRORS, CANDIDATE_METRICS, FULL_RANKING_METRICS, INPUTS,  # noqa: F401
+                                     PROTOCOLS, Protocol, headlines, popularity_protocol, reads, resolve,
+                                     supported)
 
 if TYPE_CHECKING:
     from workflow.llm.inference import PassOutputs, SampleHooks
@@ -91,7 +96,7 @@ class EvalContext:
     llm: dict
     evaluation: dict                 # batch_size, max_new_tokens, generation_samples, ...
     autocast: Callable
-    inputs: dict[str, list]          # evaluate.prompt_inputs of the samples
+    inputs: dict[str, list]          # prompts.prompt_inputs of the samples
     candidates: list[list[str]]      # item ids per sample
     target_col: np.ndarray           # [N] column of the target among the candidates
     decode: np.ndarray               # [N] bool: the samples the decoding protocols decode
@@ -144,9 +149,6 @@ def match_answer(answer: str, titles: Sequence[str]) -> int | None:
     """The index of the one candidate the answer names, or None (no candidate, or several)."""
     found = matched_candidates(answer, titles)
     return found[0] if len(found) == 1 else None
-
-
-ANSWER_ERRORS = ("several", "history", "outside", "nothing")
 
 
 def names_any(answer: str, titles: Sequence[str]) -> bool:
@@ -236,7 +238,6 @@ def reversed_order_logprobs(model, tokenizer, samples: pd.DataFrame, items: pd.D
     """log pi(title|prompt) summed [N, C] of every candidate under the run's prompt built with the
     candidates in reversed order, columns in the samples' own candidate order. The open prompt does
     not list candidates, so there it equals the forward scores."""
-    from workflow.llm.evaluate import prompt_inputs
     from workflow.llm.inference import prompt_passes
 
     flipped = reversed_candidates(samples)
@@ -410,50 +411,15 @@ def catalogue(ctx: EvalContext) -> Reported:
 # ---------------------------------------------------------------------------------------------
 # the registry
 
-@dataclass(frozen=True)
-class Protocol:
-    run: Callable[[EvalContext], Reported] | None  # None: reported by another protocol's function
-    prompts: tuple[str, ...] = ()    # the run prompts it may be requested under (evaluation.protocols)
-    metrics: tuple[str, ...] = ()    # the metrics it emits
-    headline: tuple[str, ...] = ()   # summary.md's paired differences
-    popularity: str | None = None    # the popularity baseline's protocol ranking the same items
-    scores: bool = False             # reads the shared pass's forward candidate scores
-    decodes: str | None = None       # decodes the decoded subset: the shared pass's "free" or "constrained"
-                                     # answers, or its own "catalogue" beam search
-    runs_with: tuple[str, ...] = ()  # protocols run (and reported) whenever it is
-    columns: tuple[str, ...] = ()    # the predictions.parquet columns it writes (PREDICTIONS_SCHEMA)
-
-
-CANDIDATE_METRICS = (*(f"hr@{k}" for k in metrics.CANDIDATE_KS["hr"]),
-                     *(f"ndcg@{k}" for k in metrics.CANDIDATE_KS["ndcg"]), "mrr", "auc")
-FULL_RANKING_METRICS = (*(f"hr@{k}" for k in metrics.FULL_RANKING_KS), *(f"ndcg@{k}" for k in metrics.FULL_RANKING_KS))
-
-# The order is the order protocols run in and their rows in the metrics tables (and summary.md's
-# paired-differences sections).
-PROTOCOLS: dict[str, Protocol] = {
-    "likelihood": Protocol(likelihood, prompts=("candidate", "open", "sid"), metrics=CANDIDATE_METRICS,
-                           headline=("hr@1", "mrr", "auc"), popularity="likelihood", scores=True,
-                           columns=("candidate_logprob", "candidate_tokens", "target_rank", "target_rank_norm")),
-    "likelihood_norm": Protocol(None, metrics=CANDIDATE_METRICS, headline=("hr@1", "mrr", "auc"),
-                                popularity="likelihood"),  # the likelihood function reports it
-    "grounded": Protocol(grounded, prompts=("open",), metrics=FULL_RANKING_METRICS, headline=("hr@10", "ndcg@10"),
-                         popularity="full_ranking", decodes="free",
-                         columns=("open_generated", "grounded_top", "grounded_target_rank")),
-    # the candidates' order does not move popularity; read against the forward order, scored with it
-    "likelihood_reversed": Protocol(likelihood_reversed, prompts=("candidate",),
-                                    metrics=(*CANDIDATE_METRICS, "top_changed"), headline=("hr@1", "top_changed"),
-                                    popularity="likelihood", runs_with=("likelihood",),
-                                    columns=("candidate_logprob_reversed", "target_rank_reversed")),
-    "generation": Protocol(generation, prompts=("candidate",), metrics=("valid", "hit", *ANSWER_ERRORS),
-                           decodes="free", columns=("generated", "matched_item", "answer_category")),
-    "generation_constrained": Protocol(generation_constrained, prompts=("candidate",), metrics=("valid", "hit"),
-                                       headline=("hit",), decodes="constrained",
-                                       columns=("constrained_generated", "constrained_item")),
-    "catalogue": Protocol(catalogue, prompts=("open", "sid"), metrics=(*FULL_RANKING_METRICS, "invalid", "duplicate"),
-                          headline=("hr@10", "ndcg@10"), popularity="full_ranking", decodes="catalogue",
-                          columns=("catalogue_top", "catalogue_target_rank")),
-    "full_ranking": Protocol(None, metrics=FULL_RANKING_METRICS, popularity="full_ranking"),  # baselines, SASRec
+# The protocols' functions, registered against the rows of workflow/protocol_table.py's PROTOCOLS (a
+# row without a function is reported by another's: likelihood_norm by likelihood; full_ranking is
+# the baselines').
+RUNS: dict[str, Callable[[EvalContext], Reported]] = {
+    "likelihood": likelihood, "grounded": grounded, "likelihood_reversed": likelihood_reversed,
+    "generation": generation, "generation_constrained": generation_constrained, "catalogue": catalogue,
 }
+assert set(RUNS) <= set(PROTOCOLS), sorted(set(RUNS) - set(PROTOCOLS))
+
 
 # predictions.parquet: the samples' columns, then the protocols' (`Protocol.columns`: a new protocol
 # adds its own here)
@@ -468,29 +434,3 @@ PREDICTIONS_SCHEMA = pa.schema([
     ("candidate_logprob_reversed", pa.list_(pa.float32())), ("target_rank_reversed", pa.int32()),
     ("catalogue_top", pa.list_(pa.string())), ("catalogue_target_rank", pa.int32()),
 ])
-
-
-def supported(prompt: str) -> tuple[str, ...]:
-    """The protocols a run with this prompt may request, in the table's order."""
-    return tuple(name for name, p in PROTOCOLS.items() if prompt in p.prompts)
-
-
-def popularity_protocol(protocol: str) -> str | None:
-    """The popularity baseline's protocol a row of `protocol` is read against (None: none)."""
-    return PROTOCOLS[protocol].popularity if protocol in PROTOCOLS else None
-
-
-def headlines() -> dict[str, tuple[str, ...]]:
-    """protocol -> its headline metrics, for the protocols that have them, in the table's order."""
-    return {name: p.headline for name, p in PROTOCOLS.items() if p.headline}
-
-
-def resolve(requested: Sequence[str], prompt: str) -> list[str]:
-    """The protocols to run for `requested` under `prompt`, with those they run with, in the table's
-    order; a protocol the prompt does not support is an error."""
-    unsupported = [p for p in requested if p not in supported(prompt)]
-    if unsupported:
-        raise ValueError(f"protocol(s) {unsupported} need the other prompt than {prompt!r} "
-                         f"(the {prompt} prompt supports {', '.join(supported(prompt))})")
-    wanted = set(requested) | {w for p in requested for w in PROTOCOLS[p].runs_with}
-    return [name for name in PROTOCOLS if name in wanted]

@@ -117,7 +117,7 @@ def add_lora(model: torch.nn.Module, spec: dict[str, Any], seed: int, tokenizer=
     row frozen."""
     from peft import LoraConfig, get_peft_model
 
-    from workflow.llm.model import item_token_ids
+    from workflow.semantic_ids import item_token_ids
 
     added = item_token_ids(tokenizer) if tokenizer is not None else []
     cfg = LoraConfig(
