@@ -21,7 +21,7 @@ def evaluation_spec(wildcards):
 def evaluation_inputs(wildcards):
     """What evaluating a run needs: the base model and the dataset; the run's adapter unless it is the
     base model (for a transferred run, the one trained on {trained_on}); the surrogate tables for a
-    llara or ilora run; the title embeddings when the grounded protocol is on."""
+    llara or ilora run; the stored inputs its protocols read (workflow/protocol_table.py `reads`)."""
     run = parse_run(wildcards.run)
     inputs = {"model": BASE_MODEL, **data(wildcards.dataset, "samples"), "item_table": run_items(wildcards)}
     if run.method != "base":
@@ -29,8 +29,8 @@ def evaluation_inputs(wildcards):
         inputs["adapter"] = f"{RESULTS}/{trained_on}/llm/{wildcards.run}/{wildcards.selection}/adapter"
     if run.method in HYBRID:
         inputs |= surrogate_tables(wildcards.dataset)
-    if "grounded" in run_protocols(run, wildcards.split):
-        inputs["title_embeddings"] = f"{RESULTS}/{wildcards.dataset}/llm/title_embeddings.parquet"
+    for need in protocol_reads(run_protocols(run, wildcards.split)):
+        inputs[need] = f"{RESULTS}/{wildcards.dataset}/llm/{need}.parquet"
     return inputs
 
 

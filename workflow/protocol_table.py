@@ -28,8 +28,9 @@ class Protocol:
     reads: tuple[str, ...] = ()      # stored inputs of the evaluation beyond model and samples (INPUTS)
 
 
-# The stored inputs a protocol may read (`Protocol.reads`): the evaluation's rule input and
-# command-line argument of each (rules/eval_inputs.smk, workflow/llm/evaluate.py).
+# The stored inputs a protocol may read (`Protocol.reads`), each the dataset's table
+# {results}/{dataset}/llm/{name}.parquet: the evaluation rule's input of that name and its
+# --name command-line argument (rules/eval_inputs.smk, workflow/llm/evaluate.py).
 INPUTS = ("title_embeddings",)
 
 ANSWER_ERRORS = ("several", "history", "outside", "nothing")  # generation's answer categories besides valid

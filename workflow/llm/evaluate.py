@@ -38,7 +38,7 @@ from workflow.llm.inference import (PassOutputs, SampleHooks, answer_trie, base_
 from workflow.llm.model import load_for_evaluation  # noqa: F401  (the evaluation's loading, used by callers as evaluate.load_for_evaluation)
 from workflow.llm.protocols import (ANSWER_ERRORS, PREDICTIONS_SCHEMA, PROTOCOLS, RUNS, EvalContext,  # noqa: F401
                                     answer_category, grounded_ranking, match_answer, matched_candidates,
-                                    normalize, position_bias_values, resolve, reversed_candidates,
+                                    normalize, position_bias_values, reads, resolve, reversed_candidates,
                                     reversed_order_logprobs)
 from workflow.llm.prompts import prompt_inputs
 from workflow.prepare import item_vocabulary
@@ -217,7 +217,7 @@ def main(argv=None) -> int:
     p.add_argument("--adapter", default=None, help="a PEFT adapter folder (omit for the untuned base model)")
     p.add_argument("--samples", required=True)
     p.add_argument("--items", required=True)
-    p.add_argument("--title-embeddings", default=None, help="needed by the grounded protocol")
+    p.add_argument("--title-embeddings", default=None, help="needed by the protocols that read it (grounded)")
     p.add_argument("--surrogate", default=None, help="the surrogate folder: needed by llara and ilora adapters")
     p.add_argument("--spec", type=cli.json_arg, required=True,
                    help='JSON {"llm": {...}, "evaluation": {...}, "domain": "movie", "prompt": "open"}')
@@ -238,9 +238,10 @@ def main(argv=None) -> int:
         samples = read_samples(args.samples, evaluation["splits"])
         items = ranked_items(args.samples, args.items)
         embeddings = None
-        if "grounded" in evaluation["protocols"]:
+        if "title_embeddings" in reads(evaluation["protocols"]):
             if not args.title_embeddings:
-                raise ValueError("evaluation.protocols has grounded: pass --title-embeddings")
+                raise ValueError(f"evaluation.protocols {evaluation['protocols']} read the title embeddings: "
+                                 "pass --title-embeddings")
             embeddings = grounding.read_title_embeddings(args.title_embeddings, items["item_id"].tolist())
         hybrid = {}
         if args.adapter and (Path(args.adapter) / llara.HYBRID_FILE).is_file():
