@@ -9,6 +9,7 @@ from snakemake.exceptions import WorkflowError
 
 from workflow.config import prepare_settings
 from workflow.formats import resolve_files
+from workflow.methods import METHODS as METHOD_DECLARATIONS
 from workflow.protocol_table import reads as protocol_reads
 from workflow.runs import (HYBRID, PREFERENCE, TRAINED, at_seed, block as run_block, config_runs, config_seeds, grid_point,
                            needs_reference, parse as parse_run, previous_round, run_seed, sft_phase,

@@ -35,7 +35,7 @@ def preference_inputs(wildcards):
     inputs = {"adapter": start_file(wildcards, "adapter")}
     if needs_reference(run, config):
         inputs["reference"] = start_file(wildcards, "reference_logprobs.parquet")
-    if run.method == "napo":  # its auxiliary recommender: the SASRec surrogate's scores and user vectors
+    if METHOD_DECLARATIONS[run.method].surrogate:  # napo's auxiliary recommender: scores, user vectors
         inputs.update(surrogate_tables(wildcards.dataset))
     return inputs
 

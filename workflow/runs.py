@@ -33,13 +33,15 @@ from __future__ import annotations
 import re
 from typing import Any, NamedTuple
 
+from workflow.methods import METHODS as DECLARED, of_family
 from workflow.protocol_table import supported as supported_protocols
 
 PROMPTS = ("candidate", "open", "sid")  # sid: items shown and answered by semantic ID (workflow/semantic_ids.py)
-PREFERENCE = ("dmpo", "sdpo", "dynamicpo", "lpo4rec", "napo", "grpo", "sprec")  # workflow/llm/preference.py
-TRAINED = ("sft", "dmpo", "sdpo", "dynamicpo", "llara", "ilora", "soft", "lpo4rec", "napo", "grpo", "sprec")
-TAKES_K = tuple(m for m in PREFERENCE if m != "sprec")  # the -k flag; sprec's one negative is fixed
-HYBRID = ("llara", "ilora")  # the hybrid prompt: SASRec item embeddings after each title
+# The method sets, from the one declaration per method (workflow/methods.py).
+PREFERENCE = of_family("preference")  # workflow/llm/preference.py
+TRAINED = tuple(DECLARED)
+TAKES_K = tuple(m for m, d in DECLARED.items() if d.takes_k)  # the -k flag; sprec's one negative is fixed
+HYBRID = of_family("hybrid")  # the hybrid prompt: SASRec item embeddings after each title
 GATES = ("sequence", "random", "uniform")  # iLoRA's gate inputs (workflow/llm/ilora.py)
 METHODS = ("base", *TRAINED)
 # The protocols each prompt supports, from workflow/protocol_table.py's table (`supported_protocols`).
@@ -227,7 +229,7 @@ def block(run: Run, config: dict[str, Any]) -> dict[str, Any]:
 RANKED_STRATEGIES = ("hardest", "self")
 
 
-REFERENCE_FREE = ("lpo4rec", "napo")  # objectives of the policy's log-probs alone (workflow/llm/losses.py)
+REFERENCE_FREE = tuple(m for m, d in DECLARED.items() if d.reference_free)  # the policy's log-probs alone
 
 
 def reads_reference(method: str, strategy: str | None) -> bool:

@@ -36,11 +36,12 @@ import torch
 
 from workflow import cli
 from workflow.llm import losses, stage, train
-from workflow.runs import RANKED_STRATEGIES, REFERENCE_FREE, reads_reference
+from workflow.methods import METHODS as DECLARED
+from workflow.runs import PREFERENCE, RANKED_STRATEGIES, REFERENCE_FREE, reads_reference
 
 log = logging.getLogger(__name__)
 
-METHODS = ("dmpo", "sdpo", "dynamicpo", "lpo4rec", "napo", "grpo", "sprec")
+METHODS = PREFERENCE  # workflow/methods.py declares each
 
 
 def settings(method: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -250,9 +251,10 @@ def make_loss_fn(method: str, cfg: dict[str, Any], scorer=None, state: dict[str,
 
     scorer = scorer or candidate_logprobs
 
-    # an sprec round is DPO on the reference's top-ranked wrong candidate (strategy self); the rules
-    # chain the rounds (workflow/runs.py previous_round): --adapter and --reference are the last round's
-    objective = losses.OBJECTIVES["dpo" if method == "sprec" else method]
+    # the declared objective (an sprec round's is DPO on the reference's top-ranked wrong candidate,
+    # strategy self; the rules chain the rounds: --adapter and --reference are the last round's)
+    declared = DECLARED[method]
+    objective = losses.OBJECTIVES[declared.objective]
     kwargs: dict[str, Any] = {"beta": float(cfg["beta"])}
     authors_lpo = method == "lpo4rec" and cfg.get("form") == "authors"
     if authors_lpo:  # beta has no place in the authors' form: their temperature acts on probabilities
@@ -268,7 +270,7 @@ def make_loss_fn(method: str, cfg: dict[str, Any], scorer=None, state: dict[str,
         if "kl" in cfg:
             kwargs["kl"] = cfg["kl"]
     gamma = float(cfg.get("gamma", 0.0))
-    if method == "napo" and state is None:
+    if declared.state and state is None:
         state = napo_state()
 
     def loss_fn(model, batch):
@@ -277,7 +279,7 @@ def make_loss_fn(method: str, cfg: dict[str, Any], scorer=None, state: dict[str,
         policy = policy.float()
         if reference is not None:  # None: a reference-free run (lpo4rec, napo)
             reference = reference.to(policy.device)
-        extra, measured = napo_arguments(policy, batch[3], cfg, state) if method == "napo" else ({}, {})
+        extra, measured = napo_arguments(policy, batch[3], cfg, state) if declared.state else ({}, {})
         if authors_lpo:  # their cross-entropy: the target's token-mean NLL, SFT's loss
             extra = {"nll": -policy[:, 0] / n_tokens[:, 0], "tail": batch[3]["tail"].to(policy.device)}
         ref_chosen, ref_rejected = (None, None) if reference is None else (reference[:, 0], reference[:, 1:])
@@ -296,7 +298,7 @@ def make_loss_fn(method: str, cfg: dict[str, Any], scorer=None, state: dict[str,
 def shares_negatives(method: str, cfg: dict[str, Any]) -> bool:
     """Whether the run uses NAPO's in-batch negative sharing (`napo.share_negatives`, the schema's
     default on): its collate builds the sharing mask and its loss reads it."""
-    return method == "napo" and bool(cfg.get("share_negatives", True))
+    return DECLARED[method].shares_negatives and bool(cfg.get("share_negatives", True))
 
 
 def napo_state() -> dict[str, torch.Tensor]:
@@ -386,7 +388,7 @@ def policy_method(method: str, cfg: dict[str, Any], llm: dict[str, Any], domain:
             for example in chosen:
                 example["tail"] = int(example["items"][0] not in head)
         state = None
-        if method == "napo":
+        if DECLARED[method].surrogate:  # the auxiliary recommender's scores, the running state
             napo_scores(chosen, surrogate_dir)
             state = napo_state()
         log.info("%s on %d samples, %s prompt, %d negatives each (%s), beta %.3g", method, len(chosen), prompt,
@@ -398,7 +400,7 @@ def policy_method(method: str, cfg: dict[str, Any], llm: dict[str, Any], domain:
                           config={"reference_adapter": str(adapter),
                                   "reference_logprobs": None if reference_path is None else str(reference_path),
                                   **({} if negatives_path is None else {"negatives_ranked_by": str(negatives_path)}),
-                                  **({} if method != "napo" else {"auxiliary_recommender": str(surrogate_dir)})})
+                                  **({"auxiliary_recommender": str(surrogate_dir)} if DECLARED[method].surrogate else {})})
 
     return stage.Method(method, cfg, attach, plan)
 
@@ -418,7 +420,7 @@ def run_preference(method: str, model_dir: str | Path, adapter: str | Path, samp
     if negatives_path is not None and cfg["strategy"] not in RANKED_STRATEGIES:
         raise ValueError(f"--negatives ranks the candidates for strategy hardest or self; {method} has "
                          f"strategy {cfg['strategy']}")
-    if method == "napo" and surrogate_dir is None:
+    if DECLARED[method].surrogate and surrogate_dir is None:
         raise ValueError("napo scores its negatives' confidence with the SASRec surrogate: pass --surrogate "
                          "(the folder of the surrogate stage's item_embeddings.parquet and sequence_repr.parquet)")
     policy = policy_method(method, cfg, llm, domain, s["prompt"], adapter, reference_path, samples_path, seed,

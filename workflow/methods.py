@@ -1,0 +1,48 @@
+"""The LLM methods, one declaration each: what the run-name grammar (workflow/runs.py), the rules,
+config/schema.yaml's enums and the preference trainer (workflow/llm/preference.py) need to know of
+a method. Plain data, no model code: the bottom of the package (runs.py, read by the Snakefile)
+derives its sets from it, the trainer dispatches on its flags, tests/test_methods.py holds the
+schema's enums and blocks equal to it.
+
+Adding a preference objective: its function in workflow/llm/losses.py (`OBJECTIVES`), its
+declaration here, its config block in config/schema.yaml (whose enums the test then asks for).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Method:
+    family: str                     # sft | preference (starts from the sft run) | hybrid | soft
+    objective: str | None = None    # preference: its workflow/llm/losses.py OBJECTIVES key
+    reference_free: bool = False    # preference: the objective reads the policy's log-probs alone
+    takes_k: bool = False           # the run name's -k (negatives per sample)
+    surrogate: bool = False         # reads the SASRec surrogate's tables (rules' inputs, --surrogate)
+    shares_negatives: bool = False  # trainer: in-batch negative sharing (its collate mask; the block's
+                                    # share_negatives switches it off)
+    state: bool = False             # trainer: a running state kept in the checkpoint (train.Hooks.state)
+
+
+# In the order of the schema's enums and of runs.py's TRAINED (the order of run-name patterns).
+METHODS: dict[str, Method] = {
+    "sft": Method("sft"),
+    "dmpo": Method("preference", "dmpo", takes_k=True),
+    "sdpo": Method("preference", "sdpo", takes_k=True),
+    "dynamicpo": Method("preference", "dynamicpo", takes_k=True),
+    "llara": Method("hybrid", surrogate=True),  # the hybrid prompt: SASRec item embeddings after each title
+    "ilora": Method("hybrid", surrogate=True),
+    "soft": Method("soft"),
+    "lpo4rec": Method("preference", "lpo4rec", reference_free=True, takes_k=True),
+    # NAPO's auxiliary recommender is the surrogate; its margin averages confidence across steps
+    "napo": Method("preference", "napo", reference_free=True, takes_k=True, surrogate=True, shares_negatives=True,
+                   state=True),
+    "grpo": Method("preference", "grpo", takes_k=True),
+    # DPO on the reference's top-ranked wrong candidate: one negative, fixed (no -k)
+    "sprec": Method("preference", "dpo"),
+}
+
+
+def of_family(family: str) -> tuple[str, ...]:
+    """The methods of one family, in declaration order."""
+    return tuple(name for name, m in METHODS.items() if m.family == family)
