@@ -20,19 +20,19 @@ from workflow.selection import nested_subset
     ("dmpo-open-k15", runs.Run("dmpo", "open", k=15)),
     ("sft-candidate-e3-n512", runs.Run("sft", "candidate", epochs=3, budget=512)),
     ("dynamicpo-open-k7-e2-n128", runs.Run("dynamicpo", "open", k=7, epochs=2, budget=128)),
-    ("ilora-open-x8-grandom-n256", runs.Run("ilora", "open", budget=256, experts=8, gate="random")),
+    ("ilora-open-x8-grandom-n256", runs.Run("ilora", "open", budget=256, n_experts=8, gate="random")),
     ("llara-candidate", runs.Run("llara", "candidate")),
     ("soft-open-a0.1-n256", runs.Run("soft", "open", budget=256, alpha=0.1)),
     ("soft-open-a100", runs.Run("soft", "open", alpha=100.0)),
     ("sft-open-s43", runs.Run("sft", "open", seed=43)),
     ("dmpo-open-k7-e2-n256-s0", runs.Run("dmpo", "open", k=7, epochs=2, budget=256, seed=0)),
-    ("ilora-open-x8-grandom-n256-s8", runs.Run("ilora", "open", budget=256, experts=8, gate="random", seed=8)),
+    ("ilora-open-x8-grandom-n256-s8", runs.Run("ilora", "open", budget=256, n_experts=8, gate="random", seed=8)),
     ("sprec-open-r2-n256", runs.Run("sprec", "open", budget=256, rounds=2)),
     ("dmpo-open-k3-b0.1-n256", runs.Run("dmpo", "open", k=3, budget=256, beta=0.1)),
     ("sprec-open-b2-r2", runs.Run("sprec", "open", rounds=2, beta=2.0)),
     ("dmpo-open-k3-b0.1-lr5e-4-n256", runs.Run("dmpo", "open", k=3, budget=256, beta=0.1, lr=5e-4)),
     ("sft-open-lr1.5e-4-e2", runs.Run("sft", "open", epochs=2, lr=1.5e-4)),
-    ("ilora-open-lr2e-5-x4", runs.Run("ilora", "open", experts=4, lr=2e-5)),
+    ("ilora-open-lr2e-5-x4", runs.Run("ilora", "open", n_experts=4, lr=2e-5)),
 ])
 def test_names_round_trip(name, expected):
     assert runs.parse(name) == expected and expected.name == name
@@ -56,11 +56,11 @@ def test_malformed_names_say_what_is_wrong(name, message):
 
 def valid_names() -> list[str]:
     """Names of every method and prompt: bare, with each flag it takes alone, and with all of them."""
-    values = {"k": 3, "experts": 4, "gate": "uniform", "alpha": 0.5, "rounds": 2, "epochs": 2, "budget": 64,
+    values = {"k": 3, "n_experts": 4, "gate": "uniform", "alpha": 0.5, "rounds": 2, "epochs": 2, "budget": 64,
               "seed": 43, "beta": 0.25, "lr": 3e-4}
     names = []
     for method, prompt in itertools.product(runs.METHODS, runs.PROMPTS):
-        fields = [field for _, field, _, _, applies in runs.FLAG_SYNTAX if method in applies]
+        fields = [a.name for a in runs.FLAG_AXES if method in a.methods]
         for chosen in [[]] + [[f] for f in fields] + [fields]:
             names.append(runs.Run(method, prompt, **{f: values[f] for f in chosen}).name)
     return names
@@ -81,6 +81,36 @@ def test_wildcard_pattern_matches_the_names_of_its_methods_only(methods):
         with pytest.raises(ValueError):
             runs.parse(bad)
         assert not pattern.fullmatch(bad), bad
+
+
+def test_the_axis_declaration_drives_the_parser_the_wildcards_and_the_schemas_grid():
+    """One declaration per axis (runs.RUN_AXES): the name grammar, the Run fields, the wildcard
+    pattern's flags, config/schema.yaml's study grid keys and `x` enum, and their value types agree."""
+    import yaml
+
+    from workflow.config import SCHEMA_PATH
+
+    assert runs.Run._fields == ("method", "prompt", *(a.name for a in runs.FLAG_AXES))
+    assert [name for name in runs.NAME.groupindex if name not in ("method", "prompt")] == list(runs.Run._fields[2:])
+    for a in runs.FLAG_AXES:  # each flag's letter in the pattern of exactly the methods it applies to
+        for method in runs.TRAINED:
+            flag = re.compile(runs.wildcard_pattern([method])).pattern
+            assert (f"(?:-{a.flag}" in flag) == (method in a.methods), (method, a.name)
+    study = yaml.safe_load(SCHEMA_PATH.read_text())["properties"]["studies"]["additionalProperties"]["properties"]
+    grid = study["grid"]["properties"]
+    assert list(grid) == [a.name for a in runs.GRID_AXES]
+    assert study["x"]["enum"] == [a.name for a in runs.GRID_AXES]
+    for a in runs.GRID_AXES:
+        items = grid[a.name]["items"]
+        assert items["type"] == {int: "integer", float: "number", str: "string"}[a.kind], a.name
+        assert items.get("enum", []) == list(a.choices), a.name
+        assert items.get("minimum", items.get("exclusiveMinimum")) == {int: 1, float: 0, str: None}[a.kind], a.name
+    # every block-overriding axis names a key of each block it applies to
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())["properties"]
+    for a in runs.FLAG_AXES:
+        if a.block:
+            for method in a.methods:
+                assert a.name in schema[method]["properties"], (method, a.name)
 
 
 def test_sprec_rounds_chain_down_to_the_sft_run():

@@ -31,6 +31,7 @@ that sft run too. LLaRA and iLoRA train a fresh LoRA on the base model with the 
 from __future__ import annotations
 
 import re
+from collections import namedtuple
 from typing import Any, NamedTuple
 
 from workflow.methods import METHODS as DECLARED, of_family
@@ -47,24 +48,43 @@ METHODS = ("base", *TRAINED)
 # The protocols each prompt supports, from workflow/protocol_table.py's table (`supported_protocols`).
 PROMPT_PROTOCOLS = {prompt: supported_protocols(prompt) for prompt in PROMPTS}
 
-# The override flags, in the order a name gives them: (letter, Run field, what it sets, the pattern of
-# its value, the methods it applies to). The one grammar of run names: `parse` reads names by it and
-# `wildcard_pattern` builds the rules' `run` wildcard constraints from it.
-FLAG_SYNTAX = (
-    ("k", "k", "negatives", "[0-9]+", TAKES_K),
-    ("b", "beta", "beta", r"[0-9]+(?:\.[0-9]+)?", PREFERENCE),
-    ("lr", "lr", "learning rate", r"[1-9](?:\.[0-9]*[1-9])?e-?[0-9]+", TRAINED),
-    ("x", "experts", "experts", "[0-9]+", ("ilora",)),
-    ("g", "gate", "gate", "[a-z]+", ("ilora",)),
-    ("a", "alpha", "alpha", r"[0-9]+(?:\.[0-9]+)?", ("soft",)),
-    ("r", "rounds", "rounds", "[0-9]+", ("sprec",)),
-    ("e", "epochs", "epochs", "[0-9]+", TRAINED),
-    ("n", "budget", "budget", "[0-9]+", TRAINED),
-    ("s", "seed", "seed", "[0-9]+", TRAINED),
+class Axis(NamedTuple):
+    """One setting a run name or a study grid varies, declared once: the parser, the rules' `run`
+    wildcard constraints, `block`, the study grid (`grid_point`, config/schema.yaml's
+    `studies.<name>.grid`, tests/test_runs.py holds them equal) and the study's table and labels read it."""
+    name: str  # the Run field, the method block's key, the study grid key and the study table's column
+    flag: str  # its letter in a run name; "" = the prompt, which a name gives positionally
+    kind: type  # int (positive but the seed), float (positive) or str (one of `choices`)
+    value: str  # the pattern of its value in a name
+    methods: tuple[str, ...] | None  # the methods it applies to; None = every method
+    what: str  # in words, for messages
+    block: bool = True  # overrides the method block's key of that name (prompt, budget, seed travel beside it)
+    grid: bool = True  # a study grid key (a study's seeds are its own `seeds`)
+    choices: tuple[str, ...] = ()
+
+
+NUMBER = r"[0-9]+(?:\.[0-9]+)?"
+# In the order a name gives them: run names are folder names, so a flag's letter, value spelling and
+# place here never change (a change would detach stored results).
+RUN_AXES = (
+    Axis("prompt", "", str, "[a-z]+", None, "prompt", block=False, choices=PROMPTS),
+    Axis("k", "k", int, "[0-9]+", TAKES_K, "negatives"),
+    Axis("beta", "b", float, NUMBER, PREFERENCE, "beta"),
+    Axis("lr", "lr", float, r"[1-9](?:\.[0-9]*[1-9])?e-?[0-9]+", TRAINED, "learning rate"),
+    Axis("n_experts", "x", int, "[0-9]+", ("ilora",), "experts"),
+    Axis("gate", "g", str, "[a-z]+", ("ilora",), "gate", choices=GATES),
+    Axis("alpha", "a", float, NUMBER, ("soft",), "alpha"),
+    Axis("rounds", "r", int, "[0-9]+", ("sprec",), "rounds"),
+    Axis("epochs", "e", int, "[0-9]+", TRAINED, "epochs"),
+    Axis("budget", "n", int, "[0-9]+", TRAINED, "budget", block=False),
+    Axis("seed", "s", int, "[0-9]+", TRAINED, "seed", block=False, grid=False),
 )
-FLAGS = tuple((flag, field) for flag, field, *_ in FLAG_SYNTAX)
+FLAG_AXES = tuple(a for a in RUN_AXES if a.flag)  # the override flags of a name
+GRID_AXES = tuple(a for a in RUN_AXES if a.grid)  # the keys of a study grid
+SYNTAX = "".join(f"[-{a.flag}<{'m>e<exp' if a.name == 'lr' else a.kind.__name__.replace('str', a.name)}>]"
+                 for a in FLAG_AXES)  # for messages: [-k<int>][-b<float>][-lr<m>e<exp>]...
 NAME = re.compile("^(?P<method>[a-z][a-z0-9]*)-(?P<prompt>[a-z]+)"
-                  + "".join(f"(?:-{flag}(?P<{field}>{value}))?" for flag, field, _, value, _ in FLAG_SYNTAX) + "$")
+                  + "".join(f"(?:-{a.flag}(?P<{a.name}>{a.value}))?" for a in FLAG_AXES) + "$")
 
 
 def wildcard_pattern(methods) -> str:
@@ -72,8 +92,8 @@ def wildcard_pattern(methods) -> str:
     and the flags it takes, in order (gates spelled out). The rules' `run` wildcard constraints, so a
     run name selects the one rule that makes it."""
     def method_pattern(method: str) -> str:
-        flags = "".join(f"(?:-{flag}{'(?:' + '|'.join(GATES) + ')' if field == 'gate' else value})?"
-                        for flag, field, _, value, applies in FLAG_SYNTAX if method in applies)
+        flags = "".join(f"(?:-{a.flag}{'(?:' + '|'.join(a.choices) + ')' if a.choices else a.value})?"
+                        for a in FLAG_AXES if method in a.methods)
         return f"{method}-(?:{'|'.join(PROMPTS)}){flags}"
 
     return "(?:" + "|".join(method_pattern(m) for m in methods) + ")"
@@ -91,28 +111,20 @@ def lr_text(lr: float) -> str:
     return f"{mantissa}e{int(exponent)}"
 
 
-class Run(NamedTuple):
-    method: str
-    prompt: str
-    k: int | None = None
-    epochs: int | None = None
-    budget: int | None = None
-    experts: int | None = None
-    gate: str | None = None
-    alpha: float | None = None
-    seed: int | None = None  # the training seed; None = the config's `seed`
-    rounds: int | None = None  # SPRec's rounds; None = its block's
-    beta: float | None = None  # a preference objective's beta; None = its block's
-    lr: float | None = None  # the learning rate; None = its block's
+def value_text(axis: Axis, value) -> str:
+    """An override's value as a name spells it (the learning rate by `lr_text`, numbers by %g)."""
+    return lr_text(value) if axis.name == "lr" else f"{value:g}" if axis.kind is float else f"{value}"
+
+
+# A run: its method and prompt, and each override of its name (None = its block's; the seed: the config's).
+class Run(namedtuple("RunFields", ["method", "prompt", *(a.name for a in FLAG_AXES)],
+                     defaults=[None] * len(FLAG_AXES))):
+    __slots__ = ()
 
     @property
     def name(self) -> str:
-        def text(key: str) -> str:
-            value = getattr(self, key)
-            return lr_text(value) if key == "lr" else f"{value:g}" if key in ("alpha", "beta") else f"{value}"
-
-        return "-".join([self.method, self.prompt, *(f"{flag}{text(key)}" for flag, key in FLAGS
-                                                      if getattr(self, key) is not None)])
+        return "-".join([self.method, self.prompt, *(f"{a.flag}{value_text(a, getattr(self, a.name))}"
+                                                      for a in FLAG_AXES if getattr(self, a.name) is not None)])
 
     def sft(self) -> "Run":
         """The sft run a preference or SOFT run starts from, and every tuned run is read against
@@ -128,39 +140,29 @@ def parse(name: str) -> Run:
     """The run a name stands for; a malformed name raises ValueError naming what is wrong."""
     match = NAME.match(name)
     if not match:
-        raise ValueError(f"run name {name!r} is not {{method}}-{{prompt}}[-k<int>][-b<number>][-lr<m>e<exp>][-x<int>]"
-                         f"[-g<gate>][-a<number>]"
-                         f"[-r<int>][-e<int>][-n<int>][-s<int>] (e.g. sft-open, dmpo-candidate-k7, ilora-open-x4, "
+        raise ValueError(f"run name {name!r} is not {{method}}-{{prompt}}{SYNTAX} (e.g. sft-open, dmpo-candidate-k7, ilora-open-x4, "
                          f"sprec-open-r2, sft-open-s43)")
     method, prompt = match["method"], match["prompt"]
     if method not in METHODS:
         raise ValueError(f"run name {name!r}: unknown method {method!r} (known: {', '.join(METHODS)})")
     if prompt not in PROMPTS:
         raise ValueError(f"run name {name!r}: unknown prompt {prompt!r} (known: {', '.join(PROMPTS)})")
-    values: dict[str, Any] = {key: int(match[key]) for key in ("k", "experts", "rounds", "epochs", "budget")
-                              if match[key] is not None}
-    if any(v < 1 for v in values.values()):
-        raise ValueError(f"run name {name!r}: k, x, r, e and n must be positive")
-    if match["seed"] is not None:
-        values["seed"] = int(match["seed"])
-    if match["gate"] is not None:
-        if match["gate"] not in GATES:
-            raise ValueError(f"run name {name!r}: unknown gate {match['gate']!r} (known: {', '.join(GATES)})")
-        values["gate"] = match["gate"]
-    for field, flag in (("alpha", "a"), ("beta", "b")):
-        if match[field] is not None:
-            values[field] = float(match[field])
-            if values[field] <= 0:
-                raise ValueError(f"run name {name!r}: -{flag} ({field}) must be positive")
-    if match["lr"] is not None:
-        values["lr"] = float(match["lr"])
-        if lr_text(values["lr"]) != match["lr"]:  # one spelling per rate, so a run is never trained twice
-            raise ValueError(f"run name {name!r}: write the learning rate as -lr{lr_text(values['lr'])}")
+    values: dict[str, Any] = {a.name: a.kind(match[a.name]) for a in FLAG_AXES if match[a.name] is not None}
+    for a in FLAG_AXES:
+        if a.name not in values:
+            continue
+        if a.choices and values[a.name] not in a.choices:
+            raise ValueError(f"run name {name!r}: unknown {a.what} {values[a.name]!r} (known: {', '.join(a.choices)})")
+        if a.kind is not str and a.name != "seed" and values[a.name] <= 0:
+            raise ValueError(f"run name {name!r}: -{a.flag} ({a.what}) must be positive")
+    if "lr" in values and lr_text(values["lr"]) != match["lr"]:  # one spelling per rate, so a run is never trained twice
+        raise ValueError(f"run name {name!r}: write the learning rate as -lr{lr_text(values['lr'])}")
     if method == "base" and values:
-        raise ValueError(f"run name {name!r}: the untuned base model takes no -k/-b/-lr/-x/-g/-a/-r/-e/-n/-s")
-    for flag, field, what, _, applies in FLAG_SYNTAX:
-        if field in values and method not in applies:
-            raise ValueError(f"run name {name!r}: -{flag} ({what}) applies to {', '.join(applies)} only")
+        raise ValueError(f"run name {name!r}: the untuned base model takes no "
+                         + "/".join(f"-{a.flag}" for a in FLAG_AXES))
+    for a in FLAG_AXES:
+        if a.name in values and method not in a.methods:
+            raise ValueError(f"run name {name!r}: -{a.flag} ({a.what}) applies to {', '.join(a.methods)} only")
     return Run(method, prompt, **values)
 
 
@@ -210,17 +212,13 @@ def config_runs(config: dict[str, Any]) -> list[Run]:
     return list(dict.fromkeys(runs))
 
 
-BLOCK_KEYS = {"k": "k", "epochs": "epochs", "experts": "n_experts", "gate": "gate", "alpha": "alpha",
-              "rounds": "rounds", "beta": "beta", "lr": "lr"}
-
-
 def block(run: Run, config: dict[str, Any]) -> dict[str, Any]:
-    """The run's training settings: its method's config block with the name's -k, -b, -lr, -x, -g, -a, -r and -e
+    """The run's training settings: its method's config block with the name's overrides of its keys
     (the prompt and -n budget travel beside the block, as every LLM stage's `prompt` and `budget`)."""
     settings = {key: value for key, value in config[run.method].items() if key != "prompt"}
-    for field, key in BLOCK_KEYS.items():
-        if getattr(run, field) is not None:
-            settings[key] = getattr(run, field)
+    for a in FLAG_AXES:
+        if a.block and getattr(run, a.name) is not None:
+            settings[a.name] = getattr(run, a.name)
     return settings
 
 
@@ -265,14 +263,6 @@ def previous_round(run: Run, config: dict[str, Any]) -> Run | None:
     return run._replace(rounds=None if earlier == config["sprec"]["rounds"] else earlier)
 
 
-# Study grid axes: axis -> (the Run field it sets, the methods it applies to; None = every method).
-# `prompt` and `budget` apply to every method; the others override a key of the method's block.
-AXES = {"prompt": ("prompt", None), "k": ("k", TAKES_K), "epochs": ("epochs", None),
-        "budget": ("budget", None), "n_experts": ("experts", ("ilora",)), "gate": ("gate", ("ilora",)),
-        "alpha": ("alpha", ("soft",)), "rounds": ("rounds", ("sprec",)), "beta": ("beta", PREFERENCE),
-        "lr": ("lr", TRAINED)}
-
-
 def grid_point(method: str, point: dict[str, Any], config: dict[str, Any]) -> tuple[dict[str, Any], Run]:
     """(labels, run) of one method at one study grid point. A value equal to the main config's is
     left out of the run's name, so a main run is reused rather than retrained; labels hold the
@@ -281,11 +271,11 @@ def grid_point(method: str, point: dict[str, Any], config: dict[str, Any]) -> tu
     pool = config["selection"]["budget"]
     labels: dict[str, Any] = {"method": method}
     fields: dict[str, Any] = {}
-    for axis, (field, methods) in AXES.items():
-        if methods is not None and method not in methods:
+    for axis, applies in ((a.name, a.methods) for a in GRID_AXES):
+        if applies is not None and method not in applies:
             labels[axis] = None
             continue
-        default = pool if axis == "budget" else block_cfg.get(BLOCK_KEYS.get(field, axis), None)
+        default = pool if axis == "budget" else block_cfg.get(axis)
         value = point.get(axis, default)
         # strategy all: every other candidate is a negative, whatever the block's k
         labels[axis] = None if axis == "k" and block_cfg.get("strategy") == "all" and axis not in point else value
@@ -293,5 +283,5 @@ def grid_point(method: str, point: dict[str, Any], config: dict[str, Any]) -> tu
             raise ValueError(f"study grid budget {value} exceeds selection.budget ({pool})")
         explicit = axis == "k" and block_cfg.get("strategy") == "all"  # k is then the data's, not the block's
         if axis == "prompt" or (value != default or explicit) and axis in point:
-            fields[field] = value
+            fields[axis] = value
     return labels, Run(method, **fields)

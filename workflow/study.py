@@ -39,19 +39,18 @@ import pyarrow as pa
 from workflow import cli
 from workflow.io import atomic_path, write_parquet
 from workflow.protocol_table import popularity_protocol
+from workflow.runs import GRID_AXES
 from workflow.summary import estimate, metric_frames, paired_delta, read_metrics
 
 log = logging.getLogger(__name__)
 
-AXES = ("prompt", "k", "epochs", "budget", "n_experts", "gate", "alpha", "rounds", "beta", "lr")
+AXES = tuple(a.name for a in GRID_AXES)  # the grid keys (workflow/runs.py RUN_AXES), each a column
 LABELS = ("dataset", "selection", "method", *AXES)
 KEY = (*LABELS, "protocol", "metric")  # a table row's key: the run's labels, then protocol and metric
 BASELINES = ("random", "popularity", "sasrec")
 SCHEMA = pa.schema([
-    ("dataset", pa.string()), ("selection", pa.string()), ("method", pa.string()), ("prompt", pa.string()),
-    ("k", pa.int64()), ("epochs", pa.int64()), ("budget", pa.int64()), ("n_experts", pa.int64()),
-    ("gate", pa.string()), ("alpha", pa.float64()), ("rounds", pa.int64()), ("beta", pa.float64()),
-    ("lr", pa.float64()),
+    ("dataset", pa.string()), ("selection", pa.string()), ("method", pa.string()),
+    *((a.name, {int: pa.int64(), float: pa.float64(), str: pa.string()}[a.kind]) for a in GRID_AXES),
     ("protocol", pa.string()),
     ("metric", pa.string()),
     ("is_reference", pa.bool_()),
@@ -60,7 +59,7 @@ SCHEMA = pa.schema([
     ("n_seeds", pa.int64()), ("train_seconds", pa.float64()), ("train_cpu_seconds", pa.float64()),
     ("train_max_rss_mb", pa.float64()),
 ])
-INTEGER_AXES = ("k", "epochs", "budget", "n_experts", "rounds")
+INTEGER_AXES = tuple(a.name for a in GRID_AXES if a.kind is int)
 COST_COLUMNS = ("n_seeds", "train_seconds", "train_cpu_seconds", "train_max_rss_mb")  # with_costs adds them
 
 
@@ -230,11 +229,10 @@ def baseline_values(paths: Sequence[str], split: str, metrics: Sequence[str], re
 
 
 def series_label(row: pd.Series, x: str) -> str:
-    """`dmpo open e1 k3`: the method and the series' other axis values (budget as n, experts as x,
-    gate as g, alpha as a, rounds as r, beta as b, learning rate as lr)."""
+    """`dmpo open k3 e1`: the method and the series' other axis values, each by its run-name flag, in
+    the name's order."""
     parts = [row["method"]] + ([row["prompt"]] if x != "prompt" else [])
-    for name, flag in (("epochs", "e"), ("k", "k"), ("budget", "n"), ("n_experts", "x"), ("gate", "g"),
-                       ("alpha", "a"), ("rounds", "r"), ("beta", "b"), ("lr", "lr")):
+    for name, flag in ((a.name, a.flag) for a in GRID_AXES if a.flag):
         if name != x and not pd.isna(row[name]):
             value = row[name]
             parts.append(f"{flag}{value:g}" if isinstance(value, float) else f"{flag}{value}")
