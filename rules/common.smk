@@ -77,8 +77,17 @@ def benchmarked(name):
 
 # Paths every stage reads. Functions of the dataset: "{dataset}" in a rule's pattern, the name in an input function.
 BASE_MODEL = f"{RESULTS}/models/base"
-RUN_DIR = f"{RESULTS}/{{dataset}}/llm/{{run}}/{{selection}}"  # one run on one selection (a pattern)
-RUN_LOG = "{dataset}/llm/{run}/{selection}"  # its logs and benchmarks (logged, benchmarked)
+
+
+def run_path(dataset, run, selection, *names, under=RESULTS):
+    """The one spelling of a run's folder on one selection, or of a file in it (`names`):
+    `{under}/{dataset}/llm/{run}/{selection}/...`; `under=None` gives the part its logs and
+    benchmarks share (logged, benchmarked)."""
+    return Path(under or "", dataset, "llm", run, selection, *names).as_posix()
+
+
+RUN_DIR = run_path("{dataset}", "{run}", "{selection}")  # the rules' pattern
+RUN_LOG = run_path("{dataset}", "{run}", "{selection}", under=None)
 
 
 def data(dataset, *names):
@@ -195,8 +204,7 @@ def training_args(spec_of):
 def sft_file(name):
     """An input function: a file of the sft run that a preference or SOFT run starts from (same
     prompt, budget and seed) on the same selection: its adapter, reference log-probs, self-distilled answers."""
-    return lambda wildcards: (f"{RESULTS}/{wildcards.dataset}/llm/{parse_run(wildcards.run).sft().name}/"
-                              f"{wildcards.selection}/{name}")
+    return lambda wildcards: run_path(wildcards.dataset, parse_run(wildcards.run).sft().name, wildcards.selection, name)
 
 
 def run_selections(run):
@@ -217,7 +225,7 @@ def method_runs():
 
 
 def run_metrics(dataset, run, selection, split="test"):
-    return f"{RESULTS}/{dataset}/llm/{run}/{selection}/{split}/metrics.parquet"
+    return run_path(dataset, run, selection, split, "metrics.parquet")
 
 
 def baseline_metrics():

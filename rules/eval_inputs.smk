@@ -26,7 +26,7 @@ def evaluation_inputs(wildcards):
     inputs = {"model": BASE_MODEL, **data(wildcards.dataset, "samples"), "item_table": run_items(wildcards)}
     if run.method != "base":
         trained_on = wildcards.trained_on if "trained_on" in wildcards.keys() else wildcards.dataset
-        inputs["adapter"] = f"{RESULTS}/{trained_on}/llm/{wildcards.run}/{wildcards.selection}/adapter"
+        inputs["adapter"] = run_path(trained_on, wildcards.run, wildcards.selection, "adapter")
     if run.method in HYBRID:
         inputs |= surrogate_tables(wildcards.dataset)
     for need in protocol_reads(run_protocols(run, wildcards.split)):

@@ -7,12 +7,12 @@ def start_file(wildcards, name):
     round after the first, the previous round (workflow/runs.py previous_round)."""
     run = parse_run(wildcards.run)
     start = previous_round(run, config) or run.sft()
-    return f"{RESULTS}/{wildcards.dataset}/llm/{start.name}/{wildcards.selection}/{name}"
+    return run_path(wildcards.dataset, start.name, wildcards.selection, name)
 
 
 def sft_phase_file(wildcards, name):
     """A file of an SPRec round's SFT phase (its adapter, its reference log-probs), in the round's folder."""
-    return f"{RESULTS}/{wildcards.dataset}/llm/{wildcards.run}/{wildcards.selection}/sft_phase/{name}"
+    return run_path(wildcards.dataset, wildcards.run, wildcards.selection, "sft_phase", name)
 
 
 def sft_phase_spec(wildcards):

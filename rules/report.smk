@@ -23,7 +23,7 @@ rule report_summary:
 rule report_training:
     input:
         # the adapters (with their train_log.parquet) of the dataset's trained runs, for the loss curves
-        lambda wildcards: [f"{RESULTS}/{wildcards.dataset}/llm/{r}/{s}/adapter" for r, s in method_runs() if s != "none"],
+        lambda wildcards: [run_path(wildcards.dataset, r, s, "adapter") for r, s in method_runs() if s != "none"],
     output:
         report(f"{REPORT}/training/{{dataset}}.png", caption="../report/training.rst", category="Training",
                labels={"dataset": "{dataset}"}),

@@ -19,7 +19,7 @@ def effort_sft_run():
 def effort_inputs(wildcards):
     """The base model, the dataset, and the sft adapter of `effort_sft_run` (when there is one)."""
     found = effort_sft_run()
-    adapter = {"adapter": f"{RESULTS}/{wildcards.dataset}/llm/{found[0].name}/{found[1]}/adapter"} if found else {}
+    adapter = {"adapter": run_path(wildcards.dataset, found[0].name, found[1], "adapter")} if found else {}
     return {**adapter, "model": BASE_MODEL, **data(wildcards.dataset)}
 
 

@@ -39,7 +39,7 @@ def study_runs(name):
                 trained = run.method != "base"  # an untuned run: one, at the config seed, no training job
                 for seed in study_seeds(name) if trained else [config["seed"]]:
                     seeded = at_seed(run, seed, config) if trained else run
-                    train = f"{RESULTS}/benchmarks/{d}/llm/{seeded.name}/{s}/train.tsv" if trained else None
+                    train = benchmarked(run_path(d, seeded.name, s, "train", under=None)) if trained else None
                     out.append(({**labels, "dataset": d, "selection": s, "seed": seed},
                                 run_metrics(d, seeded.name, s, split), train))
     return out

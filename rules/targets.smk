@@ -30,7 +30,7 @@ def explanation_targets():
     """Explanations of every trained run named by `explanations.methods` (a bare method: each of
     its runs) that `methods` trains, at the first training seed (`showcased`)."""
     wanted = config["explanations"]["methods"]
-    return [f"{RESULTS}/{d}/llm/{r.name}/{s}/explanations.{ext}" for d in DATASETS for r in TRAINED_RUNS
+    return [run_path(d, r.name, s, f"explanations.{ext}") for d in DATASETS for r in TRAINED_RUNS
             if showcased(r, wanted) for s in run_selections(r) for ext in ("parquet", "html")]
 
 
@@ -52,7 +52,7 @@ RESOURCES_FIGURE = f"{REPORT}/resources.png"
 def gate_targets():
     """iLoRA's gate showcase of every ilora run of `methods` that has a gate (not `uniform`), at the
     first training seed (SHOWCASE_RUNS)."""
-    return [f"{RESULTS}/{d}/llm/{r.name}/{s}/gates.{ext}" for d in DATASETS for r in SHOWCASE_RUNS
+    return [run_path(d, r.name, s, f"gates.{ext}") for d in DATASETS for r in SHOWCASE_RUNS
             if r.method == "ilora" and run_block(r, config)["gate"] != "uniform"
             for s in run_selections(r) for ext in ("parquet", "png")]
 

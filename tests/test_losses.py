@@ -379,3 +379,25 @@ def test_new_objectives_gradients_match_finite_differences(name, kwargs):
     fn = losses.OBJECTIVES[name]
     assert torch.autograd.gradcheck(lambda a, b: fn(a, b, rc, rr, beta=0.7, **kwargs)[0],
                                     (pc.requires_grad_(True), pr.requires_grad_(True)))
+
+
+def test_objective_signature_defaults_equal_the_schemas():
+    """config/schema.yaml holds every default: a default an objective keeps in its signature (for
+    direct calls) is the one of each method block that names the same key."""
+    import inspect
+
+    from workflow.config import validate_block
+    from workflow.methods import METHODS
+
+    computed = {("napo", "margin")}  # napo's per-batch gamma, computed from the block's margin (napo_margin)
+    checked = 0
+    for method, declared in METHODS.items():
+        if declared.family != "preference":
+            continue
+        block = validate_block(method, {})
+        for name, param in inspect.signature(losses.OBJECTIVES[declared.objective]).parameters.items():
+            if param.default is not inspect.Parameter.empty and name in block and declared.objective == method \
+                    and (method, name) not in computed:
+                assert param.default == block[name], (method, name, param.default, block[name])
+                checked += 1
+    assert checked >= 5

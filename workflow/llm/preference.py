@@ -35,6 +35,7 @@ import pandas as pd
 import torch
 
 from workflow import cli
+from workflow.config import validate_block
 from workflow.llm import losses, stage, train
 from workflow.methods import METHODS as DECLARED
 from workflow.runs import PREFERENCE, RANKED_STRATEGIES, REFERENCE_FREE, reads_reference
@@ -240,6 +241,17 @@ def napo_inputs(examples: Sequence[dict[str, Any]], share_ratio: float | None) -
     return {"confidence": confidence, "shareable": shareable}
 
 
+@functools.lru_cache(maxsize=None)
+def block_defaults(method: str) -> dict[str, Any]:
+    return validate_block(method, {})
+
+
+def with_defaults(method: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    """`cfg` over config/schema.yaml's defaults of the method's block: the schema holds every default,
+    so the code below indexes the settings and writes none of its own."""
+    return {**block_defaults(method), **cfg}
+
+
 def make_loss_fn(method: str, cfg: dict[str, Any], scorer=None, state: dict[str, torch.Tensor] | None = None):
     """loss_fn(model, batch) for the shared training loop: the objective, plus gamma * NLL(y_w).
     `scorer(model, prompt_ids, answer_ids) -> (sum [B, C], n [B, C])` defaults to the shared-prefix
@@ -255,21 +267,21 @@ def make_loss_fn(method: str, cfg: dict[str, Any], scorer=None, state: dict[str,
     # strategy self; the rules chain the rounds: --adapter and --reference are the last round's)
     declared = DECLARED[method]
     objective = losses.OBJECTIVES[declared.objective]
+    cfg = with_defaults(method, cfg)
     kwargs: dict[str, Any] = {"beta": float(cfg["beta"])}
     authors_lpo = method == "lpo4rec" and cfg.get("form") == "authors"
     if authors_lpo:  # beta has no place in the authors' form: their temperature acts on probabilities
         objective = losses.lpo4rec_authors
         kwargs = {"weight": float(cfg["lpo_weight"]), "temperature": float(cfg["temperature"])}
     if method == "dmpo":
-        kwargs["pairwise"] = bool(cfg.get("pairwise", False))
+        kwargs["pairwise"] = bool(cfg["pairwise"])
     if method == "dynamicpo":
-        kwargs["margin"] = float(cfg.get("margin", 6.0))
+        kwargs["margin"] = float(cfg["margin"])
     if method == "grpo":
-        kwargs["group_size"] = int(cfg.get("group_size", 8))
-        kwargs["kl_coef"] = float(cfg.get("kl_coef", 0.04))
-        if "kl" in cfg:
-            kwargs["kl"] = cfg["kl"]
-    gamma = float(cfg.get("gamma", 0.0))
+        kwargs["group_size"] = int(cfg["group_size"])
+        kwargs["kl_coef"] = float(cfg["kl_coef"])
+        kwargs["kl"] = cfg["kl"]
+    gamma = float(cfg["gamma"])
     if declared.state and state is None:
         state = napo_state()
 
@@ -298,7 +310,7 @@ def make_loss_fn(method: str, cfg: dict[str, Any], scorer=None, state: dict[str,
 def shares_negatives(method: str, cfg: dict[str, Any]) -> bool:
     """Whether the run uses NAPO's in-batch negative sharing (`napo.share_negatives`, the schema's
     default on): its collate builds the sharing mask and its loss reads it."""
-    return DECLARED[method].shares_negatives and bool(cfg.get("share_negatives", True))
+    return DECLARED[method].shares_negatives and bool(with_defaults(method, cfg)["share_negatives"])
 
 
 def napo_state() -> dict[str, torch.Tensor]:
@@ -324,9 +336,9 @@ def napo_arguments(policy: torch.Tensor, inputs: dict[str, torch.Tensor | None] 
         weights = torch.cat([weights, shareable.float()], dim=1)
         scores = torch.cat([confidence, confidence.reshape(1, B * k).expand(B, B * k)], dim=1)
     batch_mean = float((weights * scores).sum() / weights.sum())
-    average = losses.moving_average(float(state["confidence_average"]), batch_mean, float(cfg.get("momentum", 0.9)))
+    average = losses.moving_average(float(state["confidence_average"]), batch_mean, float(cfg["momentum"]))
     state["confidence_average"].fill_(average)
-    margin = losses.napo_margin(batch_mean, average, float(cfg.get("margin", 1.0)), float(cfg.get("alpha", 0.3)))
+    margin = losses.napo_margin(batch_mean, average, float(cfg["margin"]), float(cfg["alpha"]))
     return {"margin": margin, **extra}, {"confidence": batch_mean, "confidence_average": average}
 
 
@@ -393,7 +405,7 @@ def policy_method(method: str, cfg: dict[str, Any], llm: dict[str, Any], domain:
             state = napo_state()
         log.info("%s on %d samples, %s prompt, %d negatives each (%s), beta %.3g", method, len(chosen), prompt,
                  len(chosen[0]["answers"]) - 1, cfg["strategy"], cfg["beta"])
-        share_ratio = float(cfg.get("share_ratio", 0.7)) if shares_negatives(method, cfg) else None
+        share_ratio = float(cfg["share_ratio"]) if shares_negatives(method, cfg) else None
         return stage.Plan(chosen, functools.partial(collate, share_ratio=share_ratio),
                           make_loss_fn(method, cfg, state=state), hooks=train.Hooks(state=state),
                           fingerprint={"adapter": str(adapter), "method": method},
