@@ -1,6 +1,5 @@
 # Constants, the run grammar, paths and the spec and resource helpers that the rule files share.
 # Each rule file holds the input functions of its own rules.
-import itertools
 import json
 import shlex
 from pathlib import Path
@@ -11,8 +10,9 @@ from workflow.config import prepare_settings
 from workflow.formats import resolve_files
 from workflow.methods import METHODS as METHOD_DECLARATIONS
 from workflow.protocol_table import reads as protocol_reads
-from workflow.runs import (HYBRID, PREFERENCE, TRAINED, at_seed, block as run_block, config_runs, config_seeds, grid_point,
+from workflow.runs import (HYBRID, PREFERENCE, TRAINED, at_seed, block as run_block, config_runs, config_seeds,
                            needs_reference, parse as parse_run, previous_round, run_seed, sft_phase,
+                           study_points, study_seeds,
                            wildcard_pattern)
 from workflow.transfer import transfers
 

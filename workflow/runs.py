@@ -30,6 +30,7 @@ that sft run too. LLaRA and iLoRA train a fresh LoRA on the base model with the 
 """
 from __future__ import annotations
 
+import itertools
 import re
 from collections import namedtuple
 from typing import Any, NamedTuple
@@ -285,3 +286,29 @@ def grid_point(method: str, point: dict[str, Any], config: dict[str, Any]) -> tu
         if axis == "prompt" or (value != default or explicit) and axis in point:
             fields[axis] = value
     return labels, Run(method, **fields)
+
+
+def study_points(name: str, config: dict[str, Any]) -> list[tuple[dict[str, Any], Run]]:
+    """(labels, run) of every run of study `name`: each method at every combination of its grid
+    (`grid_point`: a main run is reused, not retrained), and with a `reference` that method's run at
+    each prompt and budget the grid visits (labelled `reference`). A bad grid raises ValueError."""
+    study = config["studies"][name]
+    grid = study["grid"]
+    if study["x"] not in grid:
+        raise ValueError(f"config key 'studies.{name}.x': {study['x']!r} is not a key of its grid")
+    try:
+        points = [grid_point(method, dict(zip(grid, values)), config)
+                  for method in study["methods"] for values in itertools.product(*grid.values())]
+        if study.get("reference"):
+            shared = {tuple((axis, labels[axis]) for axis in ("prompt", "budget") if axis in grid)
+                      for labels, _ in points}
+            references = [grid_point(study["reference"], dict(point), config) for point in sorted(shared)]
+            points += [({**labels, "reference": True}, run) for labels, run in references]
+    except ValueError as exc:
+        raise ValueError(f"config key 'studies.{name}.grid': {exc}") from exc
+    return points
+
+
+def study_seeds(name: str, config: dict[str, Any]) -> list[int]:
+    """The training seeds of a study's runs: its `seeds`, else the config's one `seed`."""
+    return list(dict.fromkeys(config["studies"][name].get("seeds") or [config["seed"]]))
