@@ -53,7 +53,7 @@ def main() -> None:
     from workflow.llm import catalogue
     from workflow.llm.evaluate import prompt_inputs, ranked_items, read_samples
     from workflow.llm.inference import constrained_tokens_fn, encoded_passes, pad_id
-    from workflow.llm.model import autocast, load_for_evaluation, model_device
+    from workflow.llm.model import autocast, load_for_evaluation, model_device, resolve_dtype
     from workflow.llm.prompts import clipped_answer_ids, end_of_answer_id
 
     results = Path(args.results)
@@ -73,7 +73,7 @@ def main() -> None:
     trie = catalogue.catalogue_trie(answers)
     n = len(prompts)
     print(f"{n} test samples, {len(items)} items, open prompt {np.mean([len(x) for x in prompts]):.0f} tokens, "
-          f"{args.threads} thread(s), autocast {torch.get_autocast_dtype('cpu') if device.type == 'cpu' else 'cuda'}")
+          f"{args.threads} thread(s), compute dtype {resolve_dtype('auto', device)} on {device}")
 
     ours = {}
     for width in (20, 50):
@@ -99,8 +99,11 @@ def main() -> None:
                                      prefix_allowed_tokens_fn=constrained_tokens_fn([answers], ids.shape[1],
                                                                                     end_of_answer_id(tokenizer)))
             by_answer = {tuple(a): i for i, a in enumerate(answers)}
-            rows = [tuple(t for t in row[ids.shape[1]:].tolist() if t != pad_id(tokenizer) or t == end_of_answer_id(tokenizer))
-                    for row in out]
+            end = end_of_answer_id(tokenizer)
+            rows = []
+            for row in out:  # each answer up to its end-of-answer token (padding after it)
+                tokens = row[ids.shape[1]:].tolist()
+                rows.append(tuple(tokens[:tokens.index(end) + 1]) if end in tokens else tuple(tokens))
             found.append([by_answer[r] for r in rows if r in by_answer][:20])
         return found
 
