@@ -275,6 +275,16 @@ def grounded_ranking(queries: np.ndarray, index, target_index: np.ndarray, histo
     return ranks, tops
 
 
+def on_rows(per_sample: dict[str, np.ndarray], rows: np.ndarray, n: int) -> dict[str, np.ndarray]:
+    """Per-sample values of the decoded `rows` spread over all `n` samples, NaN for the others."""
+    values = {}
+    for name, v in per_sample.items():
+        full = np.full(n, np.nan)
+        full[rows] = v
+        values[name] = full
+    return values
+
+
 # ---------------------------------------------------------------------------------------------
 # the protocol functions
 
@@ -350,11 +360,7 @@ def grounded(ctx: EvalContext) -> Reported:
     ranks, tops = grounded_ranking(queries, grounding.item_index(ctx.title_embeddings), target_index, history_index)
     item_ids = items["item_id"].astype(str).to_numpy()
     per_sample = metrics.full_ranking_metrics(ranks)
-    values = {}
-    for name, v in per_sample.items():
-        full = np.full(n, np.nan)
-        full[rows] = v
-        values[name] = full
+    values = on_rows(per_sample, rows, n)
     top_lists: list[list[str] | None] = [None] * n
     rank_col: list[int | None] = [None] * n
     for j, r in enumerate(rows):
@@ -390,11 +396,7 @@ def catalogue(ctx: EvalContext) -> Reported:
     per_sample["invalid"] = np.array([sum(not 0 <= i < len(item_ids) for i in found) for found in ranked.items],
                                      dtype=np.float64)
     per_sample["duplicate"] = np.array([len(found) - len(set(found)) for found in ranked.items], dtype=np.float64)
-    values = {}
-    for name, v in per_sample.items():
-        full = np.full(n, np.nan)
-        full[rows] = v
-        values[name] = full
+    values = on_rows(per_sample, rows, n)
     top_lists: list[list[str] | None] = [None] * n
     rank_col: list[int | None] = [None] * n
     for j, r in enumerate(rows):
