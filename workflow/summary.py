@@ -308,14 +308,14 @@ def first_strategy_key(key: tuple, keys: Sequence[tuple], selections: Sequence[s
 def summarize(metrics: pd.DataFrame, resamples: int, level: float, seed: int,
               selections: Sequence[str] | None = None) -> pd.DataFrame:
     """The summary rows: each dataset's own, then the transferred runs' per dataset they were trained
-    on (read against the evaluated dataset's own base and popularity rows and their own sft)."""
+    on (read against the evaluated dataset's own base, popularity and SASRec rows and their own sft)."""
     metrics = with_trained_on(metrics)
     transferred = metrics[TRAINED_ON] != metrics["dataset"]
     own = metric_frames(metrics[~transferred])
     rows = summary_rows(own, dict.fromkeys(REFERENCES, own), resamples, level, seed, selections)
     for trained_on, group in metrics[transferred].groupby(TRAINED_ON, sort=False):
         frames = metric_frames(group)
-        pools = {"sft": frames, "base": own, "popularity": own, "strategy": frames}
+        pools = {"sft": frames, "base": own, "popularity": own, "strategy": frames, "sasrec": own}
         rows += summary_rows(frames, pools, resamples, level, seed, selections, trained_on)
     return pd.DataFrame(rows, columns=SCHEMA.names).astype({"n": "int64", "seed": "Int64", "n_seeds": "int64"})
 
