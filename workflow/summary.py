@@ -66,14 +66,15 @@ import pyarrow as pa
 
 from workflow import cli, runs
 from workflow.io import atomic_path, write_parquet
-from workflow.protocol_table import headlines, popularity_protocol
+from workflow.protocol_table import PROTOCOLS, headlines, popularity_protocol
 
 log = logging.getLogger(__name__)
 
 SPLIT = "test"
 REFERENCES = ("sft", "base", "popularity", "strategy", "sasrec")
-# the protocols that rank the whole catalogue (the whole-catalogue table; read against SASRec's full ranking)
-CATALOGUE_PROTOCOLS = ("full_ranking", "catalogue", "grounded")
+# the protocols that rank the whole catalogue (the whole-catalogue table; read against SASRec's full
+# ranking): those the protocol table reads against popularity's full ranking
+CATALOGUE_PROTOCOLS = tuple(p for p in PROTOCOLS if popularity_protocol(p) == "full_ranking")
 BASELINES = ("random", "popularity", "sasrec")  # listed first in the tables
 NO_POPULARITY = {"random", "popularity"}
 GROUP = ["dataset", "method", "selection", "protocol"]

@@ -135,8 +135,9 @@ def _search_batch(model, prompts, trie, width, top, exclude, pad_id, inputs_embe
                 if beam.ancestors:
                     allowed[b, s, list(beam.ancestors)] = True
         positions = last_position[:, None] + depth.to(device)
-        hidden = decoder(input_ids=tokens.to(device), attention_mask=attention_mask(allowed[:, None].to(device), config._attn_implementation, mask_dtype),
-                         position_ids=positions, past_key_values=cache.past, use_cache=True).last_hidden_state
+        mask = attention_mask(allowed[:, None].to(device), config._attn_implementation, mask_dtype)
+        hidden = decoder(input_ids=tokens.to(device), attention_mask=mask, position_ids=positions,
+                         past_key_values=cache.past, use_cache=True).last_hidden_state
         logprobs = torch.log_softmax(lm_head(hidden).float(), dim=-1).cpu()
         new_columns = columns
         columns += slots
