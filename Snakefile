@@ -49,6 +49,7 @@ include: "rules/transfer.smk"
 include: "rules/explain.smk"
 include: "rules/report.smk"
 include: "rules/study.smk"
+include: "rules/tuning.smk"
 
 
 rule all:

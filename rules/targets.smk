@@ -42,7 +42,7 @@ def showcased(run, wanted):
 
 def study_targets():
     return [f"{RESULTS}/studies/{name}.{ext}" for name, study in config["studies"].items() if study["enabled"]
-            for ext in ("parquet", "md", "png")]
+            for ext in ("parquet", "md", "png")] + ([f"{RESULTS}/tuning/tuned.md"] if config["tuning"]["enabled"] else [])
 
 
 REPORT = f"{RESULTS}/report"

@@ -13,6 +13,7 @@ import jsonschema
 import yaml
 
 from workflow.runs import PROMPTS, resolve
+from workflow.tuning import with_tuning_studies
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = ROOT / "config" / "schema.yaml"
@@ -108,6 +109,11 @@ def validate(config: dict[str, Any], schema_path: str | Path = SCHEMA_PATH,
             for e in jsonschema.Draft202012Validator(prepare_schema).iter_errors(merged):
                 where = ".".join(str(p) for p in e.absolute_path)
                 lines.append(f"config key 'datasets.{name}.prepare.{where}': {e.message}")
+    if not lines:
+        try:
+            with_tuning_studies(config)  # each tuned method's study, derived here so every reader sees it
+        except ValueError as exc:
+            lines.append(str(exc))
     if lines:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
     return config

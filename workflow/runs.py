@@ -32,8 +32,11 @@ from __future__ import annotations
 
 import itertools
 import re
+import zlib
 from collections import namedtuple
 from typing import Any, NamedTuple
+
+import numpy as np
 
 from workflow.methods import METHODS as DECLARED, of_family
 from workflow.protocol_table import supported as supported_protocols
@@ -297,8 +300,8 @@ def study_points(name: str, config: dict[str, Any]) -> list[tuple[dict[str, Any]
     if study["x"] not in grid:
         raise ValueError(f"config key 'studies.{name}.x': {study['x']!r} is not a key of its grid")
     try:
-        points = [grid_point(method, dict(zip(grid, values)), config)
-                  for method in study["methods"] for values in itertools.product(*grid.values())]
+        points = [grid_point(method, point, config)
+                  for method in study["methods"] for point in sampled_points(name, method, config)]
         if study.get("reference"):
             shared = {tuple((axis, labels[axis]) for axis in ("prompt", "budget") if axis in grid)
                       for labels, _ in points}
@@ -307,6 +310,33 @@ def study_points(name: str, config: dict[str, Any]) -> list[tuple[dict[str, Any]
     except ValueError as exc:
         raise ValueError(f"config key 'studies.{name}.grid': {exc}") from exc
     return points
+
+
+def sampled_points(name: str, method: str, config: dict[str, Any]) -> list[dict[str, Any]]:
+    """The grid points study `name` runs `method` at: every combination of its grid, or, with
+    `trials: T`, T of them: the main config's own point (the method block's value on every axis the
+    grid varies) first where the grid holds it (so a tuning
+    never scores below its default on the split it selects on), then a seeded draw without
+    replacement from the rest (numpy, seed = the config's `seed` + a CRC32 of study and method, so
+    each method has its own draw and a rerun the same). Fewer than T combinations raise ValueError:
+    every method of a study gets the same number of trials."""
+    study = config["studies"][name]
+    grid = study["grid"]
+    every = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+    trials = study.get("trials")
+    if trials is None:
+        return every
+    # one point per distinct run (an axis the method does not take leaves its points one run)
+    distinct: dict[Run, dict[str, Any]] = {}
+    for point in every:
+        distinct.setdefault(grid_point(method, point, config)[1], point)
+    if len(distinct) < trials:
+        raise ValueError(f"{method}: {len(distinct)} distinct runs in the grid, fewer than trials ({trials})")
+    main_run = grid_point(method, {axis: values[0] for axis, values in grid.items() if len(values) == 1}, config)[1]
+    main = [p for run, p in distinct.items() if run == main_run]
+    rest = [p for run, p in distinct.items() if run != main_run]
+    rng = np.random.default_rng([config["seed"], zlib.crc32(f"{name}/{method}".encode())])
+    return main + [rest[i] for i in sorted(rng.choice(len(rest), size=trials - len(main), replace=False))]
 
 
 def study_seeds(name: str, config: dict[str, Any]) -> list[int]:

@@ -1,0 +1,180 @@
+"""Tuning (workflow/tuning.py, workflow/runs.py sampled_points): every method gets the same number
+of trials, the default settings first; the selection is deterministic and gives ties to the earlier
+trial; the overlay reproduces the selected run's name and settings; the tuned table's differences
+match hand computation; and the workflow plans no test-split job before the selection."""
+from __future__ import annotations
+
+import copy
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from workflow import tuning
+from workflow.config import load, validate
+from workflow.runs import block, config_runs, parse, sampled_points
+
+ROOT = Path(__file__).resolve().parent.parent
+SNAKEMAKE = Path(sys.executable).parent / "snakemake"
+
+
+@pytest.fixture()
+def config():
+    cfg = load()
+    cfg["tuning"]["spaces"] = {"sft": {"lr": [1e-4, 5e-4, 1e-3], "epochs": [1, 2]},
+                               "dmpo": {"lr": [1e-4, 5e-4], "beta": [0.1, 1.0], "k": [3, 7]}}
+    cfg["studies"] = {k: v for k, v in cfg["studies"].items() if not k.startswith(tuning.PREFIX)}
+    return tuning.with_tuning_studies(cfg)
+
+
+def test_every_method_gets_the_same_trials_the_default_first_and_a_rerun_the_same(config):
+    for method in ("sft", "dmpo"):
+        found = tuning.trials(method, config)
+        runs = [t["run"] for t in found["trials"]]
+        assert len(runs) == config["tuning"]["trials"] == len(set(runs))
+        assert found["default"] == f"{method}-open-n256" == runs[0] and found["trials"][0]["default"]
+        assert not any(t["default"] for t in found["trials"][1:])
+        assert tuning.trials(method, copy.deepcopy(config)) == found  # seeded: the same draw
+        for t in found["trials"]:  # the name carries the settings
+            settings = block(parse(t["run"]), config)
+            assert {axis: settings[axis] for axis in t["settings"]} == t["settings"]
+
+
+def test_a_space_with_fewer_runs_than_trials_is_an_error(config):
+    config["studies"]["tuning-sft"]["grid"]["lr"] = [5e-4]
+    config["studies"]["tuning-sft"]["grid"]["epochs"] = [1, 2]
+    with pytest.raises(ValueError, match="2 distinct runs in the grid, fewer than trials"):
+        sampled_points("tuning-sft", "sft", config)
+
+
+def test_an_axis_the_method_does_not_take_is_an_error_naming_the_key():
+    cfg = load()
+    cfg["tuning"]["spaces"] = {"sft": {"dropout": [0.1]}}
+    with pytest.raises(Exception, match="tuning.spaces"):
+        validate(cfg)
+    cfg = load()
+    cfg["studies"] = {k: v for k, v in cfg["studies"].items() if not k.startswith(tuning.PREFIX)}
+    cfg["tuning"]["spaces"] = {"sft": {"beta": [0.1, 1.0]}}
+    with pytest.raises(Exception, match="'tuning.spaces.sft.beta': sft does not take beta"):
+        validate(cfg)
+
+
+def test_tuning_studies_are_on_the_validation_split_at_the_tuning_budget_and_seeds(config):
+    for method in ("sft", "dmpo"):
+        study = config["studies"][f"tuning-{method}"]
+        assert study["split"] == "valid" and study["grid"]["budget"] == [256]
+        assert study["seeds"] == [42, 43, 44] and study["trials"] == 4
+    clash = copy.deepcopy(config)
+    clash["studies"]["tuning-sft"] = {**clash["studies"]["tuning-sft"], "trials": 2}
+    with pytest.raises(ValueError, match="studies.tuning-sft"):
+        tuning.with_tuning_studies(clash)
+
+
+def study_table(method, runs_values, labels):
+    """A study table as workflow/study.py writes it: one auc row per trial."""
+    rows = []
+    for (run, value), lab in zip(runs_values, labels, strict=True):
+        rows.append({"dataset": "toy", "selection": "random", **lab, "protocol": "likelihood", "metric": "auc",
+                     "is_reference": False, "value": value, "n": 10, "ci_low": value - 0.1, "ci_high": value + 0.1,
+                     "n_seeds": 3})
+    return pd.DataFrame(rows)
+
+
+def test_selection_picks_the_best_and_gives_ties_to_the_earlier_trial(config, tmp_path):
+    found = tuning.trials("sft", config)
+    labels = [t["labels"] for t in found["trials"]]
+    runs = [t["run"] for t in found["trials"]]
+    for values, expected in (([0.5, 0.7, 0.6, 0.7], 1), ([0.8, 0.7, 0.8, 0.1], 0), ([0.1, 0.2, 0.3, 0.9], 3)):
+        table = study_table("sft", list(zip(runs, values)), labels)
+        picked = tuning.selection_table(table, "sft", found["trials"], "auc", "likelihood")
+        assert picked["selected"].tolist() == [i == expected for i in range(4)]
+        assert picked["is_default"].tolist() == [True, False, False, False]
+        # deterministic: shuffled rows give the same selection
+        again = tuning.selection_table(table.sample(frac=1, random_state=1), "sft", found["trials"], "auc", "likelihood")
+        assert again.equals(picked)
+
+
+def test_select_writes_the_table_and_an_overlay_that_reruns_the_selected_runs(config, tmp_path):
+    specs = {}
+    for method, values in (("sft", [0.5, 0.7, 0.6, 0.65]), ("dmpo", [0.9, 0.8, 0.7, 0.6])):
+        found = tuning.trials(method, config)
+        path = tmp_path / f"tuning-{method}.parquet"
+        study_table(method, list(zip([t["run"] for t in found["trials"]], values)),
+                    [t["labels"] for t in found["trials"]]).to_parquet(path)
+        specs[method] = (found, path)
+    spec = tuning.selection_spec(config, lambda name: str(tmp_path / f"{name}.parquet"))
+    out = subprocess.run([sys.executable, "-m", "workflow.tuning", "select", "--spec", json.dumps(spec),
+                          "--out-parquet", str(tmp_path / "selected.parquet"),
+                          "--out-overlay", str(tmp_path / "tuned.yaml")], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    selected = pd.read_parquet(tmp_path / "selected.parquet")
+    sft_best = specs["sft"][0]["trials"][1]["run"]
+    assert selected.loc[selected["selected"], "run"].tolist() == [sft_best, "dmpo-open-n256"]
+    overlay = yaml.safe_load((tmp_path / "tuned.yaml").read_text())
+    assert overlay["seeds"] == [42, 43, 44]
+    # the config's methods with sft's default run swapped for its selected run; dmpo kept its default
+    assert overlay["methods"] == ["base", sft_best, "dmpo-open-n256", "llara-open-n256", "soft-open-n256"]
+    rerun = load()
+    rerun.update(overlay)
+    names = {r.name for r in config_runs(validate(rerun))}
+    assert sft_best in names and "sft-open-n256" not in names and "dmpo-open-n256" in names
+    settings = json.loads(selected.loc[selected["run"] == sft_best, "settings"].iloc[0])
+    assert {k: block(parse(sft_best), rerun)[k] for k in settings} == settings
+
+
+def metrics_file(path, method, auc, split="test"):
+    n = len(auc)
+    pd.DataFrame({"dataset": "toy", "method": method, "selection": "random", "protocol": "likelihood",
+                  "split": split, "sample_id": [f"s{i}" for i in range(n)], "user_id": [f"u{i}" for i in range(n)],
+                  "metric": "auc", "value": np.asarray(auc, float)}).to_parquet(path)
+    return str(path)
+
+
+def test_tuned_table_matches_hand_computed_differences_and_flags_changed_orderings(tmp_path):
+    auc = {("sft", "default"): [0.5, 0.6, 0.7, 0.8], ("sft", "tuned"): [0.7, 0.8, 0.7, 0.9],
+           ("dmpo", "default"): [0.6, 0.7, 0.8, 0.9], ("dmpo", "tuned"): [0.6, 0.7, 0.8, 0.9]}
+    runs = [{"dataset": "toy", "selection": "random", "method": m, "phase": p,
+             "path": metrics_file(tmp_path / f"{m}-{p}.parquet", f"{m}-{p}", v)} for (m, p), v in auc.items()]
+    frames = tuning.phase_frames(runs, "likelihood", ["auc"])
+    methods, claims = tuning.tuned_tables(frames, [["dmpo", "sft"]], 200, 0.95, 0)
+    sft = methods[methods["method"] == "sft"].iloc[0]
+    assert sft["default"] == pytest.approx(0.65) and sft["tuned"] == pytest.approx(0.775)
+    assert sft["delta"] == pytest.approx(0.125)
+    claim = claims.iloc[0]
+    assert claim["claim"] == "dmpo > sft" and claim["default"] == pytest.approx(0.1)
+    assert claim["tuned"] == pytest.approx(-0.025)
+    assert claim["changed"]  # dmpo above sft at the defaults, below once sft is tuned
+
+
+def test_ordering_changed():
+    assert tuning.ordering_changed((0.1, 0.05, 0.15), (-0.1, -0.15, -0.05))
+    assert tuning.ordering_changed((0.1, 0.05, 0.15), (0.1, -0.05, 0.25))  # no longer above zero
+    assert not tuning.ordering_changed((0.1, 0.05, 0.15), (0.2, 0.1, 0.3))
+
+
+def test_no_trial_reads_the_test_split(tmp_path):
+    """The dry run up to the selection plans validation-split evaluations only."""
+    out = subprocess.run([str(SNAKEMAKE), "-n", "--nolock", "--cores", "2", "--config",
+                          f"results={tmp_path}/results", "--", f"{tmp_path}/results/tuning/selected.parquet"],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    splits = re.findall(r"wildcards: dataset=[^,]+, run=[^,]+, selection=[^,]+, split=(\w+)", out.stdout)
+    assert splits and set(splits) == {"valid"}
+    assert "/test/metrics.parquet" not in out.stdout
+    assert "checkpoint tuning_selection:" in out.stdout and "rule study:" in out.stdout
+
+
+def test_the_schema_lists_the_run_axes_and_methods_a_space_may_take():
+    from workflow.methods import METHODS
+    from workflow.runs import GRID_AXES
+
+    tuning_schema = yaml.safe_load((ROOT / "config" / "schema.yaml").read_text())["properties"]["tuning"]
+    spaces = tuning_schema["properties"]["spaces"]
+    assert spaces["additionalProperties"]["propertyNames"]["enum"] == [a.name for a in GRID_AXES if a.block]
+    assert sorted(spaces["propertyNames"]["enum"]) == sorted(METHODS)

@@ -1,0 +1,316 @@
+"""Tuning: every method searched on the validation split with the same number of trials, the best
+trial chosen by one declared metric, and the test split read for the chosen runs only.
+
+Built on the one study mechanism (workflow/study.py): each method of `tuning.spaces` becomes the
+study `tuning-<method>` (`tuning_studies`), whose grid is the method's space at the tuning's prompt
+(the method block's), `budget` and `seeds`, with `trials` of its combinations (workflow/runs.py
+`sampled_points`: the default settings' point first where the space holds it, then a seeded draw),
+evaluated on the validation split under `protocol`. Every trial is a named run (`dmpo-open-b0.1-n256`),
+so a trial is trained once, whichever study or config asks for it.
+
+    python -m workflow.tuning select --spec '{"metric": "auc", "protocol": "likelihood",
+        "methods": {"dmpo": {"study": "results/studies/tuning-dmpo.parquet", "trials": [{"run": ...,
+        "labels": {...}, "settings": {...}}, ...]}, ...}, "entries": {...}, "seeds": [...]}' \\
+        --out-parquet results/tuning/selected.parquet --out-overlay results/tuning/tuned.yaml
+    python -m workflow.tuning table --spec '{"metrics": [...], "protocol": ..., "claims": [...],
+        "bootstrap": 1000, "ci": 0.95, "runs": [{"dataset", "selection", "method", "phase", "path"}, ...]}' \\
+        --selected results/tuning/selected.parquet --seed 42 --out-parquet ... --out-md ...
+
+`select` writes every trial's validation statistic (pooled over seeds, with its interval) and marks
+each method's best: the highest value; a tie (equal to 1e-12) goes to the earlier trial, so the
+default settings win ties. It also writes the config overlay: the config's `methods` list with each
+tuned method's default run replaced by its selected run, and the tuning's seeds, so
+`snakemake --configfile results/tuning/tuned.yaml` reruns the comparison at the tuned settings
+(the run names carry the settings). A preference or SOFT trial starts from the default sft run of
+its prompt and budget (workflow/runs.py `Run.sft`), tuned or not: each method's own settings are
+searched, its start is shared.
+
+`table` reads the default and the selected run of every tuned method on the test split (pooled over
+seeds): per method, its test metrics at both settings and the paired difference; per claim
+([better, worse] method pairs), the paired difference at the default settings and at the tuned
+ones, and whether the ordering changed (the sign of the point estimate, or an interval that
+excluded zero and no longer does, or the reverse).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from workflow import cli
+from workflow.io import atomic_path, write_parquet
+from workflow.runs import GRID_AXES, at_seed, config_seeds, grid_point, parse, resolve, sampled_points
+from workflow.study import LABELS, normal_key, pooled
+from workflow.summary import estimate, metric_frames, paired_delta, read_metrics
+
+log = logging.getLogger(__name__)
+
+PREFIX = "tuning-"  # a method's tuning study: results/studies/tuning-<method>.{parquet,md,png}
+TIE = 1e-12  # validation statistics this close are a tie: the earlier trial wins
+
+
+def study_name(method: str) -> str:
+    return f"{PREFIX}{method}"
+
+
+def tuning_studies(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The study of each method of `tuning.spaces` (a study config, as `studies.<name>` after the
+    schema's defaults)."""
+    tuning = config["tuning"]
+    for method, space in tuning["spaces"].items():
+        for axis in space:
+            applies = next(a.methods for a in GRID_AXES if a.name == axis)
+            if applies is not None and method not in applies:
+                raise ValueError(f"config key 'tuning.spaces.{method}.{axis}': {method} does not take {axis} "
+                                 f"(it applies to {', '.join(applies)})")
+    seeds = tuning["seeds"] or config_seeds(config)
+    metrics = list(dict.fromkeys([tuning["metric"], *tuning["metrics"]]))
+    return {study_name(method): {
+        "enabled": False, "methods": [method], "x": next(iter(space)), "seeds": seeds, "split": "valid",
+        "grid": {"prompt": [config[method]["prompt"]], "budget": [tuning["budget"]], **space},
+        "protocols": [tuning["protocol"]], "metrics": metrics, "trials": tuning["trials"]}
+        for method, space in tuning["spaces"].items()}
+
+
+def with_tuning_studies(config: dict[str, Any]) -> dict[str, Any]:
+    """`config` with the tuning studies among its `studies` (a study of the same name is an error)."""
+    derived = tuning_studies(config)
+    taken = sorted(name for name in set(derived) & set(config["studies"]) if config["studies"][name] != derived[name])
+    if taken:
+        raise ValueError(f"config key 'studies.{taken[0]}': the name is the tuning study of "
+                         f"{taken[0].removeprefix(PREFIX)} (tuning.spaces); rename the study")
+    config["studies"].update(derived)
+    return config
+
+
+def trials(method: str, config: dict[str, Any]) -> dict[str, Any]:
+    """A method's default run and its trials in order (run name, the study's labels, its settings on
+    the space's axes, whether it is the default run)."""
+    name = study_name(method)
+    space = config["tuning"]["spaces"][method]
+    fixed = {"prompt": config[method]["prompt"], "budget": config["tuning"]["budget"]}
+    default = grid_point(method, fixed, config)[1].name
+    out = []
+    for point in sampled_points(name, method, config):
+        labels, run = grid_point(method, point, config)
+        out.append({"run": run.name, "labels": labels, "settings": {axis: labels[axis] for axis in space},
+                    "default": run.name == default})
+    return {"default": default, "trials": out}
+
+
+def entries(config: dict[str, Any]) -> dict[str, list[str]]:
+    """Each entry of the config's `methods` list and the names of the runs it stands for."""
+    return {entry: [run.name for run in resolve(entry, config)] for entry in config["methods"]}
+
+
+def selection_spec(config: dict[str, Any], study_path) -> dict[str, Any]:
+    """`select`'s spec; `study_path(name)`: the Parquet of study `name`."""
+    tuning = config["tuning"]
+    return {"metric": tuning["metric"], "protocol": tuning["protocol"], "entries": entries(config),
+            "seeds": tuning["seeds"] or config_seeds(config),
+            "methods": {m: {"study": study_path(study_name(m)), **trials(m, config)} for m in tuning["spaces"]}}
+
+
+def table_runs(config: dict[str, Any], selected: pd.DataFrame, datasets: Sequence[str], selection: str,
+               metrics_path) -> list[dict[str, Any]]:
+    """The runs `table` reads: each tuned method's default and selected run at every tuning seed, on
+    the test split (`metrics_path(dataset, run name, selection)`), from `select`'s table."""
+    seeds = config["tuning"]["seeds"] or config_seeds(config)
+    runs = []
+    for method, rows in selected.groupby("method", sort=False):
+        names = {"default": rows["default_run"].iloc[0], "tuned": rows.loc[rows["selected"], "run"].iloc[0]}
+        for phase, name in names.items():
+            for seed in seeds:
+                run = at_seed(parse(name), seed, config).name
+                runs += [{"dataset": d, "selection": selection, "method": method, "phase": phase,
+                          "path": metrics_path(d, run, selection)} for d in datasets]
+    return runs
+
+
+def selection_table(study: pd.DataFrame, method: str, method_trials: Sequence[dict[str, Any]], metric: str,
+                    protocol: str) -> pd.DataFrame:
+    """Every trial of `method` with its validation statistic from its study table, the best marked."""
+    rows = study[(study["method"] == method) & (study["protocol"] == protocol) & (study["metric"] == metric)
+                 & ~study["is_reference"]]
+    if rows[["dataset", "selection"]].drop_duplicates().shape[0] > 1:
+        raise ValueError(f"tuning of {method}: its study holds several datasets or selections; tuning selects on one")
+    run_labels = list(LABELS[2:])  # method and the axes: what tells a study's runs apart on one dataset
+    by_labels = {normal_key(tuple(r[n] for n in run_labels)): r for _, r in rows.iterrows()}
+    out = []
+    for i, trial in enumerate(method_trials):
+        row = by_labels.get(normal_key(tuple(trial["labels"].get(n) for n in run_labels)))
+        if row is None:
+            raise ValueError(f"tuning of {method}: trial {trial['run']} has no {protocol} {metric} row in its study")
+        out.append({"method": method, "trial": i, "run": trial["run"], "is_default": bool(trial["default"]),
+                    "settings": json.dumps(trial["settings"], sort_keys=True), "protocol": protocol, "metric": metric,
+                    "value": float(row["value"]), "ci_low": float(row["ci_low"]), "ci_high": float(row["ci_high"]),
+                    "n": int(row["n"]), "n_seeds": int(row["n_seeds"]) if pd.notna(row["n_seeds"]) else 1})
+    frame = pd.DataFrame(out)
+    frame["selected"] = False
+    frame.loc[(frame["value"] >= frame["value"].max() - TIE).idxmax(), "selected"] = True  # the first of the ties
+    return frame
+
+
+def overlay(entry_runs: dict[str, list[str]], chosen: dict[str, tuple[str, str]], seeds: Sequence[int]) -> dict:
+    """The config overlay: every `methods` entry (as its runs' names: `entry_runs`), a tuned method's
+    default run replaced by its selected run (`chosen`: method -> (default run, selected run))."""
+    swap = {default: selected for default, selected in chosen.values()}
+    methods = []
+    for entry, names in entry_runs.items():
+        methods += [swap.get(name, name) for name in names] if any(n in swap for n in names) else [entry]
+    return {"methods": list(dict.fromkeys(methods)), "seeds": list(seeds)}
+
+
+def select(spec: dict[str, Any]) -> tuple[pd.DataFrame, dict]:
+    """The selection table of every tuned method and the overlay (`select` of the module docstring)."""
+    tables = []
+    for method, tuned in spec["methods"].items():
+        study = pd.read_parquet(tuned["study"])
+        tables.append(selection_table(study, method, tuned["trials"], spec["metric"], spec["protocol"])
+                      .assign(default_run=tuned["default"]))
+    table = pd.concat(tables, ignore_index=True)
+    chosen = {}
+    for method, rows in table.groupby("method", sort=False):
+        best = rows[rows["selected"]].iloc[0]
+        chosen[method] = (spec["methods"][method]["default"], best["run"])
+        log.info("%s: %s selected (%s %s %.4f over %d trials; default run %s)", method, best["run"],
+                 spec["protocol"], spec["metric"], best["value"], len(rows), chosen[method][0])
+    return table, overlay(spec["entries"], chosen, spec["seeds"])
+
+
+def phase_frames(runs: Sequence[dict[str, Any]], protocol: str, metrics: Sequence[str]) -> dict[tuple, pd.DataFrame]:
+    """(dataset, selection, method, phase, metric) -> per-sample test frame, pooled over seeds."""
+    per_seed: dict[tuple, list[pd.DataFrame]] = {}
+    for run in runs:
+        found = {key: frame for key, frame in metric_frames(read_metrics([run["path"]]), split="test").items()
+                 if key[3] == protocol and key[4] in metrics}
+        if not found:
+            raise ValueError(f"{run['path']}: no {protocol} rows of {list(metrics)} on the test split")
+        for (_, _, _, _, metric), frame in found.items():
+            per_seed.setdefault((run["dataset"], run["selection"], run["method"], run["phase"], metric), []).append(frame)
+    return {key: pooled(frames) for key, frames in per_seed.items()}
+
+
+def tuned_tables(frames: dict[tuple, pd.DataFrame], claims: Sequence[Sequence[str]], resamples: int, level: float,
+                 seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(methods, claims): each method's test statistic at the default and tuned settings with the
+    paired difference; each claim's paired difference at both, and whether its ordering changed."""
+    rows = []
+    for (dataset, selection, method, phase, metric), frame in sorted(frames.items()):
+        if phase != "tuned":
+            continue
+        default = frames[(dataset, selection, method, "default", metric)]
+        rows.append((dataset, selection, method, metric, *estimate(metric, default, resamples, level, seed),
+                     *estimate(metric, frame, resamples, level, seed),
+                     *paired_delta(metric, frame, default, resamples, level, seed)))
+    methods = pd.DataFrame(rows, columns=["dataset", "selection", "method", "metric", "default", "default_low",
+                                          "default_high", "tuned", "tuned_low", "tuned_high", "delta", "delta_low",
+                                          "delta_high"])
+    rows = []
+    places = {key[:2] for key in frames}
+    metrics = sorted({key[4] for key in frames})
+    for dataset, selection in sorted(places):
+        for better, worse in claims:
+            for metric in metrics:
+                at = {phase: [frames.get((dataset, selection, m, phase, metric)) for m in (better, worse)]
+                      for phase in ("default", "tuned")}
+                if any(f is None for pair in at.values() for f in pair):
+                    continue
+                before = paired_delta(metric, *at["default"], resamples, level, seed)
+                after = paired_delta(metric, *at["tuned"], resamples, level, seed)
+                rows.append((dataset, selection, f"{better} > {worse}", metric, *before, *after,
+                             ordering_changed(before, after)))
+    claims_table = pd.DataFrame(rows, columns=["dataset", "selection", "claim", "metric", "default", "default_low",
+                                               "default_high", "tuned", "tuned_low", "tuned_high", "changed"])
+    return methods, claims_table
+
+
+def verdict(delta: Sequence[float]) -> int:
+    """+1 when the interval lies above zero, -1 below, 0 when it holds zero."""
+    _, low, high = delta
+    return 1 if low > 0 else -1 if high < 0 else 0
+
+
+def ordering_changed(before: Sequence[float], after: Sequence[float]) -> bool:
+    """Whether a claim's ordering changed: its point estimate changed sign, or its interval's verdict
+    (above, holding or below zero) changed."""
+    return bool(np.sign(before[0]) != np.sign(after[0]) or verdict(before) != verdict(after))
+
+
+def interval_text(value: float, low: float, high: float, signed: bool = False) -> str:
+    fmt = "+.3f" if signed else ".3f"
+    return f"{value:{fmt}} [{low:{fmt}}, {high:{fmt}}]"
+
+
+def markdown(selected: pd.DataFrame, methods: pd.DataFrame, claims: pd.DataFrame, level: float,
+             resamples: int) -> str:
+    picked = selected[selected["selected"]].set_index("method")
+    defaults = selected[selected["is_default"]].set_index("method")
+    metric, protocol = picked["metric"].iloc[0], picked["protocol"].iloc[0]
+    n_trials = selected.groupby("method").size()
+    lines = ["# Tuned comparison", "",
+             f"Each method searched over {int(n_trials.max())} trials on the validation split, selected by "
+             f"{protocol} {metric} (pooled over {int(picked['n_seeds'].max())} seeds; ties to the earlier trial, "
+             "the default settings first); the test split read for the default and the selected run only. "
+             f"Point estimate [{level:.0%} bootstrap interval, {resamples} resamples]; Δ paired.", "",
+             "## Settings", "", f"| method | default run | tuned run (settings) | valid {metric} default | "
+             f"valid {metric} tuned |", "|---|---|---|---|---|"]
+    for method, row in picked.iterrows():
+        default = (interval_text(*defaults.loc[method, ["value", "ci_low", "ci_high"]]) if method in defaults.index
+                   else "not a trial")
+        lines.append(f"| {method} | {row['default_run']} | {row['run']} {row['settings']} | {default} | "
+                     f"{interval_text(row['value'], row['ci_low'], row['ci_high'])} |")
+    lines += ["", "## Test split", "", "| dataset | method | metric | default | tuned | Δ tuned − default |",
+              "|---|---|---|---|---|---|"]
+    for r in methods.itertuples():
+        lines.append(f"| {r.dataset} | {r.method} | {r.metric} | {interval_text(r.default, r.default_low, r.default_high)}"
+                     f" | {interval_text(r.tuned, r.tuned_low, r.tuned_high)} | "
+                     f"{interval_text(r.delta, r.delta_low, r.delta_high, signed=True)} |")
+    if len(claims):
+        lines += ["", "## Claims before and after tuning (test split)", "",
+                  "| dataset | claim | metric | Δ at default | Δ tuned | ordering changed |", "|---|---|---|---|---|---|"]
+        for r in claims.itertuples():
+            lines.append(f"| {r.dataset} | {r.claim} | {r.metric} | "
+                         f"{interval_text(r.default, r.default_low, r.default_high, signed=True)} | "
+                         f"{interval_text(r.tuned, r.tuned_low, r.tuned_high, signed=True)} | "
+                         f"{'yes' if r.changed else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = cli.parser("Tuning: select each method's best validation trial; the tuned comparison on test.")
+    p.add_argument("step", choices=["select", "table"])
+    p.add_argument("--spec", type=cli.json_arg, required=True, help="JSON (see the module docstring)")
+    p.add_argument("--selected", help="select's Parquet (table)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (table)")
+    p.add_argument("--out-parquet", required=True)
+    p.add_argument("--out-overlay", help="the config overlay (select)")
+    p.add_argument("--out-md", help="the tuned table (table)")
+
+    def run(args):
+        spec = args.spec
+        if args.step == "select":
+            table, tuned = select(spec)
+            header = ("# The tuned comparison (workflow/tuning.py): each tuned method's selected run in "
+                      "`methods`.\n# snakemake --configfile <this file>\n")
+            with atomic_path(args.out_overlay, suffix=".yaml") as tmp:
+                tmp.write_text(header + yaml.safe_dump(tuned, sort_keys=False))
+            write_parquet(table, args.out_parquet)
+            return
+        selected = pd.read_parquet(args.selected)
+        frames = phase_frames(spec["runs"], spec["protocol"], spec["metrics"])
+        methods, claims = tuned_tables(frames, spec["claims"], int(spec["bootstrap"]), float(spec["ci"]), args.seed)
+        write_parquet(pd.concat([methods.assign(table="methods"), claims.assign(table="claims")], ignore_index=True),
+                      args.out_parquet)
+        with atomic_path(args.out_md, suffix=".md") as tmp:
+            tmp.write_text(markdown(selected, methods, claims, float(spec["ci"]), int(spec["bootstrap"])))
+
+    return cli.run(run, p, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
