@@ -159,13 +159,14 @@ def width_tradeoff(model_dir, samples_path, sid_items_path, adapter, llm, n) -> 
 
 def step_costs(model_dir, samples_path, items_path, sid_items_path, llm) -> None:
     """Prompt tokens and the seconds of one LoRA SFT step, open prompt against sid prompt."""
+    from workflow.config import validate_block
     from workflow.llm import sft, train
     from workflow.llm.model import add_item_tokens, autocast, load_for_training
     from workflow.semantic_ids import sid_tokens
 
     samples = pd.read_parquet(samples_path)
     train_rows = samples[samples["split"] == "train"].head(64)
-    llm = {**llm, "device": "auto", "dtype": "auto", "attention": "auto"}
+    llm = validate_block("llm", {**llm, "device": "auto", "dtype": "auto", "attention": "auto"})
     block = {"lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
     costs = {}
     for prompt, path in (("open", items_path), ("sid", sid_items_path)):

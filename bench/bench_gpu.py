@@ -59,6 +59,7 @@ def main() -> None:
     a = p.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_gpu.py needs a CUDA device")
+    from workflow.config import validate_block
     from workflow.llm import scoring, sft, train
     from workflow.llm.model import autocast, load_for_training
 
@@ -67,9 +68,8 @@ def main() -> None:
     lora = {"lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": ["q_proj", "k_proj", "v_proj",
                                                                                      "o_proj"], "lr": 1e-4}
     for checkpointing in (False, True):
-        model, tokenizer, device, dtype = load_for_training(model_dir, {"device": "cuda", "dtype": "auto",
-                                                                        "attention": "auto",
-                                                                        "gradient_checkpointing": checkpointing})
+        model, tokenizer, device, dtype = load_for_training(model_dir, validate_block("llm", {
+            "device": "cuda", "gradient_checkpointing": checkpointing}))
         model = train.add_lora(model, lora, seed=0)
         train.cast_frozen_linears(model, dtype)
         ps, ans = batch(tokenizer, 8, 1)
@@ -86,8 +86,7 @@ def main() -> None:
         del model, optimizer
         torch.cuda.empty_cache()
 
-    model, tokenizer, device, dtype = load_for_training(model_dir, {"device": "cuda", "dtype": "auto",
-                                                                    "attention": "auto"})
+    model, tokenizer, device, dtype = load_for_training(model_dir, validate_block("llm", {"device": "cuda"}))
     model.requires_grad_(False)
     ps, ans = batch(tokenizer, 8, 16)
     results = {}

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from workflow.config import validate_block
+
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason=(
     "no CUDA device: torch {} ({}) sees none; run `make gpu-check` on a GPU node".format(
         torch.__version__, f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU build")))]
@@ -98,8 +100,8 @@ def test_one_step_of_every_trainer(smollm, method):
     from workflow.llm import llara, preference, sft, soft, train
     from workflow.llm.model import load_for_training
 
-    model, tokenizer, device, _ = load_for_training(smollm, {"device": "cuda", "dtype": "auto", "attention": "auto",
-                                                            "gradient_checkpointing": True})
+    model, tokenizer, device, _ = load_for_training(smollm, validate_block("llm", {"device": "cuda",
+                                                                                 "gradient_checkpointing": True}))
     ps, ans = prompts_and_answers(tokenizer, k=4)
     if method in ("sft", "soft", "dmpo"):
         model = train.add_lora(model, LORA, seed=0)
@@ -134,8 +136,8 @@ def test_nf4_loading_and_one_lora_step(smollm):
     from workflow.llm.model import load_for_training
 
     torch.cuda.reset_peak_memory_stats()
-    model, tokenizer, _, _ = load_for_training(smollm, {"device": "cuda", "dtype": "auto", "attention": "auto",
-                                                       "quantization": "nf4", "gradient_checkpointing": True})
+    model, tokenizer, _, _ = load_for_training(smollm, validate_block("llm", {"device": "cuda", "quantization": "nf4",
+                                                                       "gradient_checkpointing": True}))
     quantized = [m for m in model.modules() if train.is_quantized(m)]
     assert quantized, "no 4-bit layer after an nf4 load"
     model = train.add_lora(model, LORA, seed=0)
@@ -152,8 +154,7 @@ def test_compiled_step_and_scoring_match_eager(smollm, tmp_path):
     from workflow.llm import compiling, scoring, sft, train
     from workflow.llm.model import autocast, load_for_training
 
-    model, tokenizer, device, dtype = load_for_training(smollm, {"device": "cuda", "dtype": "auto",
-                                                                 "attention": "auto"})
+    model, tokenizer, device, dtype = load_for_training(smollm, validate_block("llm", {"device": "cuda"}))
     model = train.add_lora(model, {**LORA, "lora_dropout": 0.0}, seed=0)
     train.cast_frozen_linears(model, dtype)
     ps, ans = prompts_and_answers(tokenizer, k=4)
@@ -201,7 +202,7 @@ def test_item_id_tokens_on_the_gpu(smollm, tmp_path):
     from workflow.llm.model import add_item_tokens, autocast, load_for_training
     from workflow.llm.scoring import answer_logprobs
 
-    llm = {"device": "cuda", "dtype": "bfloat16", "attention": "auto", "quantization": "none"}
+    llm = validate_block("llm", {"device": "cuda", "dtype": "bfloat16"})
     model, tokenizer, device, dtype = load_for_training(smollm, llm)
     added = add_item_tokens(model, tokenizer, ["<a_0>", "<a_1>", "<b_0>", "<b_1>"])
     model = train.add_lora(model, {**LORA, "lora_dropout": 0.0}, 0, tokenizer)

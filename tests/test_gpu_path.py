@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from workflow import launch, preflight
+from workflow.config import validate_block
 from workflow.llm import ilora, llara, soft, train
 
 LORA = {"lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
@@ -70,7 +71,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_dir):
     grads = {}
     for checkpointing in (False, True):
         model, _ = load_model(tiny_model_dir, device="cpu", dtype="float32")
-        model = prepare_for_training(model, {"gradient_checkpointing": checkpointing})
+        model = prepare_for_training(model, validate_block("llm", {"gradient_checkpointing": checkpointing}))
         model = train.add_lora(model, {**LORA, "target_modules": ["q_proj", "v_proj", "down_proj"]}, seed=0)
         with torch.no_grad():  # non-zero B, so the gradients reach A and the earlier layers
             for name, p in model.named_parameters():
@@ -215,7 +216,7 @@ def test_ilora_gradient_checkpointing_recomputes_under_the_sample_gate(tiny_mode
     grads = {}
     for checkpointing in (False, True):
         model, _ = load_model(tiny_model_dir, device="cpu", dtype="float32")
-        model = prepare_for_training(model, {"gradient_checkpointing": checkpointing})
+        model = prepare_for_training(model, validate_block("llm", {"gradient_checkpointing": checkpointing}))
         cfg = llara.hybrid_config("ilora", block, 8, model.config.hidden_size)
         table = ({"i0": 0, "i1": 1}, torch.randn(2, 8, generator=torch.Generator().manual_seed(1)))
         model, parts = llara.attach("ilora", model, block, cfg, tokenizer, "surrogate", table, seed=0)

@@ -259,12 +259,14 @@ def scripted_validation(model, values, crash_at=None):
     return validate, seen
 
 
+# soft.early_stopping as config/schema.yaml completes it (test_early_stopping_defaults_are_the_schemas)
+STOPPING = {"metric": "hr@10", "patience": 2, "min_delta": 0.0, "keep": "best"}
 HR = [0.1, 0.3, 0.2, 0.3, 0.5, 0.6]  # best after epoch 2; epochs 3 and 4 do not beat it (4 ties)
 
 
 @pytest.mark.parametrize("keep,kept", [("best", 2), ("last", 4)])
 def test_early_stopping_stops_after_patience_and_keeps_the_chosen_epoch(tiny_model_dir, keep, kept):
-    spec = {**SPEC, "epochs": 6, "early_stopping": {"metric": "hr@10", "patience": 2, "keep": keep}}
+    spec = {**SPEC, "epochs": 6, "early_stopping": {**STOPPING, "keep": keep}}
     model = lora(tiny_model_dir, spec)
     validate, seen = scripted_validation(model, HR)
     log = T.train(model, examples(), collate, masked_ce, spec, seed=0, hooks=T.Hooks(validate=validate))
@@ -279,7 +281,7 @@ def test_early_stopping_stops_after_patience_and_keeps_the_chosen_epoch(tiny_mod
 
 
 def test_early_stopping_min_delta_and_no_stop_while_improving(tiny_model_dir):
-    spec = {**SPEC, "epochs": 3, "early_stopping": {"metric": "hr@10", "patience": 1, "min_delta": 0.05}}
+    spec = {**SPEC, "epochs": 3, "early_stopping": {**STOPPING, "patience": 1, "min_delta": 0.05}}
     model = lora(tiny_model_dir, spec)
     validate, seen = scripted_validation(model, [0.1, 0.2, 0.3])
     log = T.train(model, examples(), collate, masked_ce, spec, seed=0, hooks=T.Hooks(validate=validate))
@@ -295,7 +297,7 @@ def test_early_stopping_min_delta_and_no_stop_while_improving(tiny_model_dir):
 def test_early_stopping_resumes_to_the_same_decision(tiny_model_dir, tmp_path):
     """Killed while validating epoch 3 (after epoch 2's best was recorded), rerun in a fresh
     process: same stop, same kept weights (the best epoch's, from the checkpoint), same log."""
-    spec = {**SPEC, "epochs": 6, "early_stopping": {"metric": "hr@10", "patience": 2}}
+    spec = {**SPEC, "epochs": 6, "early_stopping": STOPPING}
     whole = lora(tiny_model_dir, spec)
     validate, _ = scripted_validation(whole, HR)
     whole_log = T.train(whole, examples(), collate, masked_ce, spec, seed=0, hooks=T.Hooks(validate=validate))
@@ -322,28 +324,28 @@ def test_early_stopping_resumes_to_the_same_decision(tiny_model_dir, tmp_path):
 
 
 def test_early_stopping_errors_name_the_problem(tiny_model_dir):
-    spec = {**SPEC, "early_stopping": {"metric": "hr@10", "patience": 1}}
+    spec = {**SPEC, "early_stopping": {**STOPPING, "patience": 1}}
     with pytest.raises(ValueError, match="no validation"):
         run(tiny_model_dir, spec)
     model = lora(tiny_model_dir, spec)
     validate, _ = scripted_validation(model, HR)
     with pytest.raises(ValueError, match="'hr@20'.*hr@10"):
-        T.train(model, examples(), collate, masked_ce, {**spec, "early_stopping": {"metric": "hr@20"}}, seed=0,
-                hooks=T.Hooks(validate=validate))
+        T.train(model, examples(), collate, masked_ce, {**spec, "early_stopping": {**STOPPING, "metric": "hr@20"}},
+                seed=0, hooks=T.Hooks(validate=validate))
     with pytest.raises(ValueError, match="keep must be best or last"):
-        T.train(model, examples(), collate, masked_ce, {**spec, "early_stopping": {"metric": "hr@10", "keep": "x"}},
+        T.train(model, examples(), collate, masked_ce, {**spec, "early_stopping": {**STOPPING, "keep": "x"}},
                 seed=0, hooks=T.Hooks(validate=validate))
 
 
 def test_early_stopping_defaults_are_the_schemas():
-    """A direct caller of train gets the settings a configured stage gets from config/schema.yaml."""
+    """STOPPING is the block config/schema.yaml completes, and EarlyStopping's field defaults are the schema's."""
     import yaml
 
     from workflow.config import SCHEMA_PATH
 
     props = yaml.safe_load(SCHEMA_PATH.read_text())["properties"]["soft"]["properties"]["early_stopping"]["properties"]
-    stopping = T.EarlyStopping.from_spec({"early_stopping": {"metric": "hr@10"}}, T.Hooks(validate=lambda e: {}))
-    assert (stopping.patience, stopping.min_delta, stopping.keep) == (
-        props["patience"]["default"], props["min_delta"]["default"], props["keep"]["default"])
+    assert STOPPING == {key: props[key]["default"] for key in STOPPING}
+    stopping = T.EarlyStopping.from_spec({"early_stopping": STOPPING}, T.Hooks(validate=lambda e: {}))
+    assert stopping == T.EarlyStopping(props["metric"]["default"])
     with pytest.raises(ValueError, match="needs a metric"):
         T.EarlyStopping.from_spec({"early_stopping": {"patience": 2}}, T.Hooks(validate=lambda e: {}))

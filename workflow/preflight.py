@@ -55,7 +55,7 @@ def _version(text: str) -> tuple[int, ...]:
 def problems(llm: dict[str, Any], found: dict[str, Any]) -> list[str]:
     """Why `llm` cannot run on a node with `found` (empty: it can)."""
     out: list[str] = []
-    wanted = int(llm.get("gpu", 0)) or (1 if llm.get("device") == "cuda" else 0)
+    wanted = int(llm["gpu"]) or (1 if llm["device"] == "cuda" else 0)
     if not wanted:
         return out
     build = found.get("torch_cuda")
@@ -76,10 +76,10 @@ def problems(llm: dict[str, Any], found: dict[str, Any]) -> list[str]:
                        "check CUDA_VISIBLE_DEVICES and that the job was given a GPU")
     if found.get("cuda_available") and found.get("gpus", 0) < wanted:
         out.append(f"llm.gpu = {wanted}, but this job sees {found.get('gpus', 0)} GPU(s)")
-    if found.get("cuda_available") and llm.get("dtype") == "bfloat16" and not found.get("native_bf16"):
+    if found.get("cuda_available") and llm["dtype"] == "bfloat16" and not found.get("native_bf16"):
         out.append(f"llm.dtype = bfloat16, but {', '.join(found.get('names') or ['this GPU'])} has no native bf16 "
                    "(emulated: slow); use llm.dtype: auto (float16 with loss scaling) or float16")
-    if llm.get("quantization", "none") != "none" and not found.get("bitsandbytes"):
+    if llm["quantization"] != "none" and not found.get("bitsandbytes"):
         out.append(f"llm.quantization = {llm['quantization']} needs the bitsandbytes package (envs/gpu.yaml)")
     return out
 

@@ -223,8 +223,8 @@ def build_parts(cfg: dict[str, Any], tokenizer, surrogate_dir: str | Path,
     router = None
     if cfg["method"] == "ilora" and cfg["gate"] != "uniform":
         router = ilora.build_router(cfg["router"], cfg["d"], cfg["n_experts"])
-    return Hybrid(cfg["method"], placeholder_id(tokenizer), item_row, vectors, projector, router,
-                  cfg.get("n_experts", 1), cfg.get("gate", "sequence"))
+    experts = {"n_experts": cfg["n_experts"], "gate": cfg["gate"]} if cfg["method"] == "ilora" else {}
+    return Hybrid(cfg["method"], placeholder_id(tokenizer), item_row, vectors, projector, router, **experts)
 
 
 def attach(method: str, model: nn.Module, block: dict[str, Any], cfg: dict[str, Any], tokenizer,

@@ -270,9 +270,9 @@ def prepare_for_training(model, llm: dict):
     """Before adapters are attached: PEFT's k-bit preparation for a quantized model (frozen base,
     fp32 norms, input gradients), and gradient checkpointing when `llm.gradient_checkpointing`
     (non-reentrant: the LoRA gradients flow through recomputed blocks whose inputs need no grad)."""
-    checkpointing = bool(llm.get("gradient_checkpointing", False))
+    checkpointing = bool(llm["gradient_checkpointing"])
     kwargs = {"use_reentrant": False}
-    if llm.get("quantization", "none") != "none":
+    if llm["quantization"] != "none":
         from peft import prepare_model_for_kbit_training
 
         return prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing,
@@ -288,7 +288,7 @@ def load_for_training(model_dir: str | os.PathLike, llm: dict):
     block's device, dtype, attention and quantization, prepared by `prepare_for_training`."""
     device = resolve_device(llm["device"])
     model, tokenizer = load_model(model_dir, device=device, dtype=llm["dtype"], attention=llm["attention"],
-                                  quantization=llm.get("quantization", "none"))
+                                  quantization=llm["quantization"])
     model = prepare_for_training(model, llm)
     device = model_device(model)
     return model, tokenizer, device, resolve_dtype(llm["dtype"], device)

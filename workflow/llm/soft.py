@@ -251,7 +251,7 @@ def run_distill(model_dir: str | Path, adapter: str | Path, samples_path: str | 
     if not (Path(adapter) / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{adapter}: not a PEFT adapter folder (no adapter_config.json)")
     model, tokenizer = load_model(model_dir, device=llm["device"], dtype=llm["dtype"], attention=llm["attention"],
-                                  training=False, quantization=llm.get("quantization", "none"))
+                                  training=False, quantization=llm["quantization"])
     device = model_device(model)
     model = PeftModel.from_pretrained(model, str(adapter))
     if can_fold(model, copy=False):  # merged in place: no copy (k-bit weights stay unmerged)

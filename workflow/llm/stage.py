@@ -92,8 +92,8 @@ def run_stage(method: Method, *, model_dir: str | Path, samples_path: str | Path
     train_log = train.train(model, plan.examples, plan.collate, plan.loss_fn, method.block, seed=seed,
                             checkpoint_dir=checkpoint, autocast=loaded.autocast, desc=method.name,
                             fingerprint_extra={**base, **plan.fingerprint}, hooks=plan.hooks,
-                            scaler=train.grad_scaler(device, dtype), compile_mode=llm.get("compile", "off"),
-                            compile_cache=llm.get("compile_cache"))
+                            scaler=train.grad_scaler(device, dtype), compile_mode=llm["compile"],
+                            compile_cache=llm["compile_cache"])
     provenance = {"llm": llm, **config, "model_dir": str(model_dir), "samples": str(samples_path),
                   "selection": str(selection_path), "n_samples": len(plan.examples), **plan.config,
                   **(plan.summary(train_log) if plan.summary is not None else {}),

@@ -75,8 +75,8 @@ class Hooks:
 class EarlyStopping:
     """Stop when `metric` of the `validate` hook has not risen above the best epoch's by more than
     `min_delta` for `patience` epochs; `keep` the best epoch's weights (the first best on a tie) or
-    the last epoch's. The defaults are config/schema.yaml's (soft.early_stopping; a test holds them
-    equal), so a direct caller of `train` gets what a configured stage gets."""
+    the last epoch's. `from_spec` reads the schema-completed block (soft.early_stopping); the field
+    defaults are the schema's (a test holds them equal) for a caller that builds one itself."""
     metric: str
     patience: int = 2
     min_delta: float = 0.0
@@ -91,12 +91,10 @@ class EarlyStopping:
             raise ValueError("early_stopping is set but the method has no validation (Hooks.validate)")
         if "metric" not in cfg:
             raise ValueError("early_stopping needs a metric (one the validate hook reports, e.g. hr@10)")
-        defaults = cls(str(cfg["metric"]))
-        keep = str(cfg.get("keep", defaults.keep))
+        keep = str(cfg["keep"])
         if keep not in ("best", "last"):
             raise ValueError(f"early_stopping.keep must be best or last, got {keep!r}")
-        return cls(defaults.metric, int(cfg.get("patience", defaults.patience)),
-                   float(cfg.get("min_delta", defaults.min_delta)), keep)
+        return cls(str(cfg["metric"]), int(cfg["patience"]), float(cfg["min_delta"]), keep)
 
     def improves(self, value: float, best: float | None) -> bool:
         return best is None or value > best + self.min_delta
@@ -194,7 +192,7 @@ def param_groups(trainable: dict[str, torch.nn.Parameter], spec: dict[str, Any],
     `options(name)` ({"lr_scale": .., "weight_decay": ..}); parameters with equal options share a group.
     Item ID token rows (PEFT's trainable tokens, the sid prompt) take the spec's `token_lr_scale`
     and no weight decay."""
-    lr, decay = float(spec["lr"]), float(spec.get("weight_decay", 0.0))
+    lr, decay = float(spec["lr"]), float(spec["weight_decay"])
     groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
     for name, p in trainable.items():
         opts = options(name) if options is not None else {}
@@ -432,9 +430,9 @@ def train(model: torch.nn.Module, examples: Sequence[Any], collate: Callable[[li
     per_epoch = steps_per_epoch(len(examples), bs, accum)
     total = epochs * per_epoch
     optimizer = torch.optim.AdamW(param_groups(trainable, spec, hooks.param_options))
-    scheduler = lr_schedule(optimizer, total, float(spec.get("warmup_ratio", 0.0)))
-    max_grad_norm = float(spec.get("max_grad_norm", 1.0) or 0.0)
-    checkpoint_every = int(spec.get("checkpoint_every", 0) or 0)
+    scheduler = lr_schedule(optimizer, total, float(spec["warmup_ratio"]))
+    max_grad_norm = float(spec["max_grad_norm"])
+    checkpoint_every = int(spec["checkpoint_every"])
     stopping = EarlyStopping.from_spec(spec, hooks)
     compiled = compiling.decide(compile_mode, model, examples, epochs)
     if compiled:
