@@ -1,13 +1,16 @@
 # Tuning (workflow/tuning.py): each method of `tuning.spaces` runs as the study `tuning-<method>` on
 # the validation split; the selection picks each method's best trial (a checkpoint: the test runs
 # it asks for are known once it has run); the tuned table reads the test split of those runs only.
+# SASRec's trials train through the surrogate's own code (workflow/surrogate.py --trial), on the first dataset.
 include: "tuning_inputs.smk"
 
 
 checkpoint tuning_selection:
-    input: [f"{RESULTS}/studies/{name}.parquet" for name in tuning_studies(config)],
+    input:
+        studies=[study_table(name) for name in tuning_studies(config)],
+        sasrec=[sasrec_trial_file(t["run"], seed, "valid.parquet") for t in SASREC_TRIALS for seed in TUNING_SEEDS],
     output: parquet=f"{RESULTS}/tuning/selected.parquet", overlay=f"{RESULTS}/tuning/tuned.yaml",
-    params: spec=spec(tuning_selection_spec(config, lambda name: f"{RESULTS}/studies/{name}.parquet")),
+    params: spec=spec(tuning_selection_spec(config, study_table, sasrec_trial_file)),
     log: logged("tuning/selection"),
     benchmark: benchmarked("tuning/selection"),
     resources: **job_resources("tuning_selection", "2GB", "10m"),
@@ -35,3 +38,37 @@ rule tuning_table:
     shell:
         "python -m workflow.tuning table --spec {params.spec:q} --selected {input.selected:q} --seed {params.seed} "
         "--out-parquet {output.parquet:q} --out-md {output.md:q} > {log:q} 2>&1"
+
+
+rule sasrec_trial:
+    input: **data("{dataset}"),
+    output: model=f"{SASREC_TRIAL}/model.pt", meta=f"{SASREC_TRIAL}/model.json", valid=f"{SASREC_TRIAL}/valid.parquet",
+    wildcard_constraints: trial="[^/]+", seed="[0-9]+",
+    params: spec=lambda wildcards: spec(sasrec_trial_settings(config, wildcards.trial)),
+            out_dir=lambda wildcards, output: Path(output.valid).parent,
+    log: logged("{dataset}/tuning/sasrec/{trial}/s{seed}/train"),
+    benchmark: benchmarked("{dataset}/tuning/sasrec/{trial}/s{seed}/train"),
+    threads: JOB_THREADS
+    resources: **job_resources("surrogate", "8GB", "2h"),
+    conda:
+        "../envs/cpu.yaml"
+    shell:
+        "python -m workflow.surrogate --trial --samples {input.samples:q} --items {input.item_table:q} --out-dir "
+        "{params.out_dir:q} --dataset {wildcards.dataset:q} --spec {params.spec:q} --seed {wildcards.seed} "
+        "--threads {threads} > {log:q} 2>&1"
+
+
+rule sasrec_trial_test:
+    input: **data("{dataset}"), model=f"{SASREC_TRIAL}/model.pt", meta=f"{SASREC_TRIAL}/model.json",
+    output: f"{SASREC_TRIAL}/test.parquet",
+    wildcard_constraints: trial="[^/]+", seed="[0-9]+",
+    params: out_dir=lambda wildcards, output: Path(output[0]).parent,
+    log: logged("{dataset}/tuning/sasrec/{trial}/s{seed}/test"),
+    threads: JOB_THREADS
+    resources: **job_resources("surrogate", "4GB", "30m"),
+    conda:
+        "../envs/cpu.yaml"
+    shell:
+        "python -m workflow.surrogate --test-of {params.out_dir:q} --samples {input.samples:q} --items "
+        "{input.item_table:q} --out-dir {params.out_dir:q} --dataset {wildcards.dataset:q} --threads {threads} "
+        "> {log:q} 2>&1"

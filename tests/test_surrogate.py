@@ -291,3 +291,26 @@ def test_check_no_missing_names_file_and_line(tmp_path):
     path.write_text("user_id:token\titem_id_list:token_seq\titem_id:token\n1\t2 3\t4\n2\t\t5\n")
     with pytest.raises(ValueError, match=r"x\.inter: line 3: empty value in column 'item_id_list:token_seq'"):
         recbole_compat.check_no_missing(path)
+
+
+def test_a_tuning_trial_reads_valid_only_and_its_test_metrics_match_the_stage(tables, exported, tmp_path):
+    """A trial (the same settings and seed as the stage) writes its model and validation metrics
+    only; --test-of then gives the test rows the stage's own metrics hold."""
+    samples, items = tables
+    samples.to_parquet(tmp_path / "samples.parquet")
+    items.to_parquet(tmp_path / "items.parquet")
+    trial = tmp_path / "trial"
+    common = ["--samples", str(tmp_path / "samples.parquet"), "--items", str(tmp_path / "items.parquet"),
+              "--out-dir", str(trial), "--dataset", "tiny", "--spec", json.dumps(TINY), "--seed", "7", "--threads", "1"]
+    assert surrogate.main([*common, "--trial"]) == 0
+    assert sorted(p.name for p in trial.iterdir()) == ["model.json", "model.pt", "valid.parquet"]
+    valid = pd.read_parquet(trial / "valid.parquet")
+    assert set(valid["split"]) == {"valid"}
+    assert surrogate.main([*common, "--test-of", str(trial)]) == 0
+    test = pd.read_parquet(trial / "test.parquet")
+    assert set(test["split"]) == {"test"}
+    stage = pd.read_parquet(exported[0] / "metrics.parquet")
+    for split, frame in (("valid", valid), ("test", test)):
+        expected = stage[stage["split"] == split].sort_values(["protocol", "sample_id", "metric"])
+        got = frame.sort_values(["protocol", "sample_id", "metric"])
+        np.testing.assert_allclose(got["value"].to_numpy(), expected["value"].to_numpy(), atol=1e-6)

@@ -108,15 +108,30 @@ def test_select_writes_the_table_and_an_overlay_that_reruns_the_selected_runs(co
         study_table(method, list(zip([t["run"] for t in found["trials"]], values)),
                     [t["labels"] for t in found["trials"]]).to_parquet(path)
         specs[method] = (found, path)
-    spec = tuning.selection_spec(config, lambda name: str(tmp_path / f"{name}.parquet"))
+    # SASRec's trials: per-sample validation AUC per seed; the third trial best on the seeds' mean
+    config["tuning"]["sasrec"] = {"hidden_size": [32, 64], "dropout": [0.2, 0.5]}
+    sasrec = tuning.sasrec_trials(config)
+    assert sasrec["default"] == "hidden_size64-dropout0.2" == sasrec["trials"][0]["run"]
+    sasrec_values = {t["run"]: [0.5, 0.6, 0.9, 0.7][i] for i, t in enumerate(sasrec["trials"])}
+    for name, value in sasrec_values.items():
+        for seed in config["tuning"]["seeds"]:
+            folder = tmp_path / "sasrec" / name / f"s{seed}"
+            folder.mkdir(parents=True)
+            metrics_file(folder / "valid.parquet", "sasrec", [value + 0.01 * (seed - 43)] * 4, split="valid")
+    spec = tuning.selection_spec(config, lambda name: str(tmp_path / f"{name}.parquet"),
+                                 lambda trial, seed, file: str(tmp_path / "sasrec" / trial / f"s{seed}" / file))
     out = subprocess.run([sys.executable, "-m", "workflow.tuning", "select", "--spec", json.dumps(spec),
                           "--out-parquet", str(tmp_path / "selected.parquet"),
                           "--out-overlay", str(tmp_path / "tuned.yaml")], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     selected = pd.read_parquet(tmp_path / "selected.parquet")
     sft_best = specs["sft"][0]["trials"][1]["run"]
-    assert selected.loc[selected["selected"], "run"].tolist() == [sft_best, "dmpo-open-n256"]
+    sasrec_best = sasrec["trials"][2]["run"]
+    assert selected.loc[selected["selected"], "run"].tolist() == [sft_best, "dmpo-open-n256", sasrec_best]
+    picked = selected[selected["run"] == sasrec_best].iloc[0]
+    assert picked["value"] == pytest.approx(0.9) and picked["n_seeds"] == 3  # the seeds' mean
     overlay = yaml.safe_load((tmp_path / "tuned.yaml").read_text())
+    assert overlay["surrogate"] == sasrec["trials"][2]["settings"]
     assert overlay["seeds"] == [42, 43, 44]
     # the config's methods with sft's default run swapped for its selected run; dmpo kept its default
     assert overlay["methods"] == ["base", sft_best, "dmpo-open-n256", "llara-open-n256", "soft-open-n256"]

@@ -314,29 +314,35 @@ def study_points(name: str, config: dict[str, Any]) -> list[tuple[dict[str, Any]
 
 def sampled_points(name: str, method: str, config: dict[str, Any]) -> list[dict[str, Any]]:
     """The grid points study `name` runs `method` at: every combination of its grid, or, with
-    `trials: T`, T of them: the main config's own point (the method block's value on every axis the
-    grid varies) first where the grid holds it (so a tuning
-    never scores below its default on the split it selects on), then a seeded draw without
-    replacement from the rest (numpy, seed = the config's `seed` + a CRC32 of study and method, so
-    each method has its own draw and a rerun the same). Fewer than T combinations raise ValueError:
+    `trials: T`, T distinct runs of it (`draw_trials`; the main config's own point is the method
+    block's value on every axis the grid varies). Fewer than T distinct runs raise ValueError:
     every method of a study gets the same number of trials."""
     study = config["studies"][name]
     grid = study["grid"]
     every = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
-    trials = study.get("trials")
-    if trials is None:
+    if study.get("trials") is None:
         return every
     # one point per distinct run (an axis the method does not take leaves its points one run)
     distinct: dict[Run, dict[str, Any]] = {}
     for point in every:
         distinct.setdefault(grid_point(method, point, config)[1], point)
-    if len(distinct) < trials:
-        raise ValueError(f"{method}: {len(distinct)} distinct runs in the grid, fewer than trials ({trials})")
-    main_run = grid_point(method, {axis: values[0] for axis, values in grid.items() if len(values) == 1}, config)[1]
-    main = [p for run, p in distinct.items() if run == main_run]
-    rest = [p for run, p in distinct.items() if run != main_run]
-    rng = np.random.default_rng([config["seed"], zlib.crc32(f"{name}/{method}".encode())])
-    return main + [rest[i] for i in sorted(rng.choice(len(rest), size=trials - len(main), replace=False))]
+    main = grid_point(method, {axis: values[0] for axis, values in grid.items() if len(values) == 1}, config)[1]
+    runs = draw_trials(list(distinct), main, study["trials"], f"{name}/{method}", config["seed"])
+    return [distinct[run] for run in runs]
+
+
+def draw_trials(candidates: list, main: Any, trials: int, key: str, seed: int) -> list:
+    """`trials` of `candidates`: `main` (the default settings) first where it is one of them, so a
+    tuning never scores below its default on the split it selects on, then a seeded draw without
+    replacement from the rest in their order (numpy, seeded by `seed` and a CRC32 of `key`: each
+    method has its own draw, a rerun the same). Fewer candidates than trials raise ValueError."""
+    if len(candidates) < trials:
+        raise ValueError(f"{key.rsplit('/', 1)[-1]}: {len(candidates)} distinct runs in the grid, fewer than "
+                         f"trials ({trials})")
+    first = [c for c in candidates if c == main]
+    rest = [c for c in candidates if c != main]
+    rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
+    return first + [rest[i] for i in sorted(rng.choice(len(rest), size=trials - len(first), replace=False))]
 
 
 def study_seeds(name: str, config: dict[str, Any]) -> list[int]:

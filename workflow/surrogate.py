@@ -477,6 +477,31 @@ def run_stage(samples_path: str, items_path: str, out_dir: str, dataset: str, sp
     export(surrogate, samples, out_dir, dataset, settings, seed)
 
 
+def run_trial(samples_path: str, items_path: str, out_dir: str, dataset: str, spec: dict | None, seed: int) -> None:
+    """A tuning trial (workflow/tuning.py): the model and its validation-split metrics only, so a
+    trial never reads the test split (`test_of_trial` evaluates the selected trials there)."""
+    samples = pd.read_parquet(samples_path)
+    items = pd.read_parquet(items_path, columns=["item_id"])
+    check_samples(samples, source=samples_path)
+    item_vocabulary(samples, items, source=items_path)
+    settings = resolve_settings(spec)
+    surrogate = train_surrogate(samples, items, settings, seed=seed)
+    frame = evaluate_surrogate(surrogate, samples, dataset, splits=("valid",))
+    log_metric_means(frame)
+    with io.atomic_dir(out_dir) as tmp:
+        save_surrogate(surrogate, tmp)
+        io.write_parquet(frame, tmp / "valid.parquet", config=settings, seed=seed)
+
+
+def test_of_trial(trial_dir: str, samples_path: str, dataset: str, out: str) -> None:
+    """A trained trial's test-split metrics (the tuned table reads them for the selected trials)."""
+    samples = pd.read_parquet(samples_path)
+    check_samples(samples, source=samples_path)
+    frame = evaluate_surrogate(load_surrogate(trial_dir), samples, dataset, splits=("test",))
+    log_metric_means(frame)
+    io.write_parquet(frame, out)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = cli.parser("Train the SASRec surrogate (RecBole) and export embeddings and baseline metrics.")
     p.add_argument("--samples", required=True, help="results/{dataset}/data/samples.parquet")
@@ -485,9 +510,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--dataset", required=True, help="dataset name written into metrics.parquet")
     p.add_argument("--spec", type=cli.json_arg, default=None, help="the config's `surrogate` block as JSON")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--trial", action="store_true", help="a tuning trial: model and validation metrics only")
+    p.add_argument("--test-of", help="a trial's folder: write its model's test metrics to --out-dir's test.parquet")
 
     def stage(args: argparse.Namespace) -> None:
-        run_stage(args.samples, args.items, args.out_dir, args.dataset, args.spec, args.seed)
+        if args.test_of:
+            test_of_trial(args.test_of, args.samples, args.dataset, str(Path(args.out_dir) / "test.parquet"))
+        elif args.trial:
+            run_trial(args.samples, args.items, args.out_dir, args.dataset, args.spec, args.seed)
+        else:
+            run_stage(args.samples, args.items, args.out_dir, args.dataset, args.spec, args.seed)
 
     return cli.run(stage, p, argv)
 

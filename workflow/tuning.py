@@ -33,6 +33,7 @@ excluded zero and no longer does, or the reverse).
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from typing import Any, Sequence
@@ -43,7 +44,8 @@ import yaml
 
 from workflow import cli
 from workflow.io import atomic_path, write_parquet
-from workflow.runs import GRID_AXES, at_seed, config_seeds, grid_point, parse, resolve, sampled_points
+from workflow.runs import (GRID_AXES, at_seed, config_seeds, draw_trials, grid_point, lr_text, parse, resolve,
+                           sampled_points)
 from workflow.study import LABELS, normal_key, pooled
 from workflow.summary import estimate, metric_frames, paired_delta, read_metrics
 
@@ -102,38 +104,77 @@ def trials(method: str, config: dict[str, Any]) -> dict[str, Any]:
     return {"default": default, "trials": out}
 
 
+def sasrec_trial_name(settings: dict[str, Any]) -> str:
+    """A SASRec trial's folder name from its settings on the space's axes, in the space's order:
+    `hidden_size64-dropout0.2-lr3e-3` (the learning rate spelled as run names spell it)."""
+    return "-".join(f"{key}{lr_text(value) if key == 'lr' else f'{value:g}'}" for key, value in settings.items())
+
+
+def sasrec_trials(config: dict[str, Any]) -> dict[str, Any]:
+    """SASRec's default trial and its trials (name, settings, whether it is the default), drawn as
+    the LLM methods' are (workflow/runs.py draw_trials) from `tuning.sasrec`; none without a space."""
+    space = config["tuning"]["sasrec"]
+    if not space:
+        return {"default": None, "trials": []}
+    every = [dict(zip(space, values)) for values in itertools.product(*space.values())]
+    default = sasrec_trial_name({key: config["surrogate"][key] for key in space})
+    names = {sasrec_trial_name(settings): settings for settings in every}
+    drawn = draw_trials(list(names), default, config["tuning"]["trials"], "tuning/sasrec", config["seed"])
+    return {"default": default, "trials": [{"run": name, "settings": names[name], "default": name == default}
+                                           for name in drawn]}
+
+
+def sasrec_trial_settings(config: dict[str, Any], name: str) -> dict[str, Any]:
+    """The surrogate block of SASRec trial `name`."""
+    for trial in sasrec_trials(config)["trials"]:
+        if trial["run"] == name:
+            return {**config["surrogate"], **trial["settings"]}
+    raise ValueError(f"{name!r} is not a SASRec trial of tuning.sasrec")
+
+
 def entries(config: dict[str, Any]) -> dict[str, list[str]]:
     """Each entry of the config's `methods` list and the names of the runs it stands for."""
     return {entry: [run.name for run in resolve(entry, config)] for entry in config["methods"]}
 
 
-def selection_spec(config: dict[str, Any], study_path) -> dict[str, Any]:
-    """`select`'s spec; `study_path(name)`: the Parquet of study `name`."""
+def selection_spec(config: dict[str, Any], study_path, sasrec_path) -> dict[str, Any]:
+    """`select`'s spec; `study_path(name)`: the Parquet of study `name`; `sasrec_path(trial, seed,
+    file)`: a SASRec trial's file on the (one) dataset."""
     tuning = config["tuning"]
-    return {"metric": tuning["metric"], "protocol": tuning["protocol"], "entries": entries(config),
-            "seeds": tuning["seeds"] or config_seeds(config),
-            "methods": {m: {"study": study_path(study_name(m)), **trials(m, config)} for m in tuning["spaces"]}}
+    seeds = tuning["seeds"] or config_seeds(config)
+    sasrec = sasrec_trials(config)
+    for trial in sasrec["trials"]:
+        trial["paths"] = [sasrec_path(trial["run"], seed, "valid.parquet") for seed in seeds]
+    return {"metric": tuning["metric"], "protocol": tuning["protocol"], "entries": entries(config), "seeds": seeds,
+            "bootstrap": config["summary"]["bootstrap"], "ci": config["summary"]["ci"], "seed": config["seed"],
+            "methods": {m: {"study": study_path(study_name(m)), **trials(m, config)} for m in tuning["spaces"]},
+            "sasrec": sasrec}
 
 
 def table_runs(config: dict[str, Any], selected: pd.DataFrame, datasets: Sequence[str], selection: str,
-               metrics_path) -> list[dict[str, Any]]:
+               metrics_path, sasrec_path) -> list[dict[str, Any]]:
     """The runs `table` reads: each tuned method's default and selected run at every tuning seed, on
-    the test split (`metrics_path(dataset, run name, selection)`), from `select`'s table."""
+    the test split (`metrics_path(dataset, run name, selection)`; SASRec's trials:
+    `sasrec_path(trial, seed, "test.parquet")`), from `select`'s table."""
     seeds = config["tuning"]["seeds"] or config_seeds(config)
     runs = []
     for method, rows in selected.groupby("method", sort=False):
         names = {"default": rows["default_run"].iloc[0], "tuned": rows.loc[rows["selected"], "run"].iloc[0]}
         for phase, name in names.items():
             for seed in seeds:
+                if method == "sasrec":
+                    runs.append({"dataset": datasets[0], "selection": selection, "method": method, "phase": phase,
+                                 "path": sasrec_path(name, seed, "test.parquet")})
+                    continue
                 run = at_seed(parse(name), seed, config).name
                 runs += [{"dataset": d, "selection": selection, "method": method, "phase": phase,
                           "path": metrics_path(d, run, selection)} for d in datasets]
     return runs
 
 
-def selection_table(study: pd.DataFrame, method: str, method_trials: Sequence[dict[str, Any]], metric: str,
-                    protocol: str) -> pd.DataFrame:
-    """Every trial of `method` with its validation statistic from its study table, the best marked."""
+def study_stats(study: pd.DataFrame, method: str, method_trials: Sequence[dict[str, Any]], metric: str,
+                protocol: str) -> list[dict[str, Any]]:
+    """Each trial's validation statistic (value, interval, samples, seeds) from its study's table."""
     rows = study[(study["method"] == method) & (study["protocol"] == protocol) & (study["metric"] == metric)
                  & ~study["is_reference"]]
     if rows[["dataset", "selection"]].drop_duplicates().shape[0] > 1:
@@ -141,18 +182,50 @@ def selection_table(study: pd.DataFrame, method: str, method_trials: Sequence[di
     run_labels = list(LABELS[2:])  # method and the axes: what tells a study's runs apart on one dataset
     by_labels = {normal_key(tuple(r[n] for n in run_labels)): r for _, r in rows.iterrows()}
     out = []
-    for i, trial in enumerate(method_trials):
+    for trial in method_trials:
         row = by_labels.get(normal_key(tuple(trial["labels"].get(n) for n in run_labels)))
         if row is None:
             raise ValueError(f"tuning of {method}: trial {trial['run']} has no {protocol} {metric} row in its study")
-        out.append({"method": method, "trial": i, "run": trial["run"], "is_default": bool(trial["default"]),
-                    "settings": json.dumps(trial["settings"], sort_keys=True), "protocol": protocol, "metric": metric,
-                    "value": float(row["value"]), "ci_low": float(row["ci_low"]), "ci_high": float(row["ci_high"]),
+        out.append({"value": float(row["value"]), "ci_low": float(row["ci_low"]), "ci_high": float(row["ci_high"]),
                     "n": int(row["n"]), "n_seeds": int(row["n_seeds"]) if pd.notna(row["n_seeds"]) else 1})
-    frame = pd.DataFrame(out)
+    return out
+
+
+def sasrec_stats(sasrec: Sequence[dict[str, Any]], metric: str, protocol: str, resamples: int, level: float,
+                 seed: int) -> list[dict[str, Any]]:
+    """Each SASRec trial's validation statistic, its seeds' per-sample values pooled as a study pools them."""
+    out = []
+    for trial in sasrec:
+        frames = [frame for path in trial["paths"]
+                  for key, frame in metric_frames(read_metrics([path]), split="valid").items()
+                  if key[3] == protocol and key[4] == metric]
+        if len(frames) != len(trial["paths"]):
+            raise ValueError(f"SASRec trial {trial['run']}: no {protocol} {metric} on the valid split in "
+                             f"{trial['paths']}")
+        frame = pooled(frames)
+        value, low, high = estimate(metric, frame, resamples, level, seed)
+        out.append({"value": value, "ci_low": low, "ci_high": high, "n": len(frame), "n_seeds": len(frames)})
+    return out
+
+
+def trial_table(method: str, method_trials: Sequence[dict[str, Any]], stats: Sequence[dict[str, Any]], metric: str,
+                protocol: str) -> pd.DataFrame:
+    """Every trial of `method` with its statistic, the best marked: the highest value, a tie (within
+    TIE) going to the earlier trial."""
+    frame = pd.DataFrame([{"method": method, "trial": i, "run": trial["run"], "is_default": bool(trial["default"]),
+                           "settings": json.dumps(trial["settings"], sort_keys=True), "protocol": protocol,
+                           "metric": metric, **stat} for i, (trial, stat) in enumerate(zip(method_trials, stats,
+                                                                                            strict=True))])
     frame["selected"] = False
     frame.loc[(frame["value"] >= frame["value"].max() - TIE).idxmax(), "selected"] = True  # the first of the ties
     return frame
+
+
+def selection_table(study: pd.DataFrame, method: str, method_trials: Sequence[dict[str, Any]], metric: str,
+                    protocol: str) -> pd.DataFrame:
+    """Every trial of an LLM method with its validation statistic from its study table, the best marked."""
+    return trial_table(method, method_trials, study_stats(study, method, method_trials, metric, protocol), metric,
+                       protocol)
 
 
 def overlay(entry_runs: dict[str, list[str]], chosen: dict[str, tuple[str, str]], seeds: Sequence[int]) -> dict:
@@ -167,19 +240,27 @@ def overlay(entry_runs: dict[str, list[str]], chosen: dict[str, tuple[str, str]]
 
 def select(spec: dict[str, Any]) -> tuple[pd.DataFrame, dict]:
     """The selection table of every tuned method and the overlay (`select` of the module docstring)."""
-    tables = []
-    for method, tuned in spec["methods"].items():
-        study = pd.read_parquet(tuned["study"])
-        tables.append(selection_table(study, method, tuned["trials"], spec["metric"], spec["protocol"])
-                      .assign(default_run=tuned["default"]))
+    metric, protocol = spec["metric"], spec["protocol"]
+    tables = [selection_table(pd.read_parquet(tuned["study"]), method, tuned["trials"], metric, protocol)
+              .assign(default_run=tuned["default"]) for method, tuned in spec["methods"].items()]
+    sasrec = spec.get("sasrec") or {"trials": []}
+    if sasrec["trials"]:
+        stats = sasrec_stats(sasrec["trials"], metric, protocol, int(spec["bootstrap"]), float(spec["ci"]),
+                             int(spec["seed"]))
+        tables.append(trial_table("sasrec", sasrec["trials"], stats, metric, protocol)
+                      .assign(default_run=sasrec["default"]))
     table = pd.concat(tables, ignore_index=True)
     chosen = {}
     for method, rows in table.groupby("method", sort=False):
         best = rows[rows["selected"]].iloc[0]
-        chosen[method] = (spec["methods"][method]["default"], best["run"])
-        log.info("%s: %s selected (%s %s %.4f over %d trials; default run %s)", method, best["run"],
-                 spec["protocol"], spec["metric"], best["value"], len(rows), chosen[method][0])
-    return table, overlay(spec["entries"], chosen, spec["seeds"])
+        chosen[method] = (rows["default_run"].iloc[0], best["run"])
+        log.info("%s: %s selected (%s %s %.4f over %d trials; default %s)", method, best["run"], protocol, metric,
+                 best["value"], len(rows), chosen[method][0])
+    tuned = overlay(spec["entries"], {m: c for m, c in chosen.items() if m != "sasrec"}, spec["seeds"])
+    if "sasrec" in chosen:
+        best = table[(table["method"] == "sasrec") & table["selected"]].iloc[0]
+        tuned["surrogate"] = json.loads(best["settings"])
+    return table, tuned
 
 
 def phase_frames(runs: Sequence[dict[str, Any]], protocol: str, metrics: Sequence[str]) -> dict[tuple, pd.DataFrame]:
