@@ -35,7 +35,6 @@ shell.prefix(f"export PYTHONPATH={PACKAGE_ROOT}${{{{PYTHONPATH:+:$PYTHONPATH}}}}
 
 
 include: "rules/common.smk"
-include: "rules/targets.smk"
 include: "rules/data.smk"
 include: "rules/semantic_ids.smk"
 include: "rules/surrogate.smk"
@@ -53,7 +52,7 @@ include: "rules/tuning.smk"
 
 
 rule all:
-    input: all_targets(),
+    input: all_targets(config),
     default_target: True
 
 

@@ -3,7 +3,7 @@
 
 
 rule baselines:
-    input: **data("{dataset}"),
+    input: **dataset_files(config, "{dataset}"),
     output: f"{RESULTS}/{{dataset}}/baselines/metrics.parquet",
     params: seed=config["seed"],
     log: logged("{dataset}/baselines"),

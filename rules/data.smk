@@ -10,7 +10,7 @@ localrules: download
 rule download:
     output: directory(f"{DOWNLOADS}/{{source}}"),
     wildcard_constraints: source="|".join(map(re.escape, DOWNLOAD_SPECS)) or "(?!)",
-    params: spec=download_spec,
+    params: spec=lambda wildcards: spec_arg(DOWNLOAD_SPECS[wildcards.source]),
     log: logged("downloads/{source}"),
     resources: **job_resources("download", "1GB", "8h"),
     conda:
@@ -21,8 +21,8 @@ rule download:
 
 rule ingest:
     input: raw_inputs,
-    output: **data("{dataset}", "interactions", "item_table"),
-    params: spec=ingest_spec,
+    output: **dataset_files(config, "{dataset}", "interactions", "item_table"),
+    params: spec=lambda wildcards: ingest_spec(config, SOURCED, wildcards.dataset),
     log: logged("{dataset}/ingest"),
     benchmark: benchmarked("{dataset}/ingest"),
     resources: **job_resources("ingest", "4GB", "1h"),
@@ -34,9 +34,9 @@ rule ingest:
 
 
 rule prepare:
-    input: **data("{dataset}", "interactions", "item_table"),
-    output: **data("{dataset}", "samples"),
-    params: spec=lambda wildcards: spec(prepare_settings(config, wildcards.dataset)), seed=config["seed"],
+    input: **dataset_files(config, "{dataset}", "interactions", "item_table"),
+    output: **dataset_files(config, "{dataset}", "samples"),
+    params: spec=lambda wildcards: spec_arg(prepare_settings(config, wildcards.dataset)), seed=config["seed"],
     log: logged("{dataset}/prepare"),
     benchmark: benchmarked("{dataset}/prepare"),
     resources: **job_resources("prepare", "8GB", "1h"),

@@ -6,7 +6,7 @@ include: "eval_inputs.smk"
 rule title_embeddings:
     input:
         model=BASE_MODEL,
-        **data("{dataset}", "item_table"),
+        **dataset_files(config, "{dataset}", "item_table"),
     output: f"{RESULTS}/{{dataset}}/llm/title_embeddings.parquet",
     params: launch=LAUNCH_ONE, device=config["llm"]["device"], dtype=config["llm"]["dtype"],
     log: logged("{dataset}/llm/title_embeddings"),
@@ -27,7 +27,7 @@ rule evaluate:
         predictions=f"{RUN_DIR}/{{split}}/predictions.parquet",
         metrics=f"{RUN_DIR}/{{split}}/metrics.parquet",
     wildcard_constraints: run=RUN_PATTERN["evaluated"],
-    params: launch=LAUNCH, spec=evaluation_spec, options=optional_args, seed=config["seed"],
+    params: launch=LAUNCH, spec=partial(evaluation_spec, config), options=optional_args, seed=config["seed"],
     log: logged(f"{RUN_LOG}/{{split}}/evaluate"),
     benchmark: benchmarked(f"{RUN_LOG}/{{split}}/evaluate"),
     threads: JOB_THREADS
@@ -46,7 +46,7 @@ rule summary:
     output:
         parquet=f"{RESULTS}/summary.parquet",
         md=f"{RESULTS}/summary.md",
-    params: spec=spec({**config["summary"], "selections": config["selection"]["strategies"]}), seed=config["seed"],
+    params: spec=spec_arg({**config["summary"], "selections": config["selection"]["strategies"]}), seed=config["seed"],
     log: logged("summary"),
     benchmark: benchmarked("summary"),
     resources: **job_resources("summary", "4GB", "15m"),

@@ -9,13 +9,13 @@ rule explain:
         model=BASE_MODEL,
         adapter=f"{RUN_DIR}/adapter",
         predictions=f"{RUN_DIR}/test/predictions.parquet",
-        **data("{dataset}"),
+        **dataset_files(config, "{dataset}"),
     output:
         parquet=f"{RUN_DIR}/explanations.parquet",
         html=report(f"{RUN_DIR}/explanations.html", caption="../report/explanations.rst", category="Explanations",
                     subcategory="{dataset}"),
     wildcard_constraints: run=RUN_PATTERN["trained"],
-    params: launch=LAUNCH_ONE, spec=explanation_spec, adapters=optional_args, seed=config["seed"],
+    params: launch=LAUNCH_ONE, spec=partial(explanation_spec, config), adapters=optional_args, seed=config["seed"],
     log: logged(f"{RUN_LOG}/explain"),
     benchmark: benchmarked(f"{RUN_LOG}/explain"),
     threads: JOB_THREADS

@@ -7,7 +7,7 @@ rule preflight:
     """A GPU config's first job, on a GPU node: CUDA present, enough GPUs, a driver new enough for
     this torch build, bitsandbytes for k-bit loading (workflow/preflight.py)."""
     output: f"{RESULTS}/preflight/gpu.json",
-    params: spec=lambda wildcards: spec({"llm": config["llm"]}),
+    params: spec=lambda wildcards: spec_arg({"llm": config["llm"]}),
     log: logged("preflight"),
     resources: **job_resources("preflight", "2GB", "10m", gpus=LLM_GPUS),
     conda:
@@ -36,7 +36,7 @@ rule sft:
     input: **TRAINING_INPUTS,
     output: directory(f"{RUN_DIR}/adapter"),
     wildcard_constraints: run=RUN_PATTERN["sft"],
-    params: launch=LAUNCH, args=training_args(method_spec),
+    params: launch=LAUNCH, args=training_args(config, method_spec),
     log: logged(f"{RUN_LOG}/train"),
     benchmark: benchmarked(f"{RUN_LOG}/train"),
     priority: 10  # the chain every tuned result waits for (sft -> reference -> preference) starts first
@@ -51,11 +51,10 @@ rule sft:
 rule hybrid:
     """LLaRA (one LoRA) or iLoRA (gated LoRA experts) on the hybrid prompt: SASRec item embeddings
     after the titles, a fresh adapter on the base model (workflow/llm/llara.py)."""
-    input: **TRAINING_INPUTS, **surrogate_tables("{dataset}"),
+    input: **TRAINING_INPUTS, **surrogate_tables(config, "{dataset}"),
     output: directory(f"{RUN_DIR}/adapter"),
     wildcard_constraints: run=RUN_PATTERN["hybrid"],
-    params: launch=LAUNCH, method=lambda wildcards: parse_run(wildcards.run).method, surrogate=optional_args,
-            args=training_args(method_spec),
+    params: launch=LAUNCH, method=run_method, surrogate=optional_args, args=training_args(config, method_spec),
     log: logged(f"{RUN_LOG}/train"),
     benchmark: benchmarked(f"{RUN_LOG}/train"),
     threads: JOB_THREADS

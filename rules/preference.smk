@@ -12,10 +12,7 @@ rule reference_logprobs:
     input: **TRAINING_INPUTS, adapter=f"{RUN_DIR}/{{phase}}adapter",
     output: f"{RUN_DIR}/{{phase}}reference_logprobs.parquet",
     wildcard_constraints: run=RUN_PATTERN["referenced"], selection="[^/]+", phase="(?:sft_phase/)?",
-    params:
-        launch=LAUNCH_ONE,
-        # what the log-probs depend on: the prompts (llm, domain, prompt), budget and batch
-        args=training_args(lambda wildcards: run_spec(wildcards, evaluation={"batch_size": BATCH_SIZE})),
+    params: launch=LAUNCH_ONE, args=training_args(config, reference_spec),
     log: logged(f"{RUN_LOG}/{{phase}}reference_logprobs"),
     benchmark: benchmarked(f"{RUN_LOG}/{{phase}}reference_logprobs"),
     priority: 10  # on the chain every tuned result waits for (see rule sft)
@@ -33,7 +30,7 @@ rule sprec_sft_phase:
     input: **TRAINING_INPUTS, adapter=lambda wildcards: start_file(wildcards, "adapter"),
     output: directory(f"{RUN_DIR}/sft_phase/adapter"),
     wildcard_constraints: run=RUN_PATTERN["sprec"], selection="[^/]+",
-    params: launch=LAUNCH, args=training_args(sft_phase_spec),
+    params: launch=LAUNCH, args=training_args(config, sft_phase_spec),
     log: logged(f"{RUN_LOG}/sft_phase/train"),
     benchmark: benchmarked(f"{RUN_LOG}/sft_phase/train"),
     priority: 10  # on the chain every tuned result waits for (see rule sft)
@@ -49,12 +46,7 @@ rule preference:
     input: unpack(preference_inputs), **TRAINING_INPUTS,
     output: directory(f"{RUN_DIR}/adapter"),
     wildcard_constraints: run=RUN_PATTERN["preference"],
-    params:
-        launch=LAUNCH,
-        method=lambda wildcards: parse_run(wildcards.run).method,
-        tables=preference_args,
-        args=training_args(lambda wildcards: run_spec(wildcards, preference=config["preference"],
-                                                      method=run_block(parse_run(wildcards.run), config))),
+    params: launch=LAUNCH, method=run_method, tables=preference_args, args=training_args(config, preference_spec),
     log: logged(f"{RUN_LOG}/train"),
     benchmark: benchmarked(f"{RUN_LOG}/train"),
     priority: 10  # on the chain every tuned result waits for (see rule sft)

@@ -1,5 +1,9 @@
-# Figures and tables of the HTML report. They are outputs of the workflow (in all_targets), so that
-# `snakemake --report results/report.html` only collects them; captions are in report/ (targets: rules/targets.smk).
+# Figures and tables of the HTML report. They are outputs of the workflow (workflow/dag.py report_targets),
+# so that `snakemake --report results/report.html` only collects them; captions are in report/.
+from workflow.dag import report_path
+
+REPORT = report_path(config)
+RESOURCES_FIGURE = report_path(config, "resources.png")
 
 
 rule report_summary:
@@ -23,7 +27,7 @@ rule report_summary:
 rule report_training:
     input:
         # the adapters (with their train_log.parquet) of the dataset's trained runs, for the loss curves
-        lambda wildcards: [run_path(wildcards.dataset, r, s, "adapter") for r, s in method_runs() if s != "none"],
+        lambda wildcards: [run_path(config, wildcards.dataset, r, s, "adapter") for r, s in method_runs(config) if s != "none"],
     output:
         report(f"{REPORT}/training/{{dataset}}.png", caption="../report/training.rst", category="Training",
                labels={"dataset": "{dataset}"}),
@@ -38,7 +42,7 @@ rule report_training:
 
 
 rule report_data:
-    input: **data("{dataset}", "interactions", "item_table", "samples"),
+    input: **dataset_files(config, "{dataset}", "interactions", "item_table", "samples"),
     output:
         html=report(f"{REPORT}/data/{{dataset}}.html", caption="../report/data.rst", category="Data",
                     labels={"dataset": "{dataset}", "content": "statistics"}),
@@ -57,7 +61,7 @@ rule report_data:
 # Runs last (its input is every other target), so every other job's benchmark record exists; it
 # reads all of results/benchmarks, records of jobs from earlier configs included.
 rule report_resources:
-    input: lambda wildcards: [t for t in all_targets() if t != RESOURCES_FIGURE],
+    input: lambda wildcards: [t for t in all_targets(config) if t != RESOURCES_FIGURE],
     output: report(RESOURCES_FIGURE, caption="../report/resources.rst", category="Resources"),
     params: benchmarks=f"{RESULTS}/benchmarks",
     log: logged("report/resources"),
@@ -73,8 +77,8 @@ rule gates:
     """iLoRA's expert showcase: the gate weights of the first test samples (workflow/llm/gates.py)."""
     input:
         adapter=f"{RUN_DIR}/adapter",
-        **surrogate_tables("{dataset}"),
-        **data("{dataset}"),
+        **surrogate_tables(config, "{dataset}"),
+        **dataset_files(config, "{dataset}"),
     output:
         parquet=f"{RUN_DIR}/gates.parquet",
         png=report(f"{RUN_DIR}/gates.png", caption="../report/gates.rst", category="iLoRA gates",

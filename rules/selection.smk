@@ -7,7 +7,7 @@ include: "selection_inputs.smk"
 # random or all; `random-s{seed}` is random drawn at another training seed (config `seeds`,
 # training_selection): the config seed's is random.parquet, so a default config's jobs stay as they were.
 rule select_training_data:
-    input: **data("{dataset}", "samples"),
+    input: **dataset_files(config, "{dataset}", "samples"),
     output: f"{RESULTS}/{{dataset}}/selection/{{selection}}.parquet",
     wildcard_constraints: selection="random|all|random-s[0-9]+",
     params:
@@ -28,11 +28,11 @@ rule influence_scores:
     input:
         model=f"{RESULTS}/{{dataset}}/surrogate/model.pt",
         meta=f"{RESULTS}/{{dataset}}/surrogate/model.json",
-        **data("{dataset}", "samples"),
+        **dataset_files(config, "{dataset}", "samples"),
     output: f"{RESULTS}/{{dataset}}/selection/scores/influence.parquet",
     params:
         surrogate=lambda wildcards, input: str(Path(input.model).parent),
-        spec=lambda wildcards: spec({"dealrec": {"influence": config["selection"]["dealrec"]["influence"]}}),
+        spec=lambda wildcards: spec_arg({"dealrec": {"influence": config["selection"]["dealrec"]["influence"]}}),
         seed=config["seed"],
     log: logged("{dataset}/selection/influence_scores"),
     benchmark: benchmarked("{dataset}/selection/influence_scores"),
@@ -48,7 +48,7 @@ rule influence_scores:
 rule effort_scores:
     input: unpack(effort_inputs),
     output: f"{RESULTS}/{{dataset}}/selection/scores/effort.parquet",
-    params: launch=LAUNCH_ONE, adapter=optional_args, spec=effort_spec, seed=config["seed"],
+    params: launch=LAUNCH_ONE, adapter=optional_args, spec=partial(effort_spec, config), seed=config["seed"],
     log: logged("{dataset}/selection/effort_scores"),
     benchmark: benchmarked("{dataset}/selection/effort_scores"),
     priority: 10  # the longest job before the DEALRec selection: starts with the sft chain (see rule sft)
@@ -67,9 +67,9 @@ rule select_dealrec:
     output:
         selection=f"{RESULTS}/{{dataset}}/selection/{{selection}}.parquet",
         scores=f"{RESULTS}/{{dataset}}/selection/{{selection}}.scores.parquet",
-    wildcard_constraints: selection="dealrec|influence|effort",
+    wildcard_constraints: selection="|".join(DEALREC_STRATEGIES),
     params:
-        spec=lambda wildcards: spec({"dealrec": config["selection"]["dealrec"]}),  # a string would be expanded
+        spec=lambda wildcards: spec_arg({"dealrec": config["selection"]["dealrec"]}),  # a string would be expanded
         scores=dealrec_score_args,
         budget=config["selection"]["budget"],
         seed=config["seed"],

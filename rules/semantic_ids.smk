@@ -4,12 +4,12 @@
 
 rule semantic_ids:
     input:
-        **data("{dataset}"),
+        **dataset_files(config, "{dataset}"),
         embeddings=f"{RESULTS}/{{dataset}}/llm/title_embeddings.parquet",
     output:
         codes=f"{RESULTS}/{{dataset}}/data/semantic_ids.parquet",
         item_table=f"{RESULTS}/{{dataset}}/data/items_sid.parquet",
-    params: spec=spec(config["semantic_ids"]), seed=config["seed"],
+    params: spec=spec_arg(config["semantic_ids"]), seed=config["seed"],
     log: logged("{dataset}/semantic_ids"),
     benchmark: benchmarked("{dataset}/semantic_ids"),
     resources: **job_resources("semantic_ids", "2GB", "15m"),

@@ -1,17 +1,14 @@
 # SOFT (workflow/llm/soft.py): the sft backbone's self-distilled answers to its own training prompts,
 # once per backbone and shared by every SOFT run of it (any alpha), then a fresh LoRA per SOFT run on
 # the true and the self-distilled answers.
+from workflow.dag import distill_spec
 
 
 rule self_distill:
     input: **TRAINING_INPUTS, adapter=f"{RUN_DIR}/adapter",
     output: table=f"{RUN_DIR}/self_distilled.parquet", stats=f"{RUN_DIR}/self_distilled_stats.tsv",
     wildcard_constraints: run=RUN_PATTERN["sft"],
-    params:
-        launch=LAUNCH_ONE,
-        # not alpha, epochs or lr (every SOFT run of a backbone shares the answers): the prompts, beams, batch
-        args=training_args(lambda wildcards: run_spec(wildcards, evaluation={"batch_size": BATCH_SIZE},
-                                                      soft={k: config["soft"][k] for k in ("num_beams", "max_new_tokens")})),
+    params: launch=LAUNCH_ONE, args=training_args(config, distill_spec),
     log: logged(f"{RUN_LOG}/self_distill"),
     benchmark: benchmarked(f"{RUN_LOG}/self_distill"),
     priority: 10  # on the chain a SOFT result waits for (see rule sft)
@@ -26,14 +23,14 @@ rule self_distill:
 
 # soft.early_stopping validates each epoch by grounded ranking: the title embeddings join the inputs
 SOFT_VALIDATION = ({"title_embeddings": f"{RESULTS}/{{dataset}}/llm/title_embeddings.parquet"}
-                   if config["soft"].get("early_stopping") else {})
+                   if config["soft"]["early_stopping"] else {})
 
 
 rule soft:
     input: **TRAINING_INPUTS, distilled=sft_file("self_distilled.parquet"), **SOFT_VALIDATION,
     output: directory(f"{RUN_DIR}/adapter"),
     wildcard_constraints: run=RUN_PATTERN["soft"],
-    params: launch=LAUNCH, args=training_args(method_spec), extra=optional_args,
+    params: launch=LAUNCH, args=training_args(config, method_spec), extra=optional_args,
     log: logged(f"{RUN_LOG}/train"),
     benchmark: benchmarked(f"{RUN_LOG}/train"),
     priority: 10  # on the chain a SOFT result waits for (see rule sft)

@@ -1,19 +1,19 @@
 # Studies: a grid of config variants of some methods -> runs (trained and evaluated by the other
 # rules) -> one table and plot (workflow/study.py).
-include: "study_inputs.smk"
+from workflow.dag import study_runs, study_spec
 
 
 # The study's runs and the baselines it draws as lines (popularity, SASRec; per dataset).
 rule study:
     input:
-        runs=lambda wildcards: [path for _, path, _ in study_runs(wildcards.study)],
-        baselines=baseline_metrics(),
+        runs=lambda wildcards: [path for _, path, _ in study_runs(config, wildcards.study)],
+        baselines=baseline_metrics(config),
     output:
         parquet=f"{RESULTS}/studies/{{study}}.parquet",
         md=f"{RESULTS}/studies/{{study}}.md",
         png=report(f"{RESULTS}/studies/{{study}}.png", caption="../report/study.rst", category="Studies",
                    labels={"study": "{study}"}),
-    params: spec=study_spec, seed=config["seed"],
+    params: spec=lambda wildcards: study_spec(config, wildcards.study), seed=config["seed"],
     log: logged("studies/{study}"),
     benchmark: benchmarked("studies/{study}"),
     resources: **job_resources("study", "4GB", "15m"),

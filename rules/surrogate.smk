@@ -3,14 +3,14 @@
 
 
 rule surrogate:
-    input: **data("{dataset}"),
+    input: **dataset_files(config, "{dataset}"),
     output:
         model=f"{RESULTS}/{{dataset}}/surrogate/model.pt",
         meta=f"{RESULTS}/{{dataset}}/surrogate/model.json",
-        item_embeddings=surrogate_tables("{dataset}")["item_vectors"],
-        sequence_repr=surrogate_tables("{dataset}")["sequence_vectors"],
+        item_embeddings=surrogate_tables(config, "{dataset}")["item_vectors"],
+        sequence_repr=surrogate_tables(config, "{dataset}")["sequence_vectors"],
         metrics=f"{RESULTS}/{{dataset}}/surrogate/metrics.parquet",
-    params: out_dir=f"{RESULTS}/{{dataset}}/surrogate", spec=spec(config["surrogate"]), seed=config["seed"],
+    params: out_dir=f"{RESULTS}/{{dataset}}/surrogate", spec=spec_arg(config["surrogate"]), seed=config["seed"],
     log: logged("{dataset}/surrogate"),
     benchmark: benchmarked("{dataset}/surrogate"),
     priority: 10  # gates llara, ilora and DEALRec's influence: starts with the sft chain (see rule sft)

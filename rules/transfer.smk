@@ -3,6 +3,10 @@
 # title embeddings: rule evaluate (evaluation_inputs takes the adapter from {trained_on}) at other paths.
 
 TRANSFER_DIR = "{dataset}/transfer/{trained_on}/{run}/{selection}/{split}"
+try:  # the config's `transfer` list, checked when the workflow is parsed (errors name the entry)
+    transfers(config)
+except ValueError as exc:
+    raise WorkflowError(str(exc)) from exc
 
 
 use rule evaluate as evaluate_transfer with:

@@ -1,0 +1,159 @@
+"""The paths and job arguments the rules take from workflow/dag.py, checked without Snakemake (the
+dry runs of test_config.py, test_seeds_workflow.py and test_readme.py check them through the rules)."""
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from workflow import dag
+from workflow.config import validate
+from workflow.runs import parse
+
+
+def config(**overrides):
+    return validate({"datasets": {"ml": {"format": "recbole-atomic", "path": "embedded", "domain": "movie"},
+                                  "games": {"format": "recbole-atomic", "path": "embedded"}},
+                     "methods": ["base", "sft", "dmpo", "ilora", "soft", "sft-open-n64"],
+                     "selection": {"strategies": ["random", "dealrec"], "compare_methods": ["sft"]},
+                     **overrides})
+
+
+class Wildcards(SimpleNamespace):
+    def keys(self):
+        return vars(self).keys()
+
+
+class Input(dict):
+    def __getattr__(self, name):
+        return self[name]
+
+
+def test_a_runs_folder_has_one_spelling():
+    c = config(results="out")
+    assert dag.run_path(c, "ml", "sft-open", "random", "adapter") == "out/ml/llm/sft-open/random/adapter"
+    assert dag.run_part("ml", "sft-open", "random", "train") == "ml/llm/sft-open/random/train"
+    assert dag.run_metrics(c, "ml", "sft-open", "random", "valid") == "out/ml/llm/sft-open/random/valid/metrics.parquet"
+    assert dag.log_file(c, "ml/ingest") == "out/logs/ml/ingest.log"
+    assert dag.benchmark_file(c, dag.run_part("ml", "sft-open", "random", "train")) == \
+        "out/benchmarks/ml/llm/sft-open/random/train.tsv"
+    assert dag.report_path(c) == "out/report" and dag.report_path(c, "data", "ml.png") == "out/report/data/ml.png"
+
+
+def test_dataset_files_are_named_inputs():
+    c = config()
+    assert dag.dataset_files(c, "ml") == {"samples": "results/ml/data/samples.parquet",
+                                          "item_table": "results/ml/data/items.parquet"}
+    assert list(dag.dataset_files(c, "{dataset}", "interactions", "item_table")) == ["interactions", "item_table"]
+    assert dag.surrogate_tables(c, "ml")["item_vectors"] == "results/ml/surrogate/item_embeddings.parquet"
+
+
+def test_resources_llm_block_and_per_rule_overrides():
+    c = config(resources={"llm": {"mem": "40GB", "runtime": None}, "rules": {"sft": {"runtime": "12h"}}})
+    assert dag.rule_resources(c, "baselines", "4GB", "30m") == {"mem": "4GB", "runtime": "30m"}
+    assert dag.rule_resources(c, "evaluate", "8GB", "2h") == {"mem": "40GB", "runtime": "2h", "gpu": 0}
+    assert dag.rule_resources(c, "sft", "12GB", "4h", gpus=2) == {"mem": "40GB", "runtime": "12h", "gpu": 2}
+    assert dag.rule_resources(c, "preflight", "2GB", "10m", gpus=1)["gpu"] == 1  # GPUs: the llm block too
+
+
+@pytest.mark.parametrize("run, selection, expected", [
+    ("sft-open", "random", "random.parquet"),
+    ("sft-open-s43", "random", "random-s43.parquet"),
+    ("sft-open-s43", "dealrec", "dealrec.parquet"),  # seed-independent
+    ("sft-open-n64", "random", "budget/random-n64-s42.parquet"),  # the -n subset at the run's seed
+    ("sft-open-n64-s43", "random", "budget/random-s43-n64-s43.parquet"),
+])
+def test_selection_file_of_a_run(run, selection, expected):
+    assert dag.selection_file(config(), "ml", run, selection) == f"results/ml/selection/{expected}"
+
+
+def test_selections_per_run_and_compare_methods():
+    c = config()
+    assert dag.run_selections(c, parse("base-open")) == ["none"]
+    assert dag.run_selections(c, parse("sft-open")) == ["random", "dealrec"]
+    assert dag.run_selections(c, parse("dmpo-open")) == ["random"]
+    every = config(selection={"strategies": ["random", "dealrec"], "compare_methods": None})
+    assert dag.run_selections(every, parse("dmpo-open")) == ["random", "dealrec"]
+    assert ("sft-candidate", "dealrec") in dag.method_runs(c)
+
+
+def test_start_run_of_a_preference_run_and_an_sprec_round():
+    c = config(sprec={"rounds": 2})
+    assert dag.start_run(c, "dmpo-open-k3-n64").name == "sft-open-n64"
+    assert dag.start_run(c, "sprec-open").name == "sprec-open-r1"
+    assert dag.start_run(c, "sprec-open-r1").name == "sft-open"
+
+
+def test_stage_specs_are_sorted_json_of_the_blocks_they_read():
+    c = config()
+    w = Wildcards(dataset="ml", run="soft-open-n64", split="test")
+    soft = json.loads(dag.method_spec(c, w))
+    assert soft["prompt"] == "open" and soft["budget"] == 64 and soft["domain"] == "movie" and "alpha" in soft["soft"]
+    assert soft["evaluation"] == {"batch_size": c["evaluation"]["batch_size"],
+                                  "max_new_tokens": c["evaluation"]["max_new_tokens"]}
+    assert json.loads(dag.method_spec(c, Wildcards(dataset="games", run="sft-open")))["domain"] == "item"
+    assert dag.spec_arg({"b": 1, "a": 2}) == '{"a": 2, "b": 1}'
+    assert json.loads(dag.reference_spec(c, w))["evaluation"] == {"batch_size": c["evaluation"]["batch_size"]}
+    assert set(json.loads(dag.distill_spec(c, w))["soft"]) == {"num_beams", "max_new_tokens"}
+    pref = json.loads(dag.preference_spec(c, Wildcards(dataset="ml", run="dmpo-open-k3")))
+    assert pref["preference"] == c["preference"] and pref["method"]["k"] == 3
+    phase = json.loads(dag.sft_phase_spec(c, Wildcards(dataset="ml", run="sprec-open")))["sft"]
+    assert phase["epochs"] == 1 and phase["lr"] == c["sprec"]["lr"] and "prompt" not in phase
+    evaluation = json.loads(dag.evaluation_spec(c, Wildcards(dataset="ml", run="sft-open", split="valid")))
+    assert evaluation["evaluation"]["splits"] == ["valid"]
+
+
+def test_training_args_and_the_optional_flags():
+    c = config()
+    inputs = Input(model="m", samples="s", item_table="i", selection="sel", item_vectors="results/ml/surrogate/x.parquet")
+    args = dag.training_args(c, dag.method_spec)(Wildcards(dataset="ml", run="sft-open-s43"), inputs, ["out"], 2)
+    assert args[args.index("--seed") + 1] == 43 and args[-2:] == ["--out", "out"] and "--threads" in args
+    assert dag.surrogate_args(inputs) == ["--surrogate", "results/ml/surrogate"]
+    w = Wildcards(dataset="games", run="sft-open", trained_on="ml")
+    assert dag.optional_args(w, Input(adapter="a", reference="r")) == [
+        "--adapter", "a", "--reference-adapter", "r", "--trained-on", "ml"]
+    assert dag.preference_args(w, Input(reference="r", negatives="n")) == ["--reference", "r", "--negatives", "n"]
+    assert dag.dealrec_score_args(w, Input(effort="e f")) == "--effort 'e f'"
+
+
+def test_ingest_spec_leaves_prepare_out():
+    c = config(datasets={"ml": {"format": "recbole-atomic", "path": "embedded", "prepare": {"kcore": 3}}})
+    assert json.loads(dag.ingest_spec(c, {}, "ml")) == {"name": "ml", "format": "recbole-atomic", "path": "embedded",
+                                                        "max_bad_lines": 0}
+
+
+def test_effort_on_the_sft_adapter_needs_an_sft_run_and_a_plain_strategy():
+    effort = {"dealrec": {"effort": {"adapter": "sft"}}}
+    c = config(selection={"strategies": ["random", "dealrec"], **effort})
+    assert dag.effort_sft_run(c) == (parse("sft-candidate"), "random")
+    assert dag.effort_sft_run(config()) is None  # a fresh LoRA (the schema's default)
+    with pytest.raises(ValueError, match="needs an sft run"):
+        dag.effort_sft_run(config(selection={"strategies": ["dealrec"], **effort}))
+
+
+def test_targets_of_rule_all():
+    c = config(explanations={"methods": ["dmpo"]})
+    targets = dag.all_targets(c)
+    assert targets[:2] == ["results/ml/data/samples.parquet", "results/games/data/samples.parquet"]
+    assert targets[-1] == "results/report/resources.png" and len(targets) == len(set(targets))
+    assert "results/ml/llm/dmpo-candidate/random/explanations.html" in targets
+    assert "results/ml/llm/ilora-candidate/random/gates.png" in targets
+    assert "results/report/training/games.png" in targets
+    untuned = config(methods=["base"], explanations={"methods": []})
+    assert not [t for t in dag.all_targets(untuned) if "/training/" in t]
+    transfer = config(transfer=[{"from": "ml", "to": "games", "methods": ["sft-candidate"]}])
+    assert dag.transfer_targets(transfer) == ["results/games/transfer/ml/sft-candidate/random/test/metrics.parquet",
+                                              "results/games/transfer/ml/sft-candidate/dealrec/test/metrics.parquet"]
+
+
+def test_a_studys_runs_carry_their_training_benchmark():
+    c = config(studies={"lr": {"methods": ["sft"], "x": "lr", "grid": {"lr": [0.001, 0.002]}, "split": "valid",
+                               "seeds": [1, 2]}})
+    runs = dag.study_runs(c, "lr")
+    assert len(runs) == 2 * 2 * 2  # datasets x lr x seeds
+    assert all(train.startswith("results/benchmarks/") and train.endswith("/train.tsv") for _, _, train in runs)
+    assert all(path.endswith("/valid/metrics.parquet") for _, path, _ in runs)
+    assert {labels["seed"] for labels, _, _ in runs} == {1, 2}
+    spec = json.loads(dag.study_spec(c, "lr"))
+    assert spec["name"] == "lr" and spec["x"] == "lr" and len(spec["runs"]) == len(runs)

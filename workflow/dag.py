@@ -1,0 +1,394 @@
+"""The paths and arguments of the workflow's jobs, as plain functions of the validated config (and of
+a job's wildcards, read by attribute). rules/*.smk call them, so the rules stay thin and
+tests/test_dag.py checks the layout and the stages' --spec without Snakemake. Input functions stay
+beside their rules (rules/<stage>_inputs.smk, rules/common.smk).
+"""
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+from typing import Any, Callable
+
+from workflow.formats import resolve_files
+from workflow.runs import (Run, at_seed, block as run_block, config_runs, config_seeds, parse as parse_run,
+                           previous_round, run_seed, study_points, study_seeds)
+from workflow.selection.dealrec import STRATEGIES as DEALREC_STRATEGIES
+from workflow.sources import registry as source_registry, resolve as resolve_source
+from workflow.transfer import transfers
+
+Config = dict[str, Any]
+
+# The rules that load the LLM: they take `resources.llm` even on a CPU-only config.
+LLM_RULES = frozenset({"title_embeddings", "evaluate", "evaluate_transfer", "explain", "sft", "hybrid",
+                       "reference_logprobs", "preference", "gates", "effort_scores", "self_distill", "soft"})
+# The prepared dataset's files by input name (`items` would shadow Namedlist.items()).
+DATASET_FILES = {"interactions": "interactions", "samples": "samples", "item_table": "items"}
+
+
+def spec_arg(obj: Any) -> str:
+    """A config slice as one JSON string, passed to `python -m workflow.<stage> --spec`."""
+    return json.dumps(obj, sort_keys=True)
+
+
+def rule_resources(config: Config, rule: str, mem: str, runtime: str, gpus: int = 0) -> dict[str, Any]:
+    """The resources of one rule, for the scheduler: its own host memory and runtime (sized for the
+    embedded default), `resources.llm` for the rules that load the LLM (those with GPUs when
+    llm.gpu > 0; `gpus` of them), then `resources.rules.<rule>` (config/schema.yaml)."""
+    out = {"mem": mem, "runtime": runtime}
+    if gpus or rule in LLM_RULES:
+        out |= {k: v for k, v in config["resources"]["llm"].items() if v is not None}
+        out["gpu"] = gpus
+    return out | config["resources"]["rules"].get(rule, {})
+
+
+def log_file(config: Config, name: str) -> str:
+    """A rule's log, `results/logs/<name>.log` (`name` a pattern such as "{dataset}/ingest")."""
+    return f"{config['results']}/logs/{name}.log"
+
+
+def benchmark_file(config: Config, name: str) -> str:
+    """A rule's benchmark record, `results/benchmarks/<name>.tsv` (the resources figure reads them all)."""
+    return f"{config['results']}/benchmarks/{name}.tsv"
+
+
+def run_part(dataset: str, run: str, selection: str, *names: str) -> str:
+    """`{dataset}/llm/{run}/{selection}/...`: a run's folder on one selection (or a file in it)
+    below results/, logs/ and benchmarks/ alike."""
+    return Path(dataset, "llm", run, selection, *names).as_posix()
+
+
+def run_path(config: Config, dataset: str, run: str, selection: str, *names: str) -> str:
+    """The one spelling of a run's folder (or of a file in it) under results/."""
+    return f"{config['results']}/{run_part(dataset, run, selection, *names)}"
+
+
+def run_metrics(config: Config, dataset: str, run: str, selection: str, split: str = "test") -> str:
+    return run_path(config, dataset, run, selection, split, "metrics.parquet")
+
+
+def dataset_files(config: Config, dataset: str, *names: str) -> dict[str, str]:
+    """The prepared dataset's files as named inputs: samples and item_table, or those named."""
+    return {name: f"{config['results']}/{dataset}/data/{DATASET_FILES[name]}.parquet"
+            for name in names or ("samples", "item_table")}
+
+
+def surrogate_tables(config: Config, dataset: str) -> dict[str, str]:
+    """The surrogate's tables llara, ilora and napo read (item embeddings, sequence representations),
+    as named inputs; `--surrogate` takes their folder (surrogate_args)."""
+    folder = f"{config['results']}/{dataset}/surrogate"
+    return {"item_vectors": f"{folder}/item_embeddings.parquet", "sequence_vectors": f"{folder}/sequence_repr.parquet"}
+
+
+def baseline_metrics(config: Config) -> list[str]:
+    """The baselines' and the surrogate's metrics of every dataset (the summary's and the studies' floor)."""
+    return [f"{config['results']}/{d}/{kind}/metrics.parquet" for kind in ("baselines", "surrogate")
+            for d in config["datasets"]]
+
+
+def selection_file(config: Config, dataset: str, run_name: str, selection: str) -> str:
+    """The selection file a run trains on. `random` is drawn once per training seed
+    (`random-s43.parquet`; the config seed's is `random.parquet`); `all` and the DEALRec selections
+    are seed-independent. A run's -n<budget> is its own step (rule budget_subset): the subset of that
+    selection at the run's training seed (nested for random / all; a DEALRec re-run at that size)."""
+    run = parse_run(run_name)
+    name = f"{selection}-s{run.seed}" if selection == "random" and run.seed is not None else selection
+    folder = f"{config['results']}/{dataset}/selection"
+    if run.budget is None:
+        return f"{folder}/{name}.parquet"
+    return f"{folder}/budget/{name}-n{run.budget}-s{run_seed(run, config)}.parquet"
+
+
+def run_method(wildcards) -> str:
+    """A params function: the run's method (its trainer's --method)."""
+    return parse_run(wildcards.run).method
+
+
+def start_run(config: Config, run_name: str) -> Run:
+    """The run a preference run starts from and is referenced against: the sft run of the same
+    prompt, budget and seed; for an SPRec round after the first, the previous round."""
+    run = parse_run(run_name)
+    return previous_round(run, config) or run.sft()
+
+
+def run_selections(config: Config, run: Run) -> list[str]:
+    """The selections a run of `methods` trains on: every strategy for the runs (or bare methods)
+    `selection.compare_methods` names (all when it is null), the first strategy for the others;
+    `none` for the untuned model."""
+    strategies = config["selection"]["strategies"]
+    if run.method == "base":
+        return ["none"]
+    compared = config["selection"]["compare_methods"]
+    if compared is None or run._replace(seed=None).name in compared or run.method in compared:
+        return strategies
+    return strategies[:1]
+
+
+def method_runs(config: Config) -> list[tuple[str, str]]:
+    """(run name, selection) pairs the config asks for."""
+    return [(r.name, s) for r in config_runs(config) for s in run_selections(config, r)]
+
+
+# --------------------------------------------------------------------------- the datasets
+
+def downloads_folder(config: Config) -> str:
+    return config["download"]["folder"] or f"{config['results']}/downloads"
+
+
+def sourced_datasets(config: Config) -> dict[str, dict[str, Any]]:
+    """dataset -> what its `source` downloads (workflow/sources.py), for the datasets that name one.
+    Every other dataset's raw files (and `category`) are checked here, when the workflow is parsed,
+    with the message ingest gives (IngestError), not when its ingest job runs (on a cluster, after queueing)."""
+    sourced = {name: entry for name, entry in config["datasets"].items() if "source" in entry}
+    for name, entry in config["datasets"].items():
+        if name not in sourced:
+            resolve_files({"name": name, **entry})
+    known = source_registry(config["download"]["registry"]) if sourced else {}
+    return {name: resolve_source(name, entry, known) for name, entry in sourced.items()}
+
+
+def download_specs(config: Config, sourced: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """download folder -> its source's spec (one download however many datasets name the source)."""
+    return {found["folder"]: {key: value for key, value in found.items() if key != "folder"}
+            | {"mirror": config["download"]["mirror"], "proxy": config["download"]["proxy"]} for found in sourced.values()}
+
+
+def ingest_spec(config: Config, sourced: dict[str, dict[str, Any]], dataset: str) -> str:
+    """The ingest job's --spec: the dataset's entry without its `prepare` overrides, which ingest
+    does not read (changing them reruns prepare, not ingest); a sourced dataset's `source` as the
+    folder, format and category it was unpacked to."""
+    entry = {key: value for key, value in config["datasets"][dataset].items() if key != "prepare"}
+    if dataset in sourced:
+        found = sourced[dataset]
+        entry = {key: value for key, value in entry.items() if key != "source"}
+        entry |= {"path": f"{downloads_folder(config)}/{found['folder']}", "format": found["format"],
+                  **({"category": found["category"]} if "category" in found else {})}
+    return spec_arg({"name": dataset, **entry})
+
+
+# --------------------------------------------------------------------------- the stages' arguments
+
+def domain_word(config: Config, dataset: str) -> str:
+    return config["datasets"][dataset].get("domain") or "item"  # optional in the schema
+
+
+def run_spec(config: Config, wildcards, **blocks: Any) -> str:
+    """A stage's --spec: the config blocks given, the dataset's domain word and the run's prompt and
+    budget (its -n)."""
+    run = parse_run(wildcards.run)
+    return spec_arg({**blocks, "llm": config["llm"], "domain": domain_word(config, wildcards.dataset),
+                     "prompt": run.prompt, "budget": run.budget})
+
+
+def method_spec(config: Config, wildcards) -> str:
+    """A training stage's --spec: run_spec with the run's config block under its method's name (sft,
+    llara, ilora, soft; SOFT's also with the batch size and answer length it decodes with)."""
+    run = parse_run(wildcards.run)
+    evaluation = config["evaluation"]
+    scoring = ({"evaluation": {"batch_size": evaluation["batch_size"], "max_new_tokens": evaluation["max_new_tokens"]}}
+               if run.method == "soft" else {})
+    return run_spec(config, wildcards, **{run.method: run_block(run, config)}, **scoring)
+
+
+def reference_spec(config: Config, wildcards) -> str:
+    """What reference log-probs depend on: the prompts (llm, domain, prompt), budget and batch."""
+    return run_spec(config, wildcards, evaluation={"batch_size": config["evaluation"]["batch_size"]})
+
+
+def distill_spec(config: Config, wildcards) -> str:
+    """Self-distillation's: the prompts, beams and batch, not alpha, epochs or lr (every SOFT run of a
+    backbone shares the answers)."""
+    return run_spec(config, wildcards, evaluation={"batch_size": config["evaluation"]["batch_size"]},
+                    soft={k: config["soft"][k] for k in ("num_beams", "max_new_tokens")})
+
+
+def preference_spec(config: Config, wildcards) -> str:
+    return run_spec(config, wildcards, preference=config["preference"],
+                    method=run_block(parse_run(wildcards.run), config))
+
+
+def sft_phase_spec(config: Config, wildcards) -> str:
+    """An SPRec round's SFT phase: the sft block for one epoch at the round's learning rate (the
+    authors' SFT and DPO steps share theirs); its LoRA keys go unused (the start's stand)."""
+    sft = {key: value for key, value in config["sft"].items() if key != "prompt"}
+    return run_spec(config, wildcards, sft={**sft, "epochs": 1, "lr": run_block(parse_run(wildcards.run), config)["lr"]})
+
+
+def training_args(config: Config, spec_of: Callable[[Config, Any], str]):
+    """A params function: --model-dir, --samples, --items, --selection, --spec (`spec_of(config,
+    wildcards)`), --seed (the run's), --threads and --out (the first output) of a training or
+    scoring stage (workflow/cli.py add_training_arguments)."""
+    def args(wildcards, input, output, threads):
+        return ["--model-dir", input.model, "--samples", input.samples, "--items", input.item_table,
+                "--selection", input.selection, "--spec", spec_of(config, wildcards),
+                "--seed", run_seed(parse_run(wildcards.run), config), "--threads", threads, "--out", output[0]]
+    return args
+
+
+def surrogate_args(input) -> list[str]:
+    """`--surrogate FOLDER` for a job whose inputs include the surrogate's tables (surrogate_tables)."""
+    return ["--surrogate", str(Path(input.item_vectors).parent)] if "item_vectors" in input.keys() else []
+
+
+def optional_args(wildcards, input) -> list[str]:
+    """A params function: the flags of the inputs a job may or may not have (`--adapter`,
+    `--reference-adapter`, `--title-embeddings`, `--surrogate FOLDER`), and `--trained-on` for a
+    transferred run."""
+    flags = {"adapter": "--adapter", "reference": "--reference-adapter", "title_embeddings": "--title-embeddings"}
+    args = [arg for name, flag in flags.items() if name in input.keys() for arg in (flag, input[name])]
+    args += surrogate_args(input)
+    return args + (["--trained-on", wildcards.trained_on] if "trained_on" in wildcards.keys() else [])
+
+
+def preference_args(wildcards, input) -> list[str]:
+    """A params function: `--reference TABLE` when the run reads one, `--negatives TABLE` when its
+    negatives are ranked by another, `--surrogate FOLDER` when it reads the surrogate (napo)."""
+    args = [arg for name in ("reference", "negatives") if name in input.keys() for arg in (f"--{name}", input[name])]
+    return args + surrogate_args(input)
+
+
+def dealrec_score_args(wildcards, input) -> str:
+    """A params function: `--influence TABLE --effort TABLE`, those a DEALRec strategy reads."""
+    return " ".join(f"--{name} {shlex.quote(input[name])}" for name in ("influence", "effort") if name in input.keys())
+
+
+def run_protocols(config: Config, run: Run, split: str) -> list[str]:
+    """Protocols a run is evaluated with on a split: `evaluation.protocols` for a run of `methods`
+    on one of `evaluation.splits`; otherwise (a study's run, or a study's split) the union of the
+    studies' protocols on that split. Only those the run's prompt supports."""
+    if run.name in {r.name for r in config_runs(config)} and split in config["evaluation"]["splits"]:
+        wanted = config["evaluation"]["protocols"]
+    else:
+        wanted = [p for study in config["studies"].values() if study["split"] == split for p in study["protocols"]]
+    return run.protocols(list(dict.fromkeys(wanted)) or ["likelihood"])
+
+
+def evaluation_spec(config: Config, wildcards) -> str:
+    """The evaluation of one run on one split (run_protocols)."""
+    protocols = run_protocols(config, parse_run(wildcards.run), wildcards.split)
+    return run_spec(config, wildcards,
+                    evaluation={**config["evaluation"], "splits": [wildcards.split], "protocols": protocols})
+
+
+def explanation_spec(config: Config, wildcards) -> str:
+    """The config blocks the explanation stage reads (the test split's predictions, batch size)."""
+    return run_spec(config, wildcards, evaluation={**config["evaluation"], "splits": ["test"]},
+                    explanations=config["explanations"])
+
+
+def effort_sft_run(config: Config) -> tuple[Run, str] | None:
+    """With `effort.adapter: sft`: (the sft run, the selection) whose adapter the effort is measured
+    on, as the authors measure it on a LoRA trained on the data: the first sft run of `methods` at
+    the config seed, on the first strategy that is not DEALRec's. The DEALRec selection (and every
+    run trained on it) then waits for that training. None for any other `effort.adapter`."""
+    if config["selection"]["dealrec"]["effort"]["adapter"] != "sft":
+        return None
+    plain = [s for s in config["selection"]["strategies"] if s not in DEALREC_STRATEGIES]
+    runs = [r for r in config_runs(config) if r.method == "sft" and run_seed(r, config) == config["seed"]]
+    if not plain or not runs:
+        raise ValueError("config key 'selection.dealrec.effort.adapter': `sft` needs an sft run in `methods` and "
+                         "a strategy that is not DEALRec's (random or all) to train it on")
+    return runs[0], plain[0]
+
+
+def effort_spec(config: Config, wildcards) -> str:
+    """The LLM the effort is measured on: the base model with the sft block's LoRA and prompt, or
+    the trained sft adapter (effort_sft_run) under its run's prompt."""
+    lora = {k: config["sft"][k] for k in ("lora_r", "lora_alpha", "lora_dropout", "target_modules")}
+    found = effort_sft_run(config)
+    return spec_arg({"llm": config["llm"], "sft": lora, "domain": domain_word(config, wildcards.dataset),
+                     "prompt": found[0].prompt if found else config["sft"]["prompt"],
+                     "selection": {"dealrec": {"effort": config["selection"]["dealrec"]["effort"]}}})
+
+
+def study_runs(config: Config, name: str) -> list[tuple[dict[str, Any], str, str | None]]:
+    """(labels, metrics path, training benchmark) of every run of a study at each of its seeds, on
+    every dataset and the first selection strategy (the benchmark: its training job's seconds and
+    memory, none for an untuned run, which runs once, at the config seed)."""
+    split = config["studies"][name]["split"]
+    points = study_points(name, config)
+    out = []
+    for d in config["datasets"]:
+        for s in config["selection"]["strategies"][:1]:
+            for labels, run in points:
+                trained = run.method != "base"
+                for seed in study_seeds(name, config) if trained else [config["seed"]]:
+                    seeded = at_seed(run, seed, config) if trained else run
+                    train = benchmark_file(config, run_part(d, seeded.name, s, "train")) if trained else None
+                    out.append(({**labels, "dataset": d, "selection": s, "seed": seed},
+                                run_metrics(config, d, seeded.name, s, split), train))
+    return out
+
+
+def study_spec(config: Config, name: str) -> str:
+    study = config["studies"][name]
+    runs = [{**labels, "path": path, "benchmark": train} for labels, path, train in study_runs(config, name)]
+    return spec_arg({"name": name, **{key: study[key] for key in ("x", "split", "protocols", "metrics")},
+                     "bootstrap": config["summary"]["bootstrap"], "ci": config["summary"]["ci"], "runs": runs})
+
+
+# --------------------------------------------------------------------------- the targets of rule all
+
+def report_path(config: Config, *names: str) -> str:
+    """The report's folder (results/report), or a file in it."""
+    return "/".join((config["results"], "report", *names))
+
+
+def transfer_targets(config: Config) -> list[str]:
+    """The test metrics of every transferred run (config `transfer`, workflow/transfer.py), on each
+    selection it trains on."""
+    return [f"{config['results']}/{t.dataset}/transfer/{t.trained_on}/{t.run.name}/{s}/test/metrics.parquet"
+            for t in transfers(config) for s in run_selections(config, t.run)]
+
+
+def showcase_runs(config: Config) -> list[Run]:
+    """The trained runs of `methods` at the first training seed: those explanations and iLoRA's gates show."""
+    first = config_seeds(config)[0]
+    return [r for r in config_runs(config) if r.method != "base" and run_seed(r, config) == first]
+
+
+def explanation_targets(config: Config) -> list[str]:
+    """Explanations of every trained run `explanations.methods` names: by its full name, or, at the
+    first training seed, by its name without -s or its bare method."""
+    wanted, shown = config["explanations"]["methods"], showcase_runs(config)
+    return [run_path(config, d, r.name, s, f"explanations.{ext}") for d in config["datasets"]
+            for r in config_runs(config) if r.method != "base"
+            if r.name in wanted or r in shown and (r._replace(seed=None).name in wanted or r.method in wanted)
+            for s in run_selections(config, r) for ext in ("parquet", "html")]
+
+
+def study_targets(config: Config) -> list[str]:
+    """The enabled studies' tables and plots, and the tuned table when tuning is enabled."""
+    studies = [f"{config['results']}/studies/{name}.{ext}" for name, study in config["studies"].items()
+               if study["enabled"] for ext in ("parquet", "md", "png")]
+    return studies + ([f"{config['results']}/tuning/tuned.md"] if config["tuning"]["enabled"] else [])
+
+
+def gate_targets(config: Config) -> list[str]:
+    """iLoRA's gate showcase of every ilora run of `methods` that has a gate (not `uniform`), at the
+    first training seed."""
+    return [run_path(config, d, r.name, s, f"gates.{ext}") for d in config["datasets"] for r in showcase_runs(config)
+            if r.method == "ilora" and run_block(r, config)["gate"] != "uniform"
+            for s in run_selections(config, r) for ext in ("parquet", "png")]
+
+
+def report_targets(config: Config) -> list[str]:
+    """The report's figures and tables; the resources figure comes last."""
+    targets = [report_path(config, "summary.html"), report_path(config, "metrics"), *gate_targets(config)]
+    targets += [report_path(config, f"data/{d}.{ext}") for d in config["datasets"] for ext in ("html", "png")]
+    if any(r.method != "base" for r in config_runs(config)):
+        targets += [report_path(config, f"training/{d}.png") for d in config["datasets"]]
+    return targets + [report_path(config, "resources.png")]
+
+
+def all_targets(config: Config) -> list[str]:
+    """Every output the config asks for: the data, the surrogate, the summary (every run's test
+    metrics), the runs' metrics on the other splits of `evaluation.splits` (e.g. valid, to choose
+    settings), explanations, studies and the report's figures."""
+    results, datasets = config["results"], list(config["datasets"])
+    splits = [run_metrics(config, d, r, s, split) for split in config["evaluation"]["splits"] if split != "test"
+              for d in datasets for r, s in method_runs(config)]
+    return ([f"{results}/{d}/data/samples.parquet" for d in datasets]
+            + [f"{results}/{d}/surrogate/metrics.parquet" for d in datasets]
+            + [f"{results}/summary.parquet", f"{results}/summary.md"] + splits + explanation_targets(config)
+            + study_targets(config) + report_targets(config))
