@@ -243,8 +243,10 @@ def reads_reference(method: str, strategy: str | None) -> bool:
 
 
 def needs_reference(run: Run, config: dict[str, Any]) -> bool:
-    """Whether a preference run reads its start's reference log-probs (`reads_reference`)."""
-    return reads_reference(run.method, block(run, config).get("strategy"))
+    """Whether a preference run reads its start's reference log-probs (`reads_reference`); GRPO over
+    the catalogue beam scores its reference online (`grpo.group: catalogue`)."""
+    settings = block(run, config)
+    return reads_reference(run.method, settings.get("strategy")) and settings.get("group") != "catalogue"
 
 
 def sft_phase(run: Run, config: dict[str, Any]) -> bool:

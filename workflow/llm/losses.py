@@ -323,6 +323,42 @@ def grpo(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: float =
                               p_chosen=float(log_p[:, 0].detach().exp().mean()))
 
 
+def catalogue_rewards(hits: torch.Tensor, rank_penalty: bool = True) -> torch.Tensor:
+    """Rewards of a beam's G items [B, G] (best first; `hits`: the item is the target): 1 for the
+    target; with `rank_penalty`, MiniOneRec's ranking reward on the others, given only where the
+    target is in the beam: -w_g / sum_h w_h, w_g = 1 / log2(g + 2) for beam position g (0-based),
+    so the wrong items ranked highest are pushed down most (the penalties of a full row sum to -1
+    over the G positions, the target's position's share left out)."""
+    rewards = hits.float()
+    if rank_penalty:
+        weights = 1.0 / torch.log2(torch.arange(hits.shape[1], dtype=torch.float32) + 2)
+        penalty = -(weights / weights.sum()).to(rewards.device)
+        rewards = rewards + penalty * (~hits) * hits.any(dim=1, keepdim=True)
+    return rewards
+
+
+def grpo_catalogue(policy_tokens, reference_tokens, mask, rewards, kl_coef: float = 1e-3, eps: float = 1e-4):
+    """GRPO over sampled answers (TRL's GRPO loss as ReRe and MiniOneRec train with it): per answer
+    token t of group member g, -A_g * r_t + kl_coef * (exp(d_t) - d_t - 1), d_t = log pi_ref(y_t) -
+    log pi_theta(y_t), r_t = pi_theta(y_t) / pi_theta_old(y_t) = 1 in value (one step per group) with
+    gradient grad log pi_theta(y_t); averaged over each answer's tokens, then over the group and the
+    batch. A = `grpo_advantages(rewards, eps)`. [B, G, T] log-probs and mask, [B, G] rewards."""
+    advantages = grpo_advantages(rewards, eps)
+    ratio = torch.exp(policy_tokens - policy_tokens.detach())
+    d = reference_tokens - policy_tokens
+    kl_tokens = torch.exp(d) - d - 1
+    per_token = -ratio * advantages[..., None] + kl_coef * kl_tokens
+    maskf = mask.to(per_token.dtype)
+    per_answer = (per_token * maskf).sum(-1) / maskf.sum(-1).clamp(min=1)
+    kl = ((kl_tokens * maskf).sum(-1) / maskf.sum(-1).clamp(min=1)).mean()
+    hits = rewards > 0.5
+    return per_answer.mean(), {"kl": float(kl.detach()),
+                               "beam_hit_rate": float(hits.any(dim=1).float().mean()),
+                               "reward": float(rewards.mean()),
+                               "target_rank": float(hits.float().argmax(dim=1)[hits.any(dim=1)].float().mean())
+                               if hits.any() else float("nan")}
+
+
 OBJECTIVES = {"dpo": dpo, "dmpo": dmpo, "sdpo": sdpo, "dynamicpo": dynamicpo, "lpo4rec": lpo4rec, "napo": napo,
               "grpo": grpo}
 

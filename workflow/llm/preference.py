@@ -281,6 +281,7 @@ def make_loss_fn(method: str, cfg: dict[str, Any], scorer=None, state: dict[str,
         kwargs["group_size"] = int(cfg["group_size"])
         kwargs["kl_coef"] = float(cfg["kl_coef"])
         kwargs["kl"] = cfg["kl"]
+        kwargs["eps"] = float(cfg["eps"])
     gamma = float(cfg["gamma"])
     if declared.state and state is None:
         state = napo_state()
@@ -380,6 +381,9 @@ def policy_method(method: str, cfg: dict[str, Any], llm: dict[str, Any], domain:
     the SASRec surrogate's tables, NAPO's auxiliary recommender (`napo_scores`)."""
     from peft import PeftModel
 
+    if on_catalogue(method, cfg):
+        return catalogue_method(method, cfg, llm, domain, prompt, adapter)
+
     def attach(model, tokenizer):
         return PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
 
@@ -417,6 +421,37 @@ def policy_method(method: str, cfg: dict[str, Any], llm: dict[str, Any], domain:
     return stage.Method(method, cfg, attach, plan)
 
 
+def on_catalogue(method: str, cfg: dict[str, Any]) -> bool:
+    """Whether the run's group is its own beam over the whole catalogue (`grpo.group: catalogue`)."""
+    return with_defaults(method, cfg).get("group") == "catalogue"
+
+
+def catalogue_method(method: str, cfg: dict[str, Any], llm: dict[str, Any], domain: str, prompt: str,
+                     adapter: str | Path) -> stage.Method:
+    """GRPO over the policy's beam across the catalogue (workflow/llm/catalogue_rl.py): the sft
+    adapter trained, and again frozen as the online reference."""
+    from workflow.llm import catalogue_rl
+    from workflow.llm.inference import pad_id
+    from workflow.llm.prompts import clipped_answer_ids
+
+    cfg = with_defaults(method, cfg)
+
+    def plan(loaded: stage.Loaded) -> stage.Plan:
+        examples = preference_examples(loaded.samples, loaded.items, loaded.tokenizer, domain, llm, prompt)
+        item_ids = loaded.items["item_id"].astype(str).tolist()
+        answers = [clipped_answer_ids(loaded.tokenizer, t, llm["max_title_tokens"]) for t in loaded.items["title"].astype(str)]
+        chosen = catalogue_rl.catalogue_examples(examples, item_ids)
+        log.info("%s on %d samples, %s prompt, groups of %d by beam search over %d catalogue items", method,
+                 len(chosen), prompt, cfg["group_size"], len(item_ids))
+        return stage.Plan(chosen, catalogue_rl.collate,
+                          catalogue_rl.make_loss_fn(cfg, answers, pad_id(loaded.tokenizer)),
+                          save_weights=catalogue_rl.save_policy(loaded.model),
+                          fingerprint={"adapter": str(adapter), "method": method, "group": "catalogue"},
+                          config={"reference_adapter": str(adapter), "group": "catalogue"})
+
+    return stage.Method(method, cfg, lambda model, tokenizer: catalogue_rl.attach_with_reference(model, adapter), plan)
+
+
 def run_preference(method: str, model_dir: str | Path, adapter: str | Path, samples_path: str | Path,
                    items_path: str | Path, selection_path: str | Path, reference_path: str | Path,
                    spec: dict[str, Any], seed: int, out: str | Path, negatives_path: str | Path | None = None,
@@ -425,7 +460,7 @@ def run_preference(method: str, model_dir: str | Path, adapter: str | Path, samp
     llm, cfg, domain = s["llm"], s["cfg"], s["domain"]
     if not (Path(adapter) / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{adapter}: no adapter_config.json (train the sft adapter first)")
-    if reference_path is None and reads_reference(method, cfg["strategy"]):
+    if reference_path is None and reads_reference(method, cfg["strategy"]) and not on_catalogue(method, cfg):
         raise ValueError(f"{method} (negative strategy {cfg['strategy']}) reads the reference log-probs: pass "
                          f"--reference (only the reference-free {' and '.join(REFERENCE_FREE)} run without, and only with "
                          f"negatives the reference does not rank: not {' or '.join(RANKED_STRATEGIES)})")
@@ -440,7 +475,9 @@ def run_preference(method: str, model_dir: str | Path, adapter: str | Path, samp
     train_log = stage.run_stage(policy, model_dir=model_dir, samples_path=samples_path, items_path=items_path,
                                 selection_path=selection_path, llm=llm, seed=seed, out=out,
                                 config={method: cfg, "domain": domain, "prompt": s["prompt"], "budget": s["budget"]})
-    log.info("%s: reward accuracy %.3f at the last step", method, train_log["reward_accuracy"].iloc[-1])
+    for column in ("reward_accuracy", "beam_hit_rate"):
+        if column in train_log.columns:
+            log.info("%s: %s %.3f at the last step", method, column.replace("_", " "), train_log[column].iloc[-1])
     return Path(out)
 
 
