@@ -27,7 +27,7 @@ def examples() -> dict[str, str]:
 
 
 def planned(output: str) -> Counter:
-    return Counter(re.findall(r"^(?:local)?rule (\w+):$", output, flags=re.M))
+    return Counter(re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):$", output, flags=re.M))
 
 
 TRAINING = {"sft", "preference", "hybrid", "soft", "self_distill", "reference_logprobs"}
@@ -75,6 +75,12 @@ def check_nested(jobs, out):
     assert '"epochs": 2,' in out and "results-e2/" in out
 
 
+def check_tuning(jobs, out):
+    """The trials run on the validation split only; the test split waits for the selection."""
+    assert {"study", "tuning_selection", "sasrec_trial", "sft", "preference"} <= set(jobs)
+    assert set(re.findall(r"split=(\w+)", out)) == {"valid"} and "/test/metrics.parquet" not in out
+
+
 def check_paper(jobs, out):
     assert jobs["download"] == 4 and jobs["preflight"] == 1 and "summary" in jobs
 
@@ -89,6 +95,7 @@ CHECKS = {
     "stop after one rule": check_until,
     "override keys on the command line": check_overrides,
     "a nested key (typed by the schema)": check_nested,
+    "tune every method on the validation split, then test the chosen": check_tuning,
     "paper scale": check_paper,
     "static checks (clean)": None,
 }
