@@ -467,25 +467,25 @@ def export(surrogate: Surrogate, samples: pd.DataFrame, out_dir: str | os.PathLi
     return metric_frame
 
 
-def run_stage(samples_path: str, items_path: str, out_dir: str, dataset: str, spec: dict | None, seed: int) -> None:
+def trained(samples_path: str, items_path: str, spec: dict | None, seed: int):
+    """(samples, settings, the trained surrogate) from the stage's inputs, checked."""
     samples = pd.read_parquet(samples_path)
     items = pd.read_parquet(items_path, columns=["item_id"])
     check_samples(samples, source=samples_path)
     item_vocabulary(samples, items, source=items_path)
     settings = resolve_settings(spec)
-    surrogate = train_surrogate(samples, items, settings, seed=seed)
+    return samples, settings, train_surrogate(samples, items, settings, seed=seed)
+
+
+def run_stage(samples_path: str, items_path: str, out_dir: str, dataset: str, spec: dict | None, seed: int) -> None:
+    samples, settings, surrogate = trained(samples_path, items_path, spec, seed)
     export(surrogate, samples, out_dir, dataset, settings, seed)
 
 
 def run_trial(samples_path: str, items_path: str, out_dir: str, dataset: str, spec: dict | None, seed: int) -> None:
     """A tuning trial (workflow/tuning.py): the model and its validation-split metrics only, so a
     trial never reads the test split (`test_of_trial` evaluates the selected trials there)."""
-    samples = pd.read_parquet(samples_path)
-    items = pd.read_parquet(items_path, columns=["item_id"])
-    check_samples(samples, source=samples_path)
-    item_vocabulary(samples, items, source=items_path)
-    settings = resolve_settings(spec)
-    surrogate = train_surrogate(samples, items, settings, seed=seed)
+    samples, settings, surrogate = trained(samples_path, items_path, spec, seed)
     frame = evaluate_surrogate(surrogate, samples, dataset, splits=("valid",))
     log_metric_means(frame)
     with io.atomic_dir(out_dir) as tmp:
