@@ -481,13 +481,13 @@ def test_negatives_table_ranks_the_candidates_and_the_reference_scores_them(tiny
                                   tmp_path / "dmpo", tmp_path / "previous.parquet")
 
 
-def test_grpo_over_the_catalogue_beam_trains_with_an_online_reference(tiny_model_dir, inputs, sft_adapter, tmp_path):
-    """group catalogue: no reference table; at the first step the policy is the frozen reference
+def test_rere_grpo_over_the_catalogue_beam_trains_with_an_online_reference(tiny_model_dir, inputs, sft_adapter, tmp_path):
+    """rere: no reference table; at the first step the policy is the frozen reference
     (KL 0); only the policy adapter is saved, with the sft adapter's tensors, moved; the beam's items
     are catalogue items, the history excluded."""
-    block = {**METHOD, "group": "catalogue", "group_size": 4, "kl_coef": 0.1}
+    block = {"group_size": 4, "kl_coef": 0.1, "lr": 0.01, "epochs": 1}
     spec = {"llm": LLM, "preference": PREF, "method": block, "domain": "movie", "prompt": "open"}
-    out = preference.run_preference("grpo", tiny_model_dir, sft_adapter, inputs["samples"], inputs["items"],
+    out = preference.run_preference("rere", tiny_model_dir, sft_adapter, inputs["samples"], inputs["items"],
                                     inputs["selection"], None, spec, 0, tmp_path / "grpo")
     before, after = adapter_tensors(sft_adapter), adapter_tensors(out)
     assert before.keys() == after.keys()  # the reference adapter is not saved
@@ -496,18 +496,18 @@ def test_grpo_over_the_catalogue_beam_trains_with_an_online_reference(tiny_model
     assert log["kl"].iloc[0] == pytest.approx(0.0, abs=1e-6)
     assert log["beam_hit_rate"].between(0, 1).all() and np.isfinite(log["loss"]).all()
     config = json.loads((out / "training_config.json").read_text())["config"]
-    assert config["group"] == "catalogue" and config["reference_adapter"] == str(sft_adapter)
+    assert config["reference"] == "online" and config["reference_adapter"] == str(sft_adapter)
     assert "reference_logprobs" not in config
 
 
-def test_grpo_catalogue_reference_adapter_is_the_start_and_stays_frozen(tiny_model_dir, sft_adapter, inputs):
+def test_rere_reference_adapter_is_the_start_and_stays_frozen(tiny_model_dir, sft_adapter, inputs):
     """The reference pass scores with the sft adapter as loaded, after the policy has moved; the
     policy's weights are the trainable ones before and after the switch."""
     from workflow.llm import catalogue_rl
     from workflow.llm.model import load_for_training
     from workflow.llm.scoring import candidate_logprobs as score
 
-    llm = preference.settings("grpo", {"llm": LLM, "preference": PREF})["llm"]  # validated: every key
+    llm = preference.settings("rere", {"llm": LLM, "preference": PREF})["llm"]  # validated: every key
     model, tokenizer, _, _ = load_for_training(tiny_model_dir, llm)
     model = catalogue_rl.attach_with_reference(model, sft_adapter)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}

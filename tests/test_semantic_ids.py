@@ -163,8 +163,8 @@ def test_alignment_examples_and_token_learning_rate(tiny_model_dir, sid_inputs, 
     assert config["n_samples"] == 8 + 2 * n_items
 
 
-def test_grpo_over_the_catalogue_of_semantic_ids(tiny_model_dir, sid_inputs, tmp_path):
-    """GRPO whose group is the policy's beam over the items' semantic IDs, from a sid sft adapter: the
+def test_rere_over_the_catalogue_of_semantic_ids(tiny_model_dir, sid_inputs, tmp_path):
+    """rere (GRPO whose group is the policy's beam over the items' semantic IDs), from a sid sft adapter: the
     reference adapter (with its own ID rows) is switched in and out, the policy's ID rows train, only the
     policy is saved."""
     from workflow.llm import preference
@@ -173,10 +173,10 @@ def test_grpo_over_the_catalogue_of_semantic_ids(tiny_model_dir, sid_inputs, tmp
     start = tmp_path / "sft"
     spec = {"llm": LLM, "sft": {**SFT, "lora_dropout": 0.0, "lr": 0.05}, "domain": "movie", "prompt": "sid"}
     sft.run_sft(tiny_model_dir, paths["samples"], paths["items"], paths["selection"], spec, 0, start)
-    block = {"group": "catalogue", "group_size": 3, "kl_coef": 0.1, "lr": 0.01, "epochs": 1}
+    block = {"group_size": 3, "kl_coef": 0.1, "lr": 0.01, "epochs": 1}
     spec = {"llm": LLM, "preference": {"batch_size": 2, "grad_accum": 1, "warmup_ratio": 0.0, "checkpoint_every": 0},
             "method": block, "domain": "movie", "prompt": "sid"}
-    out = preference.run_preference("grpo", tiny_model_dir, start, paths["samples"], paths["items"], paths["selection"],
+    out = preference.run_preference("rere", tiny_model_dir, start, paths["samples"], paths["items"], paths["selection"],
                                     None, spec, 0, tmp_path / "grpo")
     before, after = (safetensors.torch.load_file(p / "adapter_model.safetensors") for p in (start, out))
     assert before.keys() == after.keys()

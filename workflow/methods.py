@@ -22,6 +22,7 @@ class Method:
     shares_negatives: bool = False  # trainer: in-batch negative sharing (its collate mask; the block's
                                     # share_negatives switches it off)
     state: bool = False             # trainer: a running state kept in the checkpoint (train.Hooks.state)
+    online_reference: bool = False  # preference: its reference is scored during training (no reference table)
 
 
 # In the order of the schema's enums and of runs.py's TRAINED (the order of run-name patterns).
@@ -38,6 +39,8 @@ METHODS: dict[str, Method] = {
     "napo": Method("preference", "napo", reference_free=True, takes_k=True, surrogate=True, shares_negatives=True,
                    state=True),
     "grpo": Method("preference", "grpo", takes_k=True),
+    # GRPO whose group is the policy's own beam over the whole catalogue (workflow/llm/catalogue_rl.py)
+    "rere": Method("preference", "grpo_catalogue", online_reference=True),
     # DPO on the reference's top-ranked wrong candidate: one negative, fixed (no -k)
     "sprec": Method("preference", "dpo"),
 }

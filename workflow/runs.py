@@ -73,7 +73,7 @@ NUMBER = r"[0-9]+(?:\.[0-9]+)?"
 RUN_AXES = (
     Axis("prompt", "", str, "[a-z]+", None, "prompt", block=False, choices=PROMPTS),
     Axis("k", "k", int, "[0-9]+", TAKES_K, "negatives"),
-    Axis("beta", "b", float, NUMBER, PREFERENCE, "beta"),
+    Axis("beta", "b", float, NUMBER, tuple(m for m in PREFERENCE if not DECLARED[m].online_reference), "beta"),
     Axis("lr", "lr", float, r"[1-9](?:\.[0-9]*[1-9])?e-?[0-9]+", TRAINED, "learning rate"),
     Axis("n_experts", "x", int, "[0-9]+", ("ilora",), "experts"),
     Axis("gate", "g", str, "[a-z]+", ("ilora",), "gate", choices=GATES),
@@ -243,10 +243,9 @@ def reads_reference(method: str, strategy: str | None) -> bool:
 
 
 def needs_reference(run: Run, config: dict[str, Any]) -> bool:
-    """Whether a preference run reads its start's reference log-probs (`reads_reference`); GRPO over
-    the catalogue beam scores its reference online (`grpo.group: catalogue`)."""
-    settings = block(run, config)
-    return reads_reference(run.method, settings.get("strategy")) and settings.get("group") != "catalogue"
+    """Whether a preference run reads its start's reference log-probs (`reads_reference`); a method
+    that scores its reference online (rere) reads none."""
+    return reads_reference(run.method, block(run, config).get("strategy")) and not DECLARED[run.method].online_reference
 
 
 def sft_phase(run: Run, config: dict[str, Any]) -> bool:

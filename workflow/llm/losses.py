@@ -360,7 +360,7 @@ def grpo_catalogue(policy_tokens, reference_tokens, mask, rewards, kl_coef: floa
 
 
 OBJECTIVES = {"dpo": dpo, "dmpo": dmpo, "sdpo": sdpo, "dynamicpo": dynamicpo, "lpo4rec": lpo4rec, "napo": napo,
-              "grpo": grpo}
+              "grpo": grpo, "grpo_catalogue": grpo_catalogue}  # the last on sampled answers' tokens (rere)
 
 
 # ----------------------------------------------------------------------------- SOFT

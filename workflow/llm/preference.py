@@ -422,8 +422,8 @@ def policy_method(method: str, cfg: dict[str, Any], llm: dict[str, Any], domain:
 
 
 def on_catalogue(method: str, cfg: dict[str, Any]) -> bool:
-    """Whether the run's group is its own beam over the whole catalogue (`grpo.group: catalogue`)."""
-    return with_defaults(method, cfg).get("group") == "catalogue"
+    """Whether the run's group is its own beam over the whole catalogue, its reference online (rere)."""
+    return DECLARED[method].online_reference
 
 
 def catalogue_method(method: str, cfg: dict[str, Any], llm: dict[str, Any], domain: str, prompt: str,
@@ -446,8 +446,8 @@ def catalogue_method(method: str, cfg: dict[str, Any], llm: dict[str, Any], doma
         return stage.Plan(chosen, catalogue_rl.collate,
                           catalogue_rl.make_loss_fn(cfg, answers, pad_id(loaded.tokenizer)),
                           save_weights=catalogue_rl.save_policy(loaded.model),
-                          fingerprint={"adapter": str(adapter), "method": method, "group": "catalogue"},
-                          config={"reference_adapter": str(adapter), "group": "catalogue"})
+                          fingerprint={"adapter": str(adapter), "method": method},
+                          config={"reference_adapter": str(adapter), "reference": "online"})
 
     return stage.Method(method, cfg, lambda model, tokenizer: catalogue_rl.attach_with_reference(model, adapter), plan)
 
@@ -460,7 +460,7 @@ def run_preference(method: str, model_dir: str | Path, adapter: str | Path, samp
     llm, cfg, domain = s["llm"], s["cfg"], s["domain"]
     if not (Path(adapter) / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{adapter}: no adapter_config.json (train the sft adapter first)")
-    if reference_path is None and reads_reference(method, cfg["strategy"]) and not on_catalogue(method, cfg):
+    if reference_path is None and not on_catalogue(method, cfg) and reads_reference(method, cfg["strategy"]):
         raise ValueError(f"{method} (negative strategy {cfg['strategy']}) reads the reference log-probs: pass "
                          f"--reference (only the reference-free {' and '.join(REFERENCE_FREE)} run without, and only with "
                          f"negatives the reference does not rank: not {' or '.join(RANKED_STRATEGIES)})")
