@@ -1,6 +1,5 @@
 # LLM-as-recommender workflow: raw datasets -> samples -> surrogate -> LLM methods -> one summary.
 # Rules are thin; every stage is `python -m workflow.<stage>` (see workflow/).
-import shlex
 import sys
 
 from snakemake.utils import min_version
@@ -9,6 +8,7 @@ from snakemake_interface_executor_plugins.settings import DeploymentMethod
 # The package is `workflow`; import names from it only, never the package itself, which would
 # shadow Snakemake's own `workflow` object here.
 from workflow.config import validate as validate_config
+from workflow.dag import shell_prefix
 from workflow.failures import print_failed_logs
 
 min_version("9.20")
@@ -24,14 +24,9 @@ report: "report/workflow.rst"
 # The overrides are typed by the schema: `--config 'sft={epochs: 2}'` gives Snakemake the string '2'.
 validate_config(config, f"{workflow.basedir}/config/schema.yaml", overrides=workflow.config_settings.overwrite_config)
 
-# Rules run `python -m workflow.<stage>`: make the package importable from any working directory
-# (`--directory`), conda environment (`--sdm conda`) or cluster node, installed or not.
-PACKAGE_ROOT = shlex.quote(workflow.basedir)
-# `python` in a rule is the interpreter Snakemake runs under (a shell function), so the rules work
-# without an activated virtual environment; under `--sdm conda`, the rule's environment's own.
-PYTHON = ("" if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
-          else f'python() {{{{ {shlex.quote(sys.executable)} "$@"; }}}}; ')
-shell.prefix(f"export PYTHONPATH={PACKAGE_ROOT}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; {PYTHON}")
+# Rules run `python -m workflow.<stage>` with this package, under Snakemake's interpreter (--sdm conda: the rule's).
+CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+shell.prefix(shell_prefix(workflow.basedir, None if CONDA else sys.executable))
 
 
 include: "rules/common.smk"

@@ -1,34 +1,31 @@
 # Constants, the run grammar's wildcard patterns and the input functions several rule files share.
 # Paths and job arguments are plain functions of the config in workflow/dag.py (tested without Snakemake).
 from functools import partial
-from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from workflow.dag import (all_targets, baseline_metrics, benchmark_file, dataset_files, log_file, method_runs,
-                          method_spec, optional_args, rule_resources, run_method, run_metrics as metrics_of_run, run_part,
-                          run_path, selection_file, spec_arg, surrogate_tables, training_args)
+from workflow.dag import (all_targets, baseline_metrics, benchmark_file, dataset_files, llm_table, log_file,
+                          method_spec, optional_args, rule_resources, run_method, run_metrics as metrics_of_run,
+                          run_part, run_path, selection_file, spec_arg, surrogate_files, surrogate_tables,
+                          training_args)
 from workflow.methods import of_family
 from workflow.runs import PREFERENCE, TRAINED, parse as parse_run, wildcard_pattern
-from workflow.transfer import transfers
 
 RESULTS = config["results"]
 # Rules that ask the scheduler for GPUs (llm.gpu > 0) run in the CUDA environment under --sdm conda.
 LLM_ENV = "../envs/gpu.yaml" if config["llm"]["gpu"] else "../envs/cpu.yaml"
-# GPUs of the data-parallel stages (training, evaluation: one process per GPU) and of the
-# single-process GPU stages (scoring, self-distillation, effort)
+# GPUs of the data-parallel stages (training, evaluation) and of the single-process ones (scoring, effort)
 LLM_GPUS = config["llm"]["gpu"]
 ONE_GPU = min(LLM_GPUS, 1)
-# GPU stages start through workflow.launch: it claims distinct free GPUs for jobs that run side by
-# side on one node (unless the scheduler set CUDA_VISIBLE_DEVICES) and starts torchrun for llm.gpu > 1
+# workflow.launch claims distinct free GPUs for jobs side by side on a node (unless the scheduler set
+# CUDA_VISIBLE_DEVICES) and starts torchrun for llm.gpu > 1
 LAUNCH = f"python -m workflow.launch --gpus {LLM_GPUS} --" if LLM_GPUS else "python -m"
 LAUNCH_ONE = f"python -m workflow.launch --gpus {ONE_GPU} --" if ONE_GPU else "python -m"
 DATASETS = list(config["datasets"])
 
-# Threads of the compute rules (`threads: JOB_THREADS`): up to workflow.cores, i.e. --cores. Commands that run
-# no job take no --cores, and workflow.cores fails there (`snakemake --report`, --summary:
-# snakemake/snakemake#3691); they count 1. `threads_per_job` caps them: several small jobs at once
-# beat one job on every core on a small CPU (config/config.yaml). Other rules take Snakemake's 1.
+# Threads of the compute rules: up to --cores (1 for commands that run no job, where workflow.cores fails:
+# --report, --summary; snakemake/snakemake#3691), capped by `threads_per_job` (several small jobs at once
+# beat one job on every core on a small CPU). Other rules take Snakemake's 1.
 try:
     CORES = workflow.cores
 except WorkflowError:
@@ -49,8 +46,6 @@ job_resources = partial(rule_resources, config)
 logged = partial(log_file, config)
 benchmarked = partial(benchmark_file, config)
 run_metrics = partial(metrics_of_run, config)
-# the older names rules/tuning.smk reads
-spec, data = spec_arg, partial(dataset_files, config)
 
 BASE_MODEL = f"{RESULTS}/models/base"
 RUN_DIR = run_path(config, "{dataset}", "{run}", "{selection}")  # a run's folder, the rules' pattern
@@ -64,6 +59,7 @@ RUN_PATTERN = {name: wildcard_pattern(methods) for name, methods in
                 "transfer": ["sft", *PREFERENCE, "soft"], "referenced": ["sft", "sprec"]}.items()}
 SELECTIONS = config["selection"]["strategies"]
 
+
 def run_items(wildcards):
     """The items table a run reads: the sid prompt's shows every item by its semantic ID (rule
     semantic_ids), every other prompt the titles."""
@@ -73,6 +69,7 @@ def run_items(wildcards):
 
 
 def training_selection(wildcards):
+    """The selection file a run trains on (workflow/dag.py selection_file: `random` drawn per seed, -n subsets)."""
     return selection_file(config, wildcards.dataset, wildcards.run, wildcards.selection)
 
 

@@ -3,11 +3,8 @@
 include: "data_inputs.smk"
 
 
-# On the machine Snakemake runs on: cluster nodes often have no way out.
-localrules: download
-
-
 rule download:
+    localrule: True  # on the machine Snakemake runs on: cluster nodes often have no way out
     output: directory(f"{DOWNLOADS}/{{source}}"),
     wildcard_constraints: source="|".join(map(re.escape, DOWNLOAD_SPECS)) or "(?!)",
     params: spec=lambda wildcards: spec_arg(DOWNLOAD_SPECS[wildcards.source]),

@@ -7,7 +7,7 @@ rule title_embeddings:
     input:
         model=BASE_MODEL,
         **dataset_files(config, "{dataset}", "item_table"),
-    output: f"{RESULTS}/{{dataset}}/llm/title_embeddings.parquet",
+    output: llm_table(config, "{dataset}", "title_embeddings"),
     params: launch=LAUNCH_ONE, device=config["llm"]["device"], dtype=config["llm"]["dtype"],
     log: logged("{dataset}/llm/title_embeddings"),
     benchmark: benchmarked("{dataset}/llm/title_embeddings"),
@@ -42,7 +42,7 @@ rule evaluate:
 
 
 rule summary:
-    input: summary_metrics,
+    input: lambda wildcards: summary_metrics(config),
     output:
         parquet=f"{RESULTS}/summary.parquet",
         md=f"{RESULTS}/summary.md",

@@ -1,13 +1,12 @@
 # The input functions of rules/eval.smk.
-from workflow.dag import evaluation_spec, run_protocols, transfer_targets
-from workflow.protocol_table import reads as protocol_reads
+from workflow.dag import evaluation_spec, run_protocols, stored_inputs, summary_metrics
 from workflow.runs import HYBRID
 
 
 def evaluation_inputs(wildcards):
     """What evaluating a run needs: the base model and the dataset; the run's adapter unless it is the
     base model (for a transferred run, the one trained on {trained_on}); the surrogate tables for a
-    llara or ilora run; the stored inputs its protocols read (workflow/protocol_table.py `reads`)."""
+    llara or ilora run; the stored inputs its protocols read (stored_inputs)."""
     run = parse_run(wildcards.run)
     inputs = {"model": BASE_MODEL, **dataset_files(config, wildcards.dataset, "samples"),
               "item_table": run_items(wildcards)}
@@ -16,13 +15,4 @@ def evaluation_inputs(wildcards):
         inputs["adapter"] = run_path(config, trained_on, wildcards.run, wildcards.selection, "adapter")
     if run.method in HYBRID:
         inputs |= surrogate_tables(config, wildcards.dataset)
-    for need in protocol_reads(run_protocols(config, run, wildcards.split)):
-        inputs[need] = f"{RESULTS}/{wildcards.dataset}/llm/{need}.parquet"
-    return inputs
-
-
-def summary_metrics(wildcards):
-    """Every per-sample metrics table: the baselines', the surrogate's, each LLM run's and each
-    transferred run's (test split)."""
-    return (baseline_metrics(config) + [run_metrics(d, r, s) for d in DATASETS for r, s in method_runs(config)]
-            + transfer_targets(config))
+    return inputs | stored_inputs(config, wildcards.dataset, run_protocols(config, run, wildcards.split))

@@ -1,6 +1,6 @@
 # The LLM engine's training side: the base model converted once, then LoRA SFT per run
-# (`sft-{prompt}[-e..][-n..][-s..]`, workflow/runs.py) and selection. Training stages take the run's
-# seed (training_seed) and selection (training_selection: `random` drawn per seed), rules/common.smk.
+# (`sft-{prompt}[-e..][-n..][-s..]`, workflow/runs.py) and selection, and LLaRA / iLoRA. Training stages
+# take the run's seed and selection file (workflow/dag.py training_args, selection_file).
 
 
 rule preflight:

@@ -1,7 +1,5 @@
-# Preference optimisation (DMPO, S-DPO, DynamicPO, LPO4Rec, NAPO, GRPO, SPRec), each run starting from
-# the SFT adapter of its prompt, budget and selection, whose frozen copy is the reference; an SPRec
-# round after the first starts from, and is referenced against, the previous round (with its SFT
-# phase: against that phase's adapter, its negatives ranked by the previous round).
+# Preference optimisation (DMPO, S-DPO, DynamicPO, LPO4Rec, NAPO, GRPO, SPRec), each run starting from the SFT
+# adapter of its prompt, budget and selection, whose frozen copy is the reference (SPRec's rounds: preference_inputs).
 include: "preference_inputs.smk"
 
 

@@ -6,7 +6,7 @@ from workflow.runs import needs_reference, sft_phase
 
 def start_file(wildcards, name):
     """A file (its adapter or its reference log-probs) of the run a preference run starts from and is
-    referenced against (workflow/dag.py start_run): the sft run; for an SPRec round after the first, the previous round."""
+    referenced against (workflow/dag.py start_run: the sft run; for an SPRec round, the previous round)."""
     return run_path(config, wildcards.dataset, start_run(config, wildcards.run).name, wildcards.selection, name)
 
 

@@ -1,6 +1,6 @@
 # Figures and tables of the HTML report. They are outputs of the workflow (workflow/dag.py report_targets),
 # so that `snakemake --report results/report.html` only collects them; captions are in report/.
-from workflow.dag import report_path
+from workflow.dag import report_path, trained_adapters
 
 REPORT = report_path(config)
 RESOURCES_FIGURE = report_path(config, "resources.png")
@@ -25,9 +25,7 @@ rule report_summary:
 
 
 rule report_training:
-    input:
-        # the adapters (with their train_log.parquet) of the dataset's trained runs, for the loss curves
-        lambda wildcards: [run_path(config, wildcards.dataset, r, s, "adapter") for r, s in method_runs(config) if s != "none"],
+    input: lambda wildcards: trained_adapters(config, wildcards.dataset),  # their loss curves
     output:
         report(f"{REPORT}/training/{{dataset}}.png", caption="../report/training.rst", category="Training",
                labels={"dataset": "{dataset}"}),

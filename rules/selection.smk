@@ -4,8 +4,8 @@
 include: "selection_inputs.smk"
 
 
-# random or all; `random-s{seed}` is random drawn at another training seed (config `seeds`,
-# training_selection): the config seed's is random.parquet, so a default config's jobs stay as they were.
+# random or all; `random-s{seed}` is random drawn at another training seed (config `seeds`, workflow/dag.py
+# selection_file): the config seed's is random.parquet, so a default config's jobs stay as they were.
 rule select_training_data:
     input: **dataset_files(config, "{dataset}", "samples"),
     output: f"{RESULTS}/{{dataset}}/selection/{{selection}}.parquet",
@@ -26,8 +26,7 @@ rule select_training_data:
 
 rule influence_scores:
     input:
-        model=f"{RESULTS}/{{dataset}}/surrogate/model.pt",
-        meta=f"{RESULTS}/{{dataset}}/surrogate/model.json",
+        **surrogate_files(config, "{dataset}", "model", "meta"),
         **dataset_files(config, "{dataset}", "samples"),
     output: f"{RESULTS}/{{dataset}}/selection/scores/influence.parquet",
     params:
@@ -84,7 +83,7 @@ rule select_dealrec:
         "{log:q} 2>&1"
 
 
-# A run's -n<budget> (training_selection): `budget` samples of its selection at its training seed,
+# A run's -n<budget> (selection_file): `budget` samples of its selection at its training seed,
 # as a selection file of its own that every stage of the run reads (workflow/selection/budget.py).
 rule budget_subset:
     input: unpack(budget_inputs),

@@ -5,7 +5,7 @@
 rule semantic_ids:
     input:
         **dataset_files(config, "{dataset}"),
-        embeddings=f"{RESULTS}/{{dataset}}/llm/title_embeddings.parquet",
+        embeddings=llm_table(config, "{dataset}", "title_embeddings"),
     output:
         codes=f"{RESULTS}/{{dataset}}/data/semantic_ids.parquet",
         item_table=f"{RESULTS}/{{dataset}}/data/items_sid.parquet",

@@ -1,7 +1,7 @@
 # SOFT (workflow/llm/soft.py): the sft backbone's self-distilled answers to its own training prompts,
 # once per backbone and shared by every SOFT run of it (any alpha), then a fresh LoRA per SOFT run on
 # the true and the self-distilled answers.
-from workflow.dag import distill_spec
+from workflow.dag import distill_spec, stored_inputs
 
 
 rule self_distill:
@@ -21,9 +21,8 @@ rule self_distill:
         "> {log:q} 2>&1"
 
 
-# soft.early_stopping validates each epoch by grounded ranking: the title embeddings join the inputs
-SOFT_VALIDATION = ({"title_embeddings": f"{RESULTS}/{{dataset}}/llm/title_embeddings.parquet"}
-                   if config["soft"]["early_stopping"] else {})
+# soft.early_stopping validates each epoch by the grounded protocol: what it reads joins the inputs
+SOFT_VALIDATION = stored_inputs(config, "{dataset}", ["grounded"]) if config["soft"]["early_stopping"] else {}
 
 
 rule soft:

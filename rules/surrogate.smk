@@ -1,15 +1,10 @@
 # SASRec surrogate (RecBole): trained on the train split, early-stopped on valid; exports the
-# checkpoint, item embeddings, sequence representations and its baseline metrics.
+# checkpoint, item embeddings, sequence representations and its baseline metrics (workflow/dag.py surrogate_files).
 
 
 rule surrogate:
     input: **dataset_files(config, "{dataset}"),
-    output:
-        model=f"{RESULTS}/{{dataset}}/surrogate/model.pt",
-        meta=f"{RESULTS}/{{dataset}}/surrogate/model.json",
-        item_embeddings=surrogate_tables(config, "{dataset}")["item_vectors"],
-        sequence_repr=surrogate_tables(config, "{dataset}")["sequence_vectors"],
-        metrics=f"{RESULTS}/{{dataset}}/surrogate/metrics.parquet",
+    output: **surrogate_files(config, "{dataset}"),
     params: out_dir=f"{RESULTS}/{{dataset}}/surrogate", spec=spec_arg(config["surrogate"]), seed=config["seed"],
     log: logged("{dataset}/surrogate"),
     benchmark: benchmarked("{dataset}/surrogate"),

@@ -1,6 +1,7 @@
 # Cross-domain transfer (config `transfer`, workflow/transfer.py): a run's adapter trained on dataset
 # {trained_on} evaluated on {dataset}'s test samples, with {dataset}'s prompts, domain word, items and
 # title embeddings: rule evaluate (evaluation_inputs takes the adapter from {trained_on}) at other paths.
+from workflow.transfer import transfers
 
 TRANSFER_DIR = "{dataset}/transfer/{trained_on}/{run}/{selection}/{split}"
 try:  # the config's `transfer` list, checked when the workflow is parsed (errors name the entry)

@@ -10,7 +10,7 @@ checkpoint tuning_selection:
         studies=[study_table(name) for name in tuning_studies(config)],
         sasrec=[sasrec_trial_file(t["run"], seed, "valid.parquet") for t in SASREC_TRIALS for seed in TUNING_SEEDS],
     output: parquet=f"{RESULTS}/tuning/selected.parquet", overlay=f"{RESULTS}/tuning/tuned.yaml",
-    params: spec=spec(tuning_selection_spec(config, study_table, sasrec_trial_file)),
+    params: spec=spec_arg(tuning_selection_spec(config, study_table, sasrec_trial_file)),
     log: logged("tuning/selection"),
     benchmark: benchmarked("tuning/selection"),
     resources: **job_resources("tuning_selection", "2GB", "10m"),
@@ -26,9 +26,10 @@ rule tuning_table:
     input: selected=f"{RESULTS}/tuning/selected.parquet", runs=lambda wildcards: [r["path"] for r in tuned_runs(wildcards)],
     output: parquet=f"{RESULTS}/tuning/tuned.parquet", md=f"{RESULTS}/tuning/tuned.md",
     params:
-        spec=lambda wildcards: spec({"metrics": config["tuning"]["metrics"], "protocol": config["tuning"]["protocol"],
-                                     "claims": config["tuning"]["claims"], "runs": tuned_runs(wildcards),
-                                     "bootstrap": config["summary"]["bootstrap"], "ci": config["summary"]["ci"]}),
+        spec=lambda wildcards: spec_arg({"metrics": config["tuning"]["metrics"],
+                                         "protocol": config["tuning"]["protocol"],
+                                         "claims": config["tuning"]["claims"], "runs": tuned_runs(wildcards),
+                                         "bootstrap": config["summary"]["bootstrap"], "ci": config["summary"]["ci"]}),
         seed=config["seed"],
     log: logged("tuning/table"),
     benchmark: benchmarked("tuning/table"),
@@ -41,10 +42,10 @@ rule tuning_table:
 
 
 rule sasrec_trial:
-    input: **data("{dataset}"),
+    input: **dataset_files(config, "{dataset}"),
     output: model=f"{SASREC_TRIAL}/model.pt", meta=f"{SASREC_TRIAL}/model.json", valid=f"{SASREC_TRIAL}/valid.parquet",
     wildcard_constraints: trial="[^/]+", seed="[0-9]+",
-    params: spec=lambda wildcards: spec(sasrec_trial_settings(config, wildcards.trial)),
+    params: spec=lambda wildcards: spec_arg(sasrec_trial_settings(config, wildcards.trial)),
             out_dir=lambda wildcards, output: Path(output.valid).parent,
     log: logged("{dataset}/tuning/sasrec/{trial}/s{seed}/train"),
     benchmark: benchmarked("{dataset}/tuning/sasrec/{trial}/s{seed}/train"),
@@ -59,7 +60,7 @@ rule sasrec_trial:
 
 
 rule sasrec_trial_test:
-    input: **data("{dataset}"), model=f"{SASREC_TRIAL}/model.pt", meta=f"{SASREC_TRIAL}/model.json",
+    input: **dataset_files(config, "{dataset}"), model=f"{SASREC_TRIAL}/model.pt", meta=f"{SASREC_TRIAL}/model.json",
     output: f"{SASREC_TRIAL}/test.parquet",
     wildcard_constraints: trial="[^/]+", seed="[0-9]+",
     params: out_dir=lambda wildcards, output: Path(output[0]).parent,

@@ -46,7 +46,19 @@ def test_dataset_files_are_named_inputs():
     assert dag.dataset_files(c, "ml") == {"samples": "results/ml/data/samples.parquet",
                                           "item_table": "results/ml/data/items.parquet"}
     assert list(dag.dataset_files(c, "{dataset}", "interactions", "item_table")) == ["interactions", "item_table"]
-    assert dag.surrogate_tables(c, "ml")["item_vectors"] == "results/ml/surrogate/item_embeddings.parquet"
+    assert list(dag.surrogate_files(c, "ml")) == ["model", "meta", "item_vectors", "sequence_vectors", "metrics"]
+    assert dag.surrogate_tables(c, "ml") == {"item_vectors": "results/ml/surrogate/item_embeddings.parquet",
+                                             "sequence_vectors": "results/ml/surrogate/sequence_repr.parquet"}
+    assert dag.stored_inputs(c, "ml", ["likelihood", "grounded"]) == {
+        "title_embeddings": "results/ml/llm/title_embeddings.parquet"}
+    assert dag.stored_inputs(c, "ml", ["likelihood"]) == {}
+
+
+def test_shell_prefix_puts_the_package_and_the_interpreter_first():
+    # braces doubled: Snakemake formats the prefix with the job's values
+    assert dag.shell_prefix("/a b", "/venv/bin/python") == (
+        "export PYTHONPATH='/a b'${{PYTHONPATH:+:$PYTHONPATH}}; python() {{ /venv/bin/python \"$@\"; }}; ")
+    assert dag.shell_prefix("/a", None) == "export PYTHONPATH=/a${{PYTHONPATH:+:$PYTHONPATH}}; "
 
 
 def test_resources_llm_block_and_per_rule_overrides():
@@ -106,7 +118,8 @@ def test_stage_specs_are_sorted_json_of_the_blocks_they_read():
 
 def test_training_args_and_the_optional_flags():
     c = config()
-    inputs = Input(model="m", samples="s", item_table="i", selection="sel", item_vectors="results/ml/surrogate/x.parquet")
+    inputs = Input(model="m", samples="s", item_table="i", selection="sel",
+                   item_vectors="results/ml/surrogate/x.parquet")
     args = dag.training_args(c, dag.method_spec)(Wildcards(dataset="ml", run="sft-open-s43"), inputs, ["out"], 2)
     assert args[args.index("--seed") + 1] == 43 and args[-2:] == ["--out", "out"] and "--threads" in args
     assert dag.surrogate_args(inputs) == ["--surrogate", "results/ml/surrogate"]
@@ -142,9 +155,12 @@ def test_targets_of_rule_all():
     assert "results/report/training/games.png" in targets
     untuned = config(methods=["base"], explanations={"methods": []})
     assert not [t for t in dag.all_targets(untuned) if "/training/" in t]
+    assert dag.summary_metrics(c)[:4] == [f"results/{d}/{kind}/metrics.parquet" for kind in ("baselines", "surrogate")
+                                          for d in ("ml", "games")]
     transfer = config(transfer=[{"from": "ml", "to": "games", "methods": ["sft-candidate"]}])
     assert dag.transfer_targets(transfer) == ["results/games/transfer/ml/sft-candidate/random/test/metrics.parquet",
                                               "results/games/transfer/ml/sft-candidate/dealrec/test/metrics.parquet"]
+    assert dag.summary_metrics(transfer)[-2:] == dag.transfer_targets(transfer)
 
 
 def test_a_studys_runs_carry_their_training_benchmark():

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from workflow.formats import resolve_files
+from workflow.protocol_table import reads as protocol_reads
 from workflow.runs import (Run, at_seed, block as run_block, config_runs, config_seeds, parse as parse_run,
                            previous_round, run_seed, study_points, study_seeds)
 from workflow.selection.dealrec import STRATEGIES as DEALREC_STRATEGIES
@@ -24,6 +25,19 @@ LLM_RULES = frozenset({"title_embeddings", "evaluate", "evaluate_transfer", "exp
                        "reference_logprobs", "preference", "gates", "effort_scores", "self_distill", "soft"})
 # The prepared dataset's files by input name (`items` would shadow Namedlist.items()).
 DATASET_FILES = {"interactions": "interactions", "samples": "samples", "item_table": "items"}
+# The surrogate's files by name; llara, ilora and napo read the two tables (`--surrogate` takes their folder).
+SURROGATE_FILES = {"model": "model.pt", "meta": "model.json", "item_vectors": "item_embeddings.parquet",
+                   "sequence_vectors": "sequence_repr.parquet", "metrics": "metrics.parquet"}
+
+
+def shell_prefix(package_root: str, python: str | None) -> str:
+    """What every rule's shell command starts with: the package importable from any working directory
+    (`--directory`), conda environment or cluster node, installed or not; `python` a shell function
+    running the interpreter Snakemake runs under, so the rules work without an activated virtual
+    environment (None: under `--sdm conda`, the rule's environment's own). Braces doubled: Snakemake
+    formats the prefix."""
+    function = f'python() {{{{ {shlex.quote(python)} "$@"; }}}}; ' if python else ""
+    return f"export PYTHONPATH={shlex.quote(package_root)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; {function}"
 
 
 def spec_arg(obj: Any) -> str:
@@ -73,17 +87,32 @@ def dataset_files(config: Config, dataset: str, *names: str) -> dict[str, str]:
             for name in names or ("samples", "item_table")}
 
 
-def surrogate_tables(config: Config, dataset: str) -> dict[str, str]:
-    """The surrogate's tables llara, ilora and napo read (item embeddings, sequence representations),
-    as named inputs; `--surrogate` takes their folder (surrogate_args)."""
+def surrogate_files(config: Config, dataset: str, *names: str) -> dict[str, str]:
+    """The SASRec surrogate's files as named inputs or outputs: all, or those named."""
     folder = f"{config['results']}/{dataset}/surrogate"
-    return {"item_vectors": f"{folder}/item_embeddings.parquet", "sequence_vectors": f"{folder}/sequence_repr.parquet"}
+    return {name: f"{folder}/{SURROGATE_FILES[name]}" for name in names or SURROGATE_FILES}
+
+
+def surrogate_tables(config: Config, dataset: str) -> dict[str, str]:
+    """The surrogate's item embeddings and sequence representations (surrogate_args passes their folder)."""
+    return surrogate_files(config, dataset, "item_vectors", "sequence_vectors")
+
+
+def llm_table(config: Config, dataset: str, name: str) -> str:
+    """A table of the dataset made with the base model (e.g. its title embeddings): llm/{name}.parquet."""
+    return f"{config['results']}/{dataset}/llm/{name}.parquet"
+
+
+def stored_inputs(config: Config, dataset: str, protocols: list[str]) -> dict[str, str]:
+    """The stored inputs evaluating `protocols` reads (workflow/protocol_table.py reads; the title
+    embeddings for grounded), as named inputs."""
+    return {need: llm_table(config, dataset, need) for need in protocol_reads(protocols)}
 
 
 def baseline_metrics(config: Config) -> list[str]:
     """The baselines' and the surrogate's metrics of every dataset (the summary's and the studies' floor)."""
-    return [f"{config['results']}/{d}/{kind}/metrics.parquet" for kind in ("baselines", "surrogate")
-            for d in config["datasets"]]
+    return ([f"{config['results']}/{d}/baselines/metrics.parquet" for d in config["datasets"]]
+            + [surrogate_files(config, d, "metrics")["metrics"] for d in config["datasets"]])
 
 
 def selection_file(config: Config, dataset: str, run_name: str, selection: str) -> str:
@@ -129,6 +158,18 @@ def method_runs(config: Config) -> list[tuple[str, str]]:
     return [(r.name, s) for r in config_runs(config) for s in run_selections(config, r)]
 
 
+def summary_metrics(config: Config) -> list[str]:
+    """Every per-sample metrics table the summary reads: the baselines', the surrogate's, each LLM
+    run's and each transferred run's (test split)."""
+    return (baseline_metrics(config) + [run_metrics(config, d, r, s) for d in config["datasets"]
+                                        for r, s in method_runs(config)] + transfer_targets(config))
+
+
+def trained_adapters(config: Config, dataset: str) -> list[str]:
+    """The adapters (with their train_log.parquet) of a dataset's trained runs of `methods`."""
+    return [run_path(config, dataset, r, s, "adapter") for r, s in method_runs(config) if s != "none"]
+
+
 # --------------------------------------------------------------------------- the datasets
 
 def downloads_folder(config: Config) -> str:
@@ -149,8 +190,9 @@ def sourced_datasets(config: Config) -> dict[str, dict[str, Any]]:
 
 def download_specs(config: Config, sourced: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """download folder -> its source's spec (one download however many datasets name the source)."""
-    return {found["folder"]: {key: value for key, value in found.items() if key != "folder"}
-            | {"mirror": config["download"]["mirror"], "proxy": config["download"]["proxy"]} for found in sourced.values()}
+    network = {"mirror": config["download"]["mirror"], "proxy": config["download"]["proxy"]}
+    return {found["folder"]: {key: value for key, value in found.items() if key != "folder"} | network
+            for found in sourced.values()}
 
 
 def ingest_spec(config: Config, sourced: dict[str, dict[str, Any]], dataset: str) -> str:
@@ -211,7 +253,8 @@ def sft_phase_spec(config: Config, wildcards) -> str:
     """An SPRec round's SFT phase: the sft block for one epoch at the round's learning rate (the
     authors' SFT and DPO steps share theirs); its LoRA keys go unused (the start's stand)."""
     sft = {key: value for key, value in config["sft"].items() if key != "prompt"}
-    return run_spec(config, wildcards, sft={**sft, "epochs": 1, "lr": run_block(parse_run(wildcards.run), config)["lr"]})
+    lr = run_block(parse_run(wildcards.run), config)["lr"]
+    return run_spec(config, wildcards, sft={**sft, "epochs": 1, "lr": lr})
 
 
 def training_args(config: Config, spec_of: Callable[[Config, Any], str]):
@@ -389,6 +432,6 @@ def all_targets(config: Config) -> list[str]:
     splits = [run_metrics(config, d, r, s, split) for split in config["evaluation"]["splits"] if split != "test"
               for d in datasets for r, s in method_runs(config)]
     return ([f"{results}/{d}/data/samples.parquet" for d in datasets]
-            + [f"{results}/{d}/surrogate/metrics.parquet" for d in datasets]
+            + [surrogate_files(config, d, "metrics")["metrics"] for d in datasets]
             + [f"{results}/summary.parquet", f"{results}/summary.md"] + splits + explanation_targets(config)
             + study_targets(config) + report_targets(config))
