@@ -121,8 +121,8 @@ def test_learning_curve_series_and_validation_split(tmp_path):
 def test_cli_writes_table_markdown_and_plot(runs, tmp_path):
     base = metrics_file(tmp_path / "base.parquet", "popularity", [1, 0, 0, 0, 1, 0], selection="all")
     out = tmp_path / "out"
-    spec = {"name": "collapse", "x": "k", "split": "test", "metrics": ["hr@1", "ndcg@10"], "bootstrap": 100,
-            "ci": 0.9, "runs": runs}
+    spec = {"name": "collapse", "x": "k", "split": "test", "protocols": ["likelihood"], "metrics": ["hr@1", "ndcg@10"],
+            "bootstrap": 100, "ci": 0.9, "runs": runs}
     code = study.main(["--spec", json.dumps(spec), "--baselines", base, "--seed", "1",
                        "--out-parquet", str(out / "c.parquet"), "--out-md", str(out / "c.md"),
                        "--out-png", str(out / "c.png")])
@@ -143,7 +143,8 @@ def test_cli_writes_table_markdown_and_plot(runs, tmp_path):
 def test_cli_rejects_a_bad_spec_and_files_without_likelihood_rows(runs, tmp_path):
     out = ["--seed", "1", "--out-parquet", str(tmp_path / "c.parquet"),
            "--out-md", str(tmp_path / "c.md"), "--out-png", str(tmp_path / "c.png")]
-    spec = {"name": "collapse", "x": "k", "split": "test", "metrics": ["hr@1"], "bootstrap": 10, "ci": 0.9}
+    spec = {"name": "collapse", "x": "k", "split": "test", "protocols": ["likelihood"], "metrics": ["hr@1"],
+            "bootstrap": 10, "ci": 0.9}
     assert study.main(["--spec", json.dumps(spec)] + out) == 1  # no runs
     assert study.main(["--spec", json.dumps({**spec, "runs": runs, "x": "temperature"})] + out) == 1
     empty = tmp_path / "gen.parquet"

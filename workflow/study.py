@@ -370,7 +370,7 @@ def plot(table: pd.DataFrame, baselines: pd.DataFrame, x: str, out: str | Path) 
 
 
 def check_spec(spec: dict[str, Any]) -> None:
-    for key in ("name", "x", "split", "metrics", "bootstrap", "ci", "runs"):
+    for key in ("name", "x", "split", "protocols", "metrics", "bootstrap", "ci", "runs"):
         if key not in spec:
             raise KeyError(f"--spec: missing key '{key}'")
     if not spec["runs"]:
@@ -394,7 +394,7 @@ def main(argv=None) -> int:
         spec = args.spec
         check_spec(spec)
         resamples, level = int(spec["bootstrap"]), float(spec["ci"])
-        protocols = spec.get("protocols", ["likelihood"])
+        protocols = spec["protocols"]
         frames = run_frames(spec["runs"], spec["split"], protocols, spec["metrics"])  # read once, used twice
         table = with_costs(study_table(spec["runs"], spec["x"], spec["split"], spec["metrics"], resamples, level,
                                        args.seed, protocols, frames), spec["runs"])
