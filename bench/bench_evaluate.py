@@ -50,7 +50,7 @@ def ensure_data(folder: Path) -> tuple[Path, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     py = sys.executable
     subprocess.run([py, "-m", "workflow.ingest", "--spec", json.dumps({"name": "ml-100k", "format": "recbole-atomic",
-                    "path": "embedded", "domain": "movie"}), "--interactions", str(folder / "interactions.parquet"),
+                    "path": "embedded", "domain": "movie", "max_bad_lines": 0}), "--interactions", str(folder / "interactions.parquet"),
                     "--items", str(items)], check=True, cwd=ROOT, capture_output=True)
     spec = {"kcore": 5, "max_history": 10, "n_candidates": 20, "max_samples": {"valid": 64, "test": 200}}
     subprocess.run([py, "-m", "workflow.prepare", "--spec", json.dumps(spec), "--seed", "42", "--interactions",

@@ -102,7 +102,8 @@ def main() -> None:
         reviews, _ = generate(folder, args.lines)
         print(f"generated {args.lines:,} lines ({reviews.stat().st_size / 1e6:.0f} MB gzip) "
               f"in {time.perf_counter() - start:.1f} s")
-        spec = {"name": "bench", "format": "amazon-2023", "path": str(folder), "category": "Video_Games"}
+        spec = {"name": "bench", "format": "amazon-2023", "path": str(folder), "category": "Video_Games",
+                "max_bad_lines": 0}
         cmd = [sys.executable, "-m", "workflow.ingest", "--spec", json.dumps(spec),
                "--interactions", str(folder / "out" / "interactions.parquet"), "--items", str(folder / "out" / "items.parquet")]
         start = time.perf_counter()

@@ -33,7 +33,8 @@ def dataset(tmp_path: Path, fmt: str, *, gz: bool | None = None, **extra) -> dic
             (folder / (src.name + ".gz")).write_bytes(gzip.compress(src.read_bytes(), mtime=0))
         else:
             shutil.copy(src, folder / src.name)
-    return {"name": f"tiny-{fmt}", "format": fmt, "path": str(folder), "category": "Video_Games", **extra}
+    return {"name": f"tiny-{fmt}", "format": fmt, "path": str(folder), "category": "Video_Games", "max_bad_lines": 0,
+            **extra}
 
 
 def edit(spec: dict, name: str, change) -> Path:
@@ -161,7 +162,8 @@ def test_gzip_found_by_magic_bytes(tmp_path):
 
 
 def test_embedded_movielens_100k():
-    inter, items = ingest.ingest({"name": "ml-100k", "format": "recbole-atomic", "path": "embedded"})
+    inter, items = ingest.ingest({"name": "ml-100k", "format": "recbole-atomic", "path": "embedded",
+                                  "max_bad_lines": 0})
     assert inter.num_rows == 100_000
     assert len(set(inter["user_id"].to_pylist())) == 943
     assert items.num_rows == 1682

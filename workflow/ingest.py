@@ -78,11 +78,11 @@ def finish_items(table: pa.Table) -> pa.Table:
 
 
 def ingest(spec: dict[str, Any]) -> tuple[pa.Table, pa.Table]:
-    """Read one dataset (spec: name, format, path, category, stem, max_bad_lines) into the
-    canonical (interactions, items) tables."""
+    """Read one dataset (spec: its validated `datasets` entry with its name: format, path, category,
+    stem, max_bad_lines) into the canonical (interactions, items) tables."""
     dataset = spec.get("name", "<unnamed>")
     inter_path, item_path = formats.resolve_files(spec)
-    budget = BadLines(int(spec.get("max_bad_lines", 0)))
+    budget = BadLines(int(spec["max_bad_lines"]))
     read = formats.FORMATS[spec["format"]][2]
     log.info("dataset '%s' (%s): reading %s and %s", dataset, spec["format"], inter_path, item_path)
     inter_chunks, item_chunks = read(inter_path, item_path, budget)
