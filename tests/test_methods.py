@@ -1,22 +1,36 @@
 """The one declaration per method (workflow/methods.py) against what is derived from it and what
 still lists methods by hand: config/schema.yaml's blocks and enums, the losses' objectives."""
+import re
+
 import yaml
 
 from workflow import runs
-from workflow.config import SCHEMA_PATH
+from workflow.config import SCHEMA_PATH, read_schema
 from workflow.llm import losses, preference
 from workflow.methods import METHODS
 
-SCHEMA = yaml.safe_load(SCHEMA_PATH.read_text())["properties"]
+SCHEMA = read_schema()["properties"]  # the method names filled in from the declarations
+
+
+def test_the_schema_names_methods_only_through_the_declarations():
+    """config/schema.yaml lists no method by hand: every key that takes a method refers to
+    `$defs.method` (or `$defs.explained_run`), which read_schema fills from workflow/methods.py."""
+    text = SCHEMA_PATH.read_text()
+    raw = yaml.safe_load(text)
+    assert "enum" not in raw["$defs"]["method"] and "pattern" not in raw["$defs"]["explained_run"]
+    enums = re.findall(r"enum: \[([^\]]*)\]", text) + re.findall(r"pattern: \"([^\"]*)\"", text)
+    assert not [e for e in enums if "dmpo" in e]  # no enum or pattern lists the methods by hand
+    assert read_schema()["$defs"]["method"]["enum"] == list(METHODS)
 
 
 def test_every_method_has_its_schema_block_and_is_in_the_enums():
     assert set(METHODS) <= set(SCHEMA)
     study = SCHEMA["studies"]["additionalProperties"]["properties"]
-    assert set(study["methods"]["items"]["enum"]) == set(METHODS)
-    assert set(study["reference"]["enum"]) == set(METHODS)
+    defs = read_schema()["$defs"]
+    assert study["methods"]["items"]["$ref"] == study["reference"]["$ref"] == "#/$defs/method"
+    assert set(defs["method"]["enum"]) == set(METHODS)
     # explanations: every trained method but the hybrid ones (their prompt needs the surrogate's hooks)
-    explained = SCHEMA["explanations"]["properties"]["methods"]["items"]["pattern"]
+    explained = defs["explained_run"]["pattern"]
     assert set(explained.removeprefix("^(").split(")")[0].split("|")) == {m for m, d in METHODS.items()
                                                                           if d.family != "hybrid"}
 

@@ -189,7 +189,9 @@ def test_the_schema_lists_the_run_axes_and_methods_a_space_may_take():
     from workflow.methods import METHODS
     from workflow.runs import GRID_AXES
 
-    tuning_schema = yaml.safe_load((ROOT / "config" / "schema.yaml").read_text())["properties"]["tuning"]
-    spaces = tuning_schema["properties"]["spaces"]
+    from workflow.config import read_schema
+
+    schema = read_schema()
+    spaces = schema["properties"]["tuning"]["properties"]["spaces"]
     assert spaces["additionalProperties"]["propertyNames"]["enum"] == [a.name for a in GRID_AXES if a.block]
-    assert sorted(spaces["propertyNames"]["enum"]) == sorted(METHODS)
+    assert spaces["propertyNames"] == {"$ref": "#/$defs/method"} and schema["$defs"]["method"]["enum"] == list(METHODS)

@@ -12,6 +12,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from workflow.methods import METHODS
 from workflow.runs import PROMPTS, resolve
 from workflow.tuning import with_tuning_studies
 
@@ -22,6 +23,18 @@ DEFAULT_CONFIG = ROOT / "config" / "config.yaml"
 
 class ConfigError(ValueError):
     pass
+
+
+def read_schema(path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
+    """config/schema.yaml with the method names filled in from workflow/methods.py, so a method is
+    named in its declaration only: `$defs.method` takes every declared method as its enum,
+    `$defs.explained_run` a pattern of every one but the hybrid ones (their prompt needs the
+    surrogate's hooks, which explanations do not load)."""
+    schema = yaml.safe_load(Path(path).read_text())
+    schema["$defs"]["method"]["enum"] = list(METHODS)
+    explained = [name for name, declared in METHODS.items() if declared.family != "hybrid"]
+    schema["$defs"]["explained_run"]["pattern"] = f"^({'|'.join(explained)})(-.*)?$"
+    return schema
 
 
 def _with_defaults(validator_class):
@@ -93,7 +106,7 @@ def validate(config: dict[str, Any], schema_path: str | Path = SCHEMA_PATH,
     """Validate `config` in place (filling defaults) and return it; errors name the key.
     `overrides` (Snakemake's `--config` and `--configfile` values, already merged into `config`)
     are merged again typed by the schema (`coerce`), so `--config 'sft={epochs: 2}'` works."""
-    schema = yaml.safe_load(Path(schema_path).read_text())
+    schema = read_schema(schema_path)
     if overrides:
         _update(config, coerce(dict(overrides), schema))
     validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
@@ -135,7 +148,8 @@ def _run_name_errors(config: dict[str, Any]) -> list[str]:
 def validate_block(block: str, settings: dict[str, Any], schema_path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
     """Validate one top-level block (e.g. `prepare` given to a stage's command line) and fill its
     defaults; returns a copy. Errors name the key as `block.key`."""
-    schema = yaml.safe_load(Path(schema_path).read_text())["properties"][block]
+    full = read_schema(schema_path)
+    schema = {"$defs": full["$defs"], **full["properties"][block]}  # a block's $refs resolve against $defs
     settings = copy.deepcopy(settings)
     validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
     errors = sorted(validator.iter_errors(settings), key=lambda e: list(e.absolute_path))

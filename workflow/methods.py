@@ -5,7 +5,8 @@ derives its sets from it, the trainer dispatches on its flags, tests/test_method
 schema's enums and blocks equal to it.
 
 Adding a preference objective: its function in workflow/llm/losses.py (`OBJECTIVES`), its
-declaration here, its config block in config/schema.yaml (whose enums the test then asks for).
+declaration here, its config block in config/schema.yaml (the schema's method enums are filled from
+these declarations: workflow/config.py read_schema).
 """
 from __future__ import annotations
 
