@@ -17,7 +17,7 @@ rule download:
 
 
 rule ingest:
-    input: raw_inputs,
+    input: partial(raw_inputs, config, SOURCED),
     output: **dataset_files(config, "{dataset}", "interactions", "item_table"),
     params: spec=lambda wildcards: ingest_spec(config, SOURCED, wildcards.dataset),
     log: logged("{dataset}/ingest"),

@@ -1,9 +1,9 @@
-# The input functions of rules/data.smk, and the datasets' check when the workflow is parsed.
+# The datasets' check when the workflow is parsed, and what rules/data.smk's inputs read of it.
 import re
 
 from workflow.config import prepare_settings
-from workflow.dag import download_specs, downloads_folder, ingest_spec, sourced_datasets
-from workflow.formats import IngestError, resolve_files
+from workflow.dag import download_specs, downloads_folder, ingest_spec, raw_inputs, sourced_datasets
+from workflow.formats import IngestError
 
 DOWNLOADS = downloads_folder(config)
 try:
@@ -11,16 +11,3 @@ try:
 except IngestError as exc:
     raise WorkflowError(str(exc)) from None
 DOWNLOAD_SPECS = download_specs(config, SOURCED)
-
-
-def raw_inputs(wildcards):
-    """The two raw files a dataset is read from, so that Snakemake reruns ingestion when they
-    change (a sourced dataset: its download folder). The embedded dataset is none: its files lie
-    inside the recbole wheel, wherever the virtual environment is, and the pinned wheel is their
-    content, so moving the environment changes no result."""
-    entry = config["datasets"][wildcards.dataset]
-    if wildcards.dataset in SOURCED:
-        return [f"{DOWNLOADS}/{SOURCED[wildcards.dataset]['folder']}"]
-    if entry.get("path") == "embedded":
-        return []
-    return [str(p) for p in resolve_files({"name": wildcards.dataset, **entry})]

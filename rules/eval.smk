@@ -1,6 +1,6 @@
 # LLM evaluation (likelihood, generation, grounded full ranking) of every run, the untuned base model
 # included, and the summary table.
-include: "eval_inputs.smk"
+from workflow.dag import evaluation_inputs, evaluation_spec, summary_metrics
 
 
 rule title_embeddings:
@@ -22,7 +22,7 @@ rule title_embeddings:
 
 # A run of `methods` on its selection (`none` for the base model); rules/transfer.smk reuses it.
 rule evaluate:
-    input: unpack(evaluation_inputs),
+    input: unpack(partial(evaluation_inputs, config)),
     output:
         predictions=f"{RUN_DIR}/{{split}}/predictions.parquet",
         metrics=f"{RUN_DIR}/{{split}}/metrics.parquet",

@@ -1,11 +1,11 @@
 # Explanations: per-token log-probs of a trained run's top candidate under the tuned model and its
 # reference (the SFT adapter of the same selection; the base model for sft itself).
-include: "explain_inputs.smk"
+from workflow.dag import explanation_reference, explanation_spec
 
 
 rule explain:
     input:
-        unpack(explanation_reference),
+        unpack(partial(explanation_reference, config)),
         model=BASE_MODEL,
         adapter=f"{RUN_DIR}/adapter",
         predictions=f"{RUN_DIR}/test/predictions.parquet",

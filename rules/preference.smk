@@ -1,6 +1,7 @@
 # Preference optimisation (DMPO, S-DPO, DynamicPO, LPO4Rec, NAPO, GRPO, SPRec), each run starting from the SFT
-# adapter of its prompt, budget and selection, whose frozen copy is the reference (SPRec's rounds: preference_inputs).
-include: "preference_inputs.smk"
+# adapter of its prompt, budget and selection, whose frozen copy is the reference (workflow/dag.py preference_inputs).
+from workflow.dag import (preference_args, preference_inputs, preference_spec, reference_spec, sft_phase_spec,
+                          start_file)
 
 
 # The reference never changes: every candidate of every selected sample is scored once under the
@@ -25,7 +26,7 @@ rule reference_logprobs:
 rule sprec_sft_phase:
     """SPRec's per-round SFT phase (`sprec.sft_phase`, the authors'): the round's start (the previous
     round; round 1: the sft run) trained one epoch further on the positives of the run's selection."""
-    input: **TRAINING_INPUTS, adapter=lambda wildcards: start_file(wildcards, "adapter"),
+    input: **TRAINING_INPUTS, adapter=lambda wildcards: start_file(config, wildcards, "adapter"),
     output: directory(f"{RUN_DIR}/sft_phase/adapter"),
     wildcard_constraints: run=RUN_PATTERN["sprec"], selection="[^/]+",
     params: launch=LAUNCH, args=training_args(config, sft_phase_spec),
@@ -41,7 +42,7 @@ rule sprec_sft_phase:
 
 
 rule preference:
-    input: unpack(preference_inputs), **TRAINING_INPUTS,
+    input: unpack(partial(preference_inputs, config)), **TRAINING_INPUTS,
     output: directory(f"{RUN_DIR}/adapter"),
     wildcard_constraints: run=RUN_PATTERN["preference"],
     params: launch=LAUNCH, method=run_method, tables=preference_args, args=training_args(config, preference_spec),

@@ -1,7 +1,10 @@
 # Few-shot training-data selection for the LLM methods: random/all, and DEALRec (influence on the
 # SASRec surrogate + effort on the LLM + coverage-enhanced sampling; workflow/selection/). Each score
 # stage gets only its own config slice, so changing one (e.g. the LiSSA depth) does not rerun the other.
-include: "selection_inputs.smk"
+from pathlib import Path
+
+from workflow.dag import budget_inputs, dealrec_inputs, dealrec_score_args, effort_inputs, effort_spec
+from workflow.selection.dealrec import STRATEGIES as DEALREC_STRATEGIES
 
 
 # random or all; `random-s{seed}` is random drawn at another training seed (config `seeds`, workflow/dag.py
@@ -45,7 +48,7 @@ rule influence_scores:
 
 
 rule effort_scores:
-    input: unpack(effort_inputs),
+    input: unpack(partial(effort_inputs, config)),
     output: f"{RESULTS}/{{dataset}}/selection/scores/effort.parquet",
     params: launch=LAUNCH_ONE, adapter=optional_args, spec=partial(effort_spec, config), seed=config["seed"],
     log: logged("{dataset}/selection/effort_scores"),
@@ -62,7 +65,7 @@ rule effort_scores:
 
 
 rule select_dealrec:
-    input: unpack(dealrec_inputs),
+    input: unpack(partial(dealrec_inputs, config)),
     output:
         selection=f"{RESULTS}/{{dataset}}/selection/{{selection}}.parquet",
         scores=f"{RESULTS}/{{dataset}}/selection/{{selection}}.scores.parquet",
@@ -86,7 +89,7 @@ rule select_dealrec:
 # A run's -n<budget> (selection_file): `budget` samples of its selection at its training seed,
 # as a selection file of its own that every stage of the run reads (workflow/selection/budget.py).
 rule budget_subset:
-    input: unpack(budget_inputs),
+    input: unpack(partial(budget_inputs, config)),
     output: f"{RESULTS}/{{dataset}}/selection/budget/{{name}}-n{{budget}}-s{{seed}}.parquet",
     wildcard_constraints: name="[^/]+", budget="[0-9]+", seed="[0-9]+",
     log: logged("{dataset}/selection/budget/{name}-n{budget}-s{seed}"),

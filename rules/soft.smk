@@ -1,7 +1,7 @@
 # SOFT (workflow/llm/soft.py): the sft backbone's self-distilled answers to its own training prompts,
 # once per backbone and shared by every SOFT run of it (any alpha), then a fresh LoRA per SOFT run on
 # the true and the self-distilled answers.
-from workflow.dag import distill_spec, stored_inputs
+from workflow.dag import distill_spec, sft_file, stored_inputs
 
 
 rule self_distill:
@@ -26,7 +26,7 @@ SOFT_VALIDATION = stored_inputs(config, "{dataset}", ["grounded"]) if config["so
 
 
 rule soft:
-    input: **TRAINING_INPUTS, distilled=sft_file("self_distilled.parquet"), **SOFT_VALIDATION,
+    input: **TRAINING_INPUTS, distilled=sft_file(config, "self_distilled.parquet"), **SOFT_VALIDATION,
     output: directory(f"{RUN_DIR}/adapter"),
     wildcard_constraints: run=RUN_PATTERN["soft"],
     params: launch=LAUNCH, args=training_args(config, method_spec), extra=optional_args,

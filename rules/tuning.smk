@@ -4,13 +4,14 @@
 # SASRec's trials train through the surrogate's own code (workflow/surrogate.py --trial), on the first dataset.
 include: "tuning_inputs.smk"
 
+TRIAL = sasrec_trial_part("{dataset}", "{trial}", "{seed}")  # one SASRec trial at one seed: its logs' part
+SASREC_TRIAL = f"{RESULTS}/{TRIAL}"  # its folder
+
 
 checkpoint tuning_selection:
-    input:
-        studies=[study_table(name) for name in tuning_studies(config)],
-        sasrec=[sasrec_trial_file(t["run"], seed, "valid.parquet") for t in SASREC_TRIALS for seed in TUNING_SEEDS],
+    input: **tuning_selection_inputs(config),
     output: parquet=f"{RESULTS}/tuning/selected.parquet", overlay=f"{RESULTS}/tuning/tuned.yaml",
-    params: spec=spec_arg(tuning_selection_spec(config, study_table, sasrec_trial_file)),
+    params: spec=tuning_selection_spec(config),
     log: logged("tuning/selection"),
     benchmark: benchmarked("tuning/selection"),
     resources: **job_resources("tuning_selection", "2GB", "10m"),
@@ -21,16 +22,10 @@ checkpoint tuning_selection:
         "--out-overlay {output.overlay:q} > {log:q} 2>&1"
 
 
-
 rule tuning_table:
     input: selected=f"{RESULTS}/tuning/selected.parquet", runs=lambda wildcards: [r["path"] for r in tuned_runs(wildcards)],
     output: parquet=f"{RESULTS}/tuning/tuned.parquet", md=f"{RESULTS}/tuning/tuned.md",
-    params:
-        spec=lambda wildcards: spec_arg({"metrics": config["tuning"]["metrics"],
-                                         "protocol": config["tuning"]["protocol"],
-                                         "claims": config["tuning"]["claims"], "runs": tuned_runs(wildcards),
-                                         "bootstrap": config["summary"]["bootstrap"], "ci": config["summary"]["ci"]}),
-        seed=config["seed"],
+    params: spec=lambda wildcards: spec_arg(tuning_table_spec(config, tuned_runs(wildcards))), seed=config["seed"],
     log: logged("tuning/table"),
     benchmark: benchmarked("tuning/table"),
     resources: **job_resources("tuning_table", "4GB", "15m"),
@@ -47,8 +42,8 @@ rule sasrec_trial:
     wildcard_constraints: trial="[^/]+", seed="[0-9]+",
     params: spec=lambda wildcards: spec_arg(sasrec_trial_settings(config, wildcards.trial)),
             out_dir=lambda wildcards, output: Path(output.valid).parent,
-    log: logged("{dataset}/tuning/sasrec/{trial}/s{seed}/train"),
-    benchmark: benchmarked("{dataset}/tuning/sasrec/{trial}/s{seed}/train"),
+    log: logged(f"{TRIAL}/train"),
+    benchmark: benchmarked(f"{TRIAL}/train"),
     threads: JOB_THREADS
     resources: **job_resources("surrogate", "8GB", "2h"),
     conda:
@@ -64,7 +59,7 @@ rule sasrec_trial_test:
     output: f"{SASREC_TRIAL}/test.parquet",
     wildcard_constraints: trial="[^/]+", seed="[0-9]+",
     params: out_dir=lambda wildcards, output: Path(output[0]).parent,
-    log: logged("{dataset}/tuning/sasrec/{trial}/s{seed}/test"),
+    log: logged(f"{TRIAL}/test"),
     threads: JOB_THREADS
     resources: **job_resources("surrogate", "4GB", "30m"),
     conda:

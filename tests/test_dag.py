@@ -3,13 +3,15 @@ dry runs of test_config.py, test_seeds_workflow.py and test_readme.py check them
 from __future__ import annotations
 
 import json
+from functools import partial
 from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 
-from workflow import dag
+from workflow import dag, tuning
 from workflow.config import validate
-from workflow.runs import parse
+from workflow.runs import at_seed, parse
 
 
 def config(**overrides):
@@ -173,3 +175,79 @@ def test_a_studys_runs_carry_their_training_benchmark():
     assert {labels["seed"] for labels, _, _ in runs} == {1, 2}
     spec = json.loads(dag.study_spec(c, "lr"))
     assert spec["name"] == "lr" and spec["x"] == "lr" and len(spec["runs"]) == len(runs)
+
+
+def test_tunings_paths_inputs_and_the_runs_its_table_reads(tmp_path):
+    c = config(results="out", tuning={"spaces": {"sft": {"lr": [0.0001, 0.0005]}}, "sasrec": {"hidden_size": [32, 64]},
+                                      "trials": 2, "seeds": [1, 2]})
+    assert dag.sasrec_trial_part("ml", "hidden_size32", 1, "train") == "ml/tuning/sasrec/hidden_size32/s1/train"
+    # on the first dataset: tuning selects on one
+    assert dag.sasrec_trial_path(c, "hidden_size32", 2, "valid.parquet") == \
+        "out/ml/tuning/sasrec/hidden_size32/s2/valid.parquet"
+    trials = [t["run"] for t in tuning.sasrec_trials(c)["trials"]]
+    assert sorted(trials) == ["hidden_size32", "hidden_size64"]
+    inputs = dag.tuning_selection_inputs(c)
+    assert inputs == {"studies": ["out/studies/tuning-sft.parquet"],
+                      "sasrec": [f"out/ml/tuning/sasrec/{t}/s{s}/valid.parquet" for t in trials for s in (1, 2)]}
+    spec = json.loads(dag.tuning_selection_spec(c))
+    assert spec["methods"]["sft"]["study"] == inputs["studies"][0] and spec["seeds"] == [1, 2]
+    assert [p for t in spec["sasrec"]["trials"] for p in t["paths"]] == inputs["sasrec"]
+    # the selection's table -> the default and the selected run of each method at every seed, on the test split
+    sft = tuning.trials("sft", c)
+    pd.DataFrame({"method": ["sft", "sft", "sasrec", "sasrec"], "default_run": [sft["default"]] * 2 + [trials[0]] * 2,
+                  "run": [t["run"] for t in sft["trials"]] + trials, "selected": [False, True, False, True]}
+                 ).to_parquet(tmp_path / "selected.parquet")
+    runs = dag.tuned_runs(c, str(tmp_path / "selected.parquet"))
+    tuned = parse(sft["trials"][1]["run"])
+    assert {r["path"] for r in runs if r["method"] == "sft" and r["phase"] == "tuned"} == {
+        dag.run_metrics(c, d, at_seed(tuned, s, c).name, "random") for d in ("ml", "games") for s in (1, 2)}
+    assert [r["path"] for r in runs if r["method"] == "sasrec"] == [
+        f"out/ml/tuning/sasrec/{t}/s{s}/test.parquet" for t in trials for s in (1, 2)]
+    table = tuning.table_spec(c, runs)
+    assert table["runs"] == runs and table["claims"] == c["tuning"]["claims"]
+    assert (table["bootstrap"], table["ci"]) == (c["summary"]["bootstrap"], c["summary"]["ci"])
+
+
+def test_the_inputs_of_a_runs_stages():
+    c = config(methods=["base", "sft", "dmpo", "lpo4rec", "napo", "ilora", "sft-sid"])
+    w = partial(Wildcards, dataset="ml", selection="random")
+    assert dag.run_items(c, w(run="sft-sid")) == "results/ml/data/items_sid.parquet"
+    assert dag.run_items(c, w(run="sft-open")) == "results/ml/data/items.parquet"
+    assert dag.training_selection(c, w(run="sft-open-n64-s43")) == \
+        "results/ml/selection/budget/random-s43-n64-s43.parquet"
+    assert dag.sft_file(c, "adapter")(w(run="dmpo-open-k3")) == "results/ml/llm/sft-open/random/adapter"
+    assert dag.explanation_reference(c, w(run="sft-open")) == {}
+    # a preference run reads its start's adapter and reference log-probs; lpo4rec no reference; napo the surrogate
+    start = "results/ml/llm/sft-open/random"
+    assert dag.preference_inputs(c, w(run="dmpo-open")) == {"adapter": f"{start}/adapter",
+                                                            "reference": f"{start}/reference_logprobs.parquet"}
+    assert dag.preference_inputs(c, w(run="lpo4rec-open")) == {"adapter": f"{start}/adapter"}
+    assert set(dag.preference_inputs(c, w(run="napo-open"))) == {"adapter", "item_vectors", "sequence_vectors"}
+    # evaluation: the base model has no adapter; a transferred run's adapter is the one trained on {trained_on}
+    base = dag.evaluation_inputs(c, w(run="base-open", selection="none", split="test"))
+    assert base["model"] == dag.base_model(c) == "results/models/base" and "adapter" not in base
+    moved = dag.evaluation_inputs(c, w(run="sft-open", split="test", trained_on="games"))
+    assert moved["adapter"] == "results/games/llm/sft-open/random/adapter"
+    assert "item_vectors" in dag.evaluation_inputs(c, w(run="ilora-open", split="test"))
+    # DEALRec: dealrec reads both score tables, an ablation its own; a -n subset of a DEALRec selection its pool
+    scores = "results/ml/selection/scores"
+    assert dag.dealrec_inputs(c, w(selection="dealrec")) == {"samples": "results/ml/data/samples.parquet",
+                                                             "influence": f"{scores}/influence.parquet",
+                                                             "effort": f"{scores}/effort.parquet"}
+    assert set(dag.dealrec_inputs(c, w(selection="effort"))) == {"samples", "effort"}
+    assert dag.budget_inputs(c, w(name="dealrec")) == {"selection": "results/ml/selection/dealrec.parquet",
+                                                        "scores": "results/ml/selection/dealrec.scores.parquet"}
+    assert dag.budget_inputs(c, w(name="random-s43")) == {"selection": "results/ml/selection/random-s43.parquet"}
+    assert set(dag.effort_inputs(c, w())) >= {"model", "samples", "item_table"}
+
+
+def test_raw_inputs_of_ingest(tmp_path):
+    (tmp_path / "u.data").write_text("1\t1\t5\t1\n")
+    (tmp_path / "u.item").write_text("1|A (1995)|01-Jan-1995||http://x\n")
+    c = config(datasets={"ml": {"format": "recbole-atomic", "path": "embedded"},
+                         "raw": {"format": "movielens-100k", "path": str(tmp_path)}})
+    sourced = {"big": {"folder": "amazon-2018/Books"}}
+    assert dag.raw_inputs(c, sourced, Wildcards(dataset="ml")) == []  # inside the pinned recbole wheel
+    assert dag.raw_inputs(c, sourced, Wildcards(dataset="raw")) == [str(tmp_path / "u.data"), str(tmp_path / "u.item")]
+    c["datasets"]["big"] = {"source": "amazon-2018/Books"}
+    assert dag.raw_inputs(c, sourced, Wildcards(dataset="big")) == ["results/downloads/amazon-2018/Books"]

@@ -1,22 +1,27 @@
 """The paths and arguments of the workflow's jobs, as plain functions of the validated config (and of
 a job's wildcards, read by attribute). rules/*.smk call them, so the rules stay thin and
-tests/test_dag.py checks the layout and the stages' --spec without Snakemake. Input functions stay
-beside their rules (rules/<stage>_inputs.smk, rules/common.smk).
+tests/test_dag.py checks the layout, the inputs and the stages' --spec without Snakemake. Input
+functions that need Snakemake's own objects (a checkpoint's output) stay in rules/*_inputs.smk.
 """
 from __future__ import annotations
 
 import json
 import shlex
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
+import pandas as pd
+
 from workflow.formats import resolve_files
 from workflow.protocol_table import reads as protocol_reads
-from workflow.runs import (Run, at_seed, block as run_block, config_runs, config_seeds, parse as parse_run,
-                           previous_round, run_seed, study_points, study_seeds)
+from workflow.methods import METHODS
+from workflow.runs import (HYBRID, Run, at_seed, block as run_block, config_runs, config_seeds, needs_reference,
+                           parse as parse_run, previous_round, run_seed, sft_phase, study_points, study_seeds)
 from workflow.selection.dealrec import STRATEGIES as DEALREC_STRATEGIES
 from workflow.sources import registry as source_registry, resolve as resolve_source
 from workflow.transfer import transfers
+from workflow.tuning import sasrec_trials, selection_spec, table_runs, tuning_seeds, tuning_studies
 
 Config = dict[str, Any]
 
@@ -122,10 +127,9 @@ def selection_file(config: Config, dataset: str, run_name: str, selection: str) 
     selection at the run's training seed (nested for random / all; a DEALRec re-run at that size)."""
     run = parse_run(run_name)
     name = f"{selection}-s{run.seed}" if selection == "random" and run.seed is not None else selection
-    folder = f"{config['results']}/{dataset}/selection"
     if run.budget is None:
-        return f"{folder}/{name}.parquet"
-    return f"{folder}/budget/{name}-n{run.budget}-s{run_seed(run, config)}.parquet"
+        return selection_path(config, dataset, f"{name}.parquet")
+    return selection_path(config, dataset, "budget", f"{name}-n{run.budget}-s{run_seed(run, config)}.parquet")
 
 
 def run_method(wildcards) -> str:
@@ -170,6 +174,107 @@ def trained_adapters(config: Config, dataset: str) -> list[str]:
     return [run_path(config, dataset, r, s, "adapter") for r, s in method_runs(config) if s != "none"]
 
 
+# --------------------------------------------------------------------------- the rules' inputs
+# Input functions of the rules (`partial(f, config)`): what a job reads, from its wildcards.
+
+def base_model(config: Config) -> str:
+    """The base model converted once (rule base_model), read by every LLM stage."""
+    return f"{config['results']}/models/base"
+
+
+def selection_path(config: Config, dataset: str, *names: str) -> str:
+    """The dataset's selection folder (results/{dataset}/selection), or a file in it."""
+    return "/".join((config["results"], dataset, "selection", *names))
+
+
+def run_items(config: Config, wildcards) -> str:
+    """The items table a run reads: the sid prompt's shows every item by its semantic ID (rule
+    semantic_ids), every other prompt the titles."""
+    if parse_run(wildcards.run).prompt == "sid":
+        return f"{config['results']}/{wildcards.dataset}/data/items_sid.parquet"
+    return dataset_files(config, wildcards.dataset, "item_table")["item_table"]
+
+
+def training_selection(config: Config, wildcards) -> str:
+    """The selection file a run trains on (selection_file)."""
+    return selection_file(config, wildcards.dataset, wildcards.run, wildcards.selection)
+
+
+def sft_file(config: Config, name: str) -> Callable[[Any], str]:
+    """An input function: a file of the sft run that a preference or SOFT run starts from (same
+    prompt, budget and seed) on the same selection: its adapter, self-distilled answers."""
+    return lambda wildcards: run_path(config, wildcards.dataset, parse_run(wildcards.run).sft().name,
+                                      wildcards.selection, name)
+
+
+def start_file(config: Config, wildcards, name: str) -> str:
+    """A file (its adapter or its reference log-probs) of the run a preference run starts from and is
+    referenced against (start_run: the sft run; for an SPRec round, the previous round)."""
+    return run_path(config, wildcards.dataset, start_run(config, wildcards.run).name, wildcards.selection, name)
+
+
+def preference_inputs(config: Config, wildcards) -> dict[str, str]:
+    """What a preference run reads beside the dataset and its selection: its start's adapter and,
+    unless the run is reference-free (workflow/runs.py needs_reference: lpo4rec), its start's
+    reference log-probs. An SPRec round with its SFT phase starts from, and is referenced against,
+    that phase's adapter, and ranks its negatives by its start's log-probs (the previous model's)."""
+    run, start = parse_run(wildcards.run), partial(start_file, config, wildcards)
+    if sft_phase(run, config):
+        phase = partial(run_path, config, wildcards.dataset, wildcards.run, wildcards.selection, "sft_phase")
+        return {"adapter": phase("adapter"), "reference": phase("reference_logprobs.parquet"),
+                "negatives": start("reference_logprobs.parquet")}
+    inputs = {"adapter": start("adapter")}
+    if needs_reference(run, config):
+        inputs["reference"] = start("reference_logprobs.parquet")
+    if METHODS[run.method].surrogate:  # napo's auxiliary recommender: scores, user vectors
+        inputs.update(surrogate_tables(config, wildcards.dataset))
+    return inputs
+
+
+def evaluation_inputs(config: Config, wildcards) -> dict[str, str]:
+    """What evaluating a run needs: the base model and the dataset; the run's adapter unless it is the
+    base model (for a transferred run, the one trained on {trained_on}); the surrogate tables for a
+    llara or ilora run; the stored inputs its protocols read (stored_inputs)."""
+    run = parse_run(wildcards.run)
+    inputs = {"model": base_model(config), **dataset_files(config, wildcards.dataset, "samples"),
+              "item_table": run_items(config, wildcards)}
+    if run.method != "base":
+        trained_on = wildcards.trained_on if "trained_on" in wildcards.keys() else wildcards.dataset
+        inputs["adapter"] = run_path(config, trained_on, wildcards.run, wildcards.selection, "adapter")
+    if run.method in HYBRID:
+        inputs |= surrogate_tables(config, wildcards.dataset)
+    return inputs | stored_inputs(config, wildcards.dataset, run_protocols(config, run, wildcards.split))
+
+
+def explanation_reference(config: Config, wildcards) -> dict[str, str]:
+    """The reference model's adapter as a named input: the sft run a preference run started from (a
+    SOFT run self-distilled from); none for sft, whose reference is the base model."""
+    return {} if parse_run(wildcards.run).method == "sft" else {"reference": sft_file(config, "adapter")(wildcards)}
+
+
+def effort_inputs(config: Config, wildcards) -> dict[str, str]:
+    """The base model, the dataset, and the sft adapter the effort is measured on (effort_sft_run:
+    with `effort.adapter: sft`, the DEALRec selection waits for that training)."""
+    found = effort_sft_run(config)
+    adapter = {"adapter": run_path(config, wildcards.dataset, found[0].name, found[1], "adapter")} if found else {}
+    return {**adapter, "model": base_model(config), **dataset_files(config, wildcards.dataset)}
+
+
+def dealrec_inputs(config: Config, wildcards) -> dict[str, str]:
+    """The samples and the score tables a DEALRec strategy selects from: dealrec both, an ablation its own."""
+    return dataset_files(config, wildcards.dataset, "samples") | {
+        score: selection_path(config, wildcards.dataset, "scores", f"{score}.parquet")
+        for score in ("influence", "effort") if wildcards.selection in ("dealrec", score)}
+
+
+def budget_inputs(config: Config, wildcards) -> dict[str, str]:
+    """The selection a -n subset is drawn from (and, for a DEALRec selection, its scored pool)."""
+    inputs = {"selection": selection_path(config, wildcards.dataset, f"{wildcards.name}.parquet")}
+    if wildcards.name in DEALREC_STRATEGIES:
+        inputs["scores"] = selection_path(config, wildcards.dataset, f"{wildcards.name}.scores.parquet")
+    return inputs
+
+
 # --------------------------------------------------------------------------- the datasets
 
 def downloads_folder(config: Config) -> str:
@@ -186,6 +291,19 @@ def sourced_datasets(config: Config) -> dict[str, dict[str, Any]]:
             resolve_files({"name": name, **entry})
     known = source_registry(config["download"]["registry"]) if sourced else {}
     return {name: resolve_source(name, entry, known) for name, entry in sourced.items()}
+
+
+def raw_inputs(config: Config, sourced: dict[str, dict[str, Any]], wildcards) -> list[str]:
+    """The raw files a dataset is read from, so that Snakemake reruns ingestion when they change (a
+    sourced dataset: its download folder). The embedded dataset has none: its files lie inside the
+    recbole wheel, wherever the virtual environment is, and the pinned wheel is their content, so
+    moving the environment changes no result."""
+    entry = config["datasets"][wildcards.dataset]
+    if wildcards.dataset in sourced:
+        return [f"{downloads_folder(config)}/{sourced[wildcards.dataset]['folder']}"]
+    if entry.get("path") == "embedded":
+        return []
+    return [str(p) for p in resolve_files({"name": wildcards.dataset, **entry})]
 
 
 def download_specs(config: Config, sourced: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -368,6 +486,42 @@ def study_spec(config: Config, name: str) -> str:
     runs = [{**labels, "path": path, "benchmark": train} for labels, path, train in study_runs(config, name)]
     return spec_arg({"name": name, **{key: study[key] for key in ("x", "split", "protocols", "metrics")},
                      "bootstrap": config["summary"]["bootstrap"], "ci": config["summary"]["ci"], "runs": runs})
+
+
+# --------------------------------------------------------------------------- tuning (workflow/tuning.py)
+
+def study_table(config: Config, name: str) -> str:
+    return f"{config['results']}/studies/{name}.parquet"
+
+
+def sasrec_trial_part(dataset: str, trial: str, seed: Any, *names: str) -> str:
+    """`{dataset}/tuning/sasrec/{trial}/s{seed}/...`: a SASRec tuning trial at one seed (or a file of
+    it) below results/, logs/ and benchmarks/ alike."""
+    return Path(dataset, "tuning", "sasrec", trial, f"s{seed}", *names).as_posix()
+
+
+def sasrec_trial_path(config: Config, trial: str, seed: Any, *names: str) -> str:
+    """A file of SASRec trial `trial` at `seed` under results/, on the first dataset (tuning selects on one)."""
+    return f"{config['results']}/{sasrec_trial_part(next(iter(config['datasets'])), trial, seed, *names)}"
+
+
+def tuning_selection_inputs(config: Config) -> dict[str, list[str]]:
+    """The selection's inputs: each tuning study's table, each SASRec trial's validation metrics at
+    every tuning seed."""
+    return {"studies": [study_table(config, name) for name in tuning_studies(config)],
+            "sasrec": [sasrec_trial_path(config, t["run"], seed, "valid.parquet")
+                       for t in sasrec_trials(config)["trials"] for seed in tuning_seeds(config)]}
+
+
+def tuning_selection_spec(config: Config) -> str:
+    return spec_arg(selection_spec(config, partial(study_table, config), partial(sasrec_trial_path, config)))
+
+
+def tuned_runs(config: Config, selected: str) -> list[dict[str, Any]]:
+    """The runs the tuned table reads on the test split (workflow/tuning.py table_runs), from the
+    selection's table `selected`: every dataset's, on the first selection strategy."""
+    return table_runs(config, pd.read_parquet(selected), list(config["datasets"]), config["selection"]["strategies"][0],
+                      partial(run_metrics, config), partial(sasrec_trial_path, config))
 
 
 # --------------------------------------------------------------------------- the targets of rule all

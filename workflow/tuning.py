@@ -59,6 +59,11 @@ def study_name(method: str) -> str:
     return f"{PREFIX}{method}"
 
 
+def tuning_seeds(config: dict[str, Any]) -> list[int]:
+    """The seeds every trial runs at and the tuned table pools: `tuning.seeds`, else the config's."""
+    return config["tuning"]["seeds"] or config_seeds(config)
+
+
 def tuning_studies(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The study of each method of `tuning.spaces` (a study config, as `studies.<name>` after the
     schema's defaults)."""
@@ -69,7 +74,7 @@ def tuning_studies(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
             if applies is not None and method not in applies:
                 raise ValueError(f"config key 'tuning.spaces.{method}.{axis}': {method} does not take {axis} "
                                  f"(it applies to {', '.join(applies)})")
-    seeds = tuning["seeds"] or config_seeds(config)
+    seeds = tuning_seeds(config)
     metrics = list(dict.fromkeys([tuning["metric"], *tuning["metrics"]]))
     return {study_name(method): {
         "enabled": False, "methods": [method], "x": next(iter(space)), "seeds": seeds, "split": "valid",
@@ -141,7 +146,7 @@ def selection_spec(config: dict[str, Any], study_path, sasrec_path) -> dict[str,
     """`select`'s spec; `study_path(name)`: the Parquet of study `name`; `sasrec_path(trial, seed,
     file)`: a SASRec trial's file on the (one) dataset."""
     tuning = config["tuning"]
-    seeds = tuning["seeds"] or config_seeds(config)
+    seeds = tuning_seeds(config)
     sasrec = sasrec_trials(config)
     for trial in sasrec["trials"]:
         trial["paths"] = [sasrec_path(trial["run"], seed, "valid.parquet") for seed in seeds]
@@ -156,7 +161,7 @@ def table_runs(config: dict[str, Any], selected: pd.DataFrame, datasets: Sequenc
     """The runs `table` reads: each tuned method's default and selected run at every tuning seed, on
     the test split (`metrics_path(dataset, run name, selection)`; SASRec's trials:
     `sasrec_path(trial, seed, "test.parquet")`), from `select`'s table."""
-    seeds = config["tuning"]["seeds"] or config_seeds(config)
+    seeds = tuning_seeds(config)
     runs = []
     for method, rows in selected.groupby("method", sort=False):
         names = {"default": rows["default_run"].iloc[0], "tuned": rows.loc[rows["selected"], "run"].iloc[0]}
@@ -170,6 +175,14 @@ def table_runs(config: dict[str, Any], selected: pd.DataFrame, datasets: Sequenc
                 runs += [{"dataset": d, "selection": selection, "method": method, "phase": phase,
                           "path": metrics_path(d, run, selection)} for d in datasets]
     return runs
+
+
+def table_spec(config: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """`table`'s spec: the tuning's metrics, protocol and claims, the summary's bootstrap, and `runs`
+    (table_runs)."""
+    tuning = config["tuning"]
+    return {"metrics": tuning["metrics"], "protocol": tuning["protocol"], "claims": tuning["claims"], "runs": runs,
+            "bootstrap": config["summary"]["bootstrap"], "ci": config["summary"]["ci"]}
 
 
 def study_stats(study: pd.DataFrame, method: str, method_trials: Sequence[dict[str, Any]], metric: str,
