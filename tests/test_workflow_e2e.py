@@ -12,7 +12,7 @@ from tiny_workflow import failure, snakemake
 
 RUNS = {"base-open", "base-candidate", "sft-open", "dmpo-open", "sdpo-open", "dynamicpo-open", "lpo4rec-open", "napo-open",
         "sprec-open", "sft-candidate", "dmpo-candidate-n4", "llara-candidate", "ilora-open", "soft-open",
-        "base-sid", "sft-sid", "dmpo-sid"}
+        "base-sid", "sft-sid", "dmpo-sid", "rere-sid"}
 
 
 def test_whole_dag_writes_every_artifact(tiny_run):

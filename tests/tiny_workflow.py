@@ -82,9 +82,11 @@ def tiny_config(tmp: Path, model_dir: Path) -> dict:
         "soft": {"prompt": "open", "batch_size": 2, "grad_accum": 1, "lora_r": 4, "lora_alpha": 8, "probe_size": 2,
                  "num_beams": 2, "early_stopping": {"metric": "hr@10", "patience": 1, "samples": 3}},
         # both prompts, and a run on a nested 4 of the 8 selected samples (it trains sft-candidate-n4 first)
-        # and the sid prompt (semantic IDs): sft, and dmpo from it
+        # and the sid prompt (semantic IDs): sft, dmpo and rere from it
         "methods": ["base", "sft", "dmpo", "sdpo", "dynamicpo", "lpo4rec", "napo", "sprec", "sft-candidate",
-                    "dmpo-candidate-n4", "llara", "ilora", "soft", "sft-sid", "dmpo-sid"],
+                    "dmpo-candidate-n4", "llara", "ilora", "soft", "sft-sid", "dmpo-sid", "rere-sid"],
+        # GRPO over the policy's beam of 3 semantic IDs across the catalogue, its reference online
+        "rere": {"prompt": "sid", "group_size": 3, "lr": 0.001, "epochs": 1},
         # explained runs: a preference run and SOFT (both against their sft)
         "explanations": {"n_samples": 4, "methods": ["dmpo-open", "soft-open"]},
         "summary": {"bootstrap": 50},
