@@ -56,6 +56,8 @@ RUN_PATTERN = {name: wildcard_pattern(methods) for name, methods in
                 "sprec": ["sprec"], "trained": TRAINED, "evaluated": ["base", *TRAINED],
                 "transfer": ["sft", *PREFERENCE, "soft"], "referenced": ["sft", "sprec"]}.items()}
 # The inputs every LLM training or scoring stage of a run takes, and their arguments
-# (`params: args=training_args(config, <its spec>)`, `shell: "... {params.args:q}"`).
+# (`params: spec=partial(<its spec>, config), args=training_args(config)`, `shell: "... {params.args:q}
+# --spec {params.spec:q}"`): the spec a function of the wildcards alone, so Snakemake records it and a
+# changed setting reruns the job (a params function of the inputs is not recorded: snakemake#3895).
 TRAINING_INPUTS = {"model": BASE_MODEL, **dataset_files(config, "{dataset}", "samples"),
                    "item_table": partial(run_items, config), "selection": partial(training_selection, config)}

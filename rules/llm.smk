@@ -36,7 +36,7 @@ rule sft:
     input: **TRAINING_INPUTS,
     output: directory(f"{RUN_DIR}/adapter"),
     wildcard_constraints: run=RUN_PATTERN["sft"],
-    params: launch=LAUNCH, args=training_args(config, method_spec),
+    params: launch=LAUNCH, spec=partial(method_spec, config), args=training_args(config),
     log: logged(f"{RUN_LOG}/train"),
     benchmark: benchmarked(f"{RUN_LOG}/train"),
     priority: 10  # the chain every tuned result waits for (sft -> reference -> preference) starts first
@@ -45,7 +45,7 @@ rule sft:
     conda:
         LLM_ENV
     shell:
-        "{params.launch} workflow.llm.sft {params.args:q} > {log:q} 2>&1"
+        "{params.launch} workflow.llm.sft {params.args:q} --spec {params.spec:q} > {log:q} 2>&1"
 
 
 rule hybrid:
@@ -54,7 +54,8 @@ rule hybrid:
     input: **TRAINING_INPUTS, **surrogate_tables(config, "{dataset}"),
     output: directory(f"{RUN_DIR}/adapter"),
     wildcard_constraints: run=RUN_PATTERN["hybrid"],
-    params: launch=LAUNCH, method=run_method, surrogate=optional_args, args=training_args(config, method_spec),
+    params: launch=LAUNCH, method=run_method, surrogate=optional_args, spec=partial(method_spec, config),
+            args=training_args(config),
     log: logged(f"{RUN_LOG}/train"),
     benchmark: benchmarked(f"{RUN_LOG}/train"),
     threads: JOB_THREADS
@@ -63,4 +64,4 @@ rule hybrid:
         LLM_ENV
     shell:
         "{params.launch} workflow.llm.llara --method {params.method} {params.surrogate:q} {params.args:q} "
-        "> {log:q} 2>&1"
+        "--spec {params.spec:q} > {log:q} 2>&1"

@@ -11,7 +11,7 @@ rule reference_logprobs:
     input: **TRAINING_INPUTS, adapter=f"{RUN_DIR}/{{phase}}adapter",
     output: f"{RUN_DIR}/{{phase}}reference_logprobs.parquet",
     wildcard_constraints: run=RUN_PATTERN["referenced"], selection="[^/]+", phase="(?:sft_phase/)?",
-    params: launch=LAUNCH_ONE, args=training_args(config, reference_spec),
+    params: launch=LAUNCH_ONE, spec=partial(reference_spec, config), args=training_args(config),
     log: logged(f"{RUN_LOG}/{{phase}}reference_logprobs"),
     benchmark: benchmarked(f"{RUN_LOG}/{{phase}}reference_logprobs"),
     priority: 10  # on the chain every tuned result waits for (see rule sft)
@@ -20,7 +20,8 @@ rule reference_logprobs:
     conda:
         LLM_ENV
     shell:
-        "{params.launch} workflow.llm.reference --adapter {input.adapter:q} {params.args:q} > {log:q} 2>&1"
+        "{params.launch} workflow.llm.reference --adapter {input.adapter:q} {params.args:q} --spec {params.spec:q} "
+        "> {log:q} 2>&1"
 
 
 rule sprec_sft_phase:
@@ -29,7 +30,7 @@ rule sprec_sft_phase:
     input: **TRAINING_INPUTS, adapter=lambda wildcards: start_file(config, wildcards, "adapter"),
     output: directory(f"{RUN_DIR}/sft_phase/adapter"),
     wildcard_constraints: run=RUN_PATTERN["sprec"], selection="[^/]+",
-    params: launch=LAUNCH, args=training_args(config, sft_phase_spec),
+    params: launch=LAUNCH, spec=partial(sft_phase_spec, config), args=training_args(config),
     log: logged(f"{RUN_LOG}/sft_phase/train"),
     benchmark: benchmarked(f"{RUN_LOG}/sft_phase/train"),
     priority: 10  # on the chain every tuned result waits for (see rule sft)
@@ -38,14 +39,16 @@ rule sprec_sft_phase:
     conda:
         LLM_ENV
     shell:
-        "{params.launch} workflow.llm.sft --start-adapter {input.adapter:q} {params.args:q} > {log:q} 2>&1"
+        "{params.launch} workflow.llm.sft --start-adapter {input.adapter:q} {params.args:q} --spec {params.spec:q} "
+        "> {log:q} 2>&1"
 
 
 rule preference:
     input: unpack(partial(preference_inputs, config)), **TRAINING_INPUTS,
     output: directory(f"{RUN_DIR}/adapter"),
     wildcard_constraints: run=RUN_PATTERN["preference"],
-    params: launch=LAUNCH, method=run_method, tables=preference_args, args=training_args(config, preference_spec),
+    params: launch=LAUNCH, method=run_method, tables=preference_args, spec=partial(preference_spec, config),
+            args=training_args(config),
     log: logged(f"{RUN_LOG}/train"),
     benchmark: benchmarked(f"{RUN_LOG}/train"),
     priority: 10  # on the chain every tuned result waits for (see rule sft)
@@ -55,4 +58,4 @@ rule preference:
         LLM_ENV
     shell:
         "{params.launch} workflow.llm.preference --method {params.method} --adapter {input.adapter:q} "
-        "{params.tables:q} {params.args:q} > {log:q} 2>&1"
+        "{params.tables:q} {params.args:q} --spec {params.spec:q} > {log:q} 2>&1"

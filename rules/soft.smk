@@ -8,7 +8,7 @@ rule self_distill:
     input: **TRAINING_INPUTS, adapter=f"{RUN_DIR}/adapter",
     output: table=f"{RUN_DIR}/self_distilled.parquet", stats=f"{RUN_DIR}/self_distilled_stats.tsv",
     wildcard_constraints: run=RUN_PATTERN["sft"],
-    params: launch=LAUNCH_ONE, args=training_args(config, distill_spec),
+    params: launch=LAUNCH_ONE, spec=partial(distill_spec, config), args=training_args(config),
     log: logged(f"{RUN_LOG}/self_distill"),
     benchmark: benchmarked(f"{RUN_LOG}/self_distill"),
     priority: 10  # on the chain a SOFT result waits for (see rule sft)
@@ -18,7 +18,7 @@ rule self_distill:
         LLM_ENV
     shell:
         "{params.launch} workflow.llm.soft distill --adapter {input.adapter:q} --stats {output.stats:q} {params.args:q} "
-        "> {log:q} 2>&1"
+        "--spec {params.spec:q} > {log:q} 2>&1"
 
 
 # soft.early_stopping validates each epoch by the grounded protocol: what it reads joins the inputs
@@ -29,7 +29,7 @@ rule soft:
     input: **TRAINING_INPUTS, distilled=sft_file(config, "self_distilled.parquet"), **SOFT_VALIDATION,
     output: directory(f"{RUN_DIR}/adapter"),
     wildcard_constraints: run=RUN_PATTERN["soft"],
-    params: launch=LAUNCH, args=training_args(config, method_spec), extra=optional_args,
+    params: launch=LAUNCH, spec=partial(method_spec, config), args=training_args(config), extra=optional_args,
     log: logged(f"{RUN_LOG}/train"),
     benchmark: benchmarked(f"{RUN_LOG}/train"),
     priority: 10  # on the chain a SOFT result waits for (see rule sft)
@@ -38,5 +38,5 @@ rule soft:
     conda:
         LLM_ENV
     shell:
-        "{params.launch} workflow.llm.soft train --distilled {input.distilled:q} {params.args:q} {params.extra:q} "
-        "> {log:q} 2>&1"
+        "{params.launch} workflow.llm.soft train --distilled {input.distilled:q} {params.args:q} --spec {params.spec:q} "
+        "{params.extra:q} > {log:q} 2>&1"

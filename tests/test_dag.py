@@ -122,7 +122,8 @@ def test_training_args_and_the_optional_flags():
     c = config()
     inputs = Input(model="m", samples="s", item_table="i", selection="sel",
                    item_vectors="results/ml/surrogate/x.parquet")
-    args = dag.training_args(c, dag.method_spec)(Wildcards(dataset="ml", run="sft-open-s43"), inputs, ["out"], 2)
+    args = dag.training_args(c)(Wildcards(dataset="ml", run="sft-open-s43"), inputs, ["out"], 2)
+    assert "--spec" not in args  # its own params entry, a function of the wildcards (recorded by Snakemake)
     assert args[args.index("--seed") + 1] == 43 and args[-2:] == ["--out", "out"] and "--threads" in args
     assert dag.surrogate_args(inputs) == ["--surrogate", "results/ml/surrogate"]
     w = Wildcards(dataset="games", run="sft-open", trained_on="ml")

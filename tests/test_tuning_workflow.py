@@ -66,3 +66,15 @@ def test_a_rerun_has_nothing_to_do(tuning_run):
     out = snakemake(tmp / "work", tmp / "config.yaml", "-n", "results/tuning/tuned.md")
     assert out.returncode == 0, failure(out)
     assert "Nothing to be done" in out.stdout + out.stderr
+
+
+def test_a_changed_setting_plans_its_jobs_again(tuning_run):
+    """A method block's setting reaches its jobs' recorded params (the --spec, a function of the
+    wildcards alone), so changing it plans those jobs again, not a stale result."""
+    tmp, _, _ = tuning_run
+    config = yaml.safe_load((tmp / "config.yaml").read_text())
+    config["sft"]["warmup_ratio"] = 0.5
+    (tmp / "changed.yaml").write_text(yaml.safe_dump(config))
+    out = snakemake(tmp / "work", tmp / "changed.yaml", "-n", "results/tuning/tuned.md")
+    assert out.returncode == 0, failure(out)
+    assert rules_run(out.stdout, "rule")["sft"] == 2 and "Params have changed" in out.stdout

@@ -375,14 +375,15 @@ def sft_phase_spec(config: Config, wildcards) -> str:
     return run_spec(config, wildcards, sft={**sft, "epochs": 1, "lr": lr})
 
 
-def training_args(config: Config, spec_of: Callable[[Config, Any], str]):
-    """A params function: --model-dir, --samples, --items, --selection, --spec (`spec_of(config,
-    wildcards)`), --seed (the run's), --threads and --out (the first output) of a training or
-    scoring stage (workflow/cli.py add_training_arguments)."""
+def training_args(config: Config):
+    """A params function: --model-dir, --samples, --items, --selection, --seed (the run's), --threads
+    and --out (the first output) of a training or scoring stage (workflow/cli.py
+    add_training_arguments). Its --spec is a params entry of its own, a function of the wildcards
+    alone (rules/common.smk: Snakemake records only those, so a changed setting reruns the job)."""
     def args(wildcards, input, output, threads):
         return ["--model-dir", input.model, "--samples", input.samples, "--items", input.item_table,
-                "--selection", input.selection, "--spec", spec_of(config, wildcards),
-                "--seed", run_seed(parse_run(wildcards.run), config), "--threads", threads, "--out", output[0]]
+                "--selection", input.selection, "--seed", run_seed(parse_run(wildcards.run), config),
+                "--threads", threads, "--out", output[0]]
     return args
 
 
