@@ -131,10 +131,10 @@ def test_sprec_sft_phase_is_chained_before_each_rounds_dpo(tmp_path):
     assert sorted(dpo) == sorted((f"{llm}/{run}/random/sft_phase/adapter",
                                   f"{llm}/{run}/random/sft_phase/reference_logprobs.parquet",
                                   f"{llm}/{start}/random/reference_logprobs.parquet") for start, run in rounds)
-    phases = re.findall(r"workflow\.llm\.sft --start-adapter (\S+) .*?--spec (.*?) --seed .*?--out (\S+)", planned)
-    assert sorted((start, target) for start, _, target in phases) == sorted(
+    phases = re.findall(r"workflow\.llm\.sft --start-adapter (\S+) .*?--out (\S+) --spec ('[^']*')", planned)
+    assert sorted((start, target) for start, target, _ in phases) == sorted(
         (f"{llm}/{start}/random/adapter", f"{llm}/{run}/random/sft_phase/adapter") for start, run in rounds)
-    for _, spec, _ in phases:
+    for _, _, spec in phases:
         sft = json.loads(shlex.split(spec)[0])["sft"]
         assert sft["epochs"] == 1 and sft["lr"] == 0.0003
     references = re.findall(r"workflow\.llm\.reference --adapter (\S+)", planned)
