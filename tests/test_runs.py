@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from workflow import runs
-from workflow.config import validate
+from workflow.config import read_schema, validate
 from workflow.llm.data import read_training_samples
 from workflow.selection.budget import run_budget
 from workflow.selection import nested_subset
@@ -106,7 +106,7 @@ def test_the_axis_declaration_drives_the_parser_the_wildcards_and_the_schemas_gr
         assert items.get("enum", []) == list(a.choices), a.name
         assert items.get("minimum", items.get("exclusiveMinimum")) == {int: 1, float: 0, str: None}[a.kind], a.name
     # every block-overriding axis names a key of each block it applies to
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())["properties"]
+    schema = read_schema()["properties"]  # with the blocks filled in for declared methods
     for a in runs.FLAG_AXES:
         if a.block:
             for method in a.methods:
