@@ -68,12 +68,14 @@ def label_key(run: dict[str, Any]) -> tuple:
 
 
 def run_frames(runs: Sequence[dict[str, Any]], split: str, protocols: Sequence[str],
-               metrics: Sequence[str]) -> dict[tuple, pd.DataFrame]:
+               metrics: Sequence[str], labels=None) -> dict[tuple, pd.DataFrame]:
     """(labels..., protocol, metric) -> per-sample frame on `split`, for each of `protocols` and
     `metrics` a run's file holds (a run whose prompt lacks a protocol has none of its rows). A run's
     file may hold another method name (a main run reused at its own grid point). Runs that differ
     only in their training `seed` are pooled: their per-sample values averaged over the seeds, on
-    the samples every seed was scored on (as the summary pools seeds)."""
+    the samples every seed was scored on (as the summary pools seeds). `labels(run)`: what tells
+    runs apart (default `label_key`; runs with equal labels are pooled)."""
+    labels = labels or label_key
     per_seed: dict[tuple, list[pd.DataFrame]] = {}
     for run in runs:
         found = {key: frame for key, frame in metric_frames(read_metrics([run["path"]]), split=split).items()
@@ -82,7 +84,7 @@ def run_frames(runs: Sequence[dict[str, Any]], split: str, protocols: Sequence[s
             raise ValueError(f"{run['path']}: no rows of the protocols {list(protocols)} and metrics "
                              f"{list(metrics)} on the {split} split")
         for (_, _, _, protocol, metric), frame in found.items():
-            per_seed.setdefault((*label_key(run), protocol, metric), []).append(frame)
+            per_seed.setdefault((*labels(run), protocol, metric), []).append(frame)
     return {key: pooled(frames) for key, frames in per_seed.items()}
 
 

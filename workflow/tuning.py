@@ -46,8 +46,8 @@ from workflow import cli
 from workflow.io import atomic_path, write_parquet
 from workflow.runs import (GRID_AXES, at_seed, config_seeds, draw_trials, grid_point, lr_text, parse, resolve,
                            sampled_points)
-from workflow.study import LABELS, normal_key, pooled
-from workflow.summary import estimate, metric_frames, paired_delta, read_metrics
+from workflow.study import LABELS, normal_key, run_frames
+from workflow.summary import estimate, paired_delta
 
 log = logging.getLogger(__name__)
 
@@ -209,15 +209,10 @@ def sasrec_stats(sasrec: Sequence[dict[str, Any]], metric: str, protocol: str, r
     """Each SASRec trial's validation statistic, its seeds' per-sample values pooled as a study pools them."""
     out = []
     for trial in sasrec:
-        frames = [frame for path in trial["paths"]
-                  for key, frame in metric_frames(read_metrics([path]), split="valid").items()
-                  if key[3] == protocol and key[4] == metric]
-        if len(frames) != len(trial["paths"]):
-            raise ValueError(f"SASRec trial {trial['run']}: no {protocol} {metric} on the valid split in "
-                             f"{trial['paths']}")
-        frame = pooled(frames)
+        (frame,) = run_frames([{"path": path} for path in trial["paths"]], "valid", [protocol], [metric],
+                              labels=lambda run: ()).values()
         value, low, high = estimate(metric, frame, resamples, level, seed)
-        out.append({"value": value, "ci_low": low, "ci_high": high, "n": len(frame), "n_seeds": len(frames)})
+        out.append({"value": value, "ci_low": low, "ci_high": high, "n": len(frame), "n_seeds": len(trial["paths"])})
     return out
 
 
@@ -278,15 +273,9 @@ def select(spec: dict[str, Any]) -> tuple[pd.DataFrame, dict]:
 
 def phase_frames(runs: Sequence[dict[str, Any]], protocol: str, metrics: Sequence[str]) -> dict[tuple, pd.DataFrame]:
     """(dataset, selection, method, phase, metric) -> per-sample test frame, pooled over seeds."""
-    per_seed: dict[tuple, list[pd.DataFrame]] = {}
-    for run in runs:
-        found = {key: frame for key, frame in metric_frames(read_metrics([run["path"]]), split="test").items()
-                 if key[3] == protocol and key[4] in metrics}
-        if not found:
-            raise ValueError(f"{run['path']}: no {protocol} rows of {list(metrics)} on the test split")
-        for (_, _, _, _, metric), frame in found.items():
-            per_seed.setdefault((run["dataset"], run["selection"], run["method"], run["phase"], metric), []).append(frame)
-    return {key: pooled(frames) for key, frames in per_seed.items()}
+    frames = run_frames(runs, "test", [protocol], metrics,
+                        labels=lambda run: (run["dataset"], run["selection"], run["method"], run["phase"]))
+    return {(*key[:4], key[-1]): frame for key, frame in frames.items()}
 
 
 def tuned_tables(frames: dict[tuple, pd.DataFrame], claims: Sequence[Sequence[str]], resamples: int, level: float,
