@@ -32,9 +32,17 @@ from typing import Callable, NamedTuple, Sequence
 import numpy as np
 import torch
 
+from workflow.llm.prompts import clipped_answer_ids
 from workflow.llm.scoring import _parts, attention_mask, encode_prompts
 
 ITEMS = "items"  # the key of a tree node that completes items (its value: their catalogue positions)
+
+
+def catalogue_answers(tokenizer, titles: Sequence[str], max_title_tokens: int) -> list[list[int]]:
+    """Every catalogue item's answer token ids (its title, or its semantic ID under the sid prompt,
+    then the end-of-answer token), in catalogue order: what the catalogue protocol decodes and rere's
+    beam draws from."""
+    return [clipped_answer_ids(tokenizer, str(t), max_title_tokens) for t in titles]
 
 
 def catalogue_trie(answers: Sequence[Sequence[int]]) -> dict:

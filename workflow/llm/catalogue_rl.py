@@ -1,5 +1,5 @@
-"""GRPO whose group is the policy's own constrained beam over the whole catalogue (`grpo.group:
-catalogue`; ReRe and MiniOneRec's RL stage), on the one trainer.
+"""rere: GRPO whose group is the policy's own constrained beam over the whole catalogue (ReRe and
+MiniOneRec's RL stage), on the one trainer.
 
 Each step, per sample: the policy (the sft adapter, trained) decodes its `group_size` best catalogue
 items by the catalogue protocol's beam search (`workflow.llm.catalogue.beam_search`, width =
@@ -92,7 +92,7 @@ def make_loss_fn(cfg: dict[str, Any], answers: Sequence[Sequence[int]], pad_id: 
         # fewest found (one group size per batch, as the scorer and the advantages need)
         found = min(len(items) for items in ranked.items)
         if found < 2:
-            raise ValueError(f"grpo over the catalogue: a beam found {found} item(s); a group needs 2")
+            raise ValueError(f"rere: a beam found {found} item(s); a group needs 2")
         items = torch.tensor([items[:found] for items in ranked.items])
         groups = [[answers[i] for i in row] for row in items.tolist()]
         rewards = losses.catalogue_rewards(items == targets[:, None], rank_penalty=bool(cfg["rank_penalty"]))

@@ -381,7 +381,7 @@ def policy_method(method: str, cfg: dict[str, Any], llm: dict[str, Any], domain:
     the SASRec surrogate's tables, NAPO's auxiliary recommender (`napo_scores`)."""
     from peft import PeftModel
 
-    if on_catalogue(method, cfg):
+    if DECLARED[method].online_reference:  # rere: its group the policy's beam over the catalogue
         return catalogue_method(method, cfg, llm, domain, prompt, adapter)
 
     def attach(model, tokenizer):
@@ -421,25 +421,20 @@ def policy_method(method: str, cfg: dict[str, Any], llm: dict[str, Any], domain:
     return stage.Method(method, cfg, attach, plan)
 
 
-def on_catalogue(method: str, cfg: dict[str, Any]) -> bool:
-    """Whether the run's group is its own beam over the whole catalogue, its reference online (rere)."""
-    return DECLARED[method].online_reference
-
-
 def catalogue_method(method: str, cfg: dict[str, Any], llm: dict[str, Any], domain: str, prompt: str,
                      adapter: str | Path) -> stage.Method:
     """GRPO over the policy's beam across the catalogue (workflow/llm/catalogue_rl.py): the sft
     adapter trained, and again frozen as the online reference."""
     from workflow.llm import catalogue_rl
     from workflow.llm.inference import pad_id
-    from workflow.llm.prompts import clipped_answer_ids
+    from workflow.llm.catalogue import catalogue_answers
 
     cfg = with_defaults(method, cfg)
 
     def plan(loaded: stage.Loaded) -> stage.Plan:
         examples = preference_examples(loaded.samples, loaded.items, loaded.tokenizer, domain, llm, prompt)
         item_ids = loaded.items["item_id"].astype(str).tolist()
-        answers = [clipped_answer_ids(loaded.tokenizer, t, llm["max_title_tokens"]) for t in loaded.items["title"].astype(str)]
+        answers = catalogue_answers(loaded.tokenizer, loaded.items["title"].astype(str), llm["max_title_tokens"])
         chosen = catalogue_rl.catalogue_examples(examples, item_ids)
         log.info("%s on %d samples, %s prompt, groups of %d by beam search over %d catalogue items", method,
                  len(chosen), prompt, cfg["group_size"], len(item_ids))
@@ -460,7 +455,7 @@ def run_preference(method: str, model_dir: str | Path, adapter: str | Path, samp
     llm, cfg, domain = s["llm"], s["cfg"], s["domain"]
     if not (Path(adapter) / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{adapter}: no adapter_config.json (train the sft adapter first)")
-    if reference_path is None and not on_catalogue(method, cfg) and reads_reference(method, cfg["strategy"]):
+    if reference_path is None and not DECLARED[method].online_reference and reads_reference(method, cfg["strategy"]):
         raise ValueError(f"{method} (negative strategy {cfg['strategy']}) reads the reference log-probs: pass "
                          f"--reference (only the reference-free {' and '.join(REFERENCE_FREE)} run without, and only with "
                          f"negatives the reference does not rank: not {' or '.join(RANKED_STRATEGIES)})")

@@ -375,13 +375,12 @@ def catalogue(ctx: EvalContext) -> Reported:
     """The decoded samples' top items by beam search constrained to the catalogue's answers."""
     from workflow.llm import catalogue as search
     from workflow.llm.inference import no_sample_hooks, pad_id
-    from workflow.llm.prompts import clipped_answer_ids
 
     start = time.perf_counter()
     items, n, samples = ctx.items, ctx.n, ctx.samples
     item_ids = items["item_id"].astype(str).to_numpy()
     position = {item: i for i, item in enumerate(item_ids)}
-    answers = [clipped_answer_ids(ctx.tokenizer, t, ctx.llm["max_title_tokens"]) for t in items["title"].astype(str)]
+    answers = search.catalogue_answers(ctx.tokenizer, items["title"].astype(str), ctx.llm["max_title_tokens"])
     rows = np.flatnonzero(ctx.decode)
     targets = np.array([position[t] for t in samples["target"].astype(str).to_numpy()[rows]], dtype=np.int64)
     exclude = [{position[i] for i in samples["history"].iloc[r]} - {t} for r, t in zip(rows, targets)]
