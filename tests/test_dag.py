@@ -200,8 +200,10 @@ def test_tunings_paths_inputs_and_the_runs_its_table_reads(tmp_path):
                  ).to_parquet(tmp_path / "selected.parquet")
     runs = dag.tuned_runs(c, str(tmp_path / "selected.parquet"))
     tuned = parse(sft["trials"][1]["run"])
+    assert c["selection"]["compare_methods"] == ["sft"]  # so on every strategy (DEALRec's claim)
     assert {r["path"] for r in runs if r["method"] == "sft" and r["phase"] == "tuned"} == {
-        dag.run_metrics(c, d, at_seed(tuned, s, c).name, "random") for d in ("ml", "games") for s in (1, 2)}
+        dag.run_metrics(c, d, at_seed(tuned, s, c).name, strategy) for d in ("ml", "games") for s in (1, 2)
+        for strategy in c["selection"]["strategies"]}
     assert [r["path"] for r in runs if r["method"] == "sasrec"] == [
         f"out/ml/tuning/sasrec/{t}/s{s}/test.parquet" for t in trials for s in (1, 2)]
     table = tuning.table_spec(c, runs)

@@ -33,6 +33,8 @@ from workflow.selection import nested_subset
     ("dmpo-open-k3-b0.1-lr5e-4-n256", runs.Run("dmpo", "open", k=3, budget=256, beta=0.1, lr=5e-4)),
     ("sft-open-lr1.5e-4-e2", runs.Run("sft", "open", epochs=2, lr=1.5e-4)),
     ("ilora-open-lr2e-5-x4", runs.Run("ilora", "open", n_experts=4, lr=2e-5)),
+    ("sft-open-lr1e-3-rank16-n256", runs.Run("sft", "open", lr=1e-3, lora_r=16, budget=256)),
+    ("ilora-open-rank8-x4", runs.Run("ilora", "open", lora_r=8, n_experts=4)),
 ])
 def test_names_round_trip(name, expected):
     assert runs.parse(name) == expected and expected.name == name
@@ -57,7 +59,7 @@ def test_malformed_names_say_what_is_wrong(name, message):
 def valid_names() -> list[str]:
     """Names of every method and prompt: bare, with each flag it takes alone, and with all of them."""
     values = {"k": 3, "n_experts": 4, "gate": "uniform", "alpha": 0.5, "rounds": 2, "epochs": 2, "budget": 64,
-              "seed": 43, "beta": 0.25, "lr": 3e-4}
+              "seed": 43, "beta": 0.25, "lr": 3e-4, "lora_r": 8}
     names = []
     for method, prompt in itertools.product(runs.METHODS, runs.PROMPTS):
         fields = [a.name for a in runs.FLAG_AXES if method in a.methods]
@@ -95,7 +97,8 @@ def test_the_axis_declaration_drives_the_parser_the_wildcards_and_the_schemas_gr
     for a in runs.FLAG_AXES:  # each flag's letter in the pattern of exactly the methods it applies to
         for method in runs.TRAINED:
             flag = re.compile(runs.wildcard_pattern([method])).pattern
-            assert (f"(?:-{a.flag}" in flag) == (method in a.methods), (method, a.name)
+            value = "(?:" + "|".join(a.choices) + ")" if a.choices else a.value  # -r and -rank: the value tells
+            assert (f"(?:-{a.flag}{value})?" in flag) == (method in a.methods), (method, a.name)
     study = yaml.safe_load(SCHEMA_PATH.read_text())["properties"]["studies"]["additionalProperties"]["properties"]
     grid = study["grid"]["properties"]
     assert list(grid) == [a.name for a in runs.GRID_AXES]

@@ -152,19 +152,44 @@ def metrics_file(path, method, auc, split="test"):
 
 
 def test_tuned_table_matches_hand_computed_differences_and_flags_changed_orderings(tmp_path):
-    auc = {("sft", "default"): [0.5, 0.6, 0.7, 0.8], ("sft", "tuned"): [0.7, 0.8, 0.7, 0.9],
-           ("dmpo", "default"): [0.6, 0.7, 0.8, 0.9], ("dmpo", "tuned"): [0.6, 0.7, 0.8, 0.9]}
-    runs = [{"dataset": "toy", "selection": "random", "method": m, "phase": p,
-             "path": metrics_file(tmp_path / f"{m}-{p}.parquet", f"{m}-{p}", v)} for (m, p), v in auc.items()]
+    auc = {("random", "sft", "default"): [0.5, 0.6, 0.7, 0.8], ("random", "sft", "tuned"): [0.7, 0.8, 0.7, 0.9],
+           ("random", "dmpo", "default"): [0.6, 0.7, 0.8, 0.9], ("random", "dmpo", "tuned"): [0.6, 0.7, 0.8, 0.9],
+           ("dealrec", "sft", "default"): [0.6, 0.6, 0.7, 0.8], ("dealrec", "sft", "tuned"): [0.7, 0.8, 0.8, 0.9]}
+    runs = [{"dataset": "toy", "selection": s, "method": m, "phase": p,
+             "path": metrics_file(tmp_path / f"{s}-{m}-{p}.parquet", f"{m}-{p}", v)} for (s, m, p), v in auc.items()]
     frames = tuning.phase_frames(runs, "likelihood", ["auc"])
-    methods, claims = tuning.tuned_tables(frames, [["dmpo", "sft"]], 200, 0.95, 0)
-    sft = methods[methods["method"] == "sft"].iloc[0]
+    claims_asked = [["dmpo", "sft"], ["sft@dealrec", "sft@random"], ["soft", "sft"]]  # soft: not tuned, left out
+    methods, claims = tuning.tuned_tables(frames, claims_asked, "random", 200, 0.95, 0)
+    sft = methods[(methods["method"] == "sft") & (methods["selection"] == "random")].iloc[0]
     assert sft["default"] == pytest.approx(0.65) and sft["tuned"] == pytest.approx(0.775)
     assert sft["delta"] == pytest.approx(0.125)
+    assert list(claims["claim"]) == ["dmpo > sft", "sft@dealrec > sft@random"]
     claim = claims.iloc[0]
-    assert claim["claim"] == "dmpo > sft" and claim["default"] == pytest.approx(0.1)
+    assert claim["default"] == pytest.approx(0.1)
     assert claim["tuned"] == pytest.approx(-0.025)
     assert claim["changed"]  # dmpo above sft at the defaults, below once sft is tuned
+    dealrec = claims.iloc[1]  # the same test samples under two selections: (0.1 + 0 + 0 + 0) / 4, then 0.1 / 4
+    assert dealrec["default"] == pytest.approx(0.025) and dealrec["tuned"] == pytest.approx(0.025)
+
+
+def test_a_lora_rank_space_gives_named_trials_at_that_rank(config):
+    config["tuning"]["spaces"] = {"llara": {"lora_r": [4, 8, 16], "lr": [5e-4, 1e-3]}}
+    config["studies"] = {k: v for k, v in config["studies"].items() if not k.startswith(tuning.PREFIX)}
+    found = tuning.trials("llara", tuning.with_tuning_studies(config))
+    assert found["trials"][0]["run"] == found["default"] == "llara-open-n256"  # rank 8, lr 5e-4: the block's
+    for trial in found["trials"][1:]:
+        run = parse(trial["run"])
+        assert block(run, config)["lora_r"] == trial["settings"]["lora_r"]
+        assert (run.lora_r is None) == (trial["settings"]["lora_r"] == config["llara"]["lora_r"])
+
+
+def test_a_claim_naming_an_unknown_selection_strategy_is_an_error():
+    raw = yaml.safe_load((Path(__file__).parents[1] / "config" / "config.yaml").read_text())
+    raw["tuning"]["claims"] = [["sft@dealrek", "sft@random"]]
+    with pytest.raises(ValueError, match=r"config key 'tuning\.claims\.0\.0': 'sft@dealrek' does not match"):
+        validate(copy.deepcopy(raw))
+    raw["tuning"]["claims"] = [["sft@dealrec", "sft@random"], ["dmpo", "sft"]]
+    assert validate(raw)["tuning"]["claims"] == [["sft@dealrec", "sft@random"], ["dmpo", "sft"]]
 
 
 def test_ordering_changed():

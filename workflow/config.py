@@ -29,12 +29,15 @@ def read_schema(path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
     """config/schema.yaml with the method names filled in from workflow/methods.py, so a method is
     named in its declaration only: `$defs.method` takes every declared method as its enum,
     `$defs.explained_run` a pattern of every one but the hybrid ones (their prompt needs the
-    surrogate's hooks, which explanations do not load), and a preference objective without a block
+    surrogate's hooks, which explanations do not load), `$defs.claim_side` a method with an optional
+    `@strategy` (one of selection.strategies' enum), and a preference objective without a block
     of its own gets one of the shared keys (`$defs.preference_method`)."""
     schema = yaml.safe_load(Path(path).read_text())
     schema["$defs"]["method"]["enum"] = list(METHODS)
     explained = [name for name, declared in METHODS.items() if declared.family != "hybrid"]
     schema["$defs"]["explained_run"]["pattern"] = f"^({'|'.join(explained)})(-.*)?$"
+    strategies = schema["properties"]["selection"]["properties"]["strategies"]["items"]["enum"]
+    schema["$defs"]["claim_side"]["pattern"] = f"^({'|'.join(METHODS)})(@({'|'.join(strategies)}))?$"
     for name, declared in METHODS.items():  # a preference objective without keys of its own
         if declared.family == "preference" and name not in schema["properties"]:
             schema["properties"][name] = {"type": "object", "default": {}, "additionalProperties": False,

@@ -17,7 +17,8 @@ from workflow.formats import resolve_files
 from workflow.protocol_table import reads as protocol_reads
 from workflow.methods import METHODS
 from workflow.runs import (HYBRID, Run, at_seed, block as run_block, config_runs, config_seeds, needs_reference,
-                           parse as parse_run, previous_round, run_seed, sft_phase, study_points, study_seeds)
+                           parse as parse_run, previous_round, run_seed, run_selections, sft_phase, study_points,
+                           study_seeds)
 from workflow.selection.dealrec import STRATEGIES as DEALREC_STRATEGIES
 from workflow.sources import registry as source_registry, resolve as resolve_source
 from workflow.transfer import transfers
@@ -142,19 +143,6 @@ def start_run(config: Config, run_name: str) -> Run:
     prompt, budget and seed; for an SPRec round after the first, the previous round."""
     run = parse_run(run_name)
     return previous_round(run, config) or run.sft()
-
-
-def run_selections(config: Config, run: Run) -> list[str]:
-    """The selections a run of `methods` trains on: every strategy for the runs (or bare methods)
-    `selection.compare_methods` names (all when it is null), the first strategy for the others;
-    `none` for the untuned model."""
-    strategies = config["selection"]["strategies"]
-    if run.method == "base":
-        return ["none"]
-    compared = config["selection"]["compare_methods"]
-    if compared is None or run._replace(seed=None).name in compared or run.method in compared:
-        return strategies
-    return strategies[:1]
 
 
 def method_runs(config: Config) -> list[tuple[str, str]]:
@@ -520,9 +508,9 @@ def tuning_selection_spec(config: Config) -> str:
 
 def tuned_runs(config: Config, selected: str) -> list[dict[str, Any]]:
     """The runs the tuned table reads on the test split (workflow/tuning.py table_runs), from the
-    selection's table `selected`: every dataset's, on the first selection strategy."""
-    return table_runs(config, pd.read_parquet(selected), list(config["datasets"]), config["selection"]["strategies"][0],
-                      partial(run_metrics, config), partial(sasrec_trial_path, config))
+    selection's table `selected`: every dataset's."""
+    return table_runs(config, pd.read_parquet(selected), list(config["datasets"]), partial(run_metrics, config),
+                      partial(sasrec_trial_path, config))
 
 
 # --------------------------------------------------------------------------- the targets of rule all

@@ -2,7 +2,7 @@
 
 A run is one LLM method under one prompt, with optional overrides of its config block:
 
-    {method}-{prompt}[-k{negatives}][-b{beta}][-lr{learning rate}][-x{experts}][-g{gate}][-a{alpha}][-r{rounds}][-e{epochs}][-n{budget}][-s{seed}]
+    {method}-{prompt}[-k{negatives}][-b{beta}][-lr{learning rate}][-rank{LoRA rank}][-x{experts}][-g{gate}][-a{alpha}][-r{rounds}][-e{epochs}][-n{budget}][-s{seed}]
 
 e.g. `sft-open`, `base-candidate`, `dmpo-open-k15`, `sft-candidate-e3-n512`. The name is the
 `method` column of every metrics table and the folder of the run's outputs, so two runs that differ
@@ -12,6 +12,8 @@ prompt of every row. Overrides:
 - `b`: a preference objective's beta (e.g. `dmpo-open-b0.1`);
 - `lr`: the learning rate of the run's block, in one spelling: mantissa, `e`, exponent, no padding
   (`dmpo-open-lr5e-4`, `sft-open-lr1.5e-4`; `lr_text`), so one rate has one name;
+- `rank`: the LoRA rank (`lora_r`) of a run that trains a fresh LoRA (sft, llara, ilora, soft; a
+  preference run continues its sft start's adapter, at that run's rank);
 - `x`, `g`: iLoRA's number of experts and gate input (sequence, random, uniform);
 - `a`: SOFT's curriculum alpha (e.g. `soft-open-a0.1`);
 - `r`: SPRec's self-play rounds (e.g. `sprec-open-r3`: round 3 starts from, and is referenced
@@ -46,6 +48,7 @@ PROMPTS = ("candidate", "open", "sid")  # sid: items shown and answered by seman
 PREFERENCE = of_family("preference")  # workflow/llm/preference.py
 TRAINED = tuple(DECLARED)
 TAKES_K = tuple(m for m, d in DECLARED.items() if d.takes_k)  # the -k flag; sprec's one negative is fixed
+FRESH_LORA = tuple(m for m, d in DECLARED.items() if d.family != "preference")  # the -rank flag
 HYBRID = of_family("hybrid")  # the hybrid prompt: SASRec item embeddings after each title
 GATES = ("sequence", "random", "uniform")  # iLoRA's gate inputs (workflow/llm/ilora.py)
 METHODS = ("base", *TRAINED)
@@ -75,6 +78,7 @@ RUN_AXES = (
     Axis("k", "k", int, "[0-9]+", TAKES_K, "negatives"),
     Axis("beta", "b", float, NUMBER, tuple(m for m in PREFERENCE if not DECLARED[m].online_reference), "beta"),
     Axis("lr", "lr", float, r"[1-9](?:\.[0-9]*[1-9])?e-?[0-9]+", TRAINED, "learning rate"),
+    Axis("lora_r", "rank", int, "[0-9]+", FRESH_LORA, "LoRA rank"),
     Axis("n_experts", "x", int, "[0-9]+", ("ilora",), "experts"),
     Axis("gate", "g", str, "[a-z]+", ("ilora",), "gate", choices=GATES),
     Axis("alpha", "a", float, NUMBER, ("soft",), "alpha"),
@@ -349,3 +353,16 @@ def draw_trials(candidates: list, main: Any, trials: int, key: str, seed: int) -
 def study_seeds(name: str, config: dict[str, Any]) -> list[int]:
     """The training seeds of a study's runs: its `seeds`, else the config's one `seed`."""
     return list(dict.fromkeys(config["studies"][name].get("seeds") or [config["seed"]]))
+
+
+def run_selections(config: dict[str, Any], run: Run) -> list[str]:
+    """The selections a run trains on: every strategy for the runs (or bare methods)
+    `selection.compare_methods` names (all when it is null), the first strategy for the others;
+    `none` for the untuned model."""
+    strategies = config["selection"]["strategies"]
+    if run.method == "base":
+        return ["none"]
+    compared = config["selection"]["compare_methods"]
+    if compared is None or run._replace(seed=None).name in compared or run.method in compared:
+        return strategies
+    return strategies[:1]

@@ -13,7 +13,8 @@ so a trial is trained once, whichever study or config asks for it.
         "labels": {...}, "settings": {...}}, ...]}, ...}, "entries": {...}, "seeds": [...]}' \\
         --out-parquet results/tuning/selected.parquet --out-overlay results/tuning/tuned.yaml
     python -m workflow.tuning table --spec '{"metrics": [...], "protocol": ..., "claims": [...],
-        "bootstrap": 1000, "ci": 0.95, "runs": [{"dataset", "selection", "method", "phase", "path"}, ...]}' \\
+        "selection": "random", "bootstrap": 1000, "ci": 0.95,
+        "runs": [{"dataset", "selection", "method", "phase", "path"}, ...]}' \\
         --selected results/tuning/selected.parquet --seed 42 --out-parquet ... --out-md ...
 
 `select` writes every trial's validation statistic (pooled over seeds, with its interval) and marks
@@ -26,10 +27,12 @@ its prompt and budget (workflow/runs.py `Run.sft`), tuned or not: each method's 
 searched, its start is shared.
 
 `table` reads the default and the selected run of every tuned method on the test split (pooled over
-seeds): per method, its test metrics at both settings and the paired difference; per claim
-([better, worse] method pairs), the paired difference at the default settings and at the tuned
-ones, and whether the ordering changed (the sign of the point estimate, or an interval that
-excluded zero and no longer does, or the reverse).
+seeds; the methods of `selection.compare_methods` under every selection strategy): per method, its
+test metrics at both settings and the paired difference; per claim ([better, worse] pairs, each a
+method on the first strategy or `method@strategy`, e.g. `sft@dealrec` against `sft@random`), the
+paired difference at the default settings and at the tuned ones, and whether the ordering changed
+(the sign of the point estimate, or an interval that excluded zero and no longer does, or the
+reverse).
 """
 from __future__ import annotations
 
@@ -45,7 +48,7 @@ import yaml
 from workflow import cli
 from workflow.io import atomic_path, write_parquet
 from workflow.runs import (GRID_AXES, at_seed, config_seeds, draw_trials, grid_point, lr_text, parse, resolve,
-                           sampled_points)
+                           run_selections, sampled_points)
 from workflow.study import LABELS, normal_key, run_frames
 from workflow.summary import estimate, paired_delta
 
@@ -81,6 +84,12 @@ def tuning_studies(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
         "grid": {"prompt": [config[method]["prompt"]], "budget": [tuning["budget"]], **space},
         "protocols": [tuning["protocol"]], "metrics": metrics, "trials": tuning["trials"]}
         for method, space in tuning["spaces"].items()}
+
+
+def claim_side(side: str, strategies: Sequence[str]) -> tuple[str, str]:
+    """(selection, method) of one side of a claim: `method` (on the first strategy) or `method@strategy`."""
+    method, _, strategy = side.partition("@")
+    return strategy or strategies[0], method
 
 
 def with_tuning_studies(config: dict[str, Any]) -> dict[str, Any]:
@@ -156,12 +165,14 @@ def selection_spec(config: dict[str, Any], study_path, sasrec_path) -> dict[str,
             "sasrec": sasrec}
 
 
-def table_runs(config: dict[str, Any], selected: pd.DataFrame, datasets: Sequence[str], selection: str,
-               metrics_path, sasrec_path) -> list[dict[str, Any]]:
+def table_runs(config: dict[str, Any], selected: pd.DataFrame, datasets: Sequence[str], metrics_path,
+               sasrec_path) -> list[dict[str, Any]]:
     """The runs `table` reads: each tuned method's default and selected run at every tuning seed, on
-    the test split (`metrics_path(dataset, run name, selection)`; SASRec's trials:
-    `sasrec_path(trial, seed, "test.parquet")`), from `select`'s table."""
+    the test split (`metrics_path(dataset, run name, selection)`: the first selection strategy, every
+    one for `selection.compare_methods`; SASRec's trials: `sasrec_path(trial, seed, "test.parquet")`),
+    from `select`'s table."""
     seeds = tuning_seeds(config)
+    selection = config["selection"]["strategies"][0]  # SASRec's rows
     runs = []
     for method, rows in selected.groupby("method", sort=False):
         names = {"default": rows["default_run"].iloc[0], "tuned": rows.loc[rows["selected"], "run"].iloc[0]}
@@ -172,8 +183,9 @@ def table_runs(config: dict[str, Any], selected: pd.DataFrame, datasets: Sequenc
                                  "path": sasrec_path(name, seed, "test.parquet")})
                     continue
                 run = at_seed(parse(name), seed, config).name
-                runs += [{"dataset": d, "selection": selection, "method": method, "phase": phase,
-                          "path": metrics_path(d, run, selection)} for d in datasets]
+                runs += [{"dataset": d, "selection": s, "method": method, "phase": phase,
+                          "path": metrics_path(d, run, s)}
+                         for d in datasets for s in run_selections(config, parse(run))]
     return runs
 
 
@@ -182,7 +194,8 @@ def table_spec(config: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, 
     (table_runs)."""
     tuning = config["tuning"]
     return {"metrics": tuning["metrics"], "protocol": tuning["protocol"], "claims": tuning["claims"], "runs": runs,
-            "bootstrap": config["summary"]["bootstrap"], "ci": config["summary"]["ci"]}
+            "selection": config["selection"]["strategies"][0], "bootstrap": config["summary"]["bootstrap"],
+            "ci": config["summary"]["ci"]}
 
 
 def study_stats(study: pd.DataFrame, method: str, method_trials: Sequence[dict[str, Any]], metric: str,
@@ -278,10 +291,11 @@ def phase_frames(runs: Sequence[dict[str, Any]], protocol: str, metrics: Sequenc
     return {(*key[:4], key[-1]): frame for key, frame in frames.items()}
 
 
-def tuned_tables(frames: dict[tuple, pd.DataFrame], claims: Sequence[Sequence[str]], resamples: int, level: float,
-                 seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def tuned_tables(frames: dict[tuple, pd.DataFrame], claims: Sequence[Sequence[str]], selection: str, resamples: int,
+                 level: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(methods, claims): each method's test statistic at the default and tuned settings with the
-    paired difference; each claim's paired difference at both, and whether its ordering changed."""
+    paired difference; each claim's paired difference at both (a bare method on `selection`), and
+    whether its ordering changed. A claim missing either side's runs is left out."""
     rows = []
     for (dataset, selection, method, phase, metric), frame in sorted(frames.items()):
         if phase != "tuned":
@@ -294,21 +308,20 @@ def tuned_tables(frames: dict[tuple, pd.DataFrame], claims: Sequence[Sequence[st
                                           "default_high", "tuned", "tuned_low", "tuned_high", "delta", "delta_low",
                                           "delta_high"])
     rows = []
-    places = {key[:2] for key in frames}
     metrics = sorted({key[4] for key in frames})
-    for dataset, selection in sorted(places):
+    for dataset in sorted({key[0] for key in frames}):
         for better, worse in claims:
+            sides = [claim_side(side, [selection]) for side in (better, worse)]
             for metric in metrics:
-                at = {phase: [frames.get((dataset, selection, m, phase, metric)) for m in (better, worse)]
+                at = {phase: [frames.get((dataset, *side, phase, metric)) for side in sides]
                       for phase in ("default", "tuned")}
                 if any(f is None for pair in at.values() for f in pair):
                     continue
                 before = paired_delta(metric, *at["default"], resamples, level, seed)
                 after = paired_delta(metric, *at["tuned"], resamples, level, seed)
-                rows.append((dataset, selection, f"{better} > {worse}", metric, *before, *after,
-                             ordering_changed(before, after)))
-    claims_table = pd.DataFrame(rows, columns=["dataset", "selection", "claim", "metric", "default", "default_low",
-                                               "default_high", "tuned", "tuned_low", "tuned_high", "changed"])
+                rows.append((dataset, f"{better} > {worse}", metric, *before, *after, ordering_changed(before, after)))
+    claims_table = pd.DataFrame(rows, columns=["dataset", "claim", "metric", "default", "default_low", "default_high",
+                                               "tuned", "tuned_low", "tuned_high", "changed"])
     return methods, claims_table
 
 
@@ -347,10 +360,11 @@ def markdown(selected: pd.DataFrame, methods: pd.DataFrame, claims: pd.DataFrame
                    else "not a trial")
         lines.append(f"| {method} | {row['default_run']} | {row['run']} {row['settings']} | {default} | "
                      f"{interval_text(row['value'], row['ci_low'], row['ci_high'])} |")
-    lines += ["", "## Test split", "", "| dataset | method | metric | default | tuned | Δ tuned − default |",
-              "|---|---|---|---|---|---|"]
+    lines += ["", "## Test split", "", "| dataset | selection | method | metric | default | tuned | Δ tuned − default |",
+              "|---|---|---|---|---|---|---|"]
     for r in methods.itertuples():
-        lines.append(f"| {r.dataset} | {r.method} | {r.metric} | {interval_text(r.default, r.default_low, r.default_high)}"
+        lines.append(f"| {r.dataset} | {r.selection} | {r.method} | {r.metric} | "
+                     f"{interval_text(r.default, r.default_low, r.default_high)}"
                      f" | {interval_text(r.tuned, r.tuned_low, r.tuned_high)} | "
                      f"{interval_text(r.delta, r.delta_low, r.delta_high, signed=True)} |")
     if len(claims):
@@ -386,7 +400,8 @@ def main(argv=None) -> int:
             return
         selected = pd.read_parquet(args.selected)
         frames = phase_frames(spec["runs"], spec["protocol"], spec["metrics"])
-        methods, claims = tuned_tables(frames, spec["claims"], int(spec["bootstrap"]), float(spec["ci"]), args.seed)
+        methods, claims = tuned_tables(frames, spec["claims"], spec["selection"], int(spec["bootstrap"]),
+                                       float(spec["ci"]), args.seed)
         write_parquet(pd.concat([methods.assign(table="methods"), claims.assign(table="claims")], ignore_index=True),
                       args.out_parquet)
         with atomic_path(args.out_md, suffix=".md") as tmp:
