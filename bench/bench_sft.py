@@ -35,8 +35,15 @@ Variants (each a fresh LoRA model, seed 0), cumulative from `bf16-answer-head` o
   +causal-no-4d-mask    with one answer per sample, plain causal attention instead of the block mask
   +no-lora-dropout      lora_dropout 0 (PEFT draws a dropout mask per adapted layer: RNG-bound)
   +all-bf16-weights     every frozen weight in bf16, the residual stream too (not numerically equal)
+On a CPU without native bf16 (no AVX-512 BF16 / AMX), where `llm.dtype: auto` computes in float32:
+  fp32-answer-head      sft_loss in float32 with sdpa and the block mask: what SFT runs there
+  fp32-eager-attention  the same with eager attention
+  fp32-causal-sdpa      causal_answer_loss in float32: sdpa's is_causal path without the 4-D mask
+  fp32-no-lora-dropout  fp32-answer-head with lora_dropout 0 (the default config's)
+MFU is read against the matmul peak of the variant's compute dtype (bf16 under autocast, else fp32).
 
     .venv/bin/python bench/bench_sft.py [--threads N] [--steps S] [--batch-size B] [--variants ...]
+        [--samples results/ml-100k/data/samples.parquet --items results/ml-100k/data/items.parquet --prompt open]
 """
 from __future__ import annotations
 
@@ -50,7 +57,7 @@ import numpy as np
 import torch
 
 from workflow.llm import prompts, train
-from workflow.llm.model import convert_base_model, load_model
+from workflow.llm.model import _cpu_has_fast_bf16, convert_base_model, load_model
 from workflow.llm.sft import collate, sft_loss
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,7 +94,7 @@ def synthetic_examples(tokenizer, n: int, seed: int = 0) -> list[dict]:
     return out
 
 
-def real_examples(tokenizer, samples_path, items_path, n: int) -> list[dict]:
+def real_examples(tokenizer, samples_path, items_path, n: int, prompt: str = "candidate") -> list[dict]:
     import pandas as pd
 
     from workflow.llm.sft import sft_examples
@@ -95,7 +102,8 @@ def real_examples(tokenizer, samples_path, items_path, n: int) -> list[dict]:
     samples = pd.read_parquet(samples_path)
     samples = samples[samples["split"] == "train"].sample(n, random_state=0)
     items = pd.read_parquet(items_path, columns=["item_id", "title"])
-    return sft_examples(samples, items, tokenizer, "movie", {"max_title_tokens": 24, "max_prompt_tokens": 512})
+    return sft_examples(samples, items, tokenizer, "movie", {"max_title_tokens": 24, "max_prompt_tokens": 512},
+                        prompt=prompt)
 
 
 def step_flops(config, examples, lora_r: int, n_lora_modules: int, lora_width: int) -> dict[str, float]:
@@ -181,7 +189,13 @@ VARIANTS = {
     "+causal-no-4d-mask": (causal_answer_loss, bf16_autocast, "linear", 0.05, "eager"),
     "+no-lora-dropout": (sft_loss, bf16_autocast, "linear", 0.0, "eager"),
     "+all-bf16-weights": (sft_loss, bf16_autocast, "all", 0.0, "eager"),
+    "fp32-answer-head": (sft_loss, contextlib.nullcontext, "fp32", 0.05, "sdpa"),
+    "fp32-eager-attention": (sft_loss, contextlib.nullcontext, "fp32", 0.05, "eager"),
+    "fp32-causal-sdpa": (causal_answer_loss, contextlib.nullcontext, "fp32", 0.05, "sdpa"),
+    "fp32-no-lora-dropout": (sft_loss, contextlib.nullcontext, "fp32", 0.0, "sdpa"),
 }
+FP32_VARIANTS = ["fp32-full-logits", "fp32-answer-head", "fp32-eager-attention", "fp32-causal-sdpa",
+                 "fp32-no-lora-dropout"]
 DEFAULT_VARIANTS = ["fp32-full-logits", "bf16-full-logits", "bf16-answer-head", "+bf16-linear-weights",
                     "+eager-attention", "+no-lora-dropout"]
 
@@ -196,11 +210,11 @@ def lora_model(model_dir, weights: str, dropout: float, attention: str):
     return model
 
 
-def peak_cpu(reps: int = 3) -> float:
-    """Best bf16 matmul FLOP per CPU-second (sizes 1024..4096) of this process."""
+def peak_cpu(dtype=torch.bfloat16, reps: int = 3) -> float:
+    """Best matmul FLOP per CPU-second in `dtype` (sizes 1024..4096) of this process."""
     best = 0.0
     for n in (1024, 2048, 4096):
-        a, b = torch.randn(n, n, dtype=torch.bfloat16), torch.randn(n, n, dtype=torch.bfloat16)
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
         a @ b
         for _ in range(reps):
             c = time.process_time()
@@ -215,10 +229,14 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--steps", type=int, default=2, help="timed optimizer steps per variant (after one warm-up)")
-    p.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
+    p.add_argument("--variants", nargs="+", default=None, choices=list(VARIANTS),
+                   help="default: the bf16 chain on a CPU with native bf16, the fp32 variants elsewhere")
     p.add_argument("--samples", default=None, help="real samples.parquet instead of synthetic prompts")
     p.add_argument("--items", default=None)
+    p.add_argument("--prompt", default="candidate", choices=["candidate", "open", "sid"], help="of real samples")
     args = p.parse_args()
+    if args.variants is None:
+        args.variants = DEFAULT_VARIANTS if _cpu_has_fast_bf16() else FP32_VARIANTS
 
     torch.set_num_threads(args.threads)
     if not (Path(args.model_dir) / "config.json").exists():
@@ -226,7 +244,7 @@ def main() -> None:
         convert_base_model("embedded", args.model_dir)
     base, tokenizer = load_model(args.model_dir, device="cpu", dtype="float32")
     n_examples = args.batch_size * (args.steps + 1)
-    examples = (real_examples(tokenizer, args.samples, args.items, n_examples) if args.samples
+    examples = (real_examples(tokenizer, args.samples, args.items, n_examples, args.prompt) if args.samples
                 else synthetic_examples(tokenizer, n_examples))
     timed = examples[args.batch_size:]
     lengths = np.array([len(e["prompt"]) + len(e["answer"]) - 1 for e in examples])
@@ -246,23 +264,31 @@ def main() -> None:
           f"answer {np.mean([len(e['answer']) for e in examples]):.1f}, padding {1 - lengths.sum() / padded:.1%}")
     print(f"FLOPs per token: {per_step['model'] / per_step['tokens'] / 1e6:.0f}M counted (formula in the "
           f"docstring) vs {6 * n_params / 1e6:.0f}M by the 6N rule")
-    peaks = [(matmul_peak(), peak_cpu())]
+    dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32}
+    compute = {name: "bf16" if VARIANTS[name][1] is bf16_autocast or VARIANTS[name][2] == "all" else "fp32"
+               for name in args.variants}
+    wanted = sorted(set(compute.values()))
+    peaks = [{d: (matmul_peak(dtypes[d]), peak_cpu(dtypes[d])) for d in wanted}]
     results = {}
     for name in args.variants:
         loss_fn, autocast, weights, dropout, attention = VARIANTS[name]
         model = lora_model(args.model_dir, weights, dropout, attention)
         results[name] = measure(model, examples, loss_fn, autocast, args.batch_size, args.steps)
         del model
-    peaks.append((matmul_peak(), peak_cpu()))
-    wall_peak, cpu_peak = max(p_[0] for p_ in peaks), max(p_[1] for p_ in peaks)
-    print(f"bf16 matmul peak: {wall_peak / 1e9:.0f} GFLOP/s wall, {cpu_peak / 1e9:.0f} GFLOP per CPU-second "
-          f"(best of before/after: {', '.join(f'{w / 1e9:.0f}/{c / 1e9:.0f}' for w, c in peaks)})")
-    print(f"{'variant':22s} {'wall s':>7s} {'CPU s':>7s} {'tok/s':>6s} {'tok/CPU-s':>9s} "
-          f"{'MFU wall':>8s} {'MFU CPU':>8s} {'6N CPU':>7s}")
+    peaks.append({d: (matmul_peak(dtypes[d]), peak_cpu(dtypes[d])) for d in wanted})
+    best = {d: (max(p_[d][0] for p_ in peaks), max(p_[d][1] for p_ in peaks)) for d in wanted}
+    for d in wanted:
+        print(f"{d} matmul peak: {best[d][0] / 1e9:.0f} GFLOP/s wall, {best[d][1] / 1e9:.0f} GFLOP per CPU-second "
+              f"(best of before/after: {', '.join(f'{p_[d][0] / 1e9:.0f}/{p_[d][1] / 1e9:.0f}' for p_ in peaks)})")
+    first = next(iter(results.values()))[1]
+    print(f"{'variant':22s} {'dtype':>5s} {'wall s':>7s} {'CPU s':>7s} {'tok/s':>6s} {'tok/CPU-s':>9s} "
+          f"{'MFU wall':>8s} {'MFU CPU':>8s} {'6N CPU':>7s} {'x first':>7s}")
     for name, (wall, cpu) in results.items():
-        print(f"{name:22s} {wall:7.2f} {cpu:7.2f} {per_step['tokens'] / wall:6.0f} {per_step['tokens'] / cpu:9.0f} "
-              f"{per_step['model'] / wall / wall_peak:8.1%} {per_step['model'] / cpu / cpu_peak:8.1%} "
-              f"{6 * n_params * per_step['tokens'] / cpu / cpu_peak:7.1%}")
+        wall_peak, cpu_peak = best[compute[name]]
+        print(f"{name:22s} {compute[name]:>5s} {wall:7.2f} {cpu:7.2f} {per_step['tokens'] / wall:6.0f} "
+              f"{per_step['tokens'] / cpu:9.0f} {per_step['model'] / wall / wall_peak:8.1%} "
+              f"{per_step['model'] / cpu / cpu_peak:8.1%} {6 * n_params * per_step['tokens'] / cpu / cpu_peak:7.1%} "
+              f"{first / cpu:6.2f}x")
 
 
 if __name__ == "__main__":
