@@ -6,7 +6,8 @@ from snakemake.exceptions import WorkflowError
 
 from workflow.dag import (all_targets, base_model, baseline_metrics, benchmark_file, dataset_files, llm_table,
                           log_file, method_spec, optional_args, rule_resources, run_items, run_method, run_part,
-                          run_path, spec_arg, surrogate_files, surrogate_tables, training_args, training_selection)
+                          run_path, spec_arg, surrogate_files, surrogate_resources, surrogate_tables, training_args,
+                          training_selection)
 from workflow.methods import of_family
 from workflow.runs import PREFERENCE, TRAINED, wildcard_pattern
 

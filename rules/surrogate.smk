@@ -10,10 +10,7 @@ rule surrogate:
     benchmark: benchmarked("{dataset}/surrogate"),
     priority: 10  # gates llara, ilora and DEALRec's influence: starts with the sft chain (see rule sft)
     threads: JOB_THREADS
-    resources:
-        mem="8GB",
-        runtime="2h",
-        gpu=1 if config["surrogate"]["device"] == "cuda" else 0,
+    resources: **surrogate_resources(config, "8GB", "2h"),
     conda:
         "../envs/cpu.yaml"
     shell:

@@ -45,7 +45,7 @@ rule sasrec_trial:
     log: logged(f"{TRIAL}/train"),
     benchmark: benchmarked(f"{TRIAL}/train"),
     threads: JOB_THREADS
-    resources: **job_resources("surrogate", "8GB", "2h"),
+    resources: **surrogate_resources(config, "8GB", "2h"),
     conda:
         "../envs/cpu.yaml"
     shell:
@@ -61,7 +61,7 @@ rule sasrec_trial_test:
     params: out_dir=lambda wildcards, output: Path(output[0]).parent,
     log: logged(f"{TRIAL}/test"),
     threads: JOB_THREADS
-    resources: **job_resources("surrogate", "4GB", "30m"),
+    resources: **surrogate_resources(config, "4GB", "30m"),
     conda:
         "../envs/cpu.yaml"
     shell:

@@ -69,6 +69,10 @@ def test_resources_llm_block_and_per_rule_overrides():
     assert dag.rule_resources(c, "evaluate", "8GB", "2h") == {"mem": "40GB", "runtime": "2h", "gpu": 0}
     assert dag.rule_resources(c, "sft", "12GB", "4h", gpus=2) == {"mem": "40GB", "runtime": "12h", "gpu": 2}
     assert dag.rule_resources(c, "preflight", "2GB", "10m", gpus=1)["gpu"] == 1  # GPUs: the llm block too
+    # the SASRec rules: their own override, not the llm block; a GPU when the surrogate runs on cuda
+    c = config(resources={"llm": {"mem": "40GB"}, "rules": {"surrogate": {"mem": "3GB"}}}, surrogate={"device": "cuda"})
+    assert dag.surrogate_resources(c, "8GB", "2h") == {"mem": "3GB", "runtime": "2h", "gpu": 1}
+    assert dag.surrogate_resources(config(), "8GB", "2h") == {"mem": "8GB", "runtime": "2h", "gpu": 0}
 
 
 @pytest.mark.parametrize("run, selection, expected", [

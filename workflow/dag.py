@@ -62,6 +62,12 @@ def rule_resources(config: Config, rule: str, mem: str, runtime: str, gpus: int 
     return out | config["resources"]["rules"].get(rule, {})
 
 
+def surrogate_resources(config: Config, mem: str, runtime: str) -> dict[str, Any]:
+    """The SASRec rules' resources: rule_resources of `surrogate` (its `resources.rules.surrogate`
+    applies; `resources.llm` does not, it loads no LLM) and one GPU when `surrogate.device` is cuda."""
+    return rule_resources(config, "surrogate", mem, runtime) | {"gpu": int(config["surrogate"]["device"] == "cuda")}
+
+
 def log_file(config: Config, name: str) -> str:
     """A rule's log, `results/logs/<name>.log` (`name` a pattern such as "{dataset}/ingest")."""
     return f"{config['results']}/logs/{name}.log"
