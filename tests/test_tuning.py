@@ -170,6 +170,11 @@ def test_tuned_table_matches_hand_computed_differences_and_flags_changed_orderin
     assert claim["changed"]  # dmpo above sft at the defaults, below once sft is tuned
     dealrec = claims.iloc[1]  # the same test samples under two selections: (0.1 + 0 + 0 + 0) / 4, then 0.1 / 4
     assert dealrec["default"] == pytest.approx(0.025) and dealrec["tuned"] == pytest.approx(0.025)
+    # a bare method is read on the strategy given, whatever order the frames sort in
+    _, on_dealrec = tuning.tuned_tables(frames, [["dmpo", "sft"]], "dealrec", 200, 0.95, 0)
+    assert on_dealrec.empty  # dmpo was not run on dealrec
+    _, on_dealrec = tuning.tuned_tables(frames, [["sft", "sft@random"]], "dealrec", 200, 0.95, 0)
+    assert on_dealrec.iloc[0]["default"] == pytest.approx(0.025)
 
 
 def test_a_lora_rank_space_gives_named_trials_at_that_rank(config):

@@ -297,11 +297,11 @@ def tuned_tables(frames: dict[tuple, pd.DataFrame], claims: Sequence[Sequence[st
     paired difference; each claim's paired difference at both (a bare method on `selection`), and
     whether its ordering changed. A claim missing either side's runs is left out."""
     rows = []
-    for (dataset, selection, method, phase, metric), frame in sorted(frames.items()):
+    for (dataset, strategy, method, phase, metric), frame in sorted(frames.items()):
         if phase != "tuned":
             continue
-        default = frames[(dataset, selection, method, "default", metric)]
-        rows.append((dataset, selection, method, metric, *estimate(metric, default, resamples, level, seed),
+        default = frames[(dataset, strategy, method, "default", metric)]
+        rows.append((dataset, strategy, method, metric, *estimate(metric, default, resamples, level, seed),
                      *estimate(metric, frame, resamples, level, seed),
                      *paired_delta(metric, frame, default, resamples, level, seed)))
     methods = pd.DataFrame(rows, columns=["dataset", "selection", "method", "metric", "default", "default_low",
@@ -360,8 +360,8 @@ def markdown(selected: pd.DataFrame, methods: pd.DataFrame, claims: pd.DataFrame
                    else "not a trial")
         lines.append(f"| {method} | {row['default_run']} | {row['run']} {row['settings']} | {default} | "
                      f"{interval_text(row['value'], row['ci_low'], row['ci_high'])} |")
-    lines += ["", "## Test split", "", "| dataset | selection | method | metric | default | tuned | Δ tuned − default |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["", "## Test split", "",
+              "| dataset | selection | method | metric | default | tuned | Δ tuned − default |", "|---|---|---|---|---|---|---|"]
     for r in methods.itertuples():
         lines.append(f"| {r.dataset} | {r.selection} | {r.method} | {r.metric} | "
                      f"{interval_text(r.default, r.default_low, r.default_high)}"
