@@ -361,7 +361,8 @@ def markdown(selected: pd.DataFrame, methods: pd.DataFrame, claims: pd.DataFrame
         lines.append(f"| {method} | {row['default_run']} | {row['run']} {row['settings']} | {default} | "
                      f"{interval_text(row['value'], row['ci_low'], row['ci_high'])} |")
     lines += ["", "## Test split", "",
-              "| dataset | selection | method | metric | default | tuned | Δ tuned − default |", "|---|---|---|---|---|---|---|"]
+              "| dataset | selection | method | metric | default | tuned | Δ tuned − default |",
+              "|---|---|---|---|---|---|---|"]
     for r in methods.itertuples():
         lines.append(f"| {r.dataset} | {r.selection} | {r.method} | {r.metric} | "
                      f"{interval_text(r.default, r.default_low, r.default_high)}"
@@ -369,7 +370,8 @@ def markdown(selected: pd.DataFrame, methods: pd.DataFrame, claims: pd.DataFrame
                      f"{interval_text(r.delta, r.delta_low, r.delta_high, signed=True)} |")
     if len(claims):
         lines += ["", "## Claims before and after tuning (test split)", "",
-                  "| dataset | claim | metric | Δ at default | Δ tuned | ordering changed |", "|---|---|---|---|---|---|"]
+                  "| dataset | claim | metric | Δ at default | Δ tuned | ordering changed |",
+                  "|---|---|---|---|---|---|"]
         for r in claims.itertuples():
             lines.append(f"| {r.dataset} | {r.claim} | {r.metric} | "
                          f"{interval_text(r.default, r.default_low, r.default_high, signed=True)} | "
