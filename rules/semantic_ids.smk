@@ -7,8 +7,8 @@ rule semantic_ids:
         **dataset_files(config, "{dataset}"),
         embeddings=llm_table(config, "{dataset}", "title_embeddings"),
     output:
-        codes=f"{RESULTS}/{{dataset}}/data/semantic_ids.parquet",
-        item_table=f"{RESULTS}/{{dataset}}/data/items_sid.parquet",
+        codes=dataset_files(config, "{dataset}", "semantic_ids")["semantic_ids"],
+        item_table=dataset_files(config, "{dataset}", "sid_item_table")["sid_item_table"],
     params: spec=spec_arg(config["semantic_ids"]), seed=config["seed"],
     log: logged("{dataset}/semantic_ids"),
     benchmark: benchmarked("{dataset}/semantic_ids"),

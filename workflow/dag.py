@@ -30,7 +30,9 @@ Config = dict[str, Any]
 LLM_RULES = frozenset({"title_embeddings", "evaluate", "evaluate_transfer", "explain", "sft", "hybrid",
                        "reference_logprobs", "preference", "gates", "effort_scores", "self_distill", "soft"})
 # The prepared dataset's files by input name (`items` would shadow Namedlist.items()).
-DATASET_FILES = {"interactions": "interactions", "samples": "samples", "item_table": "items"}
+DATASET_FILES = {"interactions": "interactions", "samples": "samples", "item_table": "items",
+                 # rule semantic_ids: the item codes, and the items table with the IDs as titles (the sid prompt's)
+                 "semantic_ids": "semantic_ids", "sid_item_table": "items_sid"}
 # The surrogate's files by name; llara, ilora and napo read the two tables (`--surrogate` takes their folder).
 SURROGATE_FILES = {"model": "model.pt", "meta": "model.json", "item_vectors": "item_embeddings.parquet",
                    "sequence_vectors": "sequence_repr.parquet", "metrics": "metrics.parquet"}
@@ -184,9 +186,8 @@ def selection_path(config: Config, dataset: str, *names: str) -> str:
 def run_items(config: Config, wildcards) -> str:
     """The items table a run reads: the sid prompt's shows every item by its semantic ID (rule
     semantic_ids), every other prompt the titles."""
-    if parse_run(wildcards.run).prompt == "sid":
-        return f"{config['results']}/{wildcards.dataset}/data/items_sid.parquet"
-    return dataset_files(config, wildcards.dataset, "item_table")["item_table"]
+    name = "sid_item_table" if parse_run(wildcards.run).prompt == "sid" else "item_table"
+    return dataset_files(config, wildcards.dataset, name)[name]
 
 
 def training_selection(config: Config, wildcards) -> str:

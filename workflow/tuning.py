@@ -86,10 +86,11 @@ def tuning_studies(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
         for method, space in tuning["spaces"].items()}
 
 
-def claim_side(side: str, strategies: Sequence[str]) -> tuple[str, str]:
-    """(selection, method) of one side of a claim: `method` (on the first strategy) or `method@strategy`."""
+def claim_side(side: str, selection: str) -> tuple[str, str]:
+    """(selection, method) of one side of a claim: `method` (on `selection`, the first strategy) or
+    `method@strategy`."""
     method, _, strategy = side.partition("@")
-    return strategy or strategies[0], method
+    return strategy or selection, method
 
 
 def with_tuning_studies(config: dict[str, Any]) -> dict[str, Any]:
@@ -311,7 +312,7 @@ def tuned_tables(frames: dict[tuple, pd.DataFrame], claims: Sequence[Sequence[st
     metrics = sorted({key[4] for key in frames})
     for dataset in sorted({key[0] for key in frames}):
         for better, worse in claims:
-            sides = [claim_side(side, [selection]) for side in (better, worse)]
+            sides = [claim_side(side, selection) for side in (better, worse)]
             for metric in metrics:
                 at = {phase: [frames.get((dataset, *side, phase, metric)) for side in sides]
                       for phase in ("default", "tuned")}

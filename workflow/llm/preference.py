@@ -455,7 +455,8 @@ def run_preference(method: str, model_dir: str | Path, adapter: str | Path, samp
     llm, cfg, domain = s["llm"], s["cfg"], s["domain"]
     if not (Path(adapter) / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{adapter}: no adapter_config.json (train the sft adapter first)")
-    if reference_path is None and not DECLARED[method].online_reference and reads_reference(method, cfg["strategy"]):
+    reads_table = not DECLARED[method].online_reference and reads_reference(method, cfg["strategy"])
+    if reference_path is None and reads_table:
         raise ValueError(f"{method} (negative strategy {cfg['strategy']}) reads the reference log-probs: pass "
                          f"--reference (only the reference-free {' and '.join(REFERENCE_FREE)} run without, and only with "
                          f"negatives the reference does not rank: not {' or '.join(RANKED_STRATEGIES)})")
