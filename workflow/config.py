@@ -6,6 +6,7 @@ tests, and resolves per-dataset settings (top-level `prepare` merged with a data
 from __future__ import annotations
 
 import copy
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,13 @@ def read_schema(path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
     `$defs.explained_run` a pattern of every one but the hybrid ones (their prompt needs the
     surrogate's hooks, which explanations do not load), `$defs.claim_side` a method with an optional
     `@strategy` (one of selection.strategies' enum), and a preference objective without a block
-    of its own gets one of the shared keys (`$defs.preference_method`)."""
+    of its own gets one of the shared keys (`$defs.preference_method`). A copy: callers may change it."""
+    return copy.deepcopy(_filled_schema(str(path), Path(path).stat().st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=8)
+def _filled_schema(path: str, mtime_ns: int) -> dict[str, Any]:
+    """read_schema's work, once per schema file version (every stage start validates a few blocks)."""
     schema = yaml.safe_load(Path(path).read_text())
     schema["$defs"]["method"]["enum"] = list(METHODS)
     explained = [name for name, declared in METHODS.items() if declared.family != "hybrid"]
