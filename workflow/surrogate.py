@@ -43,11 +43,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import torch
-import yaml
 
 from workflow import cli, io, metrics, recbole_compat
 from workflow.prepare import item_vocabulary
-from workflow.config import SCHEMA_PATH
+from workflow.config import read_schema
 
 log = logging.getLogger("workflow.surrogate")
 
@@ -87,8 +86,7 @@ class Surrogate:
 
 def default_settings() -> dict[str, Any]:
     """The `surrogate` block's defaults, read from config/schema.yaml (one source of truth)."""
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())
-    props = schema["properties"]["surrogate"]["properties"]
+    props = read_schema()["properties"]["surrogate"]["properties"]
     return {key: spec["default"] for key, spec in props.items()}
 
 
