@@ -23,7 +23,7 @@ run: $(STAMP)
 	snakemake --cores $(CORES)
 
 test: $(STAMP)
-	pytest -q -n $(TEST_WORKERS) --dist loadgroup tests
+	pytest -q -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder tests
 
 # On a GPU node (under 8 minutes on one GPU): the CUDA-marked tests (scorers in bf16, one step of
 # every trainer, NF4) with peak memory per case in $(GPU_CHECK_OUT)/gpu_memory.json, then

@@ -145,7 +145,13 @@ def one_torch_thread():
 def pytest_collection_modifyitems(items):
     """Groups for `pytest -n N --dist loadgroup` (pytest-xdist; `make test`): each test file runs on
     one worker, so its module-scoped fixtures (a tiny Snakemake run, a trained model) are built once,
-    and every test that reads the shared `tiny_run` runs on one worker, so that run is made once."""
+    and every test that reads the shared `tiny_run` runs on one worker, so that run is made once.
+    Then the longest first (`make test` passes --no-loadscope-reorder, so xdist hands out the groups
+    in this order): the tiny-run group (about 13 minutes of one core), then the files marked slow
+    (workflows of their own), so no long group starts last while the other worker idles."""
+    def group(item) -> str:
+        return "tiny_run" if "tiny_run" in item.fixturenames else item.nodeid.split("::")[0]
+
     for item in items:
-        group = "tiny_run" if "tiny_run" in item.fixturenames else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
+        item.add_marker(pytest.mark.xdist_group(group(item)))
+    items.sort(key=lambda item: 0 if group(item) == "tiny_run" else 1 if item.get_closest_marker("slow") else 2)

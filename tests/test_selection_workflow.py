@@ -11,6 +11,8 @@ import yaml
 from tiny_workflow import failure, rules_run, snakemake, tiny_config, write_tiny_movielens
 from workflow.selection import dealrec
 
+pytestmark = pytest.mark.slow  # a tiny workflow run of its own (make test schedules these first)
+
 TARGETS = ["tiny/selection/dealrec.parquet", "tiny/selection/influence.parquet", "tiny/selection/effort.parquet",
            "tiny/llm/sft-open-n4/dealrec/adapter"]
 

@@ -16,6 +16,8 @@ from tiny_workflow import failure, rules_run, snakemake, tiny_config, write_tiny
 from workflow.io import read_provenance
 from workflow.report import summary_html
 
+pytestmark = pytest.mark.slow  # a tiny workflow run of its own (make test schedules these first)
+
 WORDS = ["Star", "Quest", "Racer", "Legends", "Dungeon", "Galaxy", "Kart", "Ninja", "Empire", "Puzzle"]
 
 

@@ -10,6 +10,8 @@ import yaml
 from tiny_workflow import failure, rules_run, snakemake, tiny_config, write_tiny_movielens
 from workflow.runs import block, parse
 
+pytestmark = pytest.mark.slow  # a tiny workflow run of its own (make test schedules these first)
+
 
 @pytest.fixture(scope="module")
 def tuning_run(tmp_path_factory, tiny_model_dir):
