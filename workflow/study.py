@@ -1,7 +1,8 @@
 """Studies: a grid of config variants -> runs -> one table and one plot with paired differences.
 
 Every study has the same shape. Some methods are trained at every point of a grid of overrides
-(prompt, negatives k, epochs, training budget, iLoRA's experts and gate, SOFT's alpha, SPRec's rounds, a preference objective's beta, the learning rate;
+(any axis of workflow/runs.py's RUN_AXES but the seed: prompt, negatives k, beta, learning rate,
+LoRA rank, iLoRA's experts and gate, SOFT's alpha, SPRec's rounds, epochs, training budget;
 `studies.<name>` in the config, runs named as in workflow/runs.py) on the same selection, and
 evaluated under the study's protocols (likelihood by default; grounded, generation, ... where the
 run's prompt supports them) on the same samples of one split, so the runs are paired. The table
@@ -20,8 +21,9 @@ and listed under each table.
 - alpha (SOFT paper): soft at alpha 0.1, 1, 10, 100; x = alpha; reference sft.
 
     python -m workflow.study --spec '{"name": ..., "x": "budget", "split": "valid",
-        "protocols": ["likelihood", "grounded"], "metrics": ["hr@1", "auc", "hr@20"], "bootstrap": 1000, "ci": 0.95, "runs": [{"dataset": ..., "selection": ..., "method": ...,
-        "prompt": ..., "k": ..., "epochs": ..., "budget": ..., "path": ".../metrics.parquet"}, ...]}' \
+        "protocols": ["likelihood", "grounded"], "metrics": ["hr@1", "auc", "hr@20"], "bootstrap": 1000,
+        "ci": 0.95, "runs": [{"dataset": ..., "selection": ..., "method": ..., "prompt": ..., "k": ...,
+        "epochs": ..., "budget": ..., "path": ".../metrics.parquet"}, ...]}' \
         --baselines .../baselines/metrics.parquet .../surrogate/metrics.parquet --seed 42 \
         --out-parquet results/studies/NAME.parquet --out-md ... --out-png ...
 """

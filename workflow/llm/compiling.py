@@ -21,8 +21,8 @@ Cache (`configure_cache`): Inductor's FX graph cache, AOTAutograd's cache, the a
 Triton's kernels all under `llm.compile_cache` (default results/.compile-cache), so the second
 job of a run with the same model and shapes loads kernels instead of generating and building them.
 
-`auto` (`decide`): eager under float32 compute (measured slower compiled); under bf16, compile when the estimated CPU seconds saved exceed the estimated compile
-seconds. Saved = work / EAGER_RATE * (1 - 1 / SPEEDUP), work = the job's tokens (every token id
+`auto` (`decide`): eager under float32 compute (measured slower compiled); under bf16, compile
+when the estimated CPU seconds saved exceed the estimated compile seconds. Saved = work / EAGER_RATE * (1 - 1 / SPEEDUP), work = the job's tokens (every token id
 of its examples, epochs times) times the model's parameters; compile cost = COMPILE_SECONDS per
 30 decoder layers (Inductor's time grows with the graph, i.e. the layers). The constants are
 those of SmolLM2-135M on the project's machine kind (below; bench/bench_compile.py measures them);

@@ -210,8 +210,8 @@ def clipped_answer_ids(tokenizer, title: str, max_title_tokens: int = 24) -> lis
 def prompt_inputs(samples, items, tokenizer, domain: str, llm: dict,
                   item_marker: str | None = None) -> dict[str, list]:
     """Token ids of the candidate and open prompts (with `item_marker` after every listed title:
-    the hybrid prompt), of the sid prompt when the items are shown by semantic ID, and of every candidate's answer, and the candidate and history titles as the
-    prompt shows them (clipped)."""
+    the hybrid prompt), of the sid prompt when the items are shown by semantic ID, and of every
+    candidate's answer, and the candidate and history titles as the prompt shows them (clipped)."""
     titles = dict(zip(items["item_id"].astype(str), items["title"].astype(str)))
     budget = dict(max_title_tokens=llm["max_title_tokens"], max_prompt_tokens=llm["max_prompt_tokens"],
                   item_marker=item_marker)

@@ -409,7 +409,8 @@ def train(model: torch.nn.Module, examples: Sequence[Any], collate: Callable[[li
     at the end of every epoch and every `checkpoint_every` optimizer steps, and an existing one of
     the same run is resumed. The caller removes it once the result is saved.
 
-    `hooks`: the method's plug-ins (`Hooks`). `scaler`: a `torch.amp.GradScaler` for float16 autocast (`grad_scaler`); None otherwise.
+    `hooks`: the method's plug-ins (`Hooks`). `scaler`: a `torch.amp.GradScaler` for float16
+    autocast (`grad_scaler`); None otherwise.
     `compile_mode` (`llm.compile`: auto, on, off) and `compile_cache`: the loss's decoder forward
     through torch.compile with a persistent cache (workflow.llm.compiling; `auto` decides from
     the run's estimated work).
