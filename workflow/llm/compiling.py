@@ -22,8 +22,9 @@ Triton's kernels all under `llm.compile_cache` (default results/.compile-cache),
 job of a run with the same model and shapes loads kernels instead of generating and building them.
 
 `auto` (`decide`): eager under float32 compute (measured slower compiled); under bf16, compile
-when the estimated CPU seconds saved exceed the estimated compile seconds. Saved = work / EAGER_RATE * (1 - 1 / SPEEDUP), work = the job's tokens (every token id
-of its examples, epochs times) times the model's parameters; compile cost = COMPILE_SECONDS per
+when the estimated CPU seconds saved exceed the estimated compile seconds. Saved = work /
+EAGER_RATE * (1 - 1 / SPEEDUP), work = the job's tokens (every token id of its examples, epochs
+times) times the model's parameters; compile cost = COMPILE_SECONDS per
 30 decoder layers (Inductor's time grows with the graph, i.e. the layers). The constants are
 those of SmolLM2-135M on the project's machine kind (below; bench/bench_compile.py measures them);
 break-even ~160k tokens a job there (~385 SFT samples of ~420 tokens, one epoch), so the default
