@@ -59,7 +59,8 @@ def random_candidate_metrics(n_candidates: Sequence[int]) -> dict[str, np.ndarra
     return values
 
 
-def random_full_ranking_metrics(n_items: Sequence[int], ks: Sequence[int] = metrics.FULL_RANKING_KS) -> dict[str, np.ndarray]:
+def random_full_ranking_metrics(n_items: Sequence[int],
+                                ks: Sequence[int] = metrics.FULL_RANKING_KS) -> dict[str, np.ndarray]:
     """Expected `metrics.full_ranking_metrics` of a uniformly random ranking of n items."""
     return _expected_hr_ndcg(n_items, ks, ks)
 

@@ -448,7 +448,8 @@ def read_movielens_100k(inter_path: Path, item_path: Path, budget: BadLines) -> 
         flags = parts[5:]
         if any(f not in ("0", "1") for f in flags):
             raise ValueError(f"genre flags must be 0 or 1, got {'|'.join(flags)}")
-        return item_row(identifier(parts[0], "movie id"), parts[1], (g for g, f in zip(ML100K_GENRES, flags) if f == "1"))
+        return item_row(identifier(parts[0], "movie id"), parts[1],
+                        (g for g, f in zip(ML100K_GENRES, flags) if f == "1"))
 
     return (parse_rows(inter_path, interaction, INTERACTIONS, budget, encoding="latin-1"),
             parse_rows(item_path, movie, ITEMS, budget, encoding="latin-1"))
@@ -515,7 +516,8 @@ def read_amazon_2023(inter_path: Path, item_path: Path, budget: BadLines) -> tup
     def interactions() -> Chunks:
         for t in json_records(inter_path, review, ("user_id", "parent_asin", "timestamp"), budget):
             t = t.set_column(2, "timestamp", pc.divide(t["timestamp"], 1000))  # ms -> s (integer division)
-            yield rename(t, {"user_id": "user_id", "parent_asin": "item_id", "timestamp": "timestamp", "rating": "rating"})
+            yield rename(t, {"user_id": "user_id", "parent_asin": "item_id", "timestamp": "timestamp",
+                             "rating": "rating"})
 
     items = (
         to_items(t, "parent_asin", lambda r: r["categories"] or [r["main_category"]])
@@ -545,7 +547,8 @@ def read_steam(inter_path: Path, item_path: Path, budget: BadLines) -> tuple[Chu
         item_id, title, app_name, genres, tags = pick(record, game)
         return item_row(item_id, title or app_name, genres or tags or [])
 
-    return literal_records(inter_path, interaction, INTERACTIONS, budget), literal_records(item_path, item, ITEMS, budget)
+    return (literal_records(inter_path, interaction, INTERACTIONS, budget),
+            literal_records(item_path, item, ITEMS, budget))
 
 
 def read_lastfm(inter_path: Path, item_path: Path, budget: BadLines) -> tuple[Chunks, Chunks]:
@@ -608,7 +611,8 @@ def resolve_files(spec: dict) -> tuple[Path, Path]:
         raise IngestError(f"dataset '{dataset}': missing key 'path'")
     if spec["path"] == "embedded":
         if fmt != "recbole-atomic":
-            raise IngestError(f"dataset '{dataset}': path 'embedded' is MovieLens-100K in format recbole-atomic, not {fmt}")
+            raise IngestError(f"dataset '{dataset}': path 'embedded' is MovieLens-100K in format recbole-atomic, "
+                              f"not {fmt}")
         folder = embedded_folder()
     else:
         folder = Path(spec["path"]).expanduser()

@@ -149,7 +149,8 @@ def full_ranking_metrics(ranks: np.ndarray, ks: Sequence[int] = FULL_RANKING_KS)
     return values
 
 
-def target_columns(candidates: Sequence[Sequence[str]], targets: Sequence[str], sample_ids: Sequence[str]) -> np.ndarray:
+def target_columns(candidates: Sequence[Sequence[str]], targets: Sequence[str],
+                   sample_ids: Sequence[str]) -> np.ndarray:
     """Column of each target in its candidate list; the target must appear exactly once."""
     columns = np.empty(len(targets), dtype=np.int64)
     for row, (cands, target, sample_id) in enumerate(zip(candidates, targets, sample_ids)):

@@ -391,7 +391,8 @@ def item_vocabulary(samples: pd.DataFrame, items: pd.DataFrame | None = None, so
     if items is not None:
         unknown = used - set(items["item_id"].astype(str))
         if unknown:
-            raise ValueError(f"{source}: {len(unknown)} item ids used in the samples are missing, e.g. {sorted(unknown)[:5]}")
+            raise ValueError(f"{source}: {len(unknown)} item ids used in the samples are missing, "
+                             f"e.g. {sorted(unknown)[:5]}")
     return sorted(used)
 
 

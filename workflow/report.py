@@ -156,7 +156,8 @@ def metric_charts(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
     colors = method_colors(summary["method"].unique().tolist())
     per_seed = summary[summary["seed"].notna()]
     written = []
-    for (dataset, protocol, metric), table in figure_rows(summary).groupby(["dataset", "protocol", "metric"], sort=False):
+    for (dataset, protocol, metric), table in figure_rows(summary).groupby(["dataset", "protocol", "metric"],
+                                                                           sort=False):
         path = out_dir / str(dataset) / str(protocol) / f"{metric}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         seeds = per_seed[(per_seed["dataset"] == dataset) & (per_seed["protocol"] == protocol)
@@ -329,7 +330,8 @@ def resources_figure(bench: pd.DataFrame):
     right.set_title("peak memory per job", fontsize=10)
     for ax, column, fmt in [(left, "seconds", "{:.1f}"), (right, "max_rss_mb", "{:.0f}")]:
         for yi, value in zip(y, bench[column]):
-            ax.annotate("n/a" if not np.isfinite(value) else fmt.format(value), (0 if not np.isfinite(value) else value, yi),
+            ax.annotate("n/a" if not np.isfinite(value) else fmt.format(value),
+                        (0 if not np.isfinite(value) else value, yi),
                         xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)
         ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()

@@ -2,7 +2,8 @@
 
 A run is one LLM method under one prompt, with optional overrides of its config block:
 
-    {method}-{prompt}[-k{negatives}][-b{beta}][-lr{learning rate}][-rank{LoRA rank}][-x{experts}][-g{gate}][-a{alpha}][-r{rounds}][-e{epochs}][-n{budget}][-s{seed}]
+    {method}-{prompt}[-k{negatives}][-b{beta}][-lr{learning rate}][-rank{LoRA rank}][-x{experts}][-g{gate}]
+        [-a{alpha}][-r{rounds}][-e{epochs}][-n{budget}][-s{seed}]
 
 e.g. `sft-open`, `base-candidate`, `dmpo-open-k15`, `sft-candidate-e3-n512`. The name is the
 `method` column of every metrics table and the folder of the run's outputs, so two runs that differ
@@ -148,8 +149,8 @@ def parse(name: str) -> Run:
     """The run a name stands for; a malformed name raises ValueError naming what is wrong."""
     match = NAME.match(name)
     if not match:
-        raise ValueError(f"run name {name!r} is not {{method}}-{{prompt}}{SYNTAX} (e.g. sft-open, dmpo-candidate-k7, ilora-open-x4, "
-                         f"sprec-open-r2, sft-open-s43)")
+        raise ValueError(f"run name {name!r} is not {{method}}-{{prompt}}{SYNTAX} (e.g. sft-open, dmpo-candidate-k7, "
+                         f"ilora-open-x4, sprec-open-r2, sft-open-s43)")
     method, prompt = match["method"], match["prompt"]
     if method not in METHODS:
         raise ValueError(f"run name {name!r}: unknown method {method!r} (known: {', '.join(METHODS)})")
@@ -163,7 +164,8 @@ def parse(name: str) -> Run:
             raise ValueError(f"run name {name!r}: unknown {a.what} {values[a.name]!r} (known: {', '.join(a.choices)})")
         if a.kind is not str and a.name != "seed" and values[a.name] <= 0:
             raise ValueError(f"run name {name!r}: -{a.flag} ({a.what}) must be positive")
-    if "lr" in values and lr_text(values["lr"]) != match["lr"]:  # one spelling per rate, so a run is never trained twice
+    # one spelling per rate, so a run is never trained twice
+    if "lr" in values and lr_text(values["lr"]) != match["lr"]:
         raise ValueError(f"run name {name!r}: write the learning rate as -lr{lr_text(values['lr'])}")
     if method == "base" and values:
         raise ValueError(f"run name {name!r}: the untuned base model takes no "

@@ -105,7 +105,8 @@ def semantic_ids(item_ids, embeddings: np.ndarray, spec: dict[str, Any], seed: i
     codes = deduplicated(raw)
     _, counts = np.unique(raw, axis=0, return_counts=True)
     colliding = int(counts[counts > 1].sum())
-    usage = ", ".join(f"level {lv + 1} {len(np.unique(raw[:, lv]))}/{spec['codebook_size']}" for lv in range(raw.shape[1]))
+    usage = ", ".join(f"level {lv + 1} {len(np.unique(raw[:, lv]))}/{spec['codebook_size']}"
+                      for lv in range(raw.shape[1]))
     log.info("%d items: %d distinct code sequences over %d levels; %d items (%.1f%%) share theirs (the extra level "
              "numbers them, at most %d per sequence); codes used: %s", len(ids), len(counts), raw.shape[1], colliding,
              100 * colliding / len(ids), counts.max(), usage)

@@ -59,7 +59,8 @@ def resolve(dataset: str, entry: dict[str, Any], known: dict[str, Any]) -> dict[
         raise IngestError(f"dataset '{dataset}': source {name} is format {source['format']}, not {entry['format']}")
     category = category or entry.get("category") or ""
     if source.get("category") and not category:
-        raise IngestError(f"dataset '{dataset}': source {name} needs a category ({name}:<category>, e.g. {name}:Video_Games)")
+        raise IngestError(f"dataset '{dataset}': source {name} needs a category ({name}:<category>, "
+                          f"e.g. {name}:Video_Games)")
     if category and not source.get("category"):
         raise IngestError(f"dataset '{dataset}': source {name} takes no category")
     urls = [url.format(category=category) for url in source["urls"]]
@@ -167,7 +168,8 @@ def download(spec: dict[str, Any], out: str | Path) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = cli.parser(__doc__.split("\n")[0])
-    p.add_argument("--spec", type=cli.json_arg, required=True, help="the source's URLs, checksums, format, mirror, proxy")
+    p.add_argument("--spec", type=cli.json_arg, required=True,
+                   help="the source's URLs, checksums, format, mirror, proxy")
     p.add_argument("--out", required=True, help="folder that receives the unpacked files")
     return cli.run(lambda a: download(a.spec, a.out), p, argv)
 

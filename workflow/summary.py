@@ -278,7 +278,8 @@ def selections_of(keys: Sequence[tuple], dataset: str, method: str, protocol: st
     return [k[2] for k in keys if k[:2] == (dataset, method) and k[3:] == (protocol, metric)]
 
 
-def preferred_selection(available: Sequence[str], selections: Sequence[str] | None, own: str | None = None) -> str | None:
+def preferred_selection(available: Sequence[str], selections: Sequence[str] | None,
+                        own: str | None = None) -> str | None:
     """`own` when available, else the first of `selections` available, else the first alphabetically."""
     return next((s for s in [own, *(selections or []), *sorted(available)] if s in available), None)
 
@@ -391,9 +392,9 @@ class Draws(NamedTuple):
     references: dict[str, tuple[str | None, list[tuple[float, np.ndarray]]]]
 
 
-def run_draws(figure: tuple, training_seed: int | None, frame: pd.DataFrame, pools: dict[str, dict[tuple, pd.DataFrame]],
-              references: dict[str, dict[tuple, dict[int | None, tuple]]], resamples: int, seed: int,
-              selections: Sequence[str] | None) -> Draws:
+def run_draws(figure: tuple, training_seed: int | None, frame: pd.DataFrame,
+              pools: dict[str, dict[tuple, pd.DataFrame]], references: dict[str, dict[tuple, dict[int | None, tuple]]],
+              resamples: int, seed: int, selections: Sequence[str] | None) -> Draws:
     """A run's statistic and its paired differences to each reference: the reference figure found by
     name (reference_key, names without -s), its runs paired by seed (seed_pairs)."""
     compared = {}
@@ -401,7 +402,8 @@ def run_draws(figure: tuple, training_seed: int | None, frame: pd.DataFrame, poo
         ref = reference_key(figure, reference, list(figures), selections)
         paired = seed_pairs(training_seed, figures[ref]) if ref else []
         compared[reference] = (ref[2] if paired else None,
-                               [paired_draws(figure[4], frame, pools[reference][key], resamples, seed) for key in paired])
+                               [paired_draws(figure[4], frame, pools[reference][key], resamples, seed)
+                                for key in paired])
     return Draws(*estimate_draws(figure[4], frame, resamples, seed), len(frame), compared)
 
 
@@ -520,7 +522,8 @@ def paired_table(by_dataset: pd.DataFrame, protocol: str) -> pd.DataFrame:
 def catalogue_table(by_dataset: pd.DataFrame) -> pd.DataFrame:
     """The whole-catalogue rows (`CATALOGUE_PROTOCOLS`): `method / selection (protocol)` by HR@10,
     NDCG@10 and each one's paired difference to SASRec's full ranking; baselines first."""
-    table = by_dataset[by_dataset["protocol"].isin(CATALOGUE_PROTOCOLS) & by_dataset["metric"].isin(["hr@10", "ndcg@10"])]
+    table = by_dataset[by_dataset["protocol"].isin(CATALOGUE_PROTOCOLS)
+                       & by_dataset["metric"].isin(["hr@10", "ndcg@10"])]
     if table.empty:
         return pd.DataFrame()
     table = table.assign(selection=table["selection"] + " (" + table["protocol"] + ")")
@@ -572,10 +575,13 @@ def markdown(summary: pd.DataFrame, resamples: int, level: float, seed: int) -> 
         "untuned `base-P`, and `popularity` = the popularity baseline ranking the same items (its "
         "candidate ranking for likelihood and likelihood_norm, its full ranking for grounded and "
         "full_ranking), and `strategy` = the same run on the first selection strategy (a run on DEALRec's "
-        "selection against the one on the random selection, same budget); the whole-catalogue rows (full_ranking, catalogue, grounded) are also read against `sasrec`, SASRec's full ranking. A row `(trained on A)` is a run trained on dataset A evaluated on this dataset's "
+        "selection against the one on the random selection, same budget); the whole-catalogue rows "
+        "(full_ranking, catalogue, grounded) are also read against `sasrec`, SASRec's full ranking. A row "
+        "`(trained on A)` is a run trained on dataset A evaluated on this dataset's "
         "samples (config `transfer`): read against this dataset's `base` and `popularity` and against the "
-        "sft run trained on A evaluated here. ▲ / ▼: the interval of the difference to `sft` lies above / below zero; †: the "
-        "interval of the difference to `popularity` lies above zero (the row beats popularity). The "
+        "sft run trained on A evaluated here. ▲ / ▼: the interval of the difference to `sft` lies above / "
+        "below zero; †: the interval of the difference to `popularity` lies above zero (the row beats "
+        "popularity). The "
         "Paired differences tables give each difference with its interval for a few headline metrics. "
         "random: the exact expectation of a uniformly random ranking; popularity: items scored by their "
         "count as a train-split target (ties ranked pessimistically, as in every row). "
@@ -587,7 +593,10 @@ def markdown(summary: pd.DataFrame, resamples: int, level: float, seed: int) -> 
         "sum to 1). generation_constrained: greedy decoding restricted to the candidate titles. "
         "likelihood_reversed: likelihood with the candidates listed in reversed order; top_changed = share of "
         "samples whose top candidate differs from the forward order's. grounded: the greedy answer to the open "
-        "prompt embedded by the base model, all items ranked by L2 distance. catalogue: beam search constrained to every catalogue item's answer (its title, or its semantic ID under the sid prompt), the top 20 items by summed log-prob; invalid and duplicate count returned outputs that are not items or repeat one (0 by construction). full_ranking: the surrogate "
+        "prompt embedded by the base model, all items ranked by L2 distance. catalogue: beam search constrained "
+        "to every catalogue item's answer (its title, or its semantic ID under the sid prompt), the top 20 "
+        "items by summed log-prob; invalid and duplicate count returned outputs that are not items or repeat "
+        "one (0 by construction). full_ranking: the surrogate "
         "and the popularity and random baselines ranking all items (history items other than the target "
         "excluded).",
         "",

@@ -165,7 +165,8 @@ def sasrec_architecture(settings: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def recbole_config_dict(settings: dict[str, Any], max_len: int, data_path: Path, checkpoint_dir: Path, seed: int) -> dict:
+def recbole_config_dict(settings: dict[str, Any], max_len: int, data_path: Path, checkpoint_dir: Path,
+                        seed: int) -> dict:
     return {
         **FIELDS,
         **FIXED_MODEL,
@@ -407,7 +408,8 @@ def evaluate_surrogate(
     ranking over all items with each sample's history excluded."""
     keep = samples["split"].isin(splits).to_numpy()
     part = samples[keep].reset_index(drop=True)
-    reprs = sequence_representations(surrogate, part["history"].tolist()) if representations is None else representations[keep]
+    reprs = (sequence_representations(surrogate, part["history"].tolist()) if representations is None
+             else representations[keep])
     column_of = {item: k for k, item in enumerate(surrogate.item_ids)}
     targets = np.array([column_of[str(t)] for t in part["target"]], dtype=np.int64)
     candidate_cols = np.array([[column_of[str(c)] for c in cands] for cands in part["candidates"]], dtype=np.int64)

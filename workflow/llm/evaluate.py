@@ -35,7 +35,8 @@ from workflow.llm import grounding, llara
 from workflow.llm.inference import (PassOutputs, SampleHooks, answer_trie, base_model_only,  # noqa: F401
                                     encoded_passes, generation_config, greedy_answers, likelihood_scores,
                                     next_tokens, no_sample_hooks, prompt_passes)
-from workflow.llm.model import load_for_evaluation  # noqa: F401  (the evaluation's loading, used by callers as evaluate.load_for_evaluation)
+# the evaluation's loading, used by callers as evaluate.load_for_evaluation
+from workflow.llm.model import load_for_evaluation  # noqa: F401
 from workflow.llm.protocols import (ANSWER_ERRORS, PREDICTIONS_SCHEMA, PROTOCOLS, RUNS, EvalContext,  # noqa: F401
                                     answer_category, grounded_ranking, match_answer, matched_candidates,
                                     normalize, position_bias_values, reads, resolve, reversed_candidates,

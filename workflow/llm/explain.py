@@ -251,7 +251,8 @@ def render_html(tokens: pd.DataFrame, samples: pd.DataFrame, titles: dict[str, s
     for sample in samples.itertuples(index=False):
         answer = tokens[tokens["sample_id"] == str(sample.sample_id)]
         first = answer.iloc[0]
-        verdict = '<span class="hit">the target</span>' if first.is_target else '<span class="miss">not the target</span>'
+        verdict = ('<span class="hit">the target</span>' if first.is_target
+                   else '<span class="miss">not the target</span>')
         history = "".join(f"<li>{esc(titles[i])}</li>" for i in sample.history)
         spans = "".join(token_span(row, scale) for row in answer.itertuples(index=False))
         tuned, ref = float(answer["logprob_tuned"].sum()), float(answer["logprob_reference"].sum())

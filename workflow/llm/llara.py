@@ -270,7 +270,8 @@ def load_for_evaluation(model_dir, adapter, surrogate_dir, device="auto", dtype=
         ilora.add_experts(model, cfg, cfg["n_experts"], seed=0)
         missing = set(ilora.expert_state(model)) ^ set(weights := load_file(adapter / "experts.safetensors"))
         if missing:
-            raise ValueError(f"{adapter}/experts.safetensors: expert weights do not match the model ({sorted(missing)[:3]})")
+            raise ValueError(f"{adapter}/experts.safetensors: expert weights do not match the model "
+                             f"({sorted(missing)[:3]})")
         model.load_state_dict(weights, strict=False)
         model.requires_grad_(False)
         train.cast_frozen_linears(model, resolve_dtype(dtype, model_device(model)))
@@ -443,7 +444,8 @@ def main(argv=None) -> int:
     p = cli.parser("Train LLaRA (one LoRA) or iLoRA (gated LoRA experts) on the hybrid prompt.")
     p.add_argument("--method", required=True, choices=["llara", "ilora"])
     cli.add_training_arguments(p, "<method>")
-    p.add_argument("--surrogate", required=True, help="the surrogate folder (item embeddings, sequence representations)")
+    p.add_argument("--surrogate", required=True,
+                   help="the surrogate folder (item embeddings, sequence representations)")
     return cli.run(lambda a: run_hybrid(a.method, a.model_dir, a.samples, a.items, a.selection, a.surrogate,
                                         a.spec, a.seed, a.out), p, argv)
 

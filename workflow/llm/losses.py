@@ -263,7 +263,8 @@ def napo(policy_chosen, policy_rejected, ref_chosen=None, ref_rejected=None, bet
     mask = torch.ones_like(policy_rejected, dtype=torch.bool)
     if shared_policy_rejected is not None:
         negatives = torch.cat([negatives, shared_policy_rejected], dim=1)
-        shared = torch.ones_like(shared_policy_rejected, dtype=torch.bool) if shared_mask is None else shared_mask.bool()
+        shared = (torch.ones_like(shared_policy_rejected, dtype=torch.bool) if shared_mask is None
+                  else shared_mask.bool())
         mask = torch.cat([mask, shared], dim=1)
     gaps = (beta * (negatives - policy_chosen[:, None])).masked_fill(~mask, float("-inf"))
     softmax_term = -torch.logsumexp(gaps, dim=1)  # A_i

@@ -416,7 +416,8 @@ def policy_method(method: str, cfg: dict[str, Any], llm: dict[str, Any], domain:
                           config={"reference_adapter": str(adapter),
                                   "reference_logprobs": None if reference_path is None else str(reference_path),
                                   **({} if negatives_path is None else {"negatives_ranked_by": str(negatives_path)}),
-                                  **({"auxiliary_recommender": str(surrogate_dir)} if DECLARED[method].surrogate else {})})
+                                  **({"auxiliary_recommender": str(surrogate_dir)}
+                                     if DECLARED[method].surrogate else {})})
 
     return stage.Method(method, cfg, attach, plan)
 
@@ -458,8 +459,8 @@ def run_preference(method: str, model_dir: str | Path, adapter: str | Path, samp
     reads_table = not DECLARED[method].online_reference and reads_reference(method, cfg["strategy"])
     if reference_path is None and reads_table:
         raise ValueError(f"{method} (negative strategy {cfg['strategy']}) reads the reference log-probs: pass "
-                         f"--reference (only the reference-free {' and '.join(REFERENCE_FREE)} run without, and only with "
-                         f"negatives the reference does not rank: not {' or '.join(RANKED_STRATEGIES)})")
+                         f"--reference (only the reference-free {' and '.join(REFERENCE_FREE)} run without, "
+                         f"and only with negatives the reference does not rank: not {' or '.join(RANKED_STRATEGIES)})")
     if negatives_path is not None and cfg["strategy"] not in RANKED_STRATEGIES:
         raise ValueError(f"--negatives ranks the candidates for strategy hardest or self; {method} has "
                          f"strategy {cfg['strategy']}")

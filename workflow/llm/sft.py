@@ -68,14 +68,16 @@ def alignment_examples(samples: pd.DataFrame, items: pd.DataFrame, tokenizer, do
     from workflow.llm import prompts
 
     if "text" not in items.columns:
-        raise ValueError("sft.sid_alignment needs the sid items table (item titles in column `text`, rule semantic_ids)")
+        raise ValueError("sft.sid_alignment needs the sid items table (item titles in column `text`, "
+                         "rule semantic_ids)")
     used = sorted({str(i) for h in samples["history"] for i in h} | set(samples["target"].astype(str)))
     rows = items.set_index(items["item_id"].astype(str))
     examples = []
     for item in used:
         title = prompts.clip_title(tokenizer, str(rows.at[item, "text"]), llm["max_title_tokens"])
         for text, answer in prompts.alignment_prompts(str(rows.at[item, "title"]), title, domain):
-            examples.append({"prompt": prompts.render(tokenizer, text), "answer": prompts.answer_ids(tokenizer, answer)})
+            examples.append({"prompt": prompts.render(tokenizer, text),
+                             "answer": prompts.answer_ids(tokenizer, answer)})
     return examples
 
 
@@ -127,10 +129,12 @@ def run_sft(model_dir: str | Path, samples_path: str | Path, items_path: str | P
     s = settings(spec)
     llm, sft, domain = s["llm"], s["sft"], s["domain"]
     if start_adapter is not None and not (Path(start_adapter) / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"{start_adapter}: no adapter_config.json (--start-adapter must be a PEFT adapter folder)")
+        raise FileNotFoundError(f"{start_adapter}: no adapter_config.json "
+                                "(--start-adapter must be a PEFT adapter folder)")
     stage.run_stage(method(sft, llm, domain, s["prompt"], seed, start_adapter), model_dir=model_dir,
                     samples_path=samples_path, items_path=items_path, selection_path=selection_path, llm=llm,
-                    seed=seed, out=out, config={"sft": sft, "domain": domain, "prompt": s["prompt"], "budget": s["budget"]})
+                    seed=seed, out=out,
+                    config={"sft": sft, "domain": domain, "prompt": s["prompt"], "budget": s["budget"]})
     return Path(out)
 
 

@@ -345,7 +345,8 @@ def curriculum_hooks(measure: Callable[[int], float], alpha: float, steps_per_ep
         if epoch not in distances:
             distances[epoch] = float(measure(epoch))
             if memo is not None:
-                write_json({"fingerprint": run_id, "distances": {str(e): d for e, d in sorted(distances.items())}}, memo)
+                write_json({"fingerprint": run_id, "distances": {str(e): d for e, d in sorted(distances.items())}},
+                           memo)
         return distances[epoch]
 
     def values(epoch: int) -> dict[str, float]:
@@ -448,8 +449,8 @@ def grounded_validation(loaded: stage.Loaded, stopping: dict[str, Any], *, sampl
     def validate(epochs_done: int) -> dict[str, float]:
         with torch.random.fork_rng(devices=[]):
             loaded.model.eval()  # the training step switches back
-            _, values = evaluate.evaluate_sharded(loaded.model, loaded.tokenizer, samples, items, protocols=["grounded"],
-                                                  domain=domain, llm=llm, evaluation=evaluation,
+            _, values = evaluate.evaluate_sharded(loaded.model, loaded.tokenizer, samples, items,
+                                                  protocols=["grounded"], domain=domain, llm=llm, evaluation=evaluation,
                                                   autocast=loaded.autocast, title_embeddings=embeddings,
                                                   prompt=prompt, seed=seed)
         return {metric: float(np.nanmean(v)) for metric, v in values["grounded"].items()}

@@ -479,7 +479,8 @@ def train(model: torch.nn.Module, examples: Sequence[Any], collate: Callable[[li
         if start == 0 or "epoch_state" not in position:
             position["epoch_state"] = dict(hooks.epoch_start(epoch)) if hooks.epoch_start is not None else {}
             if position["epoch_state"]:
-                log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k} {v:.4g}" for k, v in position["epoch_state"].items()))
+                log.info("epoch %d: %s", epoch + 1,
+                         ", ".join(f"{k} {v:.4g}" for k, v in position["epoch_state"].items()))
         epoch_state = position["epoch_state"]
         for step_in_epoch in range(start, per_epoch):
             group = batches[step_in_epoch * accum:(step_in_epoch + 1) * accum]

@@ -29,7 +29,8 @@ def run_budget(selection_path: str | Path, budget: int, seed: int, out: str | Pa
     # a DEALRec re-run may pick samples outside the larger selection: their scores come from the pool
     pool = selection
     if dealrec.scores_path(selection_path).is_file():
-        scored = pd.read_parquet(dealrec.scores_path(selection_path)).assign(sample_id=lambda d: d["sample_id"].astype(str))
+        scored = (pd.read_parquet(dealrec.scores_path(selection_path))
+                  .assign(sample_id=lambda d: d["sample_id"].astype(str)))
         pool = pd.concat([selection, scored[~scored["sample_id"].isin(selection["sample_id"])]], ignore_index=True)
     columns = [c for c in SCHEMA.names if c in pool.columns]
     table = pd.DataFrame({"sample_id": chosen}).merge(pool[columns], on="sample_id", how="left")

@@ -15,8 +15,8 @@ loss).
 Mode (`effort.mode`): `eval` (the default) runs without LoRA dropout, so a score does not depend on
 its batch. `train` is the authors' (their Trainer computes the gradients in train mode): each
 sample's LoRA input goes through dropout (the adapter's lora_dropout: the authors' 0.05; the schema's
-sft default 0.05, config/config.yaml's 0), drawn from torch's RNG seeded with the stage's seed before scoring, so a run is
-reproducible but a sample's score depends on its batch and the order of batches (the masks it is
+sft default 0.05, config/config.yaml's 0), drawn from torch's RNG seeded with the stage's seed before scoring,
+so a run is reproducible but a sample's score depends on its batch and the order of batches (the masks it is
 given) and on the device. The base model's own dropout is 0 for Llama-family configs (attention_dropout),
 so with lora_dropout 0 the two modes give the same numbers (tests check it).
 
@@ -140,7 +140,8 @@ LOSSES: dict[str, LossFn] = {"all": all_token_losses, "answer": answer_token_los
 
 def loss_fn(loss_tokens: str) -> LossFn:
     if loss_tokens not in LOSSES:
-        raise ValueError(f"config key 'selection.dealrec.effort.loss_tokens': {loss_tokens!r} is not one of {LOSS_TOKENS}")
+        raise ValueError(f"config key 'selection.dealrec.effort.loss_tokens': {loss_tokens!r} is not one of "
+                         f"{LOSS_TOKENS}")
     return LOSSES[loss_tokens]
 
 
@@ -193,7 +194,8 @@ def effort_loop(model, matrices: dict[str, torch.nn.Linear], losses: LossFn, pro
         with autocast() if autocast else contextlib.nullcontext():
             loss = losses(model, [p], [a])[0]
         loss.backward()
-        squared = sum(float(m.weight.grad.double().pow(2).sum()) for m in matrices.values() if m.weight.grad is not None)
+        squared = sum(float(m.weight.grad.double().pow(2).sum()) for m in matrices.values()
+                      if m.weight.grad is not None)
         norms.append(squared ** 0.5)
     for m in matrices.values():
         m.weight.grad = None
