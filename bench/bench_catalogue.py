@@ -8,13 +8,15 @@ Prints seconds per sample and the ratios, all measured in this one run:
   prefix tree, summed log-probs: length_penalty 0) on the same prompts, one prompt at a time as the
   by-hand trial ran it, and the agreement of the two top-20 lists (share of common items);
 - the likelihood protocol (20 stored candidates scored from the shared prompt encoding);
-- under the sid prompt, the recall of the exhaustive top 20 (a beam as wide as the catalogue) at
-  widths 5 to 50, and CPU seconds per sample;
+- under the open prompt (titles, with a trained open run's adapter) and the sid prompt, the recall of
+  the exhaustive top 20 (a beam as wide as the catalogue) at several widths, and CPU seconds per
+  sample;
 - the sid prompt against the open prompt: prompt tokens per sample, and the seconds of one LoRA SFT
   step (batch 4, forward and backward) on each (needs results/<dataset>/data/items_sid.parquet, from
   `snakemake --cores 1 results/ml-100k/data/items_sid.parquet`).
 
     .venv/bin/python bench/bench_catalogue.py [--samples 8] [--threads 1] [--results results]
+        [--open-adapter DIR] [--sid-adapter DIR]
 """
 from __future__ import annotations
 
@@ -44,6 +46,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--results", default=str(ROOT / "results"))
     p.add_argument("--dataset", default="ml-100k")
+    p.add_argument("--open-adapter", default=str(ROOT / "results/ml-100k/llm/sft-open-n256/random/adapter"),
+                   help="an open run's adapter for the width trade-off over titles (the base model when absent)")
     p.add_argument("--sid-adapter", default=str(ROOT / "results/ml-100k/llm/sft-sid-n256/random/adapter"),
                    help="a sid run's adapter for the width trade-off (the base model when absent)")
     args = p.parse_args()
@@ -119,18 +123,20 @@ def main() -> None:
     print(f"likelihood protocol (20 candidates): {lik_cpu / n:.2f} CPU s/sample; catalogue width 20 / likelihood: "
           f"{ours[20][1] / lik_cpu:.1f}x, width 50 / width 20: {ours[50][1] / ours[20][1]:.1f}x")
 
+    del model
+    width_tradeoff(model_dir, samples_path, items_path, args.open_adapter, llm, min(n, 4), "open", (20, 50, 100, 200))
     sid_items_path = data / "items_sid.parquet"
     if not sid_items_path.is_file():
         print(f"(no {sid_items_path}: the sid comparison is skipped)")
         return
-    del model
-    width_tradeoff(model_dir, samples_path, sid_items_path, args.sid_adapter, llm, n=min(n, 4))
+    width_tradeoff(model_dir, samples_path, sid_items_path, args.sid_adapter, llm, min(n, 4), "sid", (5, 10, 20, 50))
     step_costs(model_dir, samples_path, items_path, sid_items_path, llm)
 
 
-def width_tradeoff(model_dir, samples_path, sid_items_path, adapter, llm, n) -> None:
+def width_tradeoff(model_dir, samples_path, items_path, adapter, llm, n, prompt, widths) -> None:
     """Recall of the exhaustive top 20 (a beam as wide as the catalogue) and CPU s per sample at
-    several widths, under the sid prompt (IDs of one length: no length bias mixes in)."""
+    several widths, under `prompt`: titles of many lengths (open), or IDs of one length (sid: no
+    length bias mixes in)."""
     from workflow.llm import catalogue
     from workflow.llm.evaluate import prompt_inputs, ranked_items, read_samples
     from workflow.llm.inference import pad_id
@@ -138,20 +144,21 @@ def width_tradeoff(model_dir, samples_path, sid_items_path, adapter, llm, n) -> 
     from workflow.llm.prompts import clipped_answer_ids
     from workflow.semantic_ids import sid_tokens
 
-    items = ranked_items(samples_path, sid_items_path)
+    items = ranked_items(samples_path, items_path)
     adapter = adapter if adapter and Path(adapter).is_dir() else None
-    model, tokenizer = load_for_evaluation(model_dir, adapter, item_tokens=sid_tokens(items))
+    model, tokenizer = load_for_evaluation(model_dir, adapter,
+                                           item_tokens=sid_tokens(items) if prompt == "sid" else ())
     device = model_device(model)
     samples = read_samples(samples_path, ["test"]).head(n)
-    prompts = prompt_inputs(samples, items, tokenizer, "movie", llm)["sid_prompt"]
+    prompts = prompt_inputs(samples, items, tokenizer, "movie", llm)[f"{prompt}_prompt"]
     trie = catalogue.catalogue_trie([clipped_answer_ids(tokenizer, t, llm["max_title_tokens"]) for t in items["title"]])
     search = lambda width: catalogue.beam_search(model, prompts, trie, width=width, top=20,  # noqa: E731
                                                  pad_id=pad_id(tokenizer), batch_size=4,
                                                  autocast=lambda: autocast(device, "auto"))
     exact, exact_cpu, _ = cpu_seconds(lambda: search(len(items)))
-    print(f"sid prompt ({'adapter ' + str(adapter) if adapter else 'base model'}), {n} samples: exhaustive top 20 "
-          f"(width {len(items)}) {exact_cpu / n:.1f} CPU s/sample")
-    for width in (5, 10, 20, 50):
+    print(f"{prompt} prompt ({'adapter ' + str(adapter) if adapter else 'base model'}), {n} samples: exhaustive "
+          f"top 20 (width {len(items)}) {exact_cpu / n:.1f} CPU s/sample")
+    for width in widths:
         ranked, cpu, _ = cpu_seconds(lambda: search(width))
         recall = np.mean([len(set(a) & set(b)) / 20 for a, b in zip(ranked.items, exact.items)])
         print(f"  width {width}: recall of the exhaustive top 20 {recall:.2f}, {cpu / n:.2f} CPU s/sample")
