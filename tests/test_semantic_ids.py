@@ -81,7 +81,8 @@ def sid_inputs(tmp_path):
     return paths, ids
 
 
-def test_sid_sft_trains_only_the_id_rows_and_evaluates_on_the_catalogue(tiny_model_dir, sid_inputs, tmp_path):
+def test_sid_sft_trains_only_the_id_rows_and_evaluates_on_the_catalogue(tiny_model_dir, sid_inputs, tmp_path,
+                                                                        monkeypatch):
     paths, ids = sid_inputs
     out = tmp_path / "adapter"
     spec = {"llm": LLM, "sft": {**SFT, "lora_dropout": 0.0, "lr": 0.05}, "domain": "movie", "prompt": "sid"}
@@ -123,6 +124,14 @@ def test_sid_sft_trains_only_the_id_rows_and_evaluates_on_the_catalogue(tiny_mod
         assert 0 < len(top) == len(set(top)) <= 20
         assert set(top) <= catalogue
     assert np.all(values["catalogue"]["invalid"] == 0) and np.all(values["catalogue"]["duplicate"] == 0)
+    # the catalogue alone: its own search, no shared encoding pass (nothing there to score or generate)
+    monkeypatch.setattr(evaluate, "encoded_passes", lambda *a, **k: pytest.fail("an encoding pass with nothing to do"))
+    alone, alone_values = evaluate.evaluate(model, tokenizer, samples, items, protocols=["catalogue"], domain="movie",
+                                            llm=LLM, evaluation=evaluation, prompt="sid")
+    assert alone["catalogue_top"].tolist() == frame["catalogue_top"].tolist()
+    for metric, per_sample in values["catalogue"].items():
+        np.testing.assert_array_equal(alone_values["catalogue"][metric], per_sample)
+    monkeypatch.undo()
     with pytest.raises(ValueError, match="need the other prompt"):
         evaluate.evaluate(model, tokenizer, samples, items, protocols=["grounded"], domain="movie", llm=LLM,
                           evaluation=evaluation, prompt="sid")

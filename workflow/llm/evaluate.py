@@ -93,8 +93,9 @@ def shared_pass(ctx: EvalContext, chosen: Sequence[str]) -> PassOutputs:
     tokens = np.zeros_like(logprob, dtype=np.int64) if score else None
     answers: list[str | None] = [None] * n
     constrained_answers: list[str | None] = [None] * n
+    generates = bool(free or constrained)  # the catalogue protocol decodes by its own search, not in this pass
     for rows, decoding in ((np.flatnonzero(ctx.decode), True), (np.flatnonzero(~ctx.decode), False)):
-        if len(rows) == 0 or not (score or decoding):
+        if len(rows) == 0 or not (score or (decoding and generates)):
             continue
         start = time.perf_counter()
         out = encoded_passes(ctx.model, ctx.tokenizer, [prompt_ids[i] for i in rows],
