@@ -118,7 +118,8 @@ def test_stage_specs_are_sorted_json_of_the_blocks_they_read():
     assert pref["preference"] == c["preference"] and pref["method"]["k"] == 3
     phase = json.loads(dag.sft_phase_spec(c, Wildcards(dataset="ml", run="sprec-open")))["sft"]
     assert phase["epochs"] == 1 and phase["lr"] == c["sprec"]["lr"] and "prompt" not in phase
-    evaluation = json.loads(dag.evaluation_spec(c, Wildcards(dataset="ml", run="sft-open", split="valid")))
+    evaluation = json.loads(dag.evaluation_spec(c, Wildcards(dataset="ml", run="sft-open", selection="random",
+                                                                     split="valid")))
     assert evaluation["evaluation"]["splits"] == ["valid"]
 
 
@@ -180,6 +181,34 @@ def test_a_studys_runs_carry_their_training_benchmark():
     assert {labels["seed"] for labels, _, _ in runs} == {1, 2}
     spec = json.loads(dag.study_spec(c, "lr"))
     assert spec["name"] == "lr" and spec["x"] == "lr" and len(spec["runs"]) == len(runs)
+
+
+def test_a_run_is_evaluated_with_the_protocols_of_what_reads_it():
+    """evaluation.protocols for a run of `methods` on an evaluation split, plus those of each study
+    that reads the run on that split; a study's run gets only its studies' protocols; a run nothing
+    reads falls back to evaluation.protocols. Only those the run's prompt supports."""
+    c = config(studies={"curve": {"methods": ["sft"], "x": "budget", "grid": {"prompt": ["open"], "budget": [64, 128]},
+                                  "split": "valid",
+                                  "protocols": ["likelihood"]},
+                        "whole": {"methods": ["sft"], "x": "budget", "grid": {"prompt": ["open", "sid"],
+                                                                              "budget": [128]},
+                                  "split": "valid", "protocols": ["catalogue"]}},
+               evaluation={"protocols": ["likelihood", "grounded"]})
+
+    def protocols(run, split="valid", dataset="ml", selection="random"):
+        return dag.run_protocols(c, dataset, parse(run), selection, split)
+
+    assert protocols("sft-open-n64") == ["likelihood"]
+    assert protocols("sft-open-n128") == ["likelihood", "catalogue"]  # both studies read it
+    assert protocols("sft-sid-n128") == ["catalogue"]  # not scored on the whole split for nothing
+    assert protocols("sft-open-n64", "test") == ["likelihood", "grounded"]  # a run of `methods`
+    assert protocols("dmpo-open-n512") == ["likelihood", "grounded"]  # nothing reads it
+    assert protocols("sft-open-n128", selection="dealrec") == ["likelihood", "grounded"]  # studies: the first strategy
+    c["studies"]["curve"]["protocols"] = ["likelihood", "grounded"]  # a changed config is read afresh
+    assert protocols("sft-open-n64") == ["likelihood", "grounded"]
+    spec = json.loads(dag.evaluation_spec(c, Wildcards(dataset="ml", run="sft-sid-n128", selection="random",
+                                                       split="valid")))
+    assert spec["evaluation"]["protocols"] == ["catalogue"] and spec["evaluation"]["splits"] == ["valid"]
 
 
 def test_tunings_paths_inputs_and_the_runs_its_table_reads(tmp_path):

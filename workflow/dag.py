@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import shlex
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -238,7 +238,8 @@ def evaluation_inputs(config: Config, wildcards) -> dict[str, str]:
         inputs["adapter"] = run_path(config, trained_on, wildcards.run, wildcards.selection, "adapter")
     if run.method in HYBRID:
         inputs |= surrogate_tables(config, wildcards.dataset)
-    return inputs | stored_inputs(config, wildcards.dataset, run_protocols(config, run, wildcards.split))
+    protocols = run_protocols(config, wildcards.dataset, run, wildcards.selection, wildcards.split)
+    return inputs | stored_inputs(config, wildcards.dataset, protocols)
 
 
 def explanation_reference(config: Config, wildcards) -> dict[str, str]:
@@ -409,20 +410,36 @@ def dealrec_score_args(wildcards, input) -> str:
     return " ".join(f"--{name} {shlex.quote(input[name])}" for name in ("influence", "effort") if name in input.keys())
 
 
-def run_protocols(config: Config, run: Run, split: str) -> list[str]:
+def run_protocols(config: Config, dataset: str, run: Run, selection: str, split: str) -> list[str]:
     """Protocols a run is evaluated with on a split: `evaluation.protocols` for a run of `methods`
-    on one of `evaluation.splits`; otherwise (a study's run, or a study's split) the union of the
-    studies' protocols on that split. Only those the run's prompt supports."""
+    on one of `evaluation.splits`, and each protocol of every study that reads this run on this split
+    (so a run of the tuning alone is not decoded for the catalogue study, whose own runs are not
+    scored on 500 samples for the tuning); `evaluation.protocols` for a run nothing asks for. Only
+    those the run's prompt supports."""
+    wanted = []
     if run.name in {r.name for r in config_runs(config)} and split in config["evaluation"]["splits"]:
-        wanted = config["evaluation"]["protocols"]
-    else:
-        wanted = [p for study in config["studies"].values() if study["split"] == split for p in study["protocols"]]
-    return run.protocols(list(dict.fromkeys(wanted)) or ["likelihood"])
+        wanted += config["evaluation"]["protocols"]
+    wanted += studied_protocols(json.dumps(config, sort_keys=True, default=str)).get(
+        run_metrics(config, dataset, run.name, selection, split), [])
+    return run.protocols(list(dict.fromkeys(wanted or config["evaluation"]["protocols"])))
+
+
+@lru_cache(maxsize=8)
+def studied_protocols(config_text: str) -> dict[str, list[str]]:
+    """Metrics file -> the protocols of every study that reads it (on its split), for the config as
+    JSON: built once per config, where each evaluation job's inputs and params ask for it."""
+    config = json.loads(config_text)
+    out: dict[str, list[str]] = {}
+    for name, study in config["studies"].items():
+        for _, path, _ in study_runs(config, name):
+            out.setdefault(path, []).extend(study["protocols"])
+    return out
 
 
 def evaluation_spec(config: Config, wildcards) -> str:
     """The evaluation of one run on one split (run_protocols)."""
-    protocols = run_protocols(config, parse_run(wildcards.run), wildcards.split)
+    protocols = run_protocols(config, wildcards.dataset, parse_run(wildcards.run), wildcards.selection,
+                              wildcards.split)
     return run_spec(config, wildcards,
                     evaluation={**config["evaluation"], "splits": [wildcards.split], "protocols": protocols})
 
