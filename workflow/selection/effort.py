@@ -14,11 +14,12 @@ loss).
 
 Mode (`effort.mode`): `eval` (the default) runs without LoRA dropout, so a score does not depend on
 its batch. `train` is the authors' (their Trainer computes the gradients in train mode): each
-sample's LoRA input goes through dropout (the adapter's lora_dropout: the authors' 0.05; the schema's
-sft default 0.05, config/config.yaml's 0), drawn from torch's RNG seeded with the stage's seed before scoring,
-so a run is reproducible but a sample's score depends on its batch and the order of batches (the masks it is
-given) and on the device. The base model's own dropout is 0 for Llama-family configs (attention_dropout),
-so with lora_dropout 0 the two modes give the same numbers (tests check it).
+sample's LoRA input goes through dropout (the adapter's lora_dropout: the authors' 0.05; the
+schema's sft default 0.05, config/config.yaml's 0), drawn from torch's RNG seeded with the stage's
+seed before scoring, so a run is reproducible but a sample's score depends on its batch and the
+order of batches (the masks it is given) and on the device. The base model's own dropout is 0 for
+Llama-family configs (attention_dropout), so with lora_dropout 0 the two modes give the same numbers
+(tests check it).
 
 Batched per-sample gradient norms (opacus-style, for linear layers): a LoRA matrix W [out, in] is
 applied as y = x W^T, so sample b's gradient is sum_t g_bt^T x_bt, with x the layer's input and g the
