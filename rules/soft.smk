@@ -17,8 +17,8 @@ rule self_distill:
     conda:
         LLM_ENV
     shell:
-        "{params.launch} workflow.llm.soft distill --adapter {input.adapter:q} --stats {output.stats:q} {params.args:q} "
-        "--spec {params.spec:q} > {log:q} 2>&1"
+        "{params.launch} workflow.llm.soft distill --adapter {input.adapter:q} --stats {output.stats:q} "
+        "{params.args:q} --spec {params.spec:q} > {log:q} 2>&1"
 
 
 # soft.early_stopping validates each epoch by the grounded protocol: what it reads joins the inputs
@@ -38,5 +38,5 @@ rule soft:
     conda:
         LLM_ENV
     shell:
-        "{params.launch} workflow.llm.soft train --distilled {input.distilled:q} {params.args:q} --spec {params.spec:q} "
-        "{params.extra:q} > {log:q} 2>&1"
+        "{params.launch} workflow.llm.soft train --distilled {input.distilled:q} {params.args:q} "
+        "--spec {params.spec:q} {params.extra:q} > {log:q} 2>&1"

@@ -23,7 +23,9 @@ checkpoint tuning_selection:
 
 
 rule tuning_table:
-    input: selected=f"{RESULTS}/tuning/selected.parquet", runs=lambda wildcards: [r["path"] for r in tuned_runs(wildcards)],
+    input:
+        selected=f"{RESULTS}/tuning/selected.parquet",
+        runs=lambda wildcards: [r["path"] for r in tuned_runs(wildcards)],
     output: parquet=f"{RESULTS}/tuning/tuned.parquet", md=f"{RESULTS}/tuning/tuned.md",
     params: spec=lambda wildcards: spec_arg(tuning_table_spec(config, tuned_runs(wildcards))), seed=config["seed"],
     log: logged("tuning/table"),
