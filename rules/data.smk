@@ -9,6 +9,7 @@ rule download:
     wildcard_constraints: source="|".join(map(re.escape, DOWNLOAD_SPECS)) or "(?!)",
     params: spec=lambda wildcards: spec_arg(DOWNLOAD_SPECS[wildcards.source]),
     log: logged("downloads/{source}"),
+    benchmark: benchmarked("downloads/{source}"),
     resources: **job_resources("download", "1GB", "8h"),
     conda:
         "../envs/cpu.yaml"

@@ -9,6 +9,7 @@ rule preflight:
     output: f"{RESULTS}/preflight/gpu.json",
     params: spec=lambda wildcards: spec_arg({"llm": config["llm"]}),
     log: logged("preflight"),
+    benchmark: benchmarked("preflight"),
     resources: **job_resources("preflight", "2GB", "10m", gpus=LLM_GPUS),
     conda:
         LLM_ENV

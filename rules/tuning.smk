@@ -62,6 +62,7 @@ rule sasrec_trial_test:
     wildcard_constraints: trial="[^/]+", seed="[0-9]+",
     params: out_dir=lambda wildcards, output: Path(output[0]).parent,
     log: logged(f"{TRIAL}/test"),
+    benchmark: benchmarked(f"{TRIAL}/test"),
     threads: JOB_THREADS
     resources: **surrogate_resources(config, "4GB", "30m"),
     conda:
