@@ -56,6 +56,22 @@ rule report_data:
         "{input.samples:q} --dataset {wildcards.dataset} --html {output.html:q} --png {output.png:q} > {log:q} 2>&1"
 
 
+# A study's table or the tuned table as an HTML page of the report (workflow/report.py markdown_page).
+rule report_page:
+    input: f"{RESULTS}/{{page}}.md",
+    output:
+        report(f"{REPORT}/tables/{{page}}.html", caption="../report/table.rst", category="Tables",
+               labels={"table": "{page}"}),
+    wildcard_constraints: page="studies/[^/]+|tuning/tuned",
+    log: logged("report/tables/{page}"),
+    benchmark: benchmarked("report/tables/{page}"),
+    resources: **job_resources("report_page", "1GB", "5m"),
+    conda:
+        "../envs/cpu.yaml"
+    shell:
+        "python -m workflow.report page --md {input:q} --html {output:q} > {log:q} 2>&1"
+
+
 # Runs last (its input is every other target), so every other job's benchmark record exists; it
 # reads all of results/benchmarks, records of jobs from earlier configs included.
 rule report_resources:

@@ -163,6 +163,13 @@ def test_targets_of_rule_all():
     assert "results/report/training/games.png" in targets
     untuned = config(methods=["base"], explanations={"methods": []})
     assert not [t for t in dag.all_targets(untuned) if "/training/" in t]
+    assert not [t for t in targets if "/studies/" in t or "/tuning/" in t]  # studies and tuning: switches
+    studied = config(studies={"collapse": {"enabled": True, "methods": ["dmpo"], "grid": {"k": [1, 3]}, "x": "k"}},
+                     tuning={"enabled": True})
+    targets = dag.all_targets(studied)
+    assert {"results/studies/collapse.md", "results/tuning/tuned.md"} <= set(targets)
+    # each table also a page of the report
+    assert {"results/report/tables/studies/collapse.html", "results/report/tables/tuning/tuned.html"} <= set(targets)
     assert dag.summary_metrics(c)[:4] == [f"results/{d}/{kind}/metrics.parquet" for kind in ("baselines", "surrogate")
                                           for d in ("ml", "games")]
     transfer = config(transfer=[{"from": "ml", "to": "games", "methods": ["sft-candidate"]}])

@@ -138,3 +138,18 @@ def test_summary_html_marks_rows_against_sft_and_popularity():
     assert "▼</b>" in cells["base-open / none"]
     assert "†" not in cells["popularity / all"]
     assert list(cells)[0] == "popularity / all"  # baselines first
+
+
+def test_a_markdown_table_becomes_an_html_page():
+    from workflow.report import markdown_page
+
+    page = markdown_page("# Study `catalogue`: against budget\n\n"
+                         "| run | budget=256 | budget=1024 |\n|---|---|---|\n"
+                         "| sft sid | 0.010 [0.000, 0.030] | 0.000 [0.000, 0.000] Δ -0.010 [-0.030, +0.000] |\n\n"
+                         "Baselines: random 0.007\n")
+    assert page.startswith("<style>") and '<div class="llmrec-summary">' in page
+    assert "<h1>Study <code>catalogue</code>: against budget</h1>" in page
+    assert "<th>budget=1024</th>" in page
+    assert "<td>sft sid</td>" in page and "<td>0.010 [0.000, 0.030]</td>" in page
+    assert "<td>0.000 [0.000, 0.000] Δ -0.010 [-0.030, +0.000]</td>" in page
+    assert "<p>Baselines: random 0.007</p>" in page

@@ -63,6 +63,17 @@ def test_the_overlay_reruns_the_selected_settings(tuning_run):
     assert lr == yaml.safe_load(best.loc["sft", "settings"])["lr"]
 
 
+def test_the_tuned_table_is_a_page_of_the_report(tuning_run):
+    tmp, results, _ = tuning_run
+    out = snakemake(tmp / "work", tmp / "config.yaml", "results/report/tables/tuning/tuned.html")
+    assert out.returncode == 0, failure(out)
+    assert rules_run(out.stdout + out.stderr) == {"report_page": 1}  # nothing else ran for it
+    page = (results / "report/tables/tuning/tuned.html").read_text()
+    tables = (results / "tuning/tuned.md").read_text().count("\n|---")
+    assert tables >= 2 and page.count("<table>") == tables
+    assert "<td>tiny</td><td>random</td><td>sft</td><td>auc</td>" in page.replace("\n", "")
+
+
 def test_a_rerun_has_nothing_to_do(tuning_run):
     tmp, _, _ = tuning_run
     out = snakemake(tmp / "work", tmp / "config.yaml", "-n", "results/tuning/tuned.md")

@@ -567,11 +567,18 @@ def explanation_targets(config: Config) -> list[str]:
             for s in run_selections(config, r) for ext in ("parquet", "html")]
 
 
+def table_pages(config: Config) -> list[str]:
+    """The Markdown tables the config asks for, without `.md`, below results/: each enabled study's,
+    and the tuned table when tuning is enabled (the report shows each as an HTML page)."""
+    studies = [f"studies/{name}" for name, study in config["studies"].items() if study["enabled"]]
+    return studies + (["tuning/tuned"] if config["tuning"]["enabled"] else [])
+
+
 def study_targets(config: Config) -> list[str]:
     """The enabled studies' tables and plots, and the tuned table when tuning is enabled."""
     studies = [f"{config['results']}/studies/{name}.{ext}" for name, study in config["studies"].items()
-               if study["enabled"] for ext in ("parquet", "md", "png")]
-    return studies + ([f"{config['results']}/tuning/tuned.md"] if config["tuning"]["enabled"] else [])
+               if study["enabled"] for ext in ("parquet", "png")]
+    return studies + [f"{config['results']}/{page}.md" for page in table_pages(config)]
 
 
 def gate_targets(config: Config) -> list[str]:
@@ -585,6 +592,7 @@ def gate_targets(config: Config) -> list[str]:
 def report_targets(config: Config) -> list[str]:
     """The report's figures and tables; the resources figure comes last."""
     targets = [report_path(config, "summary.html"), report_path(config, "metrics"), *gate_targets(config)]
+    targets += [report_path(config, "tables", f"{page}.html") for page in table_pages(config)]
     targets += [report_path(config, f"data/{d}.{ext}") for d in config["datasets"] for ext in ("html", "png")]
     if any(r.method != "base" for r in config_runs(config)):
         targets += [report_path(config, f"training/{d}.png") for d in config["datasets"]]

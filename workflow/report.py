@@ -9,7 +9,8 @@ workflow and `snakemake --report` only collects them (report/workflow.rst, repor
 - `training`: the loss curves of every trained run of a dataset, from each adapter's
   train_log.parquet;
 - `data`: a dataset's statistics (an HTML table) and its distributions (a figure);
-- `resources`: runtime and peak memory of every job, from the benchmark records of results/benchmarks.
+- `resources`: runtime and peak memory of every job, from the benchmark records of results/benchmarks;
+- `page`: a Markdown table of results/ (a study's, the tuned table) as an HTML page.
 
 Each runs without Snakemake, e.g.
 `python -m workflow.report summary --summary results/summary.parquet --html s.html --charts charts/`.
@@ -341,6 +342,19 @@ def resources_figure(bench: pd.DataFrame):
 # ----------------------------------------------------------------------------- command line
 
 
+# ----------------------------------------------------------------------------- tables of studies and tuning
+
+
+def markdown_page(text: str) -> str:
+    """A Markdown document of results/ (a study's table, the tuned table) as a self-contained HTML
+    fragment in the summary's style (the report shows HTML pages, not Markdown); Python-Markdown's
+    `tables` extension reads the pipe tables."""
+    import markdown
+
+    return "\n".join([STYLE, '<div class="llmrec-summary">', markdown.markdown(text, extensions=["tables"]),
+                      "</div>"])
+
+
 def _save(fig, path: str | Path) -> None:
     with atomic_path(path, suffix=Path(path).suffix) as tmp:
         fig.savefig(tmp, format=Path(path).suffix.lstrip("."))
@@ -370,6 +384,9 @@ def main(argv=None) -> int:
     r = sub.add_parser("resources", help="runtime and peak memory per job from benchmark records")
     r.add_argument("--benchmarks", required=True, help="folder of benchmark TSVs (searched recursively)")
     r.add_argument("--out", required=True)
+    g = sub.add_parser("page", help="a Markdown table of results/ as an HTML page")
+    g.add_argument("--md", required=True)
+    g.add_argument("--html", required=True)
 
     def run(args):
         if args.what == "summary":
@@ -387,6 +404,8 @@ def main(argv=None) -> int:
             stats = dataset_statistics(interactions, pd.read_parquet(args.items), samples)
             _write_text(statistics_html(stats, args.dataset), args.html)
             _save(dataset_figure(interactions, samples, args.dataset), args.png)
+        elif args.what == "page":
+            _write_text(markdown_page(Path(args.md).read_text(encoding="utf-8")), args.html)
         else:
             bench = read_benchmarks(Path(args.benchmarks))
             _save(resources_figure(bench), args.out)
