@@ -32,11 +32,14 @@ def test_collapse_and_learning_curve_train_only_the_missing_runs(tiny_run, tmp_p
     # collapse: dmpo-open-k1 (k=2 is the main dmpo-open run), evaluated on test;
     # learning curve: sft-open-n4, its reference log-probs and dmpo-open-n4 (n=8 is the whole
     # selection: the main runs), all four evaluated on the validation split;
-    # and the report's resource table, which lists every benchmark file
+    # each study's table as a page of the report, and the report's resource table, which lists every
+    # benchmark file
     assert ran == {"preference": 2, "sft": 1, "reference_logprobs": 1, "evaluate": 5, "study": 2,
-                   "report_resources": 1}, ran
+                   "report_page": 2, "report_resources": 1}, ran
 
     results = work / "results"
+    page = (results / "report/tables/studies/collapse.html").read_text()
+    assert page.count("<table>") == (results / "studies/collapse.md").read_text().count("\n|---") > 0
     collapse = pd.read_parquet(results / "studies/collapse.parquet")
     hr1 = collapse[collapse["metric"] == "hr@1"].set_index("k")
     assert sorted(hr1.index) == [1, 2] and set(hr1["method"]) == {"dmpo"}
