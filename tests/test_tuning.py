@@ -164,6 +164,8 @@ def test_tuned_table_matches_hand_computed_differences_and_flags_changed_orderin
     assert sft["default"] == pytest.approx(0.65) and sft["tuned"] == pytest.approx(0.775)
     assert sft["delta"] == pytest.approx(0.125)
     assert list(claims["claim"]) == ["dmpo > sft", "sft@dealrec > sft@random"]
+    assert tuning.left_out(claims_asked, claims) == ["soft > sft"]  # the table names what it leaves out
+    assert tuning.left_out(claims_asked, claims.iloc[:0]) == ["dmpo > sft", "sft@dealrec > sft@random", "soft > sft"]
     claim = claims.iloc[0]
     assert claim["default"] == pytest.approx(0.1)
     assert claim["tuned"] == pytest.approx(-0.025)

@@ -49,6 +49,7 @@ def test_trials_on_valid_then_the_selected_on_test(tuning_run):
         assert set(pd.read_parquet(trial)["split"]) == {"valid"}
     table = (results / "tuning/tuned.md").read_text()
     assert "## Test split" in table and "| tiny | random | sft | auc |" in table and "| tiny | random | sasrec | auc |" in table
+    assert "Claims left out (a side not among the tuned methods, or without its runs): dmpo > sft, " in table
 
 
 def test_the_overlay_reruns_the_selected_settings(tuning_run):

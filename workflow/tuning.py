@@ -343,8 +343,14 @@ def interval_text(value: float, low: float, high: float, signed: bool = False) -
     return f"{value:{fmt}} [{low:{fmt}}, {high:{fmt}}]"
 
 
+def left_out(asked: Sequence[Sequence[str]], claims: pd.DataFrame) -> list[str]:
+    """The claims asked for that the claims table lacks (a side not tuned, or without runs)."""
+    shown = set(claims["claim"]) if len(claims) else set()
+    return [claim for claim in dict.fromkeys(f"{better} > {worse}" for better, worse in asked) if claim not in shown]
+
+
 def markdown(selected: pd.DataFrame, methods: pd.DataFrame, claims: pd.DataFrame, level: float,
-             resamples: int) -> str:
+             resamples: int, missing: Sequence[str] = ()) -> str:
     picked = selected[selected["selected"]].set_index("method")
     defaults = selected[selected["is_default"]].set_index("method")
     metric, protocol = picked["metric"].iloc[0], picked["protocol"].iloc[0]
@@ -378,6 +384,9 @@ def markdown(selected: pd.DataFrame, methods: pd.DataFrame, claims: pd.DataFrame
                          f"{interval_text(r.default, r.default_low, r.default_high, signed=True)} | "
                          f"{interval_text(r.tuned, r.tuned_low, r.tuned_high, signed=True)} | "
                          f"{'yes' if r.changed else 'no'} |")
+    if missing:
+        lines += ["", "Claims left out (a side not among the tuned methods, or without its runs): "
+                  f"{', '.join(missing)}."]
     return "\n".join(lines) + "\n"
 
 
@@ -408,7 +417,8 @@ def main(argv=None) -> int:
         write_parquet(pd.concat([methods.assign(table="methods"), claims.assign(table="claims")], ignore_index=True),
                       args.out_parquet)
         with atomic_path(args.out_md, suffix=".md") as tmp:
-            tmp.write_text(markdown(selected, methods, claims, float(spec["ci"]), int(spec["bootstrap"])))
+            tmp.write_text(markdown(selected, methods, claims, float(spec["ci"]), int(spec["bootstrap"]),
+                                    left_out(spec["claims"], claims)))
 
     return cli.run(run, p, argv)
 
