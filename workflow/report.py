@@ -339,9 +339,6 @@ def resources_figure(bench: pd.DataFrame):
     return fig
 
 
-# ----------------------------------------------------------------------------- command line
-
-
 # ----------------------------------------------------------------------------- tables of studies and tuning
 
 
@@ -353,6 +350,9 @@ def markdown_page(text: str) -> str:
 
     return "\n".join([STYLE, '<div class="llmrec-summary">', markdown.markdown(text, extensions=["tables"]),
                       "</div>"])
+
+
+# ----------------------------------------------------------------------------- command line
 
 
 def _save(fig, path: str | Path) -> None:
