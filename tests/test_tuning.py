@@ -227,3 +227,23 @@ def test_the_schema_lists_the_run_axes_and_methods_a_space_may_take():
     spaces = schema["properties"]["tuning"]["properties"]["spaces"]
     assert spaces["additionalProperties"]["propertyNames"]["enum"] == [a.name for a in GRID_AXES if a.block]
     assert spaces["propertyNames"] == {"$ref": "#/$defs/method"} and schema["$defs"]["method"]["enum"] == list(METHODS)
+
+
+def test_the_tuning_all_overlay_covers_every_claim_and_leaves_the_default_trials_alone():
+    """config/tuning-all.yaml merged into config.yaml (as --configfile merges): every method a claim
+    names gets a space and the same number of trials; the methods config.yaml tunes keep their trials."""
+    from snakemake.utils import update_config
+
+    base = load()
+    merged = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    update_config(merged, yaml.safe_load((ROOT / "config" / "tuning-all.yaml").read_text()))
+    merged = tuning.with_tuning_studies(validate(merged))
+    claimed = {side.partition("@")[0] for claim in merged["tuning"]["claims"] for side in claim}
+    assert claimed <= set(merged["tuning"]["spaces"])
+    assert set(base["tuning"]["spaces"]) < set(merged["tuning"]["spaces"])
+    base = tuning.with_tuning_studies(base)
+    for method in merged["tuning"]["spaces"]:
+        found = tuning.trials(method, merged)
+        assert len(found["trials"]) == merged["tuning"]["trials"] and found["trials"][0]["run"] == found["default"]
+        if method in base["tuning"]["spaces"]:
+            assert found == tuning.trials(method, base)
