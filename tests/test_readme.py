@@ -95,7 +95,7 @@ CHECKS = {
     "stop after one rule": check_until,
     "override keys on the command line": check_overrides,
     "a nested key (typed by the schema)": check_nested,
-    "tune every method on the validation split, then test the chosen": check_tuning,
+    "tune the methods of tuning.spaces on the validation split, then test the chosen": check_tuning,
     "paper scale": check_paper,
     "static checks (clean)": None,
 }
