@@ -4,7 +4,9 @@
   different lengths (left padding in the cache);
 - one optimizer step of every trainer (sft, dmpo, llara, ilora, soft) on SmolLM2 on the GPU, every
   parameter on the GPU, the loss finite, the peak memory recorded;
-- NF4 loading (bitsandbytes) and one step of a LoRA on it.
+- NF4 loading (bitsandbytes) and one step of a LoRA on it;
+- the catalogue beam search, the semantic-ID tokens and one rere step (policy and frozen reference
+  adapters) on the GPU.
 
 Peak memory per case goes to $GPU_CHECK_OUT/gpu_memory.json when that is set (make gpu-check).
 """
@@ -219,3 +221,36 @@ def test_item_id_tokens_on_the_gpu(smollm, tmp_path):
     changed = (after - before).abs().sum(-1) > 0
     assert changed[added].all() and not changed[[i for i in range(len(tokenizer)) if i not in added]].any()
     record("item_id_tokens")
+
+
+def test_one_rere_step_on_the_gpu(smollm, tmp_path):
+    """rere on the GPU: the start adapter loaded twice (the trainable policy, the frozen reference),
+    both on the GPU; one step of GRPO over the policy's constrained beam of 4 of 8 catalogue items,
+    the loss finite, only the policy's weights moved."""
+    from workflow.llm import catalogue_rl, train
+    from workflow.llm.catalogue import beam_search, catalogue_trie
+    from workflow.llm.inference import pad_id
+    from workflow.llm.model import load_for_training
+    from workflow.llm.preference import with_defaults
+
+    llm = validate_block("llm", {"device": "cuda"})
+    start, tokenizer, _, _ = load_for_training(smollm, llm)
+    train.add_lora(start, {**LORA, "lora_dropout": 0.0}, seed=0).save_pretrained(tmp_path / "sft")
+    model, tokenizer, _, _ = load_for_training(smollm, llm)
+    model = catalogue_rl.attach_with_reference(model, tmp_path / "sft")
+    assert {p.device.type for p in model.parameters()} == {"cuda"}
+    prompts, answers = prompts_and_answers(tokenizer, n=2, k=8)
+    catalogue = answers[0]  # 8 titles: the catalogue
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+    reference = {n for n in before if f".{catalogue_rl.REFERENCE}." in n}
+    assert reference and not any(p.requires_grad for n, p in model.named_parameters() if n in reference)
+    loss_fn = catalogue_rl.make_loss_fn(with_defaults("rere", {"group_size": 4}), catalogue, pad_id(tokenizer))
+    # each target the second item of the policy's own beam of 4: a beam that holds its target has
+    # unequal rewards, so the policy learns
+    model.eval()
+    ranked = beam_search(model, prompts, catalogue_trie(catalogue), width=4, top=4, pad_id=pad_id(tokenizer))
+    model.train()
+    batch = catalogue_rl.collate([{"prompt": p, "target": items[1]} for p, items in zip(prompts, ranked.items)])
+    one_step(model, loss_fn, batch, "rere")
+    moved = {n for n, p in model.named_parameters() if n in before and not torch.equal(p, before[n])}
+    assert moved and not moved & reference
