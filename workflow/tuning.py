@@ -86,6 +86,11 @@ def tuning_studies(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
         for method, space in tuning["spaces"].items()}
 
 
+def claim_label(better: str, worse: str) -> str:
+    """A claim as the tuned table names it: `dmpo > sft`."""
+    return f"{better} > {worse}"
+
+
 def claim_side(side: str, selection: str) -> tuple[str, str]:
     """(selection, method) of one side of a claim: `method` (on `selection`, the first strategy) or
     `method@strategy`."""
@@ -320,7 +325,8 @@ def tuned_tables(frames: dict[tuple, pd.DataFrame], claims: Sequence[Sequence[st
                     continue
                 before = paired_delta(metric, *at["default"], resamples, level, seed)
                 after = paired_delta(metric, *at["tuned"], resamples, level, seed)
-                rows.append((dataset, f"{better} > {worse}", metric, *before, *after, ordering_changed(before, after)))
+                rows.append((dataset, claim_label(better, worse), metric, *before, *after,
+                             ordering_changed(before, after)))
     claims_table = pd.DataFrame(rows, columns=["dataset", "claim", "metric", "default", "default_low", "default_high",
                                                "tuned", "tuned_low", "tuned_high", "changed"])
     return methods, claims_table
@@ -345,8 +351,8 @@ def interval_text(value: float, low: float, high: float, signed: bool = False) -
 
 def left_out(asked: Sequence[Sequence[str]], claims: pd.DataFrame) -> list[str]:
     """The claims asked for that the claims table lacks (a side not tuned, or without runs)."""
-    shown = set(claims["claim"]) if len(claims) else set()
-    return [claim for claim in dict.fromkeys(f"{better} > {worse}" for better, worse in asked) if claim not in shown]
+    shown = set(claims["claim"])
+    return [claim for claim in dict.fromkeys(claim_label(*pair) for pair in asked) if claim not in shown]
 
 
 def markdown(selected: pd.DataFrame, methods: pd.DataFrame, claims: pd.DataFrame, level: float,
