@@ -1,11 +1,13 @@
-# Item semantic IDs (workflow/semantic_ids.py): RQ k-means codes of the base model's title
-# embeddings, and the items table with the IDs as titles that the sid prompt's runs read (run_items).
+# Item semantic IDs (workflow/semantic_ids.py): RQ k-means codes of item embeddings (the base model's
+# title embeddings, SASRec's, or both: semantic_ids.embeddings), and the items table with the IDs as
+# titles that the sid prompt's runs read (run_items).
+from workflow.dag import sid_embeddings
 
 
 rule semantic_ids:
     input:
         **dataset_files(config, "{dataset}"),
-        embeddings=llm_table(config, "{dataset}", "title_embeddings"),
+        embeddings=sid_embeddings(config, "{dataset}"),
     output:
         codes=dataset_files(config, "{dataset}", "semantic_ids")["semantic_ids"],
         item_table=dataset_files(config, "{dataset}", "sid_item_table")["sid_item_table"],

@@ -59,6 +59,28 @@ def test_semantic_ids_unique_even_for_identical_embeddings():
     pd.testing.assert_frame_equal(table, again)  # seeded: the same IDs every time
 
 
+def test_item_embeddings_from_two_sources_weigh_the_same(tmp_path):
+    gen = np.random.default_rng(2)
+    ids = [f"i{k}" for k in range(6)]
+    wide = gen.normal(size=(6, 8)) * 1000.0  # a wide source on a large scale: must not dominate
+    narrow = gen.normal(size=(6, 2))
+    paths = []
+    for name, rows in (("title", wide), ("sasrec", narrow)):
+        path = tmp_path / f"{name}.parquet"
+        # stored in another item order than asked for: rows are matched by item_id
+        pd.DataFrame({"item_id": ids[::-1], "embedding": list(rows[::-1].astype(np.float32))}).to_parquet(path)
+        paths.append(path)
+    joined = semantic_ids.item_embeddings(paths, ids)
+    assert joined.shape == (6, 10)
+    for block, raw in ((joined[:, :8], wide), (joined[:, 8:], narrow)):
+        np.testing.assert_allclose(np.linalg.norm(block, axis=1), 1.0, rtol=1e-5)  # unit rows per source
+        centred = raw - raw.mean(axis=0)
+        np.testing.assert_allclose(block, centred / np.linalg.norm(centred, axis=1, keepdims=True), rtol=1e-4,
+                                   atol=1e-6)
+    with pytest.raises(ValueError, match="no embedding for 1 items"):
+        semantic_ids.item_embeddings(paths, ids + ["unknown"])
+
+
 def test_sid_items_and_tokens():
     items = pd.DataFrame({"item_id": ["x", "y"], "title": ["<a_3><b_0>", "<a_10><b_1>"]})
     assert semantic_ids.sid_items(items)

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from tiny_workflow import failure, snakemake
+from workflow.io import read_provenance
 
 RUNS = {"base-open", "base-candidate", "sft-open", "dmpo-open", "sdpo-open", "dynamicpo-open", "lpo4rec-open", "napo-open",
         "sprec-open", "sft-candidate", "dmpo-candidate-n4", "llara-candidate", "ilora-open", "soft-open",
@@ -51,6 +52,8 @@ def test_whole_dag_writes_every_artifact(tiny_run):
     # semantic IDs: one per ranked item, unique; the sid runs trained the ID tokens beside LoRA
     ids = pd.read_parquet(results / "tiny/data/semantic_ids.parquet")
     assert ids["sid"].is_unique and len(ids) == len(pd.read_parquet(results / "tiny/data/items_sid.parquet"))
+    sid_config = read_provenance(results / "tiny/data/semantic_ids.parquet")["config"]["semantic_ids"]
+    assert sid_config["embeddings"] == ["title", "sasrec"]  # the codes of both tables side by side
     sid_adapter = json.loads((results / "tiny/llm/sft-sid/random/adapter/adapter_config.json").read_text())
     assert len(sid_adapter["trainable_token_indices"]["embed_tokens"]) > 0
     # constrained decoding names a candidate every time; the free answers' categories sum to 1

@@ -65,8 +65,9 @@ def tiny_config(tmp: Path, model_dir: Path) -> dict:
         "evaluation": {"max_new_tokens": 6, "batch_size": 4, "generation_samples": 6, "catalogue_beams": 4,
                        "protocols": ["likelihood", "generation", "grounded", "generation_constrained",
                                      "likelihood_reversed", "catalogue"]},
-        # the sid prompt's items: 2 levels of 4 codes (+ the collision level) over the tiny catalogue
-        "semantic_ids": {"levels": 2, "codebook_size": 4, "iterations": 5},
+        # the sid prompt's items: 2 levels of 4 codes (+ the collision level) over the tiny catalogue,
+        # of the title and the SASRec embeddings side by side
+        "semantic_ids": {"levels": 2, "codebook_size": 4, "iterations": 5, "embeddings": ["title", "sasrec"]},
         "preference": {"batch_size": 2, "grad_accum": 1},
         "dmpo": {"k": 2, "prompt": "open"}, "sdpo": {"k": 2, "prompt": "open"}, "dynamicpo": {"k": 3, "prompt": "open"},
         # reference-free (no reference log-probs read), and two self-play rounds (sprec-open-r1, then

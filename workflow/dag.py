@@ -117,6 +117,13 @@ def llm_table(config: Config, dataset: str, name: str) -> str:
     return f"{config['results']}/{dataset}/llm/{name}.parquet"
 
 
+def sid_embeddings(config: Config, dataset: str) -> list[str]:
+    """The item embedding tables the semantic IDs quantise, in `semantic_ids.embeddings` order."""
+    tables = {"title": llm_table(config, dataset, "title_embeddings"),
+              "sasrec": surrogate_files(config, dataset, "item_vectors")["item_vectors"]}
+    return [tables[source] for source in config["semantic_ids"]["embeddings"]]
+
+
 def stored_inputs(config: Config, dataset: str, protocols: list[str]) -> dict[str, str]:
     """The stored inputs evaluating `protocols` reads (workflow/protocol_table.py reads; the title
     embeddings for grounded), as named inputs."""

@@ -3,11 +3,17 @@ quantisation of its text embedding, shown to and answered by the LLM as added to
 
 Codes (`residual_codes`): RQ k-means, MiniOneRec's `rqkmeans` variant, with faiss's k-means: level
 1 clusters the item embeddings into `codebook_size` centroids, each next level clusters the residuals
-(embedding minus the centroids chosen so far); `levels` levels. Embeddings are the base model's title
-embeddings (last layer, last token: rule title_embeddings, the grounded protocol's), centred and
-scaled to unit norm first so that no direction of the raw hidden state dominates the distances. An
-RQ-VAE (MiniOneRec's default) would learn the encoder too; the k-means form needs no training loop
-and is their documented alternative.
+(embedding minus the centroids chosen so far); `levels` levels. An RQ-VAE (MiniOneRec's default)
+would learn the encoder too; the k-means form needs no training loop and is their documented
+alternative.
+
+Embeddings (`embeddings`, one or more sources, `item_embeddings`): `title`, the base model's title
+embeddings (last layer, last token: rule title_embeddings, the grounded protocol's), the content
+embedding of TIGER and MiniOneRec; `sasrec`, the SASRec surrogate's item embeddings (trained on the
+train split), a collaborative index as Hua et al. (2023) compare with content ones, in which items
+consumed together share code prefixes; both, side by side, as LETTER and LC-Rec mix the two signals
+(here without training: each source centred and scaled to unit norm, so each weighs the same in the
+distances, then the row scaled again).
 
 Collisions (items whose codes agree on every level): TIGER's resolution, one more level whose code
 numbers the items sharing a code sequence (0, 1, ... in item-id order; 0 for an item alone), so every
@@ -24,6 +30,7 @@ tokens of such a table, in a fixed order (level, code), so training and evaluati
 token ids.
 
     python -m workflow.semantic_ids --items results/ml-100k/data/items.parquet \
+        --samples results/ml-100k/data/samples.parquet \
         --embeddings results/ml-100k/llm/title_embeddings.parquet --spec '{"levels": 3, ...}' \
         --seed 42 --out results/ml-100k/data/semantic_ids.parquet --out-items results/ml-100k/data/items_sid.parquet
 """
@@ -144,6 +151,12 @@ def sid_tokens(items: pd.DataFrame) -> list[str]:
     return [f"<{letter}_{code}>" for letter, code in sorted(found)]
 
 
+def item_embeddings(paths, item_ids) -> np.ndarray:
+    """[n, sum of H] the rows of one or more item embedding tables side by side, each source
+    normalised first so that none dominates by its scale or width (module docstring)."""
+    return np.concatenate([normalised(embedding_rows(path, item_ids)) for path in paths], axis=1)
+
+
 def embedding_rows(path, item_ids) -> np.ndarray:
     """[n, H] rows of an item_id, embedding table (rule title_embeddings) in the order of
     `item_ids`; every item must have one."""
@@ -159,10 +172,12 @@ def embedding_rows(path, item_ids) -> np.ndarray:
 
 
 def main(argv=None) -> int:
-    p = cli.parser("Semantic IDs of the items: RQ k-means codes of their title embeddings, collisions numbered.")
+    p = cli.parser("Semantic IDs of the items: RQ k-means codes of their embeddings, collisions numbered.")
     p.add_argument("--items", required=True, help="items.parquet (item_id, title)")
     p.add_argument("--samples", required=True, help="samples.parquet: the IDs cover its item universe")
-    p.add_argument("--embeddings", required=True, help="title_embeddings.parquet (item_id, embedding)")
+    p.add_argument("--embeddings", required=True, nargs="+",
+                   help="item embedding tables (item_id, embedding): title_embeddings.parquet, the surrogate's "
+                        "item_embeddings.parquet, or both (joined side by side)")
     p.add_argument("--spec", type=cli.json_arg, required=True, help='JSON {"levels": 3, "codebook_size": 32, ...}')
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out", required=True, help="semantic_ids.parquet (item_id, codes, sid)")
@@ -177,7 +192,7 @@ def main(argv=None) -> int:
         items["item_id"] = items["item_id"].astype(str)
         universe = sorted(item_vocabulary(pd.read_parquet(args.samples, columns=["history", "target", "candidates"]),
                                           items, source=args.items))
-        table = semantic_ids(universe, embedding_rows(args.embeddings, universe), spec, args.seed)
+        table = semantic_ids(universe, item_embeddings(args.embeddings, universe), spec, args.seed)
         write_parquet(table, args.out, schema=SCHEMA, config={"semantic_ids": spec}, seed=args.seed)
         write_parquet(sid_item_table(items, table), args.out_items, config={"semantic_ids": spec}, seed=args.seed)
 
