@@ -1,5 +1,6 @@
 """Item semantic IDs (TIGER, LC-Rec, MiniOneRec): each item gets a short code sequence from residual
-quantisation of its text embedding, shown to and answered by the LLM as added tokens.
+quantisation of its embedding (title text, SASRec, or both), shown to and answered by the LLM as
+added tokens.
 
 Codes (`residual_codes`): RQ k-means, MiniOneRec's `rqkmeans` variant, with faiss's k-means: level
 1 clusters the item embeddings into `codebook_size` centroids, each next level clusters the residuals
@@ -13,7 +14,8 @@ embedding of TIGER and MiniOneRec; `sasrec`, the SASRec surrogate's item embeddi
 train split), a collaborative index as Hua et al. (2023) compare with content ones, in which items
 consumed together share code prefixes; both, side by side, as LETTER and LC-Rec mix the two signals
 (here without training: each source centred and scaled to unit norm, so each weighs the same in the
-distances, then the row scaled again).
+distances). Whatever the source, the rows are centred and scaled to unit norm before clustering so
+that no direction of a raw hidden state dominates the distances.
 
 Collisions (items whose codes agree on every level): TIGER's resolution, one more level whose code
 numbers the items sharing a code sequence (0, 1, ... in item-id order; 0 for an item alone), so every
@@ -152,8 +154,11 @@ def sid_tokens(items: pd.DataFrame) -> list[str]:
 
 
 def item_embeddings(paths, item_ids) -> np.ndarray:
-    """[n, sum of H] the rows of one or more item embedding tables side by side, each source
-    normalised first so that none dominates by its scale or width (module docstring)."""
+    """[n, H] the rows of one item embedding table, or of several side by side, each normalised
+    first so that none dominates by its scale or width (module docstring); `semantic_ids`
+    normalises the result as it does any embedding."""
+    if len(paths) == 1:
+        return embedding_rows(paths[0], item_ids)
     return np.concatenate([normalised(embedding_rows(path, item_ids)) for path in paths], axis=1)
 
 
