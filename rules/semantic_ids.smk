@@ -1,19 +1,19 @@
-# Item semantic IDs (workflow/semantic_ids.py): RQ k-means codes of item embeddings (the base model's
-# title embeddings, SASRec's, or both: semantic_ids.embeddings), and the items table with the IDs as
-# titles that the sid prompt's runs read (run_items).
-from workflow.dag import sid_embeddings
+# Item code IDs (workflow/semantic_ids.py), one set per ID prompt: RQ k-means codes of item embeddings
+# (sid: the base model's title embeddings; cid: SASRec's; semantic_ids.embeddings), and the items table
+# with the IDs as titles that the prompt's runs read (run_items).
+from workflow.dag import id_embeddings, id_files, id_spec
+from workflow.runs import ID_PROMPTS
 
 
 rule semantic_ids:
     input:
         **dataset_files(config, "{dataset}"),
-        embeddings=sid_embeddings(config, "{dataset}"),
-    output:
-        codes=dataset_files(config, "{dataset}", "semantic_ids")["semantic_ids"],
-        item_table=dataset_files(config, "{dataset}", "sid_item_table")["sid_item_table"],
-    params: spec=spec_arg(config["semantic_ids"]), seed=config["seed"],
-    log: logged("{dataset}/semantic_ids"),
-    benchmark: benchmarked("{dataset}/semantic_ids"),
+        embeddings=partial(id_embeddings, config),
+    output: **id_files(config, "{dataset}", "{prompt}"),
+    wildcard_constraints: prompt="|".join(ID_PROMPTS),
+    params: spec=partial(id_spec, config), seed=config["seed"],
+    log: logged("{dataset}/semantic_ids_{prompt}"),
+    benchmark: benchmarked("{dataset}/semantic_ids_{prompt}"),
     resources: **job_resources("semantic_ids", "2GB", "15m"),
     conda:
         "../envs/cpu.yaml"

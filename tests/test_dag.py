@@ -256,10 +256,18 @@ def test_the_inputs_of_a_runs_stages():
     w = partial(Wildcards, dataset="ml", selection="random")
     assert dag.run_items(c, w(run="sft-sid")) == "results/ml/data/items_sid.parquet"
     assert dag.run_items(c, w(run="sft-open")) == "results/ml/data/items.parquet"
-    assert dag.sid_embeddings(c, "ml") == ["results/ml/llm/title_embeddings.parquet"]  # content IDs by default
-    both = config(semantic_ids={"embeddings": ["sasrec", "title"]})
-    assert dag.sid_embeddings(both, "ml") == ["results/ml/surrogate/item_embeddings.parquet",
-                                              "results/ml/llm/title_embeddings.parquet"]
+    assert dag.run_items(c, w(run="sft-cid-n64")) == "results/ml/data/items_cid.parquet"
+    # each ID prompt's codes quantise its own embeddings: content (sid) and collaborative (cid) by default
+    ids = partial(Wildcards, dataset="ml")
+    assert dag.id_embeddings(c, ids(prompt="sid")) == ["results/ml/llm/title_embeddings.parquet"]
+    assert dag.id_embeddings(c, ids(prompt="cid")) == ["results/ml/surrogate/item_embeddings.parquet"]
+    assert json.loads(dag.id_spec(c, ids(prompt="cid"))) == {"levels": 3, "codebook_size": 32, "iterations": 20,
+                                                              "embeddings": ["sasrec"]}
+    both = config(semantic_ids={"embeddings": {"cid": ["sasrec", "title"]}})
+    assert dag.id_embeddings(both, ids(prompt="cid")) == ["results/ml/surrogate/item_embeddings.parquet",
+                                                          "results/ml/llm/title_embeddings.parquet"]
+    assert dag.id_files(c, "ml", "cid") == {"codes": "results/ml/data/codes_cid.parquet",
+                                            "item_table": "results/ml/data/items_cid.parquet"}
     assert dag.training_selection(c, w(run="sft-open-n64-s43")) == \
         "results/ml/selection/budget/random-s43-n64-s43.parquet"
     assert dag.sft_file(c, "adapter")(w(run="dmpo-open-k3")) == "results/ml/llm/sft-open/random/adapter"

@@ -28,6 +28,8 @@ def test_the_table_says_what_the_prompts_support():
     assert set(protocols.supported("candidate")) == {"likelihood", "generation", "generation_constrained",
                                                      "likelihood_reversed"}
     assert set(protocols.supported("open")) == {"likelihood", "grounded", "catalogue"}
+    for prompt in runs.ID_PROMPTS:  # items shown by code ID: scored over the candidates or the whole catalogue
+        assert set(protocols.supported(prompt)) == {"likelihood", "catalogue"}
     assert runs.parse("sft-open").protocols(["generation", "grounded", "likelihood"]) == ["grounded", "likelihood"]
     with pytest.raises(ValueError, match="the open prompt supports likelihood, grounded"):
         protocols.resolve(["generation"], "open")

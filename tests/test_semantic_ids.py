@@ -82,6 +82,33 @@ def test_item_embeddings_from_two_sources_weigh_the_same(tmp_path):
         semantic_ids.item_embeddings(paths, ids + ["unknown"])
 
 
+def test_the_command_line_records_the_sources_it_quantised(tmp_path):
+    from workflow.io import read_provenance
+
+    gen = np.random.default_rng(4)
+    ids = [f"i{k}" for k in range(12)]
+    pd.DataFrame({"item_id": ids, "title": [f"Film {k}" for k in range(12)]}).to_parquet(tmp_path / "items.parquet")
+    pd.DataFrame({"sample_id": ["s0"], "split": ["train"], "history": [ids[:6]], "target": [ids[6]],
+                  "candidates": [ids[6:]]}).to_parquet(tmp_path / "samples.parquet")
+    tables = []
+    for name in ("title", "sasrec"):
+        tables.append(str(tmp_path / f"{name}.parquet"))
+        pd.DataFrame({"item_id": ids, "embedding": list(gen.normal(size=(12, 4)).astype(np.float32))}).to_parquet(
+            tables[-1])
+    argv = ["--items", str(tmp_path / "items.parquet"), "--samples", str(tmp_path / "samples.parquet"),
+            "--embeddings", *tables, "--seed", "1", "--out", str(tmp_path / "codes.parquet"),
+            "--out-items", str(tmp_path / "items_cid.parquet"), "--spec"]
+    spec = {"levels": 2, "codebook_size": 3, "iterations": 5}
+    assert semantic_ids.main([*argv, json.dumps({**spec, "embeddings": ["title", "sasrec"]})]) == 0
+    assert read_provenance(tmp_path / "codes.parquet")["config"]["semantic_ids"] == {
+        **spec, "embeddings": ["title", "sasrec"]}
+    assert semantic_ids.sid_items(pd.read_parquet(tmp_path / "items_cid.parquet"))
+    # a spec that does not name every table it is given fails, naming the key, and writes nothing
+    (tmp_path / "codes.parquet").unlink()
+    assert semantic_ids.main([*argv, json.dumps({**spec, "embeddings": ["title"]})]) != 0
+    assert not (tmp_path / "codes.parquet").exists()
+
+
 def test_sid_items_and_tokens():
     items = pd.DataFrame({"item_id": ["x", "y"], "title": ["<a_3><b_0>", "<a_10><b_1>"]})
     assert semantic_ids.sid_items(items)

@@ -13,7 +13,7 @@ from workflow.io import read_provenance
 
 RUNS = {"base-open", "base-candidate", "sft-open", "dmpo-open", "sdpo-open", "dynamicpo-open", "lpo4rec-open", "napo-open",
         "sprec-open", "sft-candidate", "dmpo-candidate-n4", "llara-candidate", "ilora-open", "soft-open",
-        "base-sid", "sft-sid", "dmpo-sid", "rere-sid"}
+        "base-sid", "sft-sid", "dmpo-sid", "rere-sid", "base-cid", "sft-cid"}
 
 
 def test_whole_dag_writes_every_artifact(tiny_run):
@@ -50,10 +50,14 @@ def test_whole_dag_writes_every_artifact(tiny_run):
     assert catalogue.loc[catalogue["metric"] == "hr@10", "delta_vs_sasrec"].notna().all()
     assert "### Whole catalogue" in (results / "summary.md").read_text()
     # semantic IDs: one per ranked item, unique; the sid runs trained the ID tokens beside LoRA
-    ids = pd.read_parquet(results / "tiny/data/semantic_ids.parquet")
-    assert ids["sid"].is_unique and len(ids) == len(pd.read_parquet(results / "tiny/data/items_sid.parquet"))
-    sid_config = read_provenance(results / "tiny/data/semantic_ids.parquet")["config"]["semantic_ids"]
-    assert sid_config["embeddings"] == ["title", "sasrec"]  # the codes of both tables side by side
+    codes = {}
+    for prompt, sources in (("sid", ["title"]), ("cid", ["title", "sasrec"])):
+        codes[prompt] = pd.read_parquet(results / f"tiny/data/codes_{prompt}.parquet")
+        items = pd.read_parquet(results / f"tiny/data/items_{prompt}.parquet")
+        assert codes[prompt]["sid"].is_unique and len(codes[prompt]) == len(items)
+        assert read_provenance(results / f"tiny/data/codes_{prompt}.parquet")["config"]["semantic_ids"][
+            "embeddings"] == sources  # what each prompt's codes quantise
+    assert not codes["sid"]["codes"].equals(codes["cid"]["codes"])
     sid_adapter = json.loads((results / "tiny/llm/sft-sid/random/adapter/adapter_config.json").read_text())
     assert len(sid_adapter["trainable_token_indices"]["embed_tokens"]) > 0
     # constrained decoding names a candidate every time; the free answers' categories sum to 1

@@ -65,9 +65,9 @@ def tiny_config(tmp: Path, model_dir: Path) -> dict:
         "evaluation": {"max_new_tokens": 6, "batch_size": 4, "generation_samples": 6, "catalogue_beams": 4,
                        "protocols": ["likelihood", "generation", "grounded", "generation_constrained",
                                      "likelihood_reversed", "catalogue"]},
-        # the sid prompt's items: 2 levels of 4 codes (+ the collision level) over the tiny catalogue,
-        # of the title and the SASRec embeddings side by side
-        "semantic_ids": {"levels": 2, "codebook_size": 4, "iterations": 5, "embeddings": ["title", "sasrec"]},
+        # the ID prompts' items: 2 levels of 4 codes (+ the collision level) over the tiny catalogue; sid's
+        # of the title embeddings, cid's of the title and the SASRec embeddings side by side
+        "semantic_ids": {"levels": 2, "codebook_size": 4, "iterations": 5, "embeddings": {"cid": ["title", "sasrec"]}},
         "preference": {"batch_size": 2, "grad_accum": 1},
         "dmpo": {"k": 2, "prompt": "open"}, "sdpo": {"k": 2, "prompt": "open"}, "dynamicpo": {"k": 3, "prompt": "open"},
         # reference-free (no reference log-probs read), and two self-play rounds (sprec-open-r1, then
@@ -83,9 +83,9 @@ def tiny_config(tmp: Path, model_dir: Path) -> dict:
         "soft": {"prompt": "open", "batch_size": 2, "grad_accum": 1, "lora_r": 4, "lora_alpha": 8, "probe_size": 2,
                  "num_beams": 2, "early_stopping": {"metric": "hr@10", "patience": 1, "samples": 3}},
         # both prompts, and a run on a nested 4 of the 8 selected samples (it trains sft-candidate-n4 first)
-        # and the sid prompt (semantic IDs): sft, dmpo and rere from it
+        # and the ID prompts: sft, dmpo and rere under sid (content IDs), sft under cid (collaborative)
         "methods": ["base", "sft", "dmpo", "sdpo", "dynamicpo", "lpo4rec", "napo", "sprec", "sft-candidate",
-                    "dmpo-candidate-n4", "llara", "ilora", "soft", "sft-sid", "dmpo-sid", "rere-sid"],
+                    "dmpo-candidate-n4", "llara", "ilora", "soft", "sft-sid", "dmpo-sid", "rere-sid", "sft-cid"],
         # GRPO over the policy's beam of 3 semantic IDs across the catalogue, its reference online
         "rere": {"prompt": "sid", "group_size": 3, "lr": 0.001, "epochs": 1},
         # explained runs: a preference run and SOFT (both against their sft)

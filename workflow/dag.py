@@ -16,7 +16,7 @@ import pandas as pd
 from workflow.formats import resolve_files
 from workflow.protocol_table import reads as protocol_reads
 from workflow.methods import METHODS
-from workflow.runs import (HYBRID, Run, at_seed, block as run_block, config_runs, config_seeds, needs_reference,
+from workflow.runs import (HYBRID, ID_PROMPTS, Run, at_seed, block as run_block, config_runs, config_seeds, needs_reference,
                            parse as parse_run, previous_round, run_seed, run_selections, sft_phase, study_points,
                            study_seeds)
 from workflow.selection.dealrec import STRATEGIES as DEALREC_STRATEGIES
@@ -30,9 +30,7 @@ Config = dict[str, Any]
 LLM_RULES = frozenset({"title_embeddings", "evaluate", "evaluate_transfer", "explain", "sft", "hybrid",
                        "reference_logprobs", "preference", "gates", "effort_scores", "self_distill", "soft"})
 # The prepared dataset's files by input name (`items` would shadow Namedlist.items()).
-DATASET_FILES = {"interactions": "interactions", "samples": "samples", "item_table": "items",
-                 # rule semantic_ids: the item codes, and the items table with the IDs as titles (the sid prompt's)
-                 "semantic_ids": "semantic_ids", "sid_item_table": "items_sid"}
+DATASET_FILES = {"interactions": "interactions", "samples": "samples", "item_table": "items"}
 # The surrogate's files by name; llara, ilora and napo read the two tables (`--surrogate` takes their folder).
 SURROGATE_FILES = {"model": "model.pt", "meta": "model.json", "item_vectors": "item_embeddings.parquet",
                    "sequence_vectors": "sequence_repr.parquet", "metrics": "metrics.parquet"}
@@ -117,11 +115,25 @@ def llm_table(config: Config, dataset: str, name: str) -> str:
     return f"{config['results']}/{dataset}/llm/{name}.parquet"
 
 
-def sid_embeddings(config: Config, dataset: str) -> list[str]:
-    """The item embedding tables the semantic IDs quantise, in `semantic_ids.embeddings` order."""
-    tables = {"title": llm_table(config, dataset, "title_embeddings"),
-              "sasrec": surrogate_files(config, dataset, "item_vectors")["item_vectors"]}
-    return [tables[source] for source in config["semantic_ids"]["embeddings"]]
+def id_files(config: Config, dataset: str, prompt: str) -> dict[str, str]:
+    """Rule semantic_ids' outputs for one ID prompt (sid, cid): the item codes, and the items table
+    with the IDs as titles that the prompt's runs read."""
+    folder = f"{config['results']}/{dataset}/data"
+    return {"codes": f"{folder}/codes_{prompt}.parquet", "item_table": f"{folder}/items_{prompt}.parquet"}
+
+
+def id_embeddings(config: Config, wildcards) -> list[str]:
+    """The item embedding tables an ID prompt's codes quantise (`semantic_ids.embeddings.<prompt>`), in order."""
+    tables = {"title": llm_table(config, wildcards.dataset, "title_embeddings"),
+              "sasrec": surrogate_files(config, wildcards.dataset, "item_vectors")["item_vectors"]}
+    return [tables[source] for source in config["semantic_ids"]["embeddings"][wildcards.prompt]]
+
+
+def id_spec(config: Config, wildcards) -> str:
+    """Rule semantic_ids' --spec for one ID prompt: the codes' settings and that prompt's embeddings."""
+    block = config["semantic_ids"]
+    return spec_arg({**{k: v for k, v in block.items() if k != "embeddings"},
+                     "embeddings": block["embeddings"][wildcards.prompt]})
 
 
 def stored_inputs(config: Config, dataset: str, protocols: list[str]) -> dict[str, str]:
@@ -191,10 +203,12 @@ def selection_path(config: Config, dataset: str, *names: str) -> str:
 
 
 def run_items(config: Config, wildcards) -> str:
-    """The items table a run reads: the sid prompt's shows every item by its semantic ID (rule
+    """The items table a run reads: an ID prompt's (sid, cid) shows every item by its code ID (rule
     semantic_ids), every other prompt the titles."""
-    name = "sid_item_table" if parse_run(wildcards.run).prompt == "sid" else "item_table"
-    return dataset_files(config, wildcards.dataset, name)[name]
+    prompt = parse_run(wildcards.run).prompt
+    if prompt in ID_PROMPTS:
+        return id_files(config, wildcards.dataset, prompt)["item_table"]
+    return dataset_files(config, wildcards.dataset)["item_table"]
 
 
 def training_selection(config: Config, wildcards) -> str:

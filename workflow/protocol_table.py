@@ -41,7 +41,7 @@ FULL_RANKING_METRICS = (*(f"hr@{k}" for k in metrics.FULL_RANKING_KS), *(f"ndcg@
 # The order is the order protocols run in and their rows in the metrics tables (and summary.md's
 # paired-differences sections).
 PROTOCOLS: dict[str, Protocol] = {
-    "likelihood": Protocol(prompts=("candidate", "open", "sid"), metrics=CANDIDATE_METRICS,
+    "likelihood": Protocol(prompts=("candidate", "open", "sid", "cid"), metrics=CANDIDATE_METRICS,
                            headline=("hr@1", "mrr", "auc"), popularity="likelihood", scores=True,
                            columns=("candidate_logprob", "candidate_tokens", "target_rank", "target_rank_norm")),
     "likelihood_norm": Protocol(metrics=CANDIDATE_METRICS, headline=("hr@1", "mrr", "auc"),
@@ -60,7 +60,7 @@ PROTOCOLS: dict[str, Protocol] = {
     "generation_constrained": Protocol(prompts=("candidate",), metrics=("valid", "hit"),
                                        headline=("hit",), decodes="constrained",
                                        columns=("constrained_generated", "constrained_item")),
-    "catalogue": Protocol(prompts=("open", "sid"), metrics=(*FULL_RANKING_METRICS, "invalid", "duplicate"),
+    "catalogue": Protocol(prompts=("open", "sid", "cid"), metrics=(*FULL_RANKING_METRICS, "invalid", "duplicate"),
                           headline=("hr@10", "ndcg@10"), popularity="full_ranking", decodes="catalogue",
                           columns=("catalogue_top", "catalogue_target_rank")),
     "full_ranking": Protocol(metrics=FULL_RANKING_METRICS, popularity="full_ranking"),  # baselines, SASRec

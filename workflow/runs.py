@@ -44,7 +44,11 @@ import numpy as np
 from workflow.methods import METHODS as DECLARED, of_family
 from workflow.protocol_table import supported as supported_protocols
 
-PROMPTS = ("candidate", "open", "sid")  # sid: items shown and answered by semantic ID (workflow/semantic_ids.py)
+# The prompts that show and answer every item by a code ID (workflow/semantic_ids.py; what each quantises:
+# config `semantic_ids.embeddings`): sid, content IDs of the items' titles (TIGER, MiniOneRec); cid,
+# collaborative IDs of SASRec's item embeddings (Hua et al. 2023).
+ID_PROMPTS = ("sid", "cid")
+PROMPTS = ("candidate", "open", *ID_PROMPTS)
 # The method sets, from the one declaration per method (workflow/methods.py).
 PREFERENCE = of_family("preference")  # workflow/llm/preference.py
 TRAINED = tuple(DECLARED)

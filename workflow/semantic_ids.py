@@ -8,14 +8,16 @@ Codes (`residual_codes`): RQ k-means, MiniOneRec's `rqkmeans` variant, with fais
 would learn the encoder too; the k-means form needs no training loop and is their documented
 alternative.
 
-Embeddings (`embeddings`, one or more sources, `item_embeddings`): `title`, the base model's title
-embeddings (last layer, last token: rule title_embeddings, the grounded protocol's), the content
-embedding of TIGER and MiniOneRec; `sasrec`, the SASRec surrogate's item embeddings (trained on the
-train split), a collaborative index as Hua et al. (2023) compare with content ones, in which items
-consumed together share code prefixes; both, side by side, as LETTER and LC-Rec mix the two signals
-(here without training: each source centred and scaled to unit norm, so each weighs the same in the
-distances). Whatever the source, the rows are centred and scaled to unit norm before clustering so
-that no direction of a raw hidden state dominates the distances.
+Embeddings: one set of codes per ID prompt (workflow/runs.py `ID_PROMPTS`), each quantising the
+sources config `semantic_ids.embeddings.<prompt>` lists (`item_embeddings`): `title`, the base model's
+title embeddings (last layer, last token: rule title_embeddings, the grounded protocol's), the content
+embedding of TIGER and MiniOneRec (the sid prompt's); `sasrec`, the SASRec surrogate's item
+embeddings (trained on the train split), a collaborative index as Hua et al. (2023) compare with
+content ones, in which items that follow the same histories share code prefixes (the cid prompt's);
+both, side by side, as LETTER and LC-Rec mix the two signals (here without training: each source
+centred and scaled to unit norm, so each weighs the same in the distances). Whatever the source, the
+rows are centred and scaled to unit norm before clustering so that no direction of a raw hidden
+state dominates the distances.
 
 Collisions (items whose codes agree on every level): TIGER's resolution, one more level whose code
 numbers the items sharing a code sequence (0, 1, ... in item-id order; 0 for an item alone), so every
@@ -33,8 +35,8 @@ token ids.
 
     python -m workflow.semantic_ids --items results/ml-100k/data/items.parquet \
         --samples results/ml-100k/data/samples.parquet \
-        --embeddings results/ml-100k/llm/title_embeddings.parquet --spec '{"levels": 3, ...}' \
-        --seed 42 --out results/ml-100k/data/semantic_ids.parquet --out-items results/ml-100k/data/items_sid.parquet
+        --embeddings results/ml-100k/llm/title_embeddings.parquet --spec '{"levels": 3, "embeddings": ["title"], ...}' \
+        --seed 42 --out results/ml-100k/data/codes_sid.parquet --out-items results/ml-100k/data/items_sid.parquet
 """
 from __future__ import annotations
 
@@ -183,7 +185,8 @@ def main(argv=None) -> int:
     p.add_argument("--embeddings", required=True, nargs="+",
                    help="item embedding tables (item_id, embedding): title_embeddings.parquet, the surrogate's "
                         "item_embeddings.parquet, or both (joined side by side)")
-    p.add_argument("--spec", type=cli.json_arg, required=True, help='JSON {"levels": 3, "codebook_size": 32, ...}')
+    p.add_argument("--spec", type=cli.json_arg, required=True,
+                   help='JSON {"levels": 3, "codebook_size": 32, "embeddings": ["title"], ...}')
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out", required=True, help="semantic_ids.parquet (item_id, codes, sid)")
     p.add_argument("--out-items", required=True, help="the items table with the IDs as titles (the sid prompt's)")
@@ -192,7 +195,13 @@ def main(argv=None) -> int:
         from workflow.config import stage_settings
         from workflow.prepare import item_vocabulary
 
-        spec = stage_settings({"semantic_ids": args.spec}, {"semantic_ids": "semantic_ids"})["semantic_ids"]
+        block = dict(args.spec)
+        sources = block.pop("embeddings", None)  # the names of the --embeddings tables, for the provenance
+        if sources is None or len(sources) != len(args.embeddings):
+            raise ValueError(f"--spec: `embeddings` must name each of the {len(args.embeddings)} --embeddings tables "
+                             f"(semantic_ids.embeddings.<prompt>), got {sources!r}")
+        spec = {**stage_settings({"semantic_ids": block}, {"semantic_ids": "semantic_ids"})["semantic_ids"],
+                "embeddings": sources}
         items = pd.read_parquet(args.items)
         items["item_id"] = items["item_id"].astype(str)
         universe = sorted(item_vocabulary(pd.read_parquet(args.samples, columns=["history", "target", "candidates"]),

@@ -11,6 +11,8 @@ from typing import Any
 
 import pandas as pd
 
+from workflow.runs import ID_PROMPTS, PROMPTS
+
 SAMPLE_COLUMNS = ["sample_id", "split", "history", "target", "candidates"]
 
 
@@ -40,7 +42,7 @@ def read_training_samples(samples_path: str | Path, selection_path: str | Path) 
 def prompt_ids(tokenizer, prompt: str, history_titles, candidate_titles, domain: str, llm: dict[str, Any],
                item_marker: str | None = None) -> list[int]:
     """The rendered prompt of kind `prompt` (candidate: history and candidates; open: history only;
-    sid: history only, every item shown by its semantic ID);
+    sid, cid: history only, every item shown by its code ID);
     `item_marker` after every listed title for the hybrid prompt (workflow/llm/llara.py)."""
     from workflow.llm import prompts
 
@@ -50,6 +52,6 @@ def prompt_ids(tokenizer, prompt: str, history_titles, candidate_titles, domain:
         return prompts.candidate_prompt_ids(tokenizer, history_titles, candidate_titles, domain, **budget)
     if prompt == "open":
         return prompts.open_prompt_ids(tokenizer, history_titles, domain, **budget)
-    if prompt == "sid":  # the items' "titles" are their semantic IDs (the sid items table)
+    if prompt in ID_PROMPTS:  # the items' "titles" are their code IDs (the prompt's items table)
         return prompts.sid_prompt_ids(tokenizer, history_titles, domain, max_prompt_tokens=llm["max_prompt_tokens"])
-    raise ValueError(f"unknown prompt {prompt!r} (known: candidate, open, sid)")
+    raise ValueError(f"unknown prompt {prompt!r} (known: {', '.join(PROMPTS)})")

@@ -28,6 +28,7 @@ import torch
 from workflow import cli
 from workflow.llm import stage, train
 from workflow.llm.data import prompt_ids
+from workflow.runs import ID_PROMPTS
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ def method(block: dict[str, Any], llm: dict[str, Any], domain: str, prompt: str,
 
     def plan(loaded: stage.Loaded) -> stage.Plan:
         examples = sft_examples(loaded.samples, loaded.items, loaded.tokenizer, domain, llm, prompt)
-        if prompt == "sid" and block["sid_alignment"]:
+        if prompt in ID_PROMPTS and block["sid_alignment"]:
             aligned = alignment_examples(loaded.samples, loaded.items, loaded.tokenizer, domain, llm)
             log.info("with %d ID <-> title alignment examples", len(aligned))
             examples += aligned
