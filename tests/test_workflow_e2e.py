@@ -32,7 +32,7 @@ def test_whole_dag_writes_every_artifact(tiny_run):
     # each prompt's runs report the protocols it supports
     protocols = summary.groupby("method")["protocol"].agg(set).to_dict()
     for run in RUNS:
-        extra = ({"grounded", "catalogue"} if "-open" in run else {"catalogue"} if "-sid" in run
+        extra = ({"grounded", "catalogue"} if "-open" in run else {"catalogue"} if "-sid" in run or "-cid" in run
                  else {"generation", "generation_constrained", "likelihood_reversed"})
         assert protocols[run] == {"likelihood", "likelihood_norm"} | extra, (run, protocols[run])
     assert protocols["sasrec"] == protocols["popularity"] == {"likelihood", "full_ranking"}

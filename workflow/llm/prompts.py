@@ -38,6 +38,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Mapping, Sequence
 
+from workflow.runs import ID_PROMPTS
 from workflow.semantic_ids import sid_items
 
 # domain -> (noun, plural, past tense phrase, present tense phrase)
@@ -210,7 +211,7 @@ def clipped_answer_ids(tokenizer, title: str, max_title_tokens: int = 24) -> lis
 def prompt_inputs(samples, items, tokenizer, domain: str, llm: dict,
                   item_marker: str | None = None) -> dict[str, list]:
     """Token ids of the candidate and open prompts (with `item_marker` after every listed title:
-    the hybrid prompt), of the sid prompt when the items are shown by semantic ID, and of every
+    the hybrid prompt), of the ID prompts (sid, cid) when the items are shown by code ID, and of every
     candidate's answer, and the candidate and history titles as the prompt shows them (clipped)."""
     titles = dict(zip(items["item_id"].astype(str), items["title"].astype(str)))
     budget = dict(max_title_tokens=llm["max_title_tokens"], max_prompt_tokens=llm["max_prompt_tokens"],
@@ -222,8 +223,8 @@ def prompt_inputs(samples, items, tokenizer, domain: str, llm: dict,
     clipped = {i: clip_title(tokenizer, titles[i], llm["max_title_tokens"]) for i in sorted(needed)}
     answer = {}
     sid = sid_items(items)
-    out = {"candidate_prompt": [], "open_prompt": [], "answers": [], "shown_titles": [], "shown_history": [],
-           **({"sid_prompt": []} if sid else {})}
+    out = {"candidate_prompt": [], "open_prompt": [], "answers": [], "shown_titles": [], "shown_history": []}
+    id_prompt = []
     for history, candidates in zip(samples["history"], samples["candidates"]):
         history_titles = [titles[i] for i in history]
         candidate_titles = [titles[i] for i in candidates]
@@ -231,12 +232,14 @@ def prompt_inputs(samples, items, tokenizer, domain: str, llm: dict,
                                                                     domain, **budget))
         out["open_prompt"].append(open_prompt_ids(tokenizer, history_titles, domain, **budget))
         if sid:
-            out["sid_prompt"].append(sid_prompt_ids(tokenizer, history_titles, domain,
-                                                            max_prompt_tokens=llm["max_prompt_tokens"]))
+            id_prompt.append(sid_prompt_ids(tokenizer, history_titles, domain,
+                                            max_prompt_tokens=llm["max_prompt_tokens"]))
         for i in candidates:
             if i not in answer:
                 answer[i] = answer_ids(tokenizer, clipped[i])
         out["answers"].append([answer[i] for i in candidates])
         out["shown_titles"].append([clipped[i] for i in candidates])
         out["shown_history"].append([clipped[i] for i in history])
+    if sid:  # one rendering for every ID prompt: they differ in the items table (the IDs), not the prompt
+        out.update({f"{prompt}_prompt": id_prompt for prompt in ID_PROMPTS})
     return out
