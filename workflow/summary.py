@@ -594,7 +594,7 @@ def markdown(summary: pd.DataFrame, resamples: int, level: float, seed: int) -> 
         "likelihood_reversed: likelihood with the candidates listed in reversed order; top_changed = share of "
         "samples whose top candidate differs from the forward order's. grounded: the greedy answer to the open "
         "prompt embedded by the base model, all items ranked by L2 distance. catalogue: beam search constrained "
-        "to every catalogue item's answer (its title, or its semantic ID under the sid prompt), the top 20 "
+        "to every catalogue item's answer (its title, or its code ID under the sid and cid prompts), the top 20 "
         "items by summed log-prob; invalid and duplicate count returned outputs that are not items or repeat "
         "one (0 by construction). full_ranking: the surrogate "
         "and the popularity and random baselines ranking all items (history items other than the target "

@@ -39,7 +39,7 @@ ITEMS = "items"  # the key of a tree node that completes items (its value: their
 
 
 def catalogue_answers(tokenizer, titles: Sequence[str], max_title_tokens: int) -> list[list[int]]:
-    """Every catalogue item's answer token ids (its title, or its semantic ID under the sid prompt,
+    """Every catalogue item's answer token ids (its title, or its code ID under an ID prompt,
     then the end-of-answer token), in catalogue order: what the catalogue protocol decodes and rere's
     beam draws from."""
     return [clipped_answer_ids(tokenizer, str(t), max_title_tokens) for t in titles]

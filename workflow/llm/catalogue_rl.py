@@ -6,7 +6,7 @@ items by the catalogue protocol's beam search (`workflow.llm.catalogue.beam_sear
 `group_size`; history items are not excluded, as in MiniOneRec's RL: a history item in the beam is a
 wrong answer like any other, and excluded items would take live beams and leave the group short),
 each item's answer (its title, or its
-semantic ID under the sid prompt) is scored token by token under the policy (with gradient) and under
+code ID under an ID prompt, sid or cid) is scored token by token under the policy (with gradient) and under
 the reference (the sft adapter as loaded, kept frozen beside the trained copy as a second PEFT
 adapter, switched in for a no-grad pass), and `losses.grpo_catalogue` takes the rewards
 `losses.catalogue_rewards` gives the beam (1 for the target, MiniOneRec's rank-shaped penalty on the
