@@ -49,7 +49,7 @@ def test_dry_run_gives_every_trained_run_a_folder_per_seed(tmp_path):
     assert len(outputs) == len(set(outputs))  # no two jobs write one path
 
     trained = [r for r in runs.config_runs({**config, "seeds": None}) if r.method != "base"]
-    assert len(trained) == 15  # tiny_config's methods, base aside
+    assert len(trained) == 16  # tiny_config's methods, base aside
     for run in trained:
         at_7, at_8 = (f"results/tiny/llm/{runs.at_seed(run, s, config).name}/random" for s in SEEDS)
         assert at_7 == f"results/tiny/llm/{run.name}/random"  # the config's seed keeps the plain name
