@@ -16,9 +16,9 @@ import pandas as pd
 from workflow.formats import resolve_files
 from workflow.protocol_table import reads as protocol_reads
 from workflow.methods import METHODS
-from workflow.runs import (HYBRID, ID_PROMPTS, Run, at_seed, block as run_block, config_runs, config_seeds, needs_reference,
-                           parse as parse_run, previous_round, run_seed, run_selections, sft_phase, study_points,
-                           study_seeds)
+from workflow.runs import (HYBRID, ID_PROMPTS, Run, at_seed, block as run_block, config_runs, config_seeds,
+                           needs_reference, parse as parse_run, previous_round, run_seed, run_selections, sft_phase,
+                           study_points, study_seeds)
 from workflow.selection.dealrec import STRATEGIES as DEALREC_STRATEGIES
 from workflow.sources import registry as source_registry, resolve as resolve_source
 from workflow.transfer import transfers

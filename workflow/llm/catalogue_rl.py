@@ -5,13 +5,13 @@ Each step, per sample: the policy (the sft adapter, trained) decodes its `group_
 items by the catalogue protocol's beam search (`workflow.llm.catalogue.beam_search`, width =
 `group_size`; history items are not excluded, as in MiniOneRec's RL: a history item in the beam is a
 wrong answer like any other, and excluded items would take live beams and leave the group short),
-each item's answer (its title, or its
-code ID under an ID prompt, sid or cid) is scored token by token under the policy (with gradient) and under
-the reference (the sft adapter as loaded, kept frozen beside the trained copy as a second PEFT
-adapter, switched in for a no-grad pass), and `losses.grpo_catalogue` takes the rewards
-`losses.catalogue_rewards` gives the beam (1 for the target, MiniOneRec's rank-shaped penalty on the
-others where the target is in the beam). A beam without the target and without the penalty has equal
-rewards: advantage 0, only the KL term acts. The reference is online: no reference_logprobs file.
+each item's answer (its title, or its code ID under an ID prompt, sid or cid) is scored token by
+token under the policy (with gradient) and under the reference (the sft adapter as loaded, kept
+frozen beside the trained copy as a second PEFT adapter, switched in for a no-grad pass), and
+`losses.grpo_catalogue` takes the rewards `losses.catalogue_rewards` gives the beam (1 for the
+target, MiniOneRec's rank-shaped penalty on the others where the target is in the beam). A beam
+without the target and without the penalty has equal rewards: advantage 0, only the KL term acts.
+The reference is online: no reference_logprobs file.
 """
 from __future__ import annotations
 
