@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from workflow import runs
+from workflow.config import read_schema
 from workflow.llm import evaluate, grounding, protocols
 
 LLM = {"device": "cpu", "dtype": "float32", "max_title_tokens": 24, "max_prompt_tokens": 512}
@@ -30,6 +31,11 @@ def test_the_table_says_what_the_prompts_support():
     assert set(protocols.supported("open")) == {"likelihood", "grounded", "catalogue"}
     for prompt in runs.ID_PROMPTS:  # items shown by code ID: scored over the candidates or the whole catalogue
         assert set(protocols.supported(prompt)) == {"likelihood", "catalogue"}
+    # the schema's prompts are runs.py's, and every ID prompt has its embedding sources with a default
+    schema = read_schema()
+    assert schema["$defs"]["prompt"]["enum"] == list(runs.PROMPTS)
+    sources = schema["properties"]["semantic_ids"]["properties"]["embeddings"]["properties"]
+    assert list(sources) == list(runs.ID_PROMPTS) and all("default" in s for s in sources.values())
     assert runs.parse("sft-open").protocols(["generation", "grounded", "likelihood"]) == ["grounded", "likelihood"]
     with pytest.raises(ValueError, match="the open prompt supports likelihood, grounded"):
         protocols.resolve(["generation"], "open")

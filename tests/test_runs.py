@@ -88,10 +88,6 @@ def test_wildcard_pattern_matches_the_names_of_its_methods_only(methods):
 def test_the_axis_declaration_drives_the_parser_the_wildcards_and_the_schemas_grid():
     """One declaration per axis (runs.RUN_AXES): the name grammar, the Run fields, the wildcard
     pattern's flags, config/schema.yaml's study grid keys and `x` enum, and their value types agree."""
-    import yaml
-
-    from workflow.config import SCHEMA_PATH
-
     assert runs.Run._fields == ("method", "prompt", *(a.name for a in runs.FLAG_AXES))
     assert [name for name in runs.NAME.groupindex if name not in ("method", "prompt")] == list(runs.Run._fields[2:])
     for a in runs.FLAG_AXES:  # each flag's letter in the pattern of exactly the methods it applies to
@@ -99,12 +95,15 @@ def test_the_axis_declaration_drives_the_parser_the_wildcards_and_the_schemas_gr
             flag = re.compile(runs.wildcard_pattern([method])).pattern
             value = "(?:" + "|".join(a.choices) + ")" if a.choices else a.value  # -r and -rank: the value tells
             assert (f"(?:-{a.flag}{value})?" in flag) == (method in a.methods), (method, a.name)
-    study = yaml.safe_load(SCHEMA_PATH.read_text())["properties"]["studies"]["additionalProperties"]["properties"]
+    filled = read_schema()  # $defs filled in from the declarations (the prompts' enum from runs.PROMPTS)
+    study = filled["properties"]["studies"]["additionalProperties"]["properties"]
     grid = study["grid"]["properties"]
     assert list(grid) == [a.name for a in runs.GRID_AXES]
     assert study["x"]["enum"] == [a.name for a in runs.GRID_AXES]
     for a in runs.GRID_AXES:
         items = grid[a.name]["items"]
+        if "$ref" in items:  # a shared definition (the prompt): read it where it is defined
+            items = filled["$defs"][items["$ref"].removeprefix("#/$defs/")]
         assert items["type"] == {int: "integer", float: "number", str: "string"}[a.kind], a.name
         assert items.get("enum", []) == list(a.choices), a.name
         assert items.get("minimum", items.get("exclusiveMinimum")) == {int: 1, float: 0, str: None}[a.kind], a.name

@@ -67,7 +67,8 @@ def tiny_config(tmp: Path, model_dir: Path) -> dict:
                                      "likelihood_reversed", "catalogue"]},
         # the ID prompts' items: 2 levels of 4 codes (+ the collision level) over the tiny catalogue; sid's
         # of the title embeddings, cid's of the title and the SASRec embeddings side by side
-        "semantic_ids": {"levels": 2, "codebook_size": 4, "iterations": 5, "embeddings": {"cid": ["title", "sasrec"]}},
+        "semantic_ids": {"levels": 2, "codebook_size": 4, "iterations": 5,
+                         "embeddings": {"cid": ["title", "sasrec"]}},
         "preference": {"batch_size": 2, "grad_accum": 1},
         "dmpo": {"k": 2, "prompt": "open"}, "sdpo": {"k": 2, "prompt": "open"}, "dynamicpo": {"k": 3, "prompt": "open"},
         # reference-free (no reference log-probs read), and two self-play rounds (sprec-open-r1, then

@@ -35,7 +35,8 @@ token ids.
 
     python -m workflow.semantic_ids --items results/ml-100k/data/items.parquet \
         --samples results/ml-100k/data/samples.parquet \
-        --embeddings results/ml-100k/llm/title_embeddings.parquet --spec '{"levels": 3, "embeddings": ["title"], ...}' \
+        --embeddings results/ml-100k/llm/title_embeddings.parquet \
+        --spec '{"levels": 3, "embeddings": ["title"], ...}' \
         --seed 42 --out results/ml-100k/data/codes_sid.parquet --out-items results/ml-100k/data/items_sid.parquet
 """
 from __future__ import annotations
@@ -188,8 +189,8 @@ def main(argv=None) -> int:
     p.add_argument("--spec", type=cli.json_arg, required=True,
                    help='JSON {"levels": 3, "codebook_size": 32, "embeddings": ["title"], ...}')
     p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--out", required=True, help="semantic_ids.parquet (item_id, codes, sid)")
-    p.add_argument("--out-items", required=True, help="the items table with the IDs as titles (the sid prompt's)")
+    p.add_argument("--out", required=True, help="codes_{prompt}.parquet (item_id, codes, sid)")
+    p.add_argument("--out-items", required=True, help="the items table with the IDs as titles (the ID prompt's)")
 
     def run(args):
         from workflow.config import stage_settings
