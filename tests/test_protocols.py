@@ -1,4 +1,4 @@
-"""The table of evaluation protocols (workflow/llm/protocols.py): its facts, and that each protocol
+"""The table of evaluation protocols (workflow/protocol_table.py, computed by workflow/llm/protocols.py): its facts, and that each protocol
 emits the metrics and columns it declares."""
 from __future__ import annotations
 
@@ -34,6 +34,14 @@ def test_the_table_says_what_the_prompts_support():
     # the schema's prompts are runs.py's, and every ID prompt has its embedding sources with a default
     schema = read_schema()
     assert schema["$defs"]["prompt"]["enum"] == list(runs.PROMPTS)
+    # ... and the protocols a config may list are the table's requestable ones, under every key that lists them
+    requestable = {"likelihood", "generation", "grounded", "generation_constrained", "likelihood_reversed",
+                   "catalogue"}
+    assert set(schema["$defs"]["protocol"]["enum"]) == requestable
+    keys = [schema["properties"]["evaluation"]["properties"]["protocols"]["items"],
+            schema["properties"]["tuning"]["properties"]["protocol"],
+            schema["properties"]["studies"]["additionalProperties"]["properties"]["protocols"]["items"]]
+    assert all(key["$ref"] == "#/$defs/protocol" for key in keys)
     sources = schema["properties"]["semantic_ids"]["properties"]["embeddings"]["properties"]
     assert list(sources) == list(runs.ID_PROMPTS) and all("default" in s for s in sources.values())
     assert runs.parse("sft-open").protocols(["generation", "grounded", "likelihood"]) == ["grounded", "likelihood"]

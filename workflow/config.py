@@ -14,6 +14,7 @@ import jsonschema
 import yaml
 
 from workflow.methods import METHODS
+from workflow.protocol_table import requestable as requestable_protocols
 from workflow.runs import PROMPTS, resolve
 from workflow.tuning import with_tuning_studies
 
@@ -35,7 +36,8 @@ def load_yaml(text: str) -> Any:
 def read_schema(path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
     """config/schema.yaml with the method names filled in from workflow/methods.py, so a method is
     named in its declaration only: `$defs.method` takes every declared method as its enum (and
-    `$defs.prompt` every prompt of workflow/runs.py),
+    `$defs.prompt` every prompt of workflow/runs.py, `$defs.protocol` every protocol of
+    workflow/protocol_table.py that a prompt may request),
     `$defs.explained_run` a pattern of every one but the hybrid ones (their prompt needs the
     surrogate's hooks, which explanations do not load), `$defs.claim_side` a method with an optional
     `@strategy` (one of selection.strategies' enum), and a preference objective without a block
@@ -49,6 +51,7 @@ def _filled_schema(path: str, mtime_ns: int) -> dict[str, Any]:
     schema = load_yaml(Path(path).read_text())
     schema["$defs"]["method"]["enum"] = list(METHODS)
     schema["$defs"]["prompt"]["enum"] = list(PROMPTS)
+    schema["$defs"]["protocol"]["enum"] = requestable_protocols()
     explained = [name for name, declared in METHODS.items() if declared.family != "hybrid"]
     schema["$defs"]["explained_run"]["pattern"] = f"^({'|'.join(explained)})(-.*)?$"
     strategies = schema["properties"]["selection"]["properties"]["strategies"]["items"]["enum"]

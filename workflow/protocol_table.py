@@ -30,7 +30,7 @@ class Protocol:
 
 # The stored inputs a protocol may read (`Protocol.reads`), each the dataset's table
 # {results}/{dataset}/llm/{name}.parquet: the evaluation rule's input of that name and its
-# --name command-line argument (rules/eval_inputs.smk, workflow/llm/evaluate.py).
+# --name command-line argument (workflow/dag.py evaluation inputs, workflow/llm/evaluate.py).
 INPUTS = ("title_embeddings",)
 
 ANSWER_ERRORS = ("several", "history", "outside", "nothing")  # generation's answer categories besides valid
@@ -65,6 +65,12 @@ PROTOCOLS: dict[str, Protocol] = {
                           columns=("catalogue_top", "catalogue_target_rank")),
     "full_ranking": Protocol(metrics=FULL_RANKING_METRICS, popularity="full_ranking"),  # baselines, SASRec
 }
+
+
+def requestable() -> list[str]:
+    """The protocols a config may list (`evaluation.protocols`, a study's, the tuning's): those some
+    prompt supports; likelihood_norm and full_ranking come with likelihood and the baselines."""
+    return [name for name, p in PROTOCOLS.items() if p.prompts]
 
 
 def supported(prompt: str) -> tuple[str, ...]:
