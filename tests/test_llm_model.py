@@ -25,12 +25,17 @@ def test_resolve_base_model_errors(tmp_path):
     assert llm_model.resolve_base_model("embedded") == llm_model.embedded_gguf_path()
 
 
-def test_device_and_dtype_policy():
+def test_device_and_dtype_policy(monkeypatch):
     assert llm_model.resolve_device("cpu") == torch.device("cpu")
-    assert llm_model.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert llm_model.resolve_device("auto") == torch.device("cpu")
     assert llm_model.resolve_dtype("float32", "cpu") == torch.float32
     assert llm_model.resolve_dtype("bfloat16", "cpu") == torch.bfloat16
-    assert llm_model.resolve_dtype("auto", "cpu") in (torch.bfloat16, torch.float32)
+    # auto on a CPU: bf16 where it is native (AVX-512 BF16 or AMX), else float32
+    monkeypatch.setattr(llm_model, "_cpu_has_fast_bf16", lambda: True)
+    assert llm_model.resolve_dtype("auto", "cpu") == torch.bfloat16
+    monkeypatch.setattr(llm_model, "_cpu_has_fast_bf16", lambda: False)
+    assert llm_model.resolve_dtype("auto", "cpu") == torch.float32
     with pytest.raises(ValueError, match="llm.dtype='half'"):
         llm_model.resolve_dtype("half", "cpu")
     with llm_model.autocast("cpu", "float32"):
