@@ -31,6 +31,21 @@ def token_examples(n=7, seed=0):
     return prompts, answers
 
 
+def test_the_losses_are_transformers_causal_lm_loss_per_sample(tiny_model_dir):
+    """Both effort losses against transformers' own causal-LM loss of each sample alone (no padding):
+    labels = the whole sequence (the authors' `all`), or the answer with the prompt masked (-100)."""
+    model, _, _ = prepared(tiny_model_dir)
+    prompts, answers = token_examples(5, seed=3)
+    with torch.no_grad():
+        every = effort.all_token_losses(model, prompts, answers)
+        answer = effort.answer_token_losses(model, prompts, answers)
+        for b, (prompt, ans) in enumerate(zip(prompts, answers)):
+            ids = torch.tensor([prompt + ans])
+            assert every[b].item() == pytest.approx(model(input_ids=ids, labels=ids).loss.item(), rel=1e-5)
+            labels = torch.tensor([[-100] * len(prompt) + ans])
+            assert answer[b].item() == pytest.approx(model(input_ids=ids, labels=labels).loss.item(), rel=1e-5)
+
+
 @pytest.mark.parametrize("params", ["last_v_proj_B", "all"])
 @pytest.mark.parametrize("loss_tokens", ["all", "answer"])
 def test_batched_norms_equal_one_backward_per_sample(tiny_model_dir, params, loss_tokens):
