@@ -93,10 +93,10 @@ def test_top_kmeans_group_small_cases():
 def test_dpo_by_hand():
     # rewards r = policy - reference: chosen [0.5, 0.0], rejected [-1.0, -0.5]; margins [1.5, 0.5];
     # -log sigmoid(beta m) = log(1 + e^(-beta m)) at beta 0.5: log(1 + e^-0.75), log(1 + e^-0.25)
-    loss, diagnostics = losses.dpo(torch.tensor([-1.0, -2.0], dtype=torch.float64),
-                                   torch.tensor([[-3.0], [-1.5]], dtype=torch.float64),
-                                   torch.tensor([-1.5, -2.0], dtype=torch.float64),
-                                   torch.tensor([[-2.0], [-1.0]], dtype=torch.float64), beta=0.5)
+    loss, _ = losses.dpo(torch.tensor([-1.0, -2.0], dtype=torch.float64),
+                         torch.tensor([[-3.0], [-1.5]], dtype=torch.float64),
+                         torch.tensor([-1.5, -2.0], dtype=torch.float64),
+                         torch.tensor([[-2.0], [-1.0]], dtype=torch.float64), beta=0.5)
     expected = (math.log1p(math.exp(-0.75)) + math.log1p(math.exp(-0.25))) / 2
     assert loss.item() == pytest.approx(expected, abs=1e-12)
     assert loss.item() == pytest.approx(0.481405, abs=1e-6)  # 0.386871 and 0.575939

@@ -1,5 +1,6 @@
-"""The table of evaluation protocols (workflow/protocol_table.py, computed by workflow/llm/protocols.py): its facts, and that each protocol
-emits the metrics and columns it declares."""
+"""The table of evaluation protocols (workflow/protocol_table.py, computed by
+workflow/llm/protocols.py): its facts, and that each protocol emits the metrics and columns it
+declares."""
 from __future__ import annotations
 
 import numpy as np
