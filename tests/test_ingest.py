@@ -313,6 +313,22 @@ def test_unparseable_timestamp(tmp_path, fmt, name, line, bad):
         ingest.ingest(spec)
 
 
+@pytest.mark.parametrize("bad", [b"1::661::nan::978300760", b"1::661::inf::978300760", b"1::661::good::978300760"])
+def test_unparseable_rating(tmp_path, bad):
+    # float() reads 'nan' and 'inf'; a rating threshold would then drop the line without a word
+    spec = dataset(tmp_path, "movielens-1m")
+    edit(spec, "ratings.dat", lambda lines: lines[:1] + [bad] + lines[2:])
+    with pytest.raises(IngestError, match=r"ratings\.dat, line 2: .*unparseable rating"):
+        ingest.ingest(spec)
+
+
+def test_atomic_header_not_tab_separated(tmp_path):
+    spec = dataset(tmp_path, "recbole-atomic")
+    edit(spec, "tiny.inter", lambda lines: [lines[0].replace(b"\t", b",")] + lines[1:])
+    with pytest.raises(IngestError, match=r"tiny\.inter, line 1: the header has no field .*is the file tab-separated\?"):
+        ingest.ingest(spec)
+
+
 def test_wrong_field_count(tmp_path):
     spec = dataset(tmp_path, "movielens-100k")
     edit(spec, "u.item", lambda lines: lines[:1] + [lines[1].rsplit(b"|", 1)[0]] + lines[2:])

@@ -21,6 +21,7 @@ import html
 import importlib.util
 import json
 import logging
+import math
 import zlib
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -241,9 +242,12 @@ def rating(text: str) -> float | None:
     if not text.strip():
         return None
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise ValueError(f"unparseable rating {text!r}") from None
+    if not math.isfinite(value):  # float() takes 'nan' and 'inf'; a rating threshold would drop them silently
+        raise ValueError(f"unparseable rating {text!r} (not a finite number)")
+    return value
 
 
 def clean_text(value: str | None) -> str | None:
@@ -399,9 +403,9 @@ def _need(header: dict[str, int], path: Path, *choices: str) -> int:
     for name in choices:
         if name in header:
             return header[name]
-    raise IngestError(
-        f"{path}, line 1: the header has no field {' or '.join(repr(c) for c in choices)} (fields: {', '.join(header)})"
-    )
+    hint = " (one field: is the file tab-separated?)" if len(header) == 1 else ""
+    raise IngestError(f"{path}, line 1: the header has no field {' or '.join(repr(c) for c in choices)} "
+                      f"(fields: {', '.join(header)}){hint}")
 
 
 def read_recbole_atomic(inter_path: Path, item_path: Path, budget: BadLines) -> tuple[Chunks, Chunks]:
