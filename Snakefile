@@ -8,7 +8,7 @@ from snakemake_interface_executor_plugins.settings import DeploymentMethod
 # The package is `workflow`; import names from it only, never the package itself, which would
 # shadow Snakemake's own `workflow` object here.
 from workflow.config import validate as validate_config
-from workflow.dag import shell_prefix
+from workflow.dag import check_rule_resources, shell_prefix
 from workflow.failures import print_failed_logs
 
 min_version("9.20")
@@ -49,6 +49,9 @@ include: "rules/tuning.smk"
 rule all:
     input: all_targets(config),
     default_target: True
+
+
+check_rule_resources(config, [r.name for r in workflow.rules])
 
 
 # Without a profile's `show-failed-logs`, Snakemake names a failed job's log but does not show it.

@@ -75,6 +75,14 @@ def test_resources_llm_block_and_per_rule_overrides():
     assert dag.surrogate_resources(config(), "8GB", "2h") == {"mem": "8GB", "runtime": "2h", "gpu": 0}
 
 
+def test_resources_of_an_unknown_rule_are_refused():
+    # ignored otherwise: on SLURM the job meant would keep its default limit and be killed there
+    dag.check_rule_resources(config(resources={"rules": {"sft": {"runtime": "12h"}}}), ["sft", "evaluate"])
+    with pytest.raises(ValueError, match=r"config key 'resources\.rules\.sfft': no rule of that name \(the rules: "
+                                         r"evaluate, sft;"):
+        dag.check_rule_resources(config(resources={"rules": {"sfft": {"runtime": "12h"}}}), ["sft", "evaluate"])
+
+
 @pytest.mark.parametrize("run, selection, expected", [
     ("sft-open", "random", "random.parquet"),
     ("sft-open-s43", "random", "random-s43.parquet"),

@@ -9,7 +9,7 @@ import json
 import shlex
 from functools import lru_cache, partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import pandas as pd
 
@@ -60,6 +60,15 @@ def rule_resources(config: Config, rule: str, mem: str, runtime: str, gpus: int 
         out |= {k: v for k, v in config["resources"]["llm"].items() if v is not None}
         out["gpu"] = gpus
     return out | config["resources"]["rules"].get(rule, {})
+
+
+def check_rule_resources(config: Config, rules: Iterable[str]) -> None:
+    """Refuse a `resources.rules` key that names no rule: it would be ignored, and on SLURM the job it
+    meant would run at its default limits and be killed there."""
+    unknown = sorted(set(config["resources"]["rules"]) - set(rules))
+    if unknown:
+        raise ValueError(f"config key 'resources.rules.{unknown[0]}': no rule of that name (the rules: "
+                         f"{', '.join(sorted(rules))}; SASRec's tuning trials take `surrogate`'s)")
 
 
 def surrogate_resources(config: Config, mem: str, runtime: str) -> dict[str, Any]:
