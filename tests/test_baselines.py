@@ -124,3 +124,24 @@ def test_cli_writes_one_metrics_table(tmp_path):
     samples.to_parquet(tmp_path / "samples.parquet")
     assert baselines.main([*argv[:-1], str(tmp_path / "bad.parquet")]) == 1
     assert not (tmp_path / "bad.parquet").exists()
+
+
+def test_popularity_full_ranks_do_not_depend_on_the_block_size(monkeypatch):
+    samples, items = hand_samples()
+    vocabulary = ["i1", "i2", "i3", "i4", "i5", "i6"]
+    scores = baselines.popularity_scores(samples, vocabulary)
+    whole = baselines.popularity_full_ranks(samples, scores, vocabulary)
+    monkeypatch.setattr(metrics, "SCORE_CELLS", len(vocabulary))  # one sample a block
+    assert baselines.popularity_full_ranks(samples, scores, vocabulary).tolist() == whole.tolist()
+
+
+def test_bad_samples_are_named_by_their_file(tmp_path):
+    samples, items = hand_samples()
+    samples.loc[1, "history"] = []
+    samples.to_parquet(tmp_path / "samples.parquet")
+    items.to_parquet(tmp_path / "items.parquet")
+    argv = ["--samples", str(tmp_path / "samples.parquet"), "--items", str(tmp_path / "items.parquet"),
+            "--dataset", "toy", "--seed", "7", "--out", str(tmp_path / "out.parquet")]
+    assert baselines.main(argv) == 1
+    with pytest.raises(ValueError, match="samples: missing columns \\['candidates'\\]"):
+        baselines.evaluate_baselines(samples.drop(columns="candidates"), items, "toy")

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from workflow import config as cfg
+from workflow import config as cfg, runs
+from workflow.methods import CURRICULA, NEGATIVES, QUANTIZATION
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,6 +54,68 @@ def test_errors_name_the_key(mutate, key):
     with pytest.raises(cfg.ConfigError) as err:
         cfg.validate(config)
     assert f"'{key}'" in str(err.value)
+
+
+# Every choice list config/schema.yaml leaves to the code: (put `value` where the list applies, the key the
+# error names, the value, the declaration the allowed values come from)
+STUDY = {"methods": ["ilora"], "grid": {"epochs": [1]}, "x": "epochs"}
+FILLED = {
+    "selection_strategy": (lambda c, v: c["selection"].update(strategies=[v]), "selection.strategies.0", "bogus",
+                           runs.SELECTIONS),
+    "grid_axis": (lambda c, v: c["studies"].update(bad={**STUDY, "x": v}), "studies.bad.x", "bogus",
+                  [a.name for a in runs.GRID_AXES]),
+    "space_axis": (lambda c, v: c["tuning"].update(spaces={"sft": {v: [1]}}), "tuning.spaces.sft", "prompt",
+                   [a.name for a in runs.GRID_AXES if a.block]),
+    "gate": (lambda c, v: c["ilora"].update(gate=v), "ilora.gate", "bogus", runs.GATES),
+    "grid gate": (lambda c, v: c["studies"].update(bad={**STUDY, "grid": {"gate": [v]}, "x": "gate"}),
+                  "studies.bad.grid.gate.0", "bogus", runs.GATES),
+    "curriculum": (lambda c, v: c["llara"].update(curriculum=v), "llara.curriculum", "bogus", CURRICULA),
+    "ilora curriculum": (lambda c, v: c["ilora"].update(curriculum=v), "ilora.curriculum", "bogus", CURRICULA),
+    "quantization": (lambda c, v: c["llm"].update(quantization=v), "llm.quantization", "int4", QUANTIZATION),
+    # head items need the block's head_share: lpo4rec's only
+    "negatives": (lambda c, v: c["dmpo"].update(strategy=v), "dmpo.strategy", "head_gumbel",
+                  [name for name, negatives in NEGATIVES.items() if not negatives.head]),
+    "grpo negatives": (lambda c, v: c["grpo"].update(strategy=v), "grpo.strategy", "head_gumbel",
+                       [name for name, negatives in NEGATIVES.items() if not negatives.head]),
+    "head_negatives": (lambda c, v: c["lpo4rec"].update(strategy=v), "lpo4rec.strategy", "bogus", NEGATIVES),
+    "ranked_negatives": (lambda c, v: c["sprec"].update(strategy=v), "sprec.strategy", "random",
+                         runs.RANKED_STRATEGIES),
+}
+
+
+@pytest.mark.parametrize("name", FILLED)
+def test_choice_lists_come_from_the_code_and_a_bad_value_names_its_key(name):
+    mutate, key, value, declared = FILLED[name]
+    config = _default()
+    mutate(config, value)
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.validate(config)
+    assert f"config key '{key}': {value!r} is not one of {list(declared)}" in str(err.value)
+
+
+def test_the_schema_spells_no_choice_list_the_code_declares():
+    """Each `$defs` entry of config.choices() is a placeholder in config/schema.yaml (no enum: read_schema
+    fills it), and no enum there lists a declared choice by hand."""
+    raw = yaml.safe_load(cfg.SCHEMA_PATH.read_text())
+    filled = cfg.read_schema()["$defs"]
+    for name, enum in cfg.choices().items():
+        assert "enum" not in raw["$defs"][name] and filled[name]["enum"] == enum, name
+    listed = [{value.strip() for value in found.split(",")}
+              for found in re.findall(r"enum: \[([^\]]*)\]", cfg.SCHEMA_PATH.read_text())]
+    # an enum of two or more of one declared list is a copy of it (a single word may be another list's too)
+    assert not [(enum, name) for enum in listed for name, declared in cfg.choices().items()
+                if len(enum) > 1 and enum <= set(declared)]
+    # the claim sides' strategies are the declared ones too
+    assert filled["claim_side"]["pattern"].endswith(f"(@({'|'.join(runs.SELECTIONS)}))?$")
+
+
+def test_the_selection_strategies_are_the_ones_runs_declares():
+    """workflow/runs.py declares them (below config.py, which fills the schema from them); the selection
+    package takes them from there, and DEALRec's own list must be the same."""
+    from workflow import selection
+    from workflow.selection import dealrec
+
+    assert selection.STRATEGIES == runs.SELECTIONS and dealrec.STRATEGIES == runs.DEALREC_STRATEGIES
 
 
 def test_dataset_prepare_overrides_merge():

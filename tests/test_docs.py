@@ -54,6 +54,15 @@ def test_default_table_rows_columns_and_cells(frame):
                         "Baselines: random, popularity.")
 
 
+def test_columns_are_headline_metrics_of_the_protocol_table():
+    # a protocol the baselines rank too shows its headline (grounded with ndcg@10); the baselines' full
+    # ranking the whole-catalogue metrics; variants (likelihood_norm, likelihood_reversed) only in summary.md
+    assert docs.COLUMNS[:5] == (("likelihood", "hr@1"), ("likelihood", "mrr"), ("likelihood", "auc"),
+                                ("grounded", "hr@10"), ("grounded", "ndcg@10"))
+    assert docs.COLUMNS[-2:] == (("full_ranking", "hr@10"), ("full_ranking", "ndcg@10"))
+    assert not {p for p, _ in docs.COLUMNS} & {"likelihood_norm", "likelihood_reversed", "generation_constrained"}
+
+
 def test_pooled_seed_rows_show_their_spread():
     frame = pd.DataFrame([summary_row("sft-open-n256", "random", "likelihood", "auc", 0.637, 0.606, 0.669,
                                       n_seeds=3, seed_sd=0.007)])

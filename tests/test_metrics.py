@@ -111,3 +111,10 @@ def test_ranking_metrics_frame_is_long_per_sample():
     with pytest.raises(ValueError, match="metric 'mrr'"):
         metrics.ranking_metrics_frame(samples, {"mrr": np.array([1.0])}, dataset="d", method="m",
                                       selection="all", protocol="likelihood")
+
+
+def test_score_blocks_cover_the_rows_within_the_cell_budget(monkeypatch):
+    monkeypatch.setattr(metrics, "SCORE_CELLS", 10)
+    assert list(metrics.score_blocks(7, 3)) == [slice(0, 3), slice(3, 6), slice(6, 9)]  # 3 rows x 3 items
+    assert list(metrics.score_blocks(2, 50)) == [slice(0, 1), slice(1, 2)]  # at least one row a block
+    assert list(metrics.score_blocks(0, 3)) == []

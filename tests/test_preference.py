@@ -12,8 +12,10 @@ import torch
 
 from test_llara import surrogate  # noqa: F401 (a fixture)
 from test_sft import LLM, SFT, adapter_tensors, inputs  # noqa: F401 (inputs is a fixture)
+from workflow import runs
 from workflow.llm import data, evaluate, losses, preference, reference, sft
 from workflow.llm.scoring import candidate_logprobs
+from workflow.methods import NEGATIVES
 
 METHOD = {"beta": 0.5, "k": 2, "strategy": "random", "gamma": 0.0, "epochs": 1, "lr": 0.01}
 PREF = {"batch_size": 2, "grad_accum": 1, "warmup_ratio": 0.0, "checkpoint_every": 0}
@@ -29,6 +31,23 @@ def test_choose_negatives_strategies():
     with pytest.raises(ValueError, match="k=5"):
         preference.choose_negatives(5, 1, 5, "random", rng)
     with pytest.raises(ValueError, match="unknown negative strategy"):
+        preference.choose_negatives(5, 1, 2, "easy", rng)
+
+
+def test_the_negatives_table_says_what_each_strategy_reads():
+    """workflow/methods.py NEGATIVES against choose_negatives: each declared strategy draws from the
+    inputs the table says it reads, and needs each of them; an unknown one is refused naming them all."""
+    rng = np.random.default_rng(0)
+    inputs = {"ranked": ("reference", np.zeros(5)), "popularity": ("popularity", np.ones(5)),
+              "head": ("head", np.ones(5, dtype=bool))}
+    for strategy, declared in NEGATIVES.items():
+        reads = dict(value for flag, value in inputs.items() if getattr(declared, flag))
+        assert len(preference.choose_negatives(5, 1, 1, strategy, rng, **reads)) == (4 if strategy == "all" else 1)
+        for name in reads:
+            with pytest.raises(ValueError, match="needs"):
+                preference.choose_negatives(5, 1, 1, strategy, rng, **{n: v for n, v in reads.items() if n != name})
+    assert runs.RANKED_STRATEGIES == tuple(s for s, d in NEGATIVES.items() if d.ranked)
+    with pytest.raises(ValueError, match=f"known: {', '.join(NEGATIVES)}"):
         preference.choose_negatives(5, 1, 2, "easy", rng)
 
 

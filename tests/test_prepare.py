@@ -328,3 +328,22 @@ def test_cli_reports_missing_column(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "interactions.parquet" in err and "timestamp" in err
     assert not (tmp_path / "s.parquet").exists()
+
+
+def test_read_samples_checks_what_every_stage_reads(tmp_path):
+    samples = pd.DataFrame({"sample_id": ["a", "b", "c"], "split": ["train", "valid", "test"],
+                            "user_id": ["u"] * 3, "history": [["i1"], ["i1", "i2"], ["i1", "i2", "i3"]],
+                            "target": ["i2", "i3", "i4"], "candidates": [["i2", "i5"], ["i3", "i5"], ["i4", "i5"]]})
+    path = tmp_path / "samples.parquet"
+    samples.to_parquet(path)
+    assert prepare.read_samples(path, ["valid", "test"])["sample_id"].tolist() == ["b", "c"]
+    for bad, message in [(samples.drop(columns="user_id"), r"missing columns \['user_id'\]"),
+                         (samples.assign(split=["train", "dev", "test"]), "sample 'b' has unknown split 'dev'"),
+                         (samples.assign(history=[["i1"], [], ["i1"]]), "sample 'b' has an empty history"),
+                         (samples[samples["split"] != "test"], r"no samples in splits \['test'\]")]:
+        bad.to_parquet(path)
+        with pytest.raises(ValueError, match=f"samples.parquet: {message}"):
+            prepare.read_samples(path, ["test"])
+    # a stage that does not read a column need not find it
+    samples.drop(columns="user_id").to_parquet(path)
+    assert len(prepare.read_samples(path, columns=["sample_id", "split", "history"])) == 3

@@ -116,3 +116,11 @@ def test_pure_functions_do_not_mutate_inputs(tok):
     before = copy.deepcopy((history, cands))
     prompts.candidate_prompt_ids(tok, history, cands, "movie", max_title_tokens=2)
     assert (history, cands) == before
+
+
+def test_the_builders_default_budgets_are_the_schemas():
+    from workflow.config import read_schema
+
+    llm = read_schema()["properties"]["llm"]["properties"]
+    assert prompts.MAX_TITLE_TOKENS == llm["max_title_tokens"]["default"]
+    assert prompts.MAX_PROMPT_TOKENS == llm["max_prompt_tokens"]["default"]

@@ -99,7 +99,8 @@ def test_the_axis_declaration_drives_the_parser_the_wildcards_and_the_schemas_gr
     study = filled["properties"]["studies"]["additionalProperties"]["properties"]
     grid = study["grid"]["properties"]
     assert list(grid) == [a.name for a in runs.GRID_AXES]
-    assert study["x"]["enum"] == [a.name for a in runs.GRID_AXES]
+    assert study["x"]["$ref"] == "#/$defs/grid_axis"
+    assert filled["$defs"]["grid_axis"]["enum"] == [a.name for a in runs.GRID_AXES]
     for a in runs.GRID_AXES:
         items = grid[a.name]["items"]
         if "$ref" in items:  # a shared definition (the prompt): read it where it is defined

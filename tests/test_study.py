@@ -264,3 +264,15 @@ def test_seeds_are_pooled_and_training_costs_reported(tmp_path):
     md = study.markdown("objectives", table, pd.DataFrame(columns=["dataset", "protocol", "metric"]), "budget",
                         "test", 200, 0.9)
     assert "Pooled over 2 training seeds" in md and "| napo open e1 n64 | 120 | 96 | 1000 |" in md
+
+
+def test_series_labels_spell_values_as_run_names():
+    """A series label is its run's name but the x axis (the learning rate `lr5e-4`, not `lr0.0005`; an
+    int axis of a column with gaps, stored as floats, without a decimal point)."""
+    from workflow.runs import GRID_AXES, Run
+
+    row = pd.Series({a.name: None for a in GRID_AXES} | {"method": "dmpo", "prompt": "open", "k": 7.0, "beta": 0.1,
+                                                          "lr": 0.0005, "epochs": 2.0, "budget": 256.0})
+    assert study.series_label(row, "k") == "dmpo open b0.1 lr5e-4 e2 n256"
+    run = Run("dmpo", "open", k=7, beta=0.1, lr=0.0005, epochs=2, budget=256)
+    assert "-".join(study.series_label(row, "").split(" ")) == run.name

@@ -268,8 +268,12 @@ def test_bad_input_is_reported_with_the_file(tables, tmp_path):
     ragged.at[0, "candidates"] = ragged.at[0, "candidates"][:-1]
     with pytest.raises(ValueError, match="candidate lists differ in length"):
         surrogate.check_samples(ragged)
-    with pytest.raises(KeyError, match="surrogate': unknown keys"):
+    with pytest.raises(ValueError, match="sample 'u0-1' has an empty history"):
+        surrogate.check_samples(samples.assign(history=[[]] * len(samples)))
+    with pytest.raises(ValueError, match=r"config key 'surrogate': .*'hiden_size' was unexpected"):
         surrogate.resolve_settings({"hiden_size": 3})
+    with pytest.raises(ValueError, match="config key 'surrogate.epochs'"):
+        surrogate.resolve_settings({"epochs": 0})
 
 
 def test_compat_measures():

@@ -18,7 +18,7 @@ import yaml
 
 from workflow import tuning
 from workflow.config import load, validate
-from workflow.runs import block, config_runs, parse, sampled_points
+from workflow.runs import TUNING_PREFIX, block, config_runs, parse, sampled_points
 
 ROOT = Path(__file__).resolve().parent.parent
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
@@ -29,7 +29,7 @@ def config():
     cfg = load()
     cfg["tuning"]["spaces"] = {"sft": {"lr": [1e-4, 5e-4, 1e-3], "epochs": [1, 2]},
                                "dmpo": {"lr": [1e-4, 5e-4], "beta": [0.1, 1.0], "k": [3, 7]}}
-    cfg["studies"] = {k: v for k, v in cfg["studies"].items() if not k.startswith(tuning.PREFIX)}
+    cfg["studies"] = {k: v for k, v in cfg["studies"].items() if not k.startswith(TUNING_PREFIX)}
     return tuning.with_tuning_studies(cfg)
 
 
@@ -59,7 +59,7 @@ def test_an_axis_the_method_does_not_take_is_an_error_naming_the_key():
     with pytest.raises(Exception, match="tuning.spaces"):
         validate(cfg)
     cfg = load()
-    cfg["studies"] = {k: v for k, v in cfg["studies"].items() if not k.startswith(tuning.PREFIX)}
+    cfg["studies"] = {k: v for k, v in cfg["studies"].items() if not k.startswith(TUNING_PREFIX)}
     cfg["tuning"]["spaces"] = {"sft": {"beta": [0.1, 1.0]}}
     with pytest.raises(Exception, match="'tuning.spaces.sft.beta': sft does not take beta"):
         validate(cfg)
@@ -181,7 +181,7 @@ def test_tuned_table_matches_hand_computed_differences_and_flags_changed_orderin
 
 def test_a_lora_rank_space_gives_named_trials_at_that_rank(config):
     config["tuning"]["spaces"] = {"llara": {"lora_r": [4, 8, 16], "lr": [5e-4, 1e-3]}}
-    config["studies"] = {k: v for k, v in config["studies"].items() if not k.startswith(tuning.PREFIX)}
+    config["studies"] = {k: v for k, v in config["studies"].items() if not k.startswith(TUNING_PREFIX)}
     found = tuning.trials("llara", tuning.with_tuning_studies(config))
     assert found["trials"][0]["run"] == found["default"] == "llara-open-n256"  # rank 8, lr 5e-4: the block's
     for trial in found["trials"][1:]:
@@ -225,7 +225,8 @@ def test_the_schema_lists_the_run_axes_and_methods_a_space_may_take():
 
     schema = read_schema()
     spaces = schema["properties"]["tuning"]["properties"]["spaces"]
-    assert spaces["additionalProperties"]["propertyNames"]["enum"] == [a.name for a in GRID_AXES if a.block]
+    assert spaces["additionalProperties"]["propertyNames"] == {"$ref": "#/$defs/space_axis"}
+    assert schema["$defs"]["space_axis"]["enum"] == [a.name for a in GRID_AXES if a.block]
     assert spaces["propertyNames"] == {"$ref": "#/$defs/method"} and schema["$defs"]["method"]["enum"] == list(METHODS)
 
 
@@ -247,3 +248,12 @@ def test_the_tuning_all_overlay_covers_every_claim_and_leaves_the_default_trials
         assert len(found["trials"]) == merged["tuning"]["trials"] and found["trials"][0]["run"] == found["default"]
         if method in base["tuning"]["spaces"]:
             assert found == tuning.trials(method, base)
+
+
+def test_sasrec_trial_names_keep_their_spelling():
+    """A SASRec trial's folder (results/{dataset}/tuning/sasrec/<trial>/) is named by its settings: the
+    learning rate as run names spell it, every other value by %g, so stored trials keep their folders."""
+    name = tuning.sasrec_trial_name({"hidden_size": 64, "dropout": 0.2, "lr": 3e-3})
+    assert name == "hidden_size64-dropout0.2-lr3e-3"
+    assert (tuning.sasrec_trial_name({"hidden_size": 32, "dropout": 0.5, "lr": 0.001, "batch_size": 512.0})
+            == "hidden_size32-dropout0.5-lr1e-3-batch_size512")

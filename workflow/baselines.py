@@ -25,14 +25,13 @@ import numpy as np
 import pandas as pd
 
 from workflow import cli, metrics
+from workflow.baseline_table import BASELINES
 from workflow.io import write_parquet
-from workflow.prepare import item_vocabulary
+from workflow.prepare import check_samples, item_vocabulary, read_samples
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("valid", "test")
-SAMPLE_COLUMNS = ("sample_id", "split", "user_id", "history", "target", "candidates")
-SCORE_CELLS = 20_000_000  # full-ranking score block (rows x items) held in memory at once
 
 
 def _expected_hr_ndcg(n: np.ndarray, hr_ks: Sequence[int], ndcg_ks: Sequence[int]) -> dict[str, np.ndarray]:
@@ -82,19 +81,16 @@ def popularity_full_ranks(samples: pd.DataFrame, scores: np.ndarray, vocabulary:
     column_of = {item: k for k, item in enumerate(vocabulary)}
     targets = np.array([column_of[str(t)] for t in samples["target"]], dtype=np.int64)
     history = [[column_of[str(i)] for i in h] for h in samples["history"]]
-    block = max(1, SCORE_CELLS // max(len(vocabulary), 1))
-    ranks = [metrics.full_ranking_ranks(np.broadcast_to(scores, (len(targets[s:s + block]), len(scores))),
-                                        targets[s:s + block], exclude=history[s:s + block])
-             for s in range(0, len(targets), block)]
+    ranks = [metrics.full_ranking_ranks(np.broadcast_to(scores, (len(targets[rows]), len(scores))),
+                                        targets[rows], exclude=history[rows])
+             for rows in metrics.score_blocks(len(targets), len(scores))]
     return np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.int64)
 
 
 def evaluate_baselines(samples: pd.DataFrame, items: pd.DataFrame, dataset: str,
                        splits: Sequence[str] = SPLITS) -> pd.DataFrame:
     """Per-sample metrics (workflow.metrics format) of `random` and `popularity` on `splits`."""
-    missing = set(SAMPLE_COLUMNS) - set(samples.columns)
-    if missing:
-        raise KeyError(f"samples: missing columns {sorted(missing)}")
+    check_samples(samples)
     vocabulary = item_vocabulary(samples, items)
     part = samples[samples["split"].isin(splits)].reset_index(drop=True)
     if part.empty:
@@ -107,14 +103,14 @@ def evaluate_baselines(samples: pd.DataFrame, items: pd.DataFrame, dataset: str,
     candidate_scores = np.array([[scores[column_of[c]] for c in cands] for cands in candidates], dtype=np.float64)
 
     values = {
-        ("random", "none", "likelihood"): random_candidate_metrics(candidates.map(len).to_numpy()),
-        ("random", "none", "full_ranking"): random_full_ranking_metrics(ranked_item_counts(part, len(vocabulary))),
-        ("popularity", "all", "likelihood"): metrics.candidate_metrics(candidate_scores, target_col),
-        ("popularity", "all", "full_ranking"): metrics.full_ranking_metrics(
-            popularity_full_ranks(part, scores, vocabulary)),
+        ("random", "likelihood"): random_candidate_metrics(candidates.map(len).to_numpy()),
+        ("random", "full_ranking"): random_full_ranking_metrics(ranked_item_counts(part, len(vocabulary))),
+        ("popularity", "likelihood"): metrics.candidate_metrics(candidate_scores, target_col),
+        ("popularity", "full_ranking"): metrics.full_ranking_metrics(popularity_full_ranks(part, scores, vocabulary)),
     }
-    return pd.concat([metrics.ranking_metrics_frame(part, v, dataset=dataset, method=m, selection=s, protocol=p)
-                      for (m, s, p), v in values.items()], ignore_index=True)
+    return pd.concat([metrics.ranking_metrics_frame(part, v, dataset=dataset, method=m, selection=BASELINES[m],
+                                                    protocol=p)
+                      for (m, p), v in values.items()], ignore_index=True)
 
 
 def main(argv=None) -> int:
@@ -127,7 +123,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="results/{dataset}/baselines/metrics.parquet")
 
     def run(args):
-        samples = pd.read_parquet(args.samples, columns=list(SAMPLE_COLUMNS))
+        samples = read_samples(args.samples)
         items = pd.read_parquet(args.items, columns=["item_id"])
         frame = evaluate_baselines(samples, items, args.dataset)
         means = frame[frame["split"] == "test"].groupby(["method", "protocol", "metric"], sort=False)["value"].mean()

@@ -13,10 +13,10 @@ from typing import Any
 import jsonschema
 import yaml
 
-from workflow.methods import METHODS
+from workflow.methods import CURRICULA, METHODS, NEGATIVES, QUANTIZATION
 from workflow.protocol_table import requestable as requestable_protocols
-from workflow.runs import PROMPTS, resolve
-from workflow.tuning import with_tuning_studies
+from workflow.runs import (DEFAULT_PROMPT, GATES, GRID_AXES, PROMPTS, RANKED_STRATEGIES, SELECTIONS, resolve,
+                           with_tuning_studies)
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = ROOT / "config" / "schema.yaml"
@@ -34,28 +34,45 @@ def load_yaml(text: str) -> Any:
 
 
 def read_schema(path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
-    """config/schema.yaml with the method names filled in from workflow/methods.py, so a method is
-    named in its declaration only: `$defs.method` takes every declared method as its enum (and
-    `$defs.prompt` every prompt of workflow/runs.py, `$defs.protocol` every protocol of
-    workflow/protocol_table.py that a prompt may request),
-    `$defs.explained_run` a pattern of every one but the hybrid ones (their prompt needs the
-    surrogate's hooks, which explanations do not load), `$defs.claim_side` a method with an optional
-    `@strategy` (one of selection.strategies' enum), and a preference objective without a block
-    of its own gets one of the shared keys (`$defs.preference_method`). A copy: callers may change it."""
+    """config/schema.yaml with its choice lists filled in from the code that declares them, so a
+    method, prompt, strategy or axis is named in its declaration only: each `$defs` entry of
+    `choices()` takes its enum from there (`$defs.method` every method of workflow/methods.py,
+    `$defs.prompt` every prompt of workflow/runs.py, ...), `$defs.explained_run` a pattern of every
+    method but the hybrid ones (their prompt needs the surrogate's hooks, which explanations do not
+    load), `$defs.claim_side` a method with an optional `@strategy` (a selection strategy), and a
+    preference objective without a block of its own gets one of the shared keys
+    (`$defs.preference_method`). A copy: callers may change it."""
     return copy.deepcopy(_filled_schema(str(path), Path(path).stat().st_mtime_ns))
+
+
+def choices() -> dict[str, list[str]]:
+    """The enum of each `$defs` entry that config/schema.yaml leaves to the code, from its declaration."""
+    return {
+        "method": list(METHODS),
+        "prompt": list(PROMPTS),
+        "protocol": requestable_protocols(),  # those a prompt supports
+        "selection_strategy": list(SELECTIONS),
+        "grid_axis": [a.name for a in GRID_AXES],
+        "space_axis": [a.name for a in GRID_AXES if a.block],  # a tuning space varies the method's block
+        "gate": list(GATES),
+        "curriculum": list(CURRICULA),
+        "quantization": list(QUANTIZATION),
+        # head items need the block's head_share (lpo4rec's); SPRec's one negative is the reference's top-ranked
+        "negatives": [name for name, negatives in NEGATIVES.items() if not negatives.head],
+        "head_negatives": list(NEGATIVES),
+        "ranked_negatives": list(RANKED_STRATEGIES),
+    }
 
 
 @functools.lru_cache(maxsize=8)
 def _filled_schema(path: str, mtime_ns: int) -> dict[str, Any]:
     """read_schema's work, once per schema file version (every stage start validates a few blocks)."""
     schema = load_yaml(Path(path).read_text())
-    schema["$defs"]["method"]["enum"] = list(METHODS)
-    schema["$defs"]["prompt"]["enum"] = list(PROMPTS)
-    schema["$defs"]["protocol"]["enum"] = requestable_protocols()
+    for name, enum in choices().items():
+        schema["$defs"][name]["enum"] = enum
     explained = [name for name, declared in METHODS.items() if declared.family != "hybrid"]
     schema["$defs"]["explained_run"]["pattern"] = f"^({'|'.join(explained)})(-.*)?$"
-    strategies = schema["properties"]["selection"]["properties"]["strategies"]["items"]["enum"]
-    schema["$defs"]["claim_side"]["pattern"] = f"^({'|'.join(METHODS)})(@({'|'.join(strategies)}))?$"
+    schema["$defs"]["claim_side"]["pattern"] = f"^({'|'.join(METHODS)})(@({'|'.join(SELECTIONS)}))?$"
     for name, declared in METHODS.items():  # a preference objective without keys of its own
         if declared.family == "preference" and name not in schema["properties"]:
             schema["properties"][name] = {"type": "object", "default": {}, "additionalProperties": False,
@@ -192,14 +209,14 @@ RUN_KEYS = ("domain", "prompt", "budget")
 def stage_settings(spec: dict[str, Any], blocks: dict[str, str]) -> dict[str, Any]:
     """The `--spec` of an LLM stage: each key named in `blocks` (spec key -> schema block) validated
     with its defaults filled, plus what the run's name says (workflow/runs.py): `domain` (the
-    dataset's item word, default "item"), `prompt` (candidate or open, default candidate) and
+    dataset's item word, default "item"), `prompt` (one of PROMPTS, default DEFAULT_PROMPT) and
     `budget` (train on a nested subset of that many selected samples; default None = all)."""
     unknown = set(spec) - set(blocks) - set(RUN_KEYS)
     if unknown:
         raise KeyError(f"--spec: unknown keys {sorted(unknown)} (expected {', '.join([*blocks, *RUN_KEYS])})")
     out: dict[str, Any] = {key: validate_block(block, dict(spec.get(key) or {})) for key, block in blocks.items()}
     out["domain"] = spec.get("domain") or "item"
-    out["prompt"] = spec.get("prompt") or "candidate"
+    out["prompt"] = spec.get("prompt") or DEFAULT_PROMPT
     if out["prompt"] not in PROMPTS:
         raise ValueError(f"--spec: prompt {out['prompt']!r} is not one of {', '.join(PROMPTS)}")
     out["budget"] = spec.get("budget")

@@ -8,7 +8,7 @@
    already committed is used.
 2. README: the text between `<!-- default-results:start -->` and `<!-- default-results:end -->` is
    rewritten from the snapshot: one compact table per dataset (`default_table`), rows the baselines
-   and every LLM run / selection, columns a few headline metrics per protocol (`COLUMNS`), each cell
+   and every LLM run / selection, columns the headline metrics of a few protocols (`COLUMNS`), each cell
    summary.md's (`workflow.summary.format_cell`: point, interval with the point's digits, markers).
 3. Studies: in every docs/*.md page the text between `<!-- study:NAME:start -->` and
    `<!-- study:NAME:end -->` is replaced by `{results}/studies/NAME.md` (headings demoted under the
@@ -28,16 +28,22 @@ import pandas as pd
 
 from workflow import cli
 from workflow.io import atomic_path
-from workflow.summary import BASELINES, figure_rows, format_cell, row_labels, row_names
+from workflow.protocol_table import PROTOCOLS, requestable
+from workflow.summary import (BASELINES, CATALOGUE_METRICS, CATALOGUE_PROTOCOLS, figure_rows, format_cell,
+                              markdown_table, row_labels, row_names)
 
 log = logging.getLogger(__name__)
 
 SNAPSHOT = Path("results") / "summary.parquet"  # under docs/
 STUDIES = Path("results") / "studies"  # under docs/
 DEFAULT = "default-results"
-# (protocol, metric) columns of the README's table: the headline metrics of each protocol
-COLUMNS = (("likelihood", "hr@1"), ("likelihood", "mrr"), ("likelihood", "auc"), ("grounded", "hr@10"),
-           ("catalogue", "hr@10"), ("catalogue", "ndcg@10"), ("full_ranking", "hr@10"))
+# (protocol, metric) columns of the README's table, read against the baselines: the headline metrics
+# of each protocol a run may request that a baseline ranks too (`popularity`; a diagnostic run along
+# another, likelihood_reversed, is left to summary.md), then the baselines' own whole-catalogue ranking
+# (full_ranking) under the whole-catalogue metrics
+COLUMNS = (*((p, m) for p in requestable() if PROTOCOLS[p].popularity and not PROTOCOLS[p].runs_with
+             for m in PROTOCOLS[p].headline),
+           *((p, m) for p in CATALOGUE_PROTOCOLS if p not in requestable() for m in CATALOGUE_METRICS))
 
 
 def markers(name: str) -> tuple[str, str]:
@@ -78,11 +84,9 @@ def default_table(summary: pd.DataFrame) -> str:
                                                                                 columns=columns)
         if len(datasets) > 1:
             parts += [f"**{dataset}**", ""]
-        parts += ["| method / selection | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
-        parts += ["| " + " | ".join([label, *(c if isinstance(c, str) else "" for c in cells)]) + " |"
-                  for label, cells in wide.iterrows()]
+        parts += markdown_table(wide)
         n = table.groupby("protocol", sort=False)["n"].max()
-        parts += ["", "Test samples per protocol: " + ", ".join(f"{p} {int(k)}" for p, k in n.items()) + "."
+        parts += ["Test samples per protocol: " + ", ".join(f"{p} {int(k)}" for p, k in n.items()) + "."
                   + (" Baselines: " + ", ".join(b for b in BASELINES if b in set(table["method"])) + "."
                      if set(BASELINES) & set(table["method"]) else ""), ""]
     return "\n".join(parts).strip() + "\n"
@@ -126,7 +130,8 @@ def study_block(name: str, results: Path, docs: Path, page: Path) -> str | None:
     target.mkdir(parents=True, exist_ok=True)
     for suffix in (".md", ".png"):
         if (results / "studies" / f"{name}{suffix}").is_file():
-            shutil.copyfile(results / "studies" / f"{name}{suffix}", target / f"{name}{suffix}")
+            with atomic_path(target / f"{name}{suffix}", suffix=suffix) as tmp:  # committed files: never half-written
+                shutil.copyfile(results / "studies" / f"{name}{suffix}", tmp)
     lines = source.read_text().splitlines()
     body = [("##" + line) if line.startswith("#") else line for line in lines[1:]]
     plot = target / f"{name}.png"
@@ -141,7 +146,8 @@ def study_names(text: str) -> list[str]:
 
 def write_if_changed(path: Path, text: str) -> None:
     if path.read_text() != text:
-        path.write_text(text)
+        with atomic_path(path, suffix=path.suffix) as tmp:  # README and docs/ are committed: never half-written
+            tmp.write_text(text)
         log.info("rewrote %s", path)
 
 

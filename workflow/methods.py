@@ -7,6 +7,10 @@ schema's enums and blocks equal to it.
 Adding a preference objective: its function in workflow/llm/losses.py (`OBJECTIVES`), its
 declaration here, its config block in config/schema.yaml (the schema's method enums are filled from
 these declarations: workflow/config.py read_schema).
+
+The choices of the methods' settings that the LLM layer acts on (negative strategies, LLaRA's
+curricula, quantization) are declared here too, beside no torch import, so the schema's enums are
+filled from them without loading the LLM layer.
 """
 from __future__ import annotations
 
@@ -50,3 +54,27 @@ METHODS: dict[str, Method] = {
 def of_family(family: str) -> tuple[str, ...]:
     """The methods of one family, in declaration order."""
     return tuple(name for name, m in METHODS.items() if m.family == family)
+
+
+@dataclass(frozen=True)
+class Negatives:
+    """What a negative-sampling strategy reads besides the candidates (workflow/llm/preference.py
+    choose_negatives), so the rules, the trainer and the schema's enums ask one table."""
+    ranked: bool = False      # ranks the candidates by a model's log-probs (the reference's, or --negatives')
+    popularity: bool = False  # draws weighted by train-split popularity
+    head: bool = False        # draws among the head items: needs the block's head_share (lpo4rec's)
+
+
+# In the order of the schema's enums.
+NEGATIVES: dict[str, Negatives] = {
+    "random": Negatives(),                 # k uniformly (seeded)
+    "hardest": Negatives(ranked=True),     # the k highest reference log-probs
+    "all": Negatives(),                    # every other candidate (k ignored)
+    "self": Negatives(ranked=True),        # SPRec: the reference's top-ranked wrong candidate (k = 1)
+    "tail": Negatives(popularity=True),    # with probability proportional to 1 / (1 + popularity)
+    "head": Negatives(popularity=True),    # proportional to 1 + popularity
+    "head_gumbel": Negatives(head=True),   # LPO4Rec's: uniformly among the head items
+}
+
+CURRICULA = ("linear", "authors", "per_epoch", "hybrid")  # LLaRA / iLoRA: workflow/llm/llara.py hybrid_probability
+QUANTIZATION = ("none", "int8", "nf4")  # llm.quantization: workflow/llm/model.py quantization_config

@@ -14,7 +14,7 @@ writes: dataset, method, selection, protocol, split, sample_id, user_id, metric,
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -22,6 +22,7 @@ import pandas as pd
 CANDIDATE_KS = {"hr": (1, 5), "ndcg": (5, 10)}
 FULL_RANKING_KS = (1, 5, 10, 20)
 FRAME_COLUMNS = ["dataset", "method", "selection", "protocol", "split", "sample_id", "user_id", "metric", "value"]
+SCORE_CELLS = 20_000_000  # a full ranking's score block (rows x items) held in memory at once
 
 
 def _clean(scores: np.ndarray) -> np.ndarray:
@@ -71,6 +72,13 @@ def full_ranking_ranks(
         keep_target = cols != np.asarray(target_index)[rows]
         at_least_target[rows[keep_target], cols[keep_target]] = False
     return at_least_target.sum(axis=1) - 1
+
+
+def score_blocks(n_rows: int, n_items: int) -> Iterator[slice]:
+    """Row slices that a full ranking scores at once: as many rows as SCORE_CELLS allows for
+    `n_items` columns (at least one), so memory stays bounded whatever the catalogue's size."""
+    block = max(1, SCORE_CELLS // max(n_items, 1))
+    return (slice(start, start + block) for start in range(0, n_rows, block))
 
 
 def hit_rate(ranks: np.ndarray, k: int) -> np.ndarray:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import zlib
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -52,6 +53,8 @@ SAMPLES_SCHEMA = pa.schema(
         ("target_timestamp", pa.int64()),
     ]
 )
+# The columns the later stages read (target_timestamp records the split's cut only)
+SAMPLE_COLUMNS = tuple(name for name in SAMPLES_SCHEMA.names if name != "target_timestamp")
 
 
 # ---------------------------------------------------------------------------------------- settings
@@ -379,6 +382,34 @@ def run(args) -> None:
     samples = build_samples(interactions, items, settings, args.seed)
     io.write_parquet(samples, args.samples, config=settings, seed=args.seed, schema=SAMPLES_SCHEMA)
     log.info("wrote %d samples to %s", len(samples), args.samples)
+
+
+def check_samples(samples: pd.DataFrame, source: str = "samples",
+                  columns: Sequence[str] = SAMPLE_COLUMNS) -> None:
+    """What every stage reading a samples table checks, each error naming `source` (its file): the
+    `columns` it reads are there, every split is one of SPLITS and every history holds an item
+    (each model conditions on the history)."""
+    missing = [c for c in columns if c not in samples.columns]
+    if missing:
+        raise ValueError(f"{source}: missing columns {missing}")
+    unknown = ~samples["split"].isin(SPLITS)
+    if unknown.any():
+        row = samples[unknown].iloc[0]
+        raise ValueError(f"{source}: sample '{row['sample_id']}' has unknown split '{row['split']}'")
+    empty = samples["history"].map(len) == 0
+    if empty.any():
+        raise ValueError(f"{source}: sample '{samples.loc[empty, 'sample_id'].iloc[0]}' has an empty history")
+
+
+def read_samples(path, splits: Sequence[str] = SPLITS, columns: Sequence[str] = SAMPLE_COLUMNS) -> pd.DataFrame:
+    """The samples of `splits` in the samples table at `path` (every column, the file's row order),
+    checked by `check_samples`; none in `splits` is an error too."""
+    samples = pd.read_parquet(path)
+    check_samples(samples, path, columns)
+    chosen = samples[samples["split"].isin(list(splits))].reset_index(drop=True)
+    if chosen.empty:
+        raise ValueError(f"{path}: no samples in splits {list(splits)}")
+    return chosen
 
 
 def item_vocabulary(samples: pd.DataFrame, items: pd.DataFrame | None = None, source: str = "items") -> list[str]:

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from workflow import cli
+from workflow.baseline_table import BASELINES
 from workflow.io import atomic_dir, atomic_path
 from workflow.summary import figure_rows, markers, row_names, seed_spread, wide_table
 
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 
 DPI = 100
 # One colour per method, the same in every chart; methods not listed get the next free colour.
-METHOD_ORDER = ["random", "popularity", "sasrec", "base-open", "base-candidate", "sft-open", "sft-candidate",
+METHOD_ORDER = [*BASELINES, "base-open", "base-candidate", "sft-open", "sft-candidate",
                 "dmpo-open", "sdpo-open", "dynamicpo-open"]
 
 # Scoped to the fragment's class: the fragment is also embedded in the report's first page.

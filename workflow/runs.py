@@ -41,14 +41,15 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from workflow.methods import METHODS as DECLARED, of_family
+from workflow.methods import METHODS as DECLARED, NEGATIVES, of_family
 from workflow.protocol_table import supported as supported_protocols
 
 # The prompts that show and answer every item by a code ID (workflow/semantic_ids.py; what each quantises:
 # config `semantic_ids.embeddings`): sid, content IDs of the items' titles (TIGER, MiniOneRec); cid,
 # collaborative IDs of SASRec's item embeddings (Hua et al. 2023).
 ID_PROMPTS = ("sid", "cid")
-PROMPTS = ("candidate", "open", *ID_PROMPTS)
+DEFAULT_PROMPT = "candidate"  # a stage's when its --spec names none; base's when no trained run names one
+PROMPTS = (DEFAULT_PROMPT, "open", *ID_PROMPTS)
 # The method sets, from the one declaration per method (workflow/methods.py).
 PREFERENCE = of_family("preference")  # workflow/llm/preference.py
 TRAINED = tuple(DECLARED)
@@ -56,6 +57,10 @@ TAKES_K = tuple(m for m, d in DECLARED.items() if d.takes_k)  # the -k flag; spr
 FRESH_LORA = tuple(m for m, d in DECLARED.items() if d.family != "preference")  # the -rank flag
 HYBRID = of_family("hybrid")  # the hybrid prompt: SASRec item embeddings after each title
 GATES = ("sequence", "random", "uniform")  # iLoRA's gate inputs (workflow/llm/ilora.py)
+# The selection strategies (workflow/selection/): random and all, then DEALRec's, which score the samples
+# (workflow/selection/dealrec.py lists those too; tests/test_config.py holds the two equal)
+DEALREC_STRATEGIES = ("dealrec", "influence", "effort")
+SELECTIONS = ("random", "all", *DEALREC_STRATEGIES)
 METHODS = ("base", *TRAINED)
 # The protocols each prompt supports, from workflow/protocol_table.py's table (`supported_protocols`).
 PROMPT_PROTOCOLS = {prompt: supported_protocols(prompt) for prompt in PROMPTS}
@@ -124,9 +129,14 @@ def lr_text(lr: float) -> str:
     return f"{mantissa}e{int(exponent)}"
 
 
+def number_text(name: str, value) -> str:
+    """A setting's number as a name spells it: the learning rate by `lr_text`, any other by %g."""
+    return lr_text(value) if name == "lr" else f"{value:g}"
+
+
 def value_text(axis: Axis, value) -> str:
-    """An override's value as a name spells it (the learning rate by `lr_text`, numbers by %g)."""
-    return lr_text(value) if axis.name == "lr" else f"{value:g}" if axis.kind is float else f"{value}"
+    """An override's value as a run name spells it: a float by `number_text`, an int or a choice as is."""
+    return number_text(axis.name, value) if axis.kind is float else f"{value}"
 
 
 # A run: its method and prompt, and each override of its name (None = its block's; the seed: the config's).
@@ -188,7 +198,7 @@ def resolve(entry: str, config: dict[str, Any]) -> list[Run]:
         return [parse(entry)]
     if entry == "base":
         prompts = {run.prompt for other in config["methods"] if other != "base"
-                   for run in resolve(other, config)} or {"candidate"}
+                   for run in resolve(other, config)} or {DEFAULT_PROMPT}
         return [Run("base", p) for p in PROMPTS if p in prompts]
     if entry not in TRAINED:
         raise ValueError(f"config key 'methods': unknown method {entry!r} (known: {', '.join(METHODS)})")
@@ -238,7 +248,7 @@ def block(run: Run, config: dict[str, Any]) -> dict[str, Any]:
 
 # Negative strategies that rank the candidates by a model's log-probs (the reference's, or those of
 # preference --negatives): workflow/llm/preference.py choose_negatives.
-RANKED_STRATEGIES = ("hardest", "self")
+RANKED_STRATEGIES = tuple(name for name, negatives in NEGATIVES.items() if negatives.ranked)
 
 
 REFERENCE_FREE = tuple(m for m, d in DECLARED.items() if d.reference_free)  # the policy's log-probs alone
@@ -359,6 +369,50 @@ def draw_trials(candidates: list, main: Any, trials: int, key: str, seed: int) -
 def study_seeds(name: str, config: dict[str, Any]) -> list[int]:
     """The training seeds of a study's runs: its `seeds`, else the config's one `seed`."""
     return list(dict.fromkeys(config["studies"][name].get("seeds") or [config["seed"]]))
+
+
+# Tuning (workflow/tuning.py) is one study per method, derived here, below config.py, which adds them
+# to every validated config's `studies`.
+TUNING_PREFIX = "tuning-"  # a method's tuning study: results/studies/tuning-<method>.{parquet,md,png}
+
+
+def tuning_study(method: str) -> str:
+    return f"{TUNING_PREFIX}{method}"
+
+
+def tuning_seeds(config: dict[str, Any]) -> list[int]:
+    """The seeds every trial runs at and the tuned table pools: `tuning.seeds`, else the config's."""
+    return config["tuning"]["seeds"] or config_seeds(config)
+
+
+def tuning_studies(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The study of each method of `tuning.spaces` (a study config, as `studies.<name>` after the
+    schema's defaults)."""
+    tuning = config["tuning"]
+    for method, space in tuning["spaces"].items():
+        for axis in space:
+            applies = next(a.methods for a in GRID_AXES if a.name == axis)
+            if applies is not None and method not in applies:
+                raise ValueError(f"config key 'tuning.spaces.{method}.{axis}': {method} does not take {axis} "
+                                 f"(it applies to {', '.join(applies)})")
+    seeds = tuning_seeds(config)
+    metrics = list(dict.fromkeys([tuning["metric"], *tuning["metrics"]]))
+    return {tuning_study(method): {
+        "enabled": False, "methods": [method], "x": next(iter(space)), "seeds": seeds, "split": "valid",
+        "grid": {"prompt": [config[method]["prompt"]], "budget": [tuning["budget"]], **space},
+        "protocols": [tuning["protocol"]], "metrics": metrics, "trials": tuning["trials"]}
+        for method, space in tuning["spaces"].items()}
+
+
+def with_tuning_studies(config: dict[str, Any]) -> dict[str, Any]:
+    """`config` with the tuning studies among its `studies` (a study of the same name is an error)."""
+    derived = tuning_studies(config)
+    taken = sorted(name for name in set(derived) & set(config["studies"]) if config["studies"][name] != derived[name])
+    if taken:
+        raise ValueError(f"config key 'studies.{taken[0]}': the name is the tuning study of "
+                         f"{taken[0].removeprefix(TUNING_PREFIX)} (tuning.spaces); rename the study")
+    config["studies"].update(derived)
+    return config
 
 
 def run_selections(config: dict[str, Any], run: Run) -> list[str]:

@@ -38,10 +38,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from workflow import cli
+from workflow import baseline_table, cli
 from workflow.io import atomic_path, write_parquet
 from workflow.protocol_table import popularity_protocol
-from workflow.runs import GRID_AXES
+from workflow.runs import GRID_AXES, value_text
 from workflow.summary import estimate, metric_frames, paired_delta, read_metrics
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 AXES = tuple(a.name for a in GRID_AXES)  # the grid keys (workflow/runs.py RUN_AXES), each a column
 LABELS = ("dataset", "selection", "method", *AXES)
 KEY = (*LABELS, "protocol", "metric")  # a table row's key: the run's labels, then protocol and metric
-BASELINES = ("random", "popularity", "sasrec")
+BASELINES = tuple(baseline_table.BASELINES)
 SCHEMA = pa.schema([
     ("dataset", pa.string()), ("selection", pa.string()), ("method", pa.string()),
     *((a.name, {int: pa.int64(), float: pa.float64(), str: pa.string()}[a.kind]) for a in GRID_AXES),
@@ -236,10 +236,10 @@ def series_label(row: pd.Series, x: str) -> str:
     """`dmpo open k3 e1`: the method and the series' other axis values, each by its run-name flag, in
     the name's order."""
     parts = [row["method"]] + ([row["prompt"]] if x != "prompt" else [])
-    for name, flag in ((a.name, a.flag) for a in GRID_AXES if a.flag):
-        if name != x and not pd.isna(row[name]):
-            value = row[name]
-            parts.append(f"{flag}{value:g}" if isinstance(value, float) else f"{flag}{value}")
+    for a in GRID_AXES:
+        if a.flag and a.name != x and not pd.isna(row[a.name]):
+            # as the run name spells it (a column with gaps holds its ints as floats: back to the axis's kind)
+            parts.append(f"{a.flag}{value_text(a, a.kind(row[a.name]))}")
     return " ".join(parts)
 
 
@@ -308,7 +308,7 @@ def markdown(name: str, table: pd.DataFrame, baselines: pd.DataFrame, x: str, sp
     return "\n".join(lines)
 
 
-BASELINE_STYLE = {"random": ":", "popularity": "--", "sasrec": "-."}
+BASELINE_STYLE = dict(zip(BASELINES, (":", "--", "-.")))  # a line style per baseline, in their order
 
 
 def plot(table: pd.DataFrame, baselines: pd.DataFrame, x: str, out: str | Path) -> None:

@@ -64,7 +64,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from workflow import cli, runs
+from workflow import baseline_table, cli, runs
 from workflow.io import atomic_path, write_parquet
 from workflow.protocol_table import PROTOCOLS, headlines, popularity_protocol
 
@@ -75,8 +75,10 @@ REFERENCES = ("sft", "base", "popularity", "strategy", "sasrec")
 # the protocols that rank the whole catalogue (the whole-catalogue table; read against SASRec's full
 # ranking): those the protocol table reads against popularity's full ranking
 CATALOGUE_PROTOCOLS = tuple(p for p in PROTOCOLS if popularity_protocol(p) == "full_ranking")
-BASELINES = ("random", "popularity", "sasrec")  # listed first in the tables
-NO_POPULARITY = {"random", "popularity"}
+# the whole-catalogue table's metrics: those protocols' headline metrics (hr@10, ndcg@10)
+CATALOGUE_METRICS = tuple(dict.fromkeys(m for p in CATALOGUE_PROTOCOLS for m in PROTOCOLS[p].headline))
+BASELINES = tuple(baseline_table.BASELINES)  # listed first in the tables
+NO_POPULARITY = set(BASELINES) - {baseline_table.SURROGATE}
 GROUP = ["dataset", "method", "selection", "protocol"]
 METRICS_COLUMNS = GROUP + ["split", "sample_id", "user_id", "metric", "value"]
 TRAINED_ON = "trained_on"  # the dataset a transferred run was trained on (else the dataset itself)
@@ -267,7 +269,7 @@ def reference_runs(method: str, protocol: str, reference: str) -> list[tuple[str
     prompt = run_prompt(method)
     if prompt is None:
         return []
-    names = [f"{reference}-{prompt}"]
+    names = [runs.Run(reference, prompt).name]
     if reference == "sft" and runs.parse(method).method not in ("base", "sft"):
         names.insert(0, runs.parse(method).sft().name)
     return [(name, protocol) for name in dict.fromkeys(names) if name != method]
@@ -523,7 +525,7 @@ def catalogue_table(by_dataset: pd.DataFrame) -> pd.DataFrame:
     """The whole-catalogue rows (`CATALOGUE_PROTOCOLS`): `method / selection (protocol)` by HR@10,
     NDCG@10 and each one's paired difference to SASRec's full ranking; baselines first."""
     table = by_dataset[by_dataset["protocol"].isin(CATALOGUE_PROTOCOLS)
-                       & by_dataset["metric"].isin(["hr@10", "ndcg@10"])]
+                       & by_dataset["metric"].isin(CATALOGUE_METRICS)]
     if table.empty:
         return pd.DataFrame()
     table = table.assign(selection=table["selection"] + " (" + table["protocol"] + ")")
@@ -532,7 +534,7 @@ def catalogue_table(by_dataset: pd.DataFrame) -> pd.DataFrame:
                                    column=table["metric"] + " vs sasrec")])
     long = long.assign(row=row_names(long))
     wide = long.pivot(index="row", columns="column", values="cell")
-    return wide.reindex(index=row_labels(table), columns=["hr@10", "hr@10 vs sasrec", "ndcg@10", "ndcg@10 vs sasrec"])
+    return wide.reindex(index=row_labels(table), columns=[c for m in CATALOGUE_METRICS for c in (m, f"{m} vs sasrec")])
 
 
 def markdown_table(wide: pd.DataFrame) -> list[str]:

@@ -44,14 +44,14 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
-from workflow import cli, io, metrics, recbole_compat
+from workflow import cli, io, metrics, prepare, recbole_compat
+from workflow.baseline_table import BASELINES, SURROGATE
+from workflow.config import validate_block
+from workflow.llm.model import resolve_device
 from workflow.prepare import item_vocabulary
-from workflow.config import read_schema
 
 log = logging.getLogger("workflow.surrogate")
 
-SAMPLE_COLUMNS = ("sample_id", "split", "user_id", "history", "target", "candidates")
-SPLITS = ("train", "valid", "test")
 ATOMIC_NAME = "surrogate"  # RecBole dataset name: files are {name}.{split}.inter and {name}.item
 VALID_METRIC = "ndcg@10"  # RecBole's full-sort validation metric for early stopping
 # RecBole SASRec settings we fix (the rest come from the config's `surrogate` block)
@@ -64,7 +64,6 @@ FIELDS = {
     "NEG_PREFIX": "neg_",
 }
 INFERENCE_BATCH = 2048
-SCORE_CELLS = 20_000_000  # full-ranking score block size (rows x items) kept in memory at once
 
 
 @dataclass
@@ -84,39 +83,14 @@ class Surrogate:
 # ----------------------------------------------------------------------------- settings, input
 
 
-def default_settings() -> dict[str, Any]:
-    """The `surrogate` block's defaults, read from config/schema.yaml (one source of truth)."""
-    props = read_schema()["properties"]["surrogate"]["properties"]
-    return {key: spec["default"] for key, spec in props.items()}
-
-
 def resolve_settings(spec: dict[str, Any] | None) -> dict[str, Any]:
-    settings = default_settings()
-    unknown = set(spec or {}) - set(settings)
-    if unknown:
-        raise KeyError(f"config key 'surrogate': unknown keys {sorted(unknown)}")
-    return {**settings, **(spec or {})}
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("config key 'surrogate.device': cuda requested but no GPU is visible")
-    return device
+    """The `surrogate` block checked against config/schema.yaml, its defaults filled in."""
+    return validate_block("surrogate", spec or {})
 
 
 def check_samples(samples: pd.DataFrame, source: str = "samples") -> None:
-    missing = set(SAMPLE_COLUMNS) - set(samples.columns)
-    if missing:
-        raise KeyError(f"{source}: missing columns {sorted(missing)}")
-    bad_split = ~samples["split"].isin(SPLITS)
-    if bad_split.any():
-        row = samples[bad_split].iloc[0]
-        raise ValueError(f"{source}: sample '{row.sample_id}' has unknown split '{row.split}'")
-    empty = samples["history"].map(len) == 0
-    if empty.any():
-        raise ValueError(f"{source}: sample '{samples[empty].iloc[0].sample_id}' has an empty history")
+    """Every samples reader's checks (workflow/prepare.py), then what training with RecBole needs."""
+    prepare.check_samples(samples, source)
     for split in ("train", "valid"):
         if not (samples["split"] == split).any():
             raise ValueError(f"{source}: no {split} samples (the surrogate trains on train, stops early on valid)")
@@ -231,7 +205,7 @@ def _train_in(workdir: Path, samples, vocabulary, max_len, settings, seed) -> Su
 
     started = time.perf_counter()
     write_atomic_files(samples, vocabulary, workdir / ATOMIC_NAME)
-    device = resolve_device(settings["device"])
+    device = resolve_device(settings["device"], "surrogate.device").type  # RecBole takes "cpu" or "cuda"
     config = recbole_compat.make_config(
         SASRec, ATOMIC_NAME, recbole_config_dict(settings, max_len, workdir, workdir / "checkpoints", seed), device
     )
@@ -416,21 +390,20 @@ def evaluate_surrogate(
     target_in_candidates = metrics.target_columns(part["candidates"], part["target"].astype(str), part["sample_id"])
     history_cols = [[column_of[str(i)] for i in history] for history in part["history"]]
 
-    block = max(1, SCORE_CELLS // max(len(surrogate.item_ids), 1))
     candidate_scores, full_ranks = [], []
-    for start in range(0, len(part), block):
-        rows = slice(start, start + block)
+    for rows in metrics.score_blocks(len(part), len(surrogate.item_ids)):
         scores = score_all_items(surrogate, reprs[rows])
         candidate_scores.append(np.take_along_axis(scores, candidate_cols[rows], axis=1))
         full_ranks.append(metrics.full_ranking_ranks(scores, targets[rows], exclude=history_cols[rows]))
     candidate_scores = np.concatenate(candidate_scores) if candidate_scores else np.zeros((0, 1))
     full_ranks = np.concatenate(full_ranks) if full_ranks else np.zeros(0, dtype=np.int64)
 
+    labels = dict(dataset=dataset, method=SURROGATE, selection=BASELINES[SURROGATE])
     frames = [
         metrics.ranking_metrics_frame(part, metrics.candidate_metrics(candidate_scores, target_in_candidates),
-                                      dataset=dataset, method="sasrec", selection="all", protocol="likelihood"),
-        metrics.ranking_metrics_frame(part, metrics.full_ranking_metrics(full_ranks),
-                                      dataset=dataset, method="sasrec", selection="all", protocol="full_ranking"),
+                                      protocol="likelihood", **labels),
+        metrics.ranking_metrics_frame(part, metrics.full_ranking_metrics(full_ranks), protocol="full_ranking",
+                                      **labels),
     ]
     return pd.concat(frames, ignore_index=True)
 
@@ -509,6 +482,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out-dir", required=True, help="results/{dataset}/surrogate")
     p.add_argument("--dataset", required=True, help="dataset name written into metrics.parquet")
     p.add_argument("--spec", type=cli.json_arg, default=None, help="the config's `surrogate` block as JSON")
+    # not required as in the other stages: rule sasrec_trial_test runs --test-of without one (it trains nothing)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--trial", action="store_true", help="a tuning trial: model and validation metrics only")
     p.add_argument("--test-of", help="a trial's folder: write its model's test metrics to --out-dir's test.parquet")

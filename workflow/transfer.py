@@ -41,7 +41,7 @@ def _entry_runs(entry: str, runs: list[Run]) -> list[Run]:
 
 
 def _check_method(entry: str, runs: list[Run]) -> list[Run]:
-    method = entry.split("-", 1)[0]
+    method = parse(entry).method if "-" in entry else entry  # a run name or a bare method (as runs.resolve reads it)
     if method == "base":
         raise ValueError(f"{entry!r}: the untuned base model is never trained; its rows on the target dataset "
                          "are that dataset's own")

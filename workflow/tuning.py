@@ -2,11 +2,11 @@
 trial chosen by one declared metric, and the test split read for the chosen runs only.
 
 Built on the one study mechanism (workflow/study.py): each method of `tuning.spaces` becomes the
-study `tuning-<method>` (`tuning_studies`), whose grid is the method's space at the tuning's prompt
-(the method block's), `budget` and `seeds`, with `trials` of its combinations (workflow/runs.py
-`sampled_points`: the default settings' point first where the space holds it, then a seeded draw),
-evaluated on the validation split under `protocol`. Every trial is a named run (`dmpo-open-b0.1-n256`),
-so a trial is trained once, whichever study or config asks for it.
+study `tuning-<method>` (workflow/runs.py `tuning_studies`), whose grid is the method's space at the
+tuning's prompt (the method block's), `budget` and `seeds`, with `trials` of its combinations
+(workflow/runs.py `sampled_points`: the default settings' point first where the space holds it, then a
+seeded draw), evaluated on the validation split under `protocol`. Every trial is a named run
+(`dmpo-open-b0.1-n256`), so a trial is trained once, whichever study or config asks for it.
 
     python -m workflow.tuning select --spec '{"metric": "auc", "protocol": "likelihood",
         "methods": {"dmpo": {"study": "results/studies/tuning-dmpo.parquet", "trials": [{"run": ...,
@@ -47,43 +47,16 @@ import yaml
 
 from workflow import cli
 from workflow.io import atomic_path, write_parquet
-from workflow.runs import (GRID_AXES, at_seed, config_seeds, draw_trials, grid_point, lr_text, parse, resolve,
-                           run_selections, sampled_points)
+# tuning_studies and with_tuning_studies live in workflow/runs.py, below config.py, which adds the studies to
+# every config; workflow/dag.py reads them from here
+from workflow.runs import (at_seed, draw_trials, grid_point, number_text, parse, resolve, run_selections,
+                           sampled_points, tuning_seeds, tuning_studies, tuning_study, with_tuning_studies)
 from workflow.study import LABELS, normal_key, run_frames
 from workflow.summary import estimate, paired_delta
 
 log = logging.getLogger(__name__)
 
-PREFIX = "tuning-"  # a method's tuning study: results/studies/tuning-<method>.{parquet,md,png}
 TIE = 1e-12  # validation statistics this close are a tie: the earlier trial wins
-
-
-def study_name(method: str) -> str:
-    return f"{PREFIX}{method}"
-
-
-def tuning_seeds(config: dict[str, Any]) -> list[int]:
-    """The seeds every trial runs at and the tuned table pools: `tuning.seeds`, else the config's."""
-    return config["tuning"]["seeds"] or config_seeds(config)
-
-
-def tuning_studies(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The study of each method of `tuning.spaces` (a study config, as `studies.<name>` after the
-    schema's defaults)."""
-    tuning = config["tuning"]
-    for method, space in tuning["spaces"].items():
-        for axis in space:
-            applies = next(a.methods for a in GRID_AXES if a.name == axis)
-            if applies is not None and method not in applies:
-                raise ValueError(f"config key 'tuning.spaces.{method}.{axis}': {method} does not take {axis} "
-                                 f"(it applies to {', '.join(applies)})")
-    seeds = tuning_seeds(config)
-    metrics = list(dict.fromkeys([tuning["metric"], *tuning["metrics"]]))
-    return {study_name(method): {
-        "enabled": False, "methods": [method], "x": next(iter(space)), "seeds": seeds, "split": "valid",
-        "grid": {"prompt": [config[method]["prompt"]], "budget": [tuning["budget"]], **space},
-        "protocols": [tuning["protocol"]], "metrics": metrics, "trials": tuning["trials"]}
-        for method, space in tuning["spaces"].items()}
 
 
 def claim_label(better: str, worse: str) -> str:
@@ -98,21 +71,10 @@ def claim_side(side: str, selection: str) -> tuple[str, str]:
     return strategy or selection, method
 
 
-def with_tuning_studies(config: dict[str, Any]) -> dict[str, Any]:
-    """`config` with the tuning studies among its `studies` (a study of the same name is an error)."""
-    derived = tuning_studies(config)
-    taken = sorted(name for name in set(derived) & set(config["studies"]) if config["studies"][name] != derived[name])
-    if taken:
-        raise ValueError(f"config key 'studies.{taken[0]}': the name is the tuning study of "
-                         f"{taken[0].removeprefix(PREFIX)} (tuning.spaces); rename the study")
-    config["studies"].update(derived)
-    return config
-
-
 def trials(method: str, config: dict[str, Any]) -> dict[str, Any]:
     """A method's default run and its trials in order (run name, the study's labels, its settings on
     the space's axes, whether it is the default run)."""
-    name = study_name(method)
+    name = tuning_study(method)
     space = config["tuning"]["spaces"][method]
     fixed = {"prompt": config[method]["prompt"], "budget": config["tuning"]["budget"]}
     default = grid_point(method, fixed, config)[1].name
@@ -127,7 +89,7 @@ def trials(method: str, config: dict[str, Any]) -> dict[str, Any]:
 def sasrec_trial_name(settings: dict[str, Any]) -> str:
     """A SASRec trial's folder name from its settings on the space's axes, in the space's order:
     `hidden_size64-dropout0.2-lr3e-3` (the learning rate spelled as run names spell it)."""
-    return "-".join(f"{key}{lr_text(value) if key == 'lr' else f'{value:g}'}" for key, value in settings.items())
+    return "-".join(f"{key}{number_text(key, value)}" for key, value in settings.items())
 
 
 def sasrec_trials(config: dict[str, Any]) -> dict[str, Any]:
@@ -167,7 +129,7 @@ def selection_spec(config: dict[str, Any], study_path, sasrec_path) -> dict[str,
         trial["paths"] = [sasrec_path(trial["run"], seed, "valid.parquet") for seed in seeds]
     return {"metric": tuning["metric"], "protocol": tuning["protocol"], "entries": entries(config), "seeds": seeds,
             "bootstrap": config["summary"]["bootstrap"], "ci": config["summary"]["ci"], "seed": config["seed"],
-            "methods": {m: {"study": study_path(study_name(m)), **trials(m, config)} for m in tuning["spaces"]},
+            "methods": {m: {"study": study_path(tuning_study(m)), **trials(m, config)} for m in tuning["spaces"]},
             "sasrec": sasrec}
 
 

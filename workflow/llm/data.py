@@ -11,17 +11,15 @@ from typing import Any
 
 import pandas as pd
 
+from workflow.prepare import SAMPLE_COLUMNS, read_samples
 from workflow.runs import ID_PROMPTS, PROMPTS
 
-SAMPLE_COLUMNS = ["sample_id", "split", "history", "target", "candidates"]
+TRAINING_COLUMNS = tuple(c for c in SAMPLE_COLUMNS if c != "user_id")  # training never reads the user
 
 
 def read_training_samples(samples_path: str | Path, selection_path: str | Path) -> pd.DataFrame:
     """The selected train samples, sorted by sample_id (the row order of the files does not matter)."""
-    samples = pd.read_parquet(samples_path)
-    missing = [c for c in SAMPLE_COLUMNS if c not in samples.columns]
-    if missing:
-        raise ValueError(f"{samples_path}: missing columns {missing}")
+    samples = read_samples(samples_path, columns=TRAINING_COLUMNS)
     selection = pd.read_parquet(selection_path)
     if "sample_id" not in selection.columns:
         raise ValueError(f"{selection_path}: no sample_id column")

@@ -28,7 +28,7 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
-from workflow import cli, metrics
+from workflow import cli, metrics, prepare
 from workflow.io import write_parquet
 from workflow.llm import grounding, llara
 # The engine's and the protocols' names that tests and other modules still import from here.
@@ -187,19 +187,10 @@ def settings(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_samples(path, splits: Sequence[str]) -> pd.DataFrame:
-    samples = pd.read_parquet(path)
-    needed = ["sample_id", "split", "user_id", "history", "target", "candidates"]
-    missing = [c for c in needed if c not in samples.columns]
-    if missing:
-        raise ValueError(f"{path}: missing columns {missing}")
-    chosen = samples[samples["split"].isin(list(splits))].reset_index(drop=True)
-    if chosen.empty:
-        raise ValueError(f"{path}: no samples in splits {list(splits)}")
+    """The checked samples of `splits` (workflow/prepare.py `read_samples`), item ids as strings."""
+    chosen = prepare.read_samples(path, splits)
     chosen["history"] = chosen["history"].map(lambda h: [str(i) for i in h])
     chosen["candidates"] = chosen["candidates"].map(lambda c: [str(i) for i in c])
-    empty = chosen["history"].map(len) == 0
-    if empty.any():
-        raise ValueError(f"{path}: sample '{chosen.loc[empty, 'sample_id'].iloc[0]}' has an empty history")
     return chosen
 
 

@@ -44,6 +44,7 @@ from workflow import cli
 from workflow.io import write_json
 from workflow.llm import ilora, stage, train
 from workflow.llm.scoring import EmbedsFn
+from workflow.methods import CURRICULA  # declared without torch: the schema's enum is filled from it
 
 log = logging.getLogger("workflow.llm.llara")
 
@@ -94,9 +95,6 @@ def placeholder_embeds(projector: nn.Module, item_vectors: torch.Tensor, rows: S
         return embeds.masked_scatter(mask[..., None], vectors)
 
     return replace
-
-
-CURRICULA = ("linear", "authors", "per_epoch", "hybrid")
 
 
 def hybrid_probability(step: int, total: int, steps_per_epoch: int, curriculum: str) -> float:

@@ -35,6 +35,7 @@ import torch
 
 from workflow import cli
 from workflow.io import atomic_dir, write_json
+from workflow.methods import QUANTIZATION  # declared without torch: the schema's enum is filled from it
 from workflow.semantic_ids import item_token_ids
 
 log = logging.getLogger(__name__)
@@ -112,15 +113,16 @@ def convert_base_model(base_model: str | os.PathLike, out_dir: str | os.PathLike
     return out_dir
 
 
-def resolve_device(name: str | torch.device = "auto") -> torch.device:
-    """`auto` -> CUDA when present else CPU; `cpu`, `cuda`, `cuda:1` as given (CUDA must exist)."""
+def resolve_device(name: str | torch.device = "auto", key: str = "llm.device") -> torch.device:
+    """`auto` -> CUDA when present else CPU; `cpu`, `cuda`, `cuda:1` as given (CUDA must exist). The
+    surrogate's device too (its module imports no more than torch from here); an error names `key`."""
     if isinstance(name, torch.device):
         return name
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"llm.device={name!r} but CUDA is not available")
+        raise ValueError(f"{key}={name!r} but CUDA is not available")
     return device
 
 
@@ -208,9 +210,6 @@ def resolve_attention(name: str = "auto", device: str | torch.device = "auto",
     device = resolve_device(device)
     cpu_bf16 = device.type == "cpu" and resolve_dtype(dtype, device) == torch.bfloat16
     return "eager" if cpu_bf16 and training else "sdpa"
-
-
-QUANTIZATION = ("none", "int8", "nf4")
 
 
 def quantization_config(name: str, compute: torch.dtype, device: torch.device):

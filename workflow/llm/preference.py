@@ -37,12 +37,15 @@ import torch
 from workflow import cli
 from workflow.config import validate_block
 from workflow.llm import losses, stage, train
-from workflow.methods import METHODS as DECLARED
+from workflow.methods import METHODS as DECLARED, NEGATIVES
 from workflow.runs import PREFERENCE, RANKED_STRATEGIES, REFERENCE_FREE, reads_reference
 
 log = logging.getLogger(__name__)
 
 METHODS = PREFERENCE  # workflow/methods.py declares each
+# The negative strategies by what they read (workflow/methods.py NEGATIVES declares each)
+WEIGHTED = tuple(name for name, negatives in NEGATIVES.items() if negatives.popularity)  # by item popularity
+READS_POPULARITY = tuple(name for name, negatives in NEGATIVES.items() if negatives.popularity or negatives.head)
 
 
 def settings(method: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -143,7 +146,7 @@ def choose_negatives(n_candidates: int, target: int, k: int, strategy: str, rng:
         rest = [j for j in others if not head[j]]
         picked += rng.choice(rest, size=k - len(picked), replace=False).tolist() if len(picked) < k else []
         return sorted(picked)
-    if strategy in ("tail", "head"):
+    if strategy in WEIGHTED:
         if popularity is None:
             raise ValueError(f"strategy '{strategy}' needs the popularity of every candidate")
         counts = np.asarray(popularity, dtype=np.float64)[others]
@@ -151,8 +154,7 @@ def choose_negatives(n_candidates: int, target: int, k: int, strategy: str, rng:
             raise ValueError("popularity counts must be >= 0")
         weights = 1.0 / (1.0 + counts) if strategy == "tail" else 1.0 + counts
         return sorted(rng.choice(others, size=k, replace=False, p=weights / weights.sum()).tolist())
-    raise ValueError(f"unknown negative strategy {strategy!r} (known: random, hardest, all, self, tail, head, "
-                     "head_gumbel)")
+    raise ValueError(f"unknown negative strategy {strategy!r} (known: {', '.join(NEGATIVES)})")
 
 
 def item_popularity(samples: pd.DataFrame) -> dict[str, int]:
@@ -184,7 +186,7 @@ def with_negatives(examples: list[dict[str, Any]], k: int, strategy: str, seed: 
     `popularity` (the trainer does not pass it yet), `tail` and `head` count each item's occurrences as
     the target of the given examples (the training targets of the run's selection)."""
     rng = np.random.default_rng([seed, 0x5EED])
-    if strategy in ("tail", "head") and popularity is None:
+    if strategy in WEIGHTED and popularity is None:
         popularity = {}
         for example in examples:
             target = example["candidates"][example["target"]]
@@ -394,7 +396,7 @@ def policy_method(method: str, cfg: dict[str, Any], llm: dict[str, Any], domain:
         ranking = full if negatives_path is None else read_reference(negatives_path, examples)
         authors_lpo = method == "lpo4rec" and cfg.get("form") == "authors"
         popularity = (item_popularity(pd.read_parquet(samples_path, columns=["split", "history", "target"]))
-                      if cfg["strategy"] in ("tail", "head", "head_gumbel") or authors_lpo
+                      if cfg["strategy"] in READS_POPULARITY or authors_lpo
                       else None)  # the whole train split's, not the run's
         head = None if popularity is None or "head_share" not in cfg else head_items(popularity, cfg["head_share"])
         chosen = with_negatives(examples, cfg["k"], cfg["strategy"], seed, ranking, popularity, head)
@@ -462,8 +464,8 @@ def run_preference(method: str, model_dir: str | Path, adapter: str | Path, samp
                          f"--reference (only the reference-free {' and '.join(REFERENCE_FREE)} run without, "
                          f"and only with negatives the reference does not rank: not {' or '.join(RANKED_STRATEGIES)})")
     if negatives_path is not None and cfg["strategy"] not in RANKED_STRATEGIES:
-        raise ValueError(f"--negatives ranks the candidates for strategy hardest or self; {method} has "
-                         f"strategy {cfg['strategy']}")
+        raise ValueError(f"--negatives ranks the candidates for strategy {' or '.join(RANKED_STRATEGIES)}; "
+                         f"{method} has strategy {cfg['strategy']}")
     if DECLARED[method].surrogate and surrogate_dir is None:
         raise ValueError("napo scores its negatives' confidence with the SASRec surrogate: pass --surrogate "
                          "(the folder of the surrogate stage's item_embeddings.parquet and sequence_repr.parquet)")

@@ -41,6 +41,11 @@ from typing import Any, Mapping, Sequence
 from workflow.runs import ID_PROMPTS
 from workflow.semantic_ids import sid_items
 
+# The builders' defaults for a caller without the llm block; a run's come from config/schema.yaml's
+# llm.max_title_tokens and llm.max_prompt_tokens (these equal them).
+MAX_TITLE_TOKENS = 24
+MAX_PROMPT_TOKENS = 512
+
 # domain -> (noun, plural, past tense phrase, present tense phrase)
 DOMAINS: dict[str, tuple[str, str, str, str]] = {
     "movie": ("movie", "movies", "watched", "watch"),
@@ -171,8 +176,8 @@ def _listed(tokenizer, titles: Sequence[str], max_title_tokens: int, item_marker
 
 
 def candidate_prompt_ids(tokenizer, history_titles: Sequence[str], candidate_titles: Sequence[str],
-                         domain: str = "item", *, max_title_tokens: int = 24,
-                         max_prompt_tokens: int = 512, item_marker: str | None = None) -> list[int]:
+                         domain: str = "item", *, max_title_tokens: int = MAX_TITLE_TOKENS,
+                         max_prompt_tokens: int = MAX_PROMPT_TOKENS, item_marker: str | None = None) -> list[int]:
     """Rendered candidate prompt with titles clipped and the oldest history dropped to fit;
     `item_marker` (the hybrid prompt's placeholder token) follows every listed title."""
     history = _listed(tokenizer, history_titles, max_title_tokens, item_marker)
@@ -181,7 +186,7 @@ def candidate_prompt_ids(tokenizer, history_titles: Sequence[str], candidate_tit
 
 
 def open_prompt_ids(tokenizer, history_titles: Sequence[str], domain: str = "item", *,
-                    max_title_tokens: int = 24, max_prompt_tokens: int = 512,
+                    max_title_tokens: int = MAX_TITLE_TOKENS, max_prompt_tokens: int = MAX_PROMPT_TOKENS,
                     item_marker: str | None = None) -> list[int]:
     """Rendered open prompt with titles clipped and the oldest history dropped to fit;
     `item_marker` follows every history title."""
@@ -190,7 +195,7 @@ def open_prompt_ids(tokenizer, history_titles: Sequence[str], domain: str = "ite
 
 
 def sid_prompt_ids(tokenizer, history_ids: Sequence[str], domain: str = "item", *,
-                   max_prompt_tokens: int = 512) -> list[int]:
+                   max_prompt_tokens: int = MAX_PROMPT_TOKENS) -> list[int]:
     """Rendered sid prompt: the history's semantic IDs, the oldest dropped to fit."""
     return _fit(tokenizer, list(history_ids), lambda h: open_prompt(h, domain, answer_word="ID"), max_prompt_tokens)
 
@@ -203,7 +208,7 @@ def alignment_prompts(sid: str, title: str, domain: str = "item") -> list[tuple[
             (f'What is the ID of the {noun} "{title}"? Answer with the {noun}\'s ID only.', sid)]
 
 
-def clipped_answer_ids(tokenizer, title: str, max_title_tokens: int = 24) -> list[int]:
+def clipped_answer_ids(tokenizer, title: str, max_title_tokens: int = MAX_TITLE_TOKENS) -> list[int]:
     """`answer_ids` of the title clipped exactly as the prompt builders clip it."""
     return answer_ids(tokenizer, clip_title(tokenizer, title, max_title_tokens))
 

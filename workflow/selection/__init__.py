@@ -27,6 +27,7 @@ import pyarrow as pa
 
 from workflow import cli
 from workflow.io import read_provenance, write_parquet
+from workflow.runs import SELECTIONS
 from workflow.selection import dealrec
 from workflow.selection.random_subset import nested_subset, select_random, train_ids
 
@@ -34,7 +35,7 @@ __all__ = ["SCHEMA", "STRATEGIES", "main", "nested_subset", "run_selection", "se
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("random", "all", *dealrec.STRATEGIES)
+STRATEGIES = SELECTIONS  # declared in workflow/runs.py, below config.py, which fills the schema's enum from it
 SCHEMA = pa.schema([("sample_id", pa.string()), ("influence", pa.float64()), ("effort", pa.float64()),
                     ("combined", pa.float64()), ("bin", pa.int32())])
 
