@@ -1,10 +1,11 @@
 # The random (exact expectation) and popularity (train-split target counts) baselines on the
 # stored candidate sets and in full ranking: the floor every LLM row is read against.
+from workflow.dag import baselines_file
 
 
 rule baselines:
     input: **dataset_files(config, "{dataset}"),
-    output: f"{RESULTS}/{{dataset}}/baselines/metrics.parquet",
+    output: baselines_file(config, "{dataset}"),
     params: seed=config["seed"],
     log: logged("{dataset}/baselines"),
     benchmark: benchmarked("{dataset}/baselines"),

@@ -4,12 +4,10 @@ from functools import partial
 
 from snakemake.exceptions import WorkflowError
 
-from workflow.dag import (all_targets, base_model, baseline_metrics, benchmark_file, dataset_files, llm_table,
-                          log_file, method_spec, optional_args, rule_resources, run_items, run_method, run_part,
-                          run_path, spec_arg, surrogate_files, surrogate_resources, surrogate_tables, training_args,
-                          training_selection)
-from workflow.methods import of_family
-from workflow.runs import PREFERENCE, TRAINED, wildcard_pattern
+from workflow.dag import (RUN_PATTERN, all_targets, base_model, baseline_metrics, benchmark_file, dataset_files,
+                          llm_table, log_file, method_spec, optional_args, rule_resources, run_items, run_method,
+                          run_part, run_path, spec_arg, summary_files, surrogate_files, surrogate_resources,
+                          surrogate_tables, training_args, training_selection)
 
 RESULTS = config["results"]
 # Rules that ask the scheduler for GPUs (llm.gpu > 0) run in the CUDA environment under --sdm conda.
@@ -50,12 +48,9 @@ BASE_MODEL = base_model(config)
 RUN_DIR = run_path(config, "{dataset}", "{run}", "{selection}")  # a run's folder, the rules' pattern
 RUN_LOG = run_part("{dataset}", "{run}", "{selection}")  # its logs' and benchmarks' part
 
-# LLM runs: named {method}-{prompt}[-k..][-e..][-n..][-s..] (workflow/runs.py); the `run` wildcard of
-# the rules that train each family (workflow/methods.py), evaluate, transfer, or start others (sft, an SPRec round).
-RUN_PATTERN = {name: wildcard_pattern(methods) for name, methods in
-               {**{family: of_family(family) for family in ("sft", "preference", "hybrid", "soft")},
-                "sprec": ["sprec"], "trained": TRAINED, "evaluated": ["base", *TRAINED],
-                "transfer": ["sft", *PREFERENCE, "soft"], "referenced": ["sft", "sprec"]}.items()}
+# LLM runs: named {method}-{prompt}[-k..][-e..][-n..][-s..] (workflow/runs.py); RUN_PATTERN[...] is the `run`
+# wildcard of the rules that train each family, evaluate, transfer or start others (workflow/dag.py).
+
 # The inputs every LLM training or scoring stage of a run takes, and their arguments
 # (`params: spec=partial(<its spec>, config), args=training_args(config)`, `shell: "... {params.args:q}
 # --spec {params.spec:q}"`): the spec a function of the wildcards alone, so Snakemake records it and a

@@ -1,6 +1,6 @@
 # LLM evaluation (likelihood, generation, grounded full ranking) of every run, the untuned base model
 # included, and the summary table.
-from workflow.dag import evaluation_inputs, evaluation_spec, summary_metrics
+from workflow.dag import evaluation_inputs, evaluation_spec, summary_files, summary_metrics
 
 
 rule title_embeddings:
@@ -43,9 +43,7 @@ rule evaluate:
 
 rule summary:
     input: lambda wildcards: summary_metrics(config),
-    output:
-        parquet=f"{RESULTS}/summary.parquet",
-        md=f"{RESULTS}/summary.md",
+    output: **summary_files(config),
     params: spec=spec_arg({**config["summary"], "selections": config["selection"]["strategies"]}), seed=config["seed"],
     log: logged("summary"),
     benchmark: benchmarked("summary"),

@@ -1,12 +1,13 @@
 # The LLM engine's training side: the base model converted once, then LoRA SFT per run
 # (`sft-{prompt}[-e..][-n..][-s..]`, workflow/runs.py) and selection, and LLaRA / iLoRA. Training stages
 # take the run's seed and selection file (workflow/dag.py training_args, selection_file).
+from workflow.dag import preflight_file
 
 
 rule preflight:
     """A GPU config's first job, on a GPU node: CUDA present, enough GPUs, a driver new enough for
     this torch build, bitsandbytes for k-bit loading (workflow/preflight.py)."""
-    output: f"{RESULTS}/preflight/gpu.json",
+    output: preflight_file(config),
     params: spec=lambda wildcards: spec_arg({"llm": config["llm"]}),
     log: logged("preflight"),
     benchmark: benchmarked("preflight"),
@@ -19,7 +20,7 @@ rule preflight:
 
 rule base_model:
     # a GPU config stops before any work when CUDA is missing or unusable (rule preflight)
-    input: [f"{RESULTS}/preflight/gpu.json"] if LLM_GPUS else [],
+    input: [preflight_file(config)] if LLM_GPUS else [],
     output: directory(BASE_MODEL),
     params: base_model=config["llm"]["base_model"],
     log: logged("models/base_model"),

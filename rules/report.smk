@@ -1,13 +1,13 @@
 # Figures and tables of the HTML report. They are outputs of the workflow (workflow/dag.py report_targets),
 # so that `snakemake --report results/report.html` only collects them; captions are in report/.
-from workflow.dag import report_path, trained_adapters
+from workflow.dag import PAGE_PATTERN, benchmarks_folder, page_html, page_table, report_path, trained_adapters
 
 REPORT = report_path(config)
 RESOURCES_FIGURE = report_path(config, "resources.png")
 
 
 rule report_summary:
-    input: f"{RESULTS}/summary.parquet",
+    input: summary_files(config)["parquet"],
     output:
         html=report(f"{REPORT}/summary.html", caption="../report/summary.rst", category="Summary"),
         charts=report(directory(f"{REPORT}/metrics"), patterns=["{dataset}/{protocol}/{metric}.png"],
@@ -58,11 +58,11 @@ rule report_data:
 
 # A study's table or the tuned table as an HTML page of the report (workflow/report.py markdown_page).
 rule report_page:
-    input: f"{RESULTS}/{{page}}.md",
+    input: page_table(config, "{page}"),
     output:
-        report(f"{REPORT}/tables/{{page}}.html", caption="../report/table.rst", category="Tables",
+        report(page_html(config, "{page}"), caption="../report/table.rst", category="Tables",
                labels={"table": "{page}"}),
-    wildcard_constraints: page="studies/[^/]+|tuning/tuned",
+    wildcard_constraints: page=PAGE_PATTERN,
     log: logged("report/tables/{page}"),
     benchmark: benchmarked("report/tables/{page}"),
     resources: **job_resources("report_page", "1GB", "5m"),
@@ -77,7 +77,7 @@ rule report_page:
 rule report_resources:
     input: lambda wildcards: [t for t in all_targets(config) if t != RESOURCES_FIGURE],
     output: report(RESOURCES_FIGURE, caption="../report/resources.rst", category="Resources"),
-    params: benchmarks=f"{RESULTS}/benchmarks",
+    params: benchmarks=benchmarks_folder(config),
     log: logged("report/resources"),
     benchmark: benchmarked("report/resources"),
     resources: **job_resources("report_resources", "2GB", "10m"),
@@ -97,7 +97,7 @@ rule gates:
         parquet=f"{RUN_DIR}/gates.parquet",
         png=report(f"{RUN_DIR}/gates.png", caption="../report/gates.rst", category="iLoRA gates",
                    labels={"run": "{run}", "selection": "{selection}"}),
-    wildcard_constraints: run="ilora-.*",
+    wildcard_constraints: run=RUN_PATTERN["ilora"],
     params: launch=LAUNCH_ONE, inputs=optional_args, n_samples=config["explanations"]["n_samples"],
     log: logged(f"{RUN_LOG}/gates"),
     benchmark: benchmarked(f"{RUN_LOG}/gates"),

@@ -3,22 +3,25 @@
 # stage gets only its own config slice, so changing one (e.g. the LiSSA depth) does not rerun the other.
 from pathlib import Path
 
-from workflow.dag import budget_inputs, dealrec_inputs, dealrec_score_args, effort_inputs, effort_spec
-from workflow.selection.dealrec import STRATEGIES as DEALREC_STRATEGIES
+from workflow.dag import (BUDGET_WILDCARDS, DEALREC_SELECTION, PLAIN_SELECTION, budget_inputs, budget_name,
+                          budget_table, dealrec_inputs, dealrec_score_args, effort_inputs, effort_spec, score_table,
+                          selection_part, selection_scores, selection_strategy, selection_table)
+
+SELECTION = selection_part("{dataset}", "{selection}")  # a selection's logs' and benchmarks' part
 
 
 # random or all; `random-s{seed}` is random drawn at another training seed (config `seeds`, workflow/dag.py
-# selection_file): the config seed's is random.parquet, so a default config's jobs stay as they were.
+# selection_name): the config seed's is random.parquet, so a default config's jobs stay as they were.
 rule select_training_data:
     input: **dataset_files(config, "{dataset}", "samples"),
-    output: f"{RESULTS}/{{dataset}}/selection/{{selection}}.parquet",
-    wildcard_constraints: selection="random|all|random-s[0-9]+",
+    output: selection_table(config, "{dataset}", "{selection}"),
+    wildcard_constraints: selection=PLAIN_SELECTION,
     params:
         budget=config["selection"]["budget"],
-        strategy=lambda wildcards: wildcards.selection.partition("-s")[0],
-        seed=lambda wildcards: wildcards.selection.partition("-s")[2] or config["seed"],
-    log: logged("{dataset}/selection/{selection}"),
-    benchmark: benchmarked("{dataset}/selection/{selection}"),
+        strategy=lambda wildcards: selection_strategy(wildcards.selection)[0],
+        seed=lambda wildcards: selection_strategy(wildcards.selection)[1] or config["seed"],
+    log: logged(SELECTION),
+    benchmark: benchmarked(SELECTION),
     resources: **job_resources("select_training_data", "2GB", "10m"),
     conda:
         "../envs/cpu.yaml"
@@ -31,13 +34,13 @@ rule influence_scores:
     input:
         **surrogate_files(config, "{dataset}", "model", "meta"),
         **dataset_files(config, "{dataset}", "samples"),
-    output: f"{RESULTS}/{{dataset}}/selection/scores/influence.parquet",
+    output: score_table(config, "{dataset}", "influence"),
     params:
         surrogate=lambda wildcards, input: str(Path(input.model).parent),
         spec=lambda wildcards: spec_arg({"dealrec": {"influence": config["selection"]["dealrec"]["influence"]}}),
         seed=config["seed"],
-    log: logged("{dataset}/selection/influence_scores"),
-    benchmark: benchmarked("{dataset}/selection/influence_scores"),
+    log: logged(selection_part("{dataset}", "influence_scores")),
+    benchmark: benchmarked(selection_part("{dataset}", "influence_scores")),
     threads: JOB_THREADS
     resources: **job_resources("influence_scores", "4GB", "1h"),
     conda:
@@ -49,10 +52,10 @@ rule influence_scores:
 
 rule effort_scores:
     input: unpack(partial(effort_inputs, config)),
-    output: f"{RESULTS}/{{dataset}}/selection/scores/effort.parquet",
+    output: score_table(config, "{dataset}", "effort"),
     params: launch=LAUNCH_ONE, adapter=optional_args, spec=partial(effort_spec, config), seed=config["seed"],
-    log: logged("{dataset}/selection/effort_scores"),
-    benchmark: benchmarked("{dataset}/selection/effort_scores"),
+    log: logged(selection_part("{dataset}", "effort_scores")),
+    benchmark: benchmarked(selection_part("{dataset}", "effort_scores")),
     priority: 10  # the longest job before the DEALRec selection: starts with the sft chain (see rule sft)
     threads: JOB_THREADS
     resources: **job_resources("effort_scores", "8GB", "6h", gpus=ONE_GPU),
@@ -67,16 +70,16 @@ rule effort_scores:
 rule select_dealrec:
     input: unpack(partial(dealrec_inputs, config)),
     output:
-        selection=f"{RESULTS}/{{dataset}}/selection/{{selection}}.parquet",
-        scores=f"{RESULTS}/{{dataset}}/selection/{{selection}}.scores.parquet",
-    wildcard_constraints: selection="|".join(DEALREC_STRATEGIES),
+        selection=selection_table(config, "{dataset}", "{selection}"),
+        scores=selection_scores(config, "{dataset}", "{selection}"),
+    wildcard_constraints: selection=DEALREC_SELECTION,
     params:
         spec=lambda wildcards: spec_arg({"dealrec": config["selection"]["dealrec"]}),  # a string would be expanded
         scores=dealrec_score_args,
         budget=config["selection"]["budget"],
         seed=config["seed"],
-    log: logged("{dataset}/selection/{selection}"),
-    benchmark: benchmarked("{dataset}/selection/{selection}"),
+    log: logged(SELECTION),
+    benchmark: benchmarked(SELECTION),
     resources: **job_resources("select_dealrec", "2GB", "10m"),
     conda:
         "../envs/cpu.yaml"
@@ -88,12 +91,15 @@ rule select_dealrec:
 
 # A run's -n<budget> (selection_file): `budget` samples of its selection at its training seed,
 # as a selection file of its own that every stage of the run reads (workflow/selection/budget.py).
+BUDGET = selection_part("{dataset}", "budget", budget_name("{name}", "{budget}", "{seed}"))  # logs' part
+
+
 rule budget_subset:
     input: unpack(partial(budget_inputs, config)),
-    output: f"{RESULTS}/{{dataset}}/selection/budget/{{name}}-n{{budget}}-s{{seed}}.parquet",
-    wildcard_constraints: name="[^/]+", budget="[0-9]+", seed="[0-9]+",
-    log: logged("{dataset}/selection/budget/{name}-n{budget}-s{seed}"),
-    benchmark: benchmarked("{dataset}/selection/budget/{name}-n{budget}-s{seed}"),
+    output: budget_table(config, "{dataset}", "{name}", "{budget}", "{seed}"),
+    wildcard_constraints: **BUDGET_WILDCARDS,
+    log: logged(BUDGET),
+    benchmark: benchmarked(BUDGET),
     resources: **job_resources("budget_subset", "2GB", "10m"),
     conda:
         "../envs/cpu.yaml"

@@ -10,7 +10,7 @@ SASREC_TRIAL = f"{RESULTS}/{TRIAL}"  # its folder
 
 checkpoint tuning_selection:
     input: **tuning_selection_inputs(config),
-    output: parquet=f"{RESULTS}/tuning/selected.parquet", overlay=f"{RESULTS}/tuning/tuned.yaml",
+    output: parquet=tuning_path(config, "selected.parquet"), overlay=tuning_path(config, "tuned.yaml"),
     params: spec=tuning_selection_spec(config),
     log: logged("tuning/selection"),
     benchmark: benchmarked("tuning/selection"),
@@ -24,9 +24,9 @@ checkpoint tuning_selection:
 
 rule tuning_table:
     input:
-        selected=f"{RESULTS}/tuning/selected.parquet",
+        selected=tuning_path(config, "selected.parquet"),
         runs=lambda wildcards: [r["path"] for r in tuned_runs(wildcards)],
-    output: parquet=f"{RESULTS}/tuning/tuned.parquet", md=f"{RESULTS}/tuning/tuned.md",
+    output: **tuned_files(config),
     params: spec=lambda wildcards: spec_arg(tuning_table_spec(config, tuned_runs(wildcards))), seed=config["seed"],
     log: logged("tuning/table"),
     benchmark: benchmarked("tuning/table"),

@@ -2,8 +2,8 @@
 # specs are workflow/dag.py's and workflow/tuning.py's.
 from pathlib import Path
 
-from workflow.dag import (sasrec_trial_part, tuned_runs as runs_of_tuning, tuning_selection_inputs,
-                          tuning_selection_spec)
+from workflow.dag import (sasrec_trial_part, tuned_runs as runs_of_tuning, tuned_files, tuning_path,
+                          tuning_selection_inputs, tuning_selection_spec)
 from workflow.tuning import sasrec_trial_settings, table_spec as tuning_table_spec
 
 

@@ -299,3 +299,182 @@ def test_paper_config_plans_every_method_on_both_splits(tmp_path):
     soft = soft[:soft.index("\n\n")]  # the job's block: its inputs and shell command
     assert "title_embeddings.parquet" in soft and "--title-embeddings" in soft  # early stopping validates
     assert '"early_stopping": {"keep": "last", "metric": "hr@10", "min_delta": 0.0, "patience": 2, "samples": null}' in soft
+
+
+# Settings the audit found unchecked: each bad value stops validation (so `snakemake` at its start) with
+# a line naming its key and what is wrong: (change the default config, the expected line's start).
+def _space(method, text):
+    return lambda c: c["tuning"].update(spaces={method: yaml.safe_load(text)})
+
+
+def _config_error(mutate, overrides=None) -> str:
+    config = _default()
+    mutate(config)
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.validate(config, overrides=overrides)
+    return str(err.value)
+
+
+UNCHECKED = {
+    # tuning.spaces: each axis's values typed and bounded as a study grid's
+    "space beta": (_space("dmpo", "{beta: [-1.0]}"),
+                   "config key 'tuning.spaces.dmpo.beta.0': -1.0 is less than or equal to the minimum of 0"),
+    "space epochs float": (_space("sft", "{epochs: [1.5]}"),
+                           "config key 'tuning.spaces.sft.epochs.0': 1.5 is not of type 'integer'"),
+    "space epochs 0": (_space("sft", "{epochs: [0]}"),
+                       "config key 'tuning.spaces.sft.epochs.0': 0 is less than the minimum of 1"),
+    "space gate": (_space("ilora", "{gate: [seq]}"),
+                   f"config key 'tuning.spaces.ilora.gate.0': 'seq' is not one of {list(runs.GATES)}"),
+    # tuning.sasrec: each key's values as the surrogate block's key
+    "sasrec lr": (lambda c: c["tuning"].update(sasrec={"lr": [-0.001]}),
+                  "config key 'tuning.sasrec.lr.0': -0.001 is less than or equal to the minimum of 0"),
+    "sasrec hidden_size": (lambda c: c["tuning"].update(sasrec={"hidden_size": ["64", 32]}),
+                           "config key 'tuning.sasrec.hidden_size.0': '64' is not of type 'integer'"),
+    "sasrec dropout": (lambda c: c["tuning"].update(sasrec={"dropout": [1.5]}),
+                       "config key 'tuning.sasrec.dropout.0': 1.5 is greater than the maximum of 1"),
+    "sasrec hidden_size 0": (lambda c: c["tuning"].update(sasrec={"hidden_size": [0]}),
+                             "config key 'tuning.sasrec.hidden_size.0': 0 is less than the minimum of 1"),
+    # more trials than a space's distinct runs
+    "trials space": (lambda c: c["tuning"].update(trials=13, sasrec={}),
+                     "config key 'tuning.trials': 13 trials, more than the 12 distinct runs of tuning.spaces.sft"),
+    "trials sasrec": (lambda c: c["tuning"].update(trials=13, spaces={}),
+                      "config key 'tuning.trials': 13 trials, more than the 12 distinct runs of tuning.sasrec"),
+    # metrics a protocol reports
+    "tuning metric": (lambda c: c["tuning"].update(metric="acu"),
+                      "config key 'tuning.metric': 'acu' is not a metric of tuning.protocol likelihood "
+                      "(its metrics: hr@1,"),
+    "tuning metric of another protocol": (lambda c: c["tuning"].update(metric="hr@10"),
+                                          "config key 'tuning.metric': 'hr@10' is not a metric of tuning.protocol "
+                                          "likelihood (its metrics: hr@1, hr@5, ndcg@5, ndcg@10, mrr, auc)"),
+    "tuning metrics": (lambda c: c["tuning"].update(metrics=["auc", "hr@l"]),
+                       "config key 'tuning.metrics.1': 'hr@l' is not a metric (the metrics of tuning.protocol "
+                       "likelihood: hr@1, hr@5, ndcg@5, ndcg@10, mrr, auc)"),
+    "study metrics": (lambda c: c["studies"]["collapse"].update(metrics=["hr@1", "acu"]),
+                      "config key 'studies.collapse.metrics.1': 'acu' is not a metric (the metrics of the study's "
+                      "protocols likelihood: hr@1, hr@5, ndcg@5, ndcg@10, mrr, auc)"),
+    "study metrics none reported": (lambda c: c["studies"]["collapse"].update(protocols=["generation"]),
+                                    "config key 'studies.collapse.metrics': none of hr@1, ndcg@10 is a metric of the "
+                                    "study's protocols generation (theirs: valid, hit, several, history, outside, "
+                                    "nothing)"),
+    # selection.compare_methods: runs or bare methods of `methods`
+    "compare unknown": (lambda c: c["selection"].update(compare_methods=["sfft"]),
+                        "config key 'selection.compare_methods.0': 'sfft' is not a trained method "
+                        "(trained: sft, dmpo,"),
+    "compare base": (lambda c: c["selection"].update(compare_methods=["base"]),
+                     "config key 'selection.compare_methods.0': 'base' is not a trained method"),
+    "compare run": (lambda c: c["selection"].update(compare_methods=["sft", "dmpo-candidate-n256"]),
+                    "config key 'selection.compare_methods.1': 'dmpo-candidate-n256' is no run of `methods` nor a "
+                    "tuning trial (runs of `methods`, without -s: sft-open-n256, dmpo-open-n256, llara-open-n256, "
+                    "soft-open-n256)"),
+    "compare malformed": (lambda c: c["selection"].update(compare_methods=["sft-opn"]),
+                          "config key 'selection.compare_methods.0': run name 'sft-opn': unknown prompt 'opn'"),
+    # a study grid axis none of its methods takes (as a tuning space's)
+    "study axis": (lambda c: c["studies"].update(bad={"methods": ["sft", "llara"], "grid": {"beta": [0.1, 1.0]},
+                                                      "x": "beta"}),
+                   "config key 'studies.bad.grid.beta': sft, llara do not take beta (it applies to dmpo,"),
+    # iLoRA's rank split among its experts
+    "ilora run experts": (lambda c: c.update(methods=["base", "ilora-open-x3"]),
+                          "config key 'methods[1]': run 'ilora-open-x3': lora_r 8 is not a multiple of n_experts 3"),
+    "ilora run rank": (lambda c: c.update(methods=["base", "ilora-open-rank6-n256"]),
+                       "config key 'methods[1]': run 'ilora-open-rank6-n256': lora_r 6 is not a multiple of "
+                       "n_experts 4"),
+    "ilora block": (lambda c: c["ilora"].update(n_experts=3),
+                    "config key 'ilora.lora_r': lora_r 8 is not a multiple of n_experts 3"),
+    "ilora study": (lambda c: c["studies"]["experts"]["grid"].update(n_experts=[1, 3]),
+                    "config key 'studies.experts.grid': run 'ilora-open-x3-n256': lora_r 8 is not a multiple of "
+                    "n_experts 3"),
+    "ilora trial": (lambda c: c["tuning"].update(trials=4, spaces={"ilora": {"n_experts": [2, 3], "lr": [5e-4, 1e-3]}}),
+                    "config key 'tuning.spaces.ilora': run 'ilora-open-x3-n256': lora_r 8 is not a multiple of "
+                    "n_experts 3"),
+    # explained runs by the run-name grammar
+    "explained run": (lambda c: c["explanations"].update(methods=["dmpo", "sdpo-opn"]),
+                      "config key 'explanations.methods.1': run name 'sdpo-opn': unknown prompt 'opn'"),
+    # anyOf / oneOf: each branch's reason
+    "dataset path": (lambda c: c["datasets"].update(x={"format": "movielens-1m"}),
+                     "config key 'datasets.x': {'format': 'movielens-1m'} is not valid under any of the given schemas: "
+                     "'path' is a required property; or 'source' is a required property"),
+    "threads": (lambda c: c.update(threads_per_job="al"),
+                "config key 'threads_per_job': 'al' is not valid under any of the given schemas: 'al' is not of type "
+                "'integer'; or 'al' is not one of ['all']"),
+    # grounded metrics, budgets, the split ratio
+    "early stopping metric": (lambda c: c["soft"].update(early_stopping={"metric": "hr@7"}),
+                              "config key 'soft.early_stopping.metric': 'hr@7' is not one of "
+                              "['hr@1', 'hr@5', 'hr@10',"),
+    "run budget": (lambda c: c.update(methods=["base", "sft-open-n4096"]),
+                   "config key 'methods[1]': run 'sft-open-n4096': budget 4096 exceeds selection.budget (1024)"),
+    "tuning budget": (lambda c: c["tuning"].update(budget=4096),
+                      "config key 'tuning.budget': budget 4096 exceeds selection.budget (1024)"),
+    "ratio part": (lambda c: c["prepare"].update(ratio=[0.9, -0.1, 0.2]),
+                   "config key 'prepare.ratio.1': -0.1 is less than the minimum of 0"),
+    "ratio sum": (lambda c: c["prepare"].update(ratio=[0, 0, 0]),
+                  "config key 'prepare.ratio': need non-negative parts with a positive sum, got [0, 0, 0]"),
+    "dataset ratio sum": (lambda c: c["datasets"]["ml-100k"].update(prepare={"ratio": [0, 0, 0]}),
+                          "config key 'datasets.ml-100k.prepare.ratio': need non-negative parts with a positive sum"),
+}
+
+
+@pytest.mark.parametrize("name", UNCHECKED)
+def test_a_bad_setting_is_named_with_what_is_wrong(name):
+    mutate, line = UNCHECKED[name]
+    assert f"\n  {line}" in _config_error(mutate)
+
+
+def test_a_yaml_exponent_without_a_dot_is_named_in_a_file_and_read_as_a_number_in_an_overlay():
+    """PyYAML (YAML 1.1) reads `1e-4` as a string: in a tuning space, as in a study grid, the file's
+    value is named with how to write it; an overlay (--configfile, --config) is typed by the schema,
+    as a study grid's, so the space's trials are named runs."""
+    space = "{lr: [1e-4, 5e-4, 1e-3], beta: [0.1, 1.0]}"
+    message = _config_error(_space("dmpo", space))
+    assert ("config key 'tuning.spaces.dmpo.lr.0': '1e-4' is not of type 'number' (YAML reads a number with an "
+            "exponent but no dot as a string: write 1.0e-4)") in message
+    assert "'tuning.spaces.dmpo.lr.2': '1e-3'" in message and "write 1.0e-3" in message
+    assert yaml.safe_load("[1.0e-4, 1.0e-3]") == [1e-4, 1e-3]
+    study = {"methods": ["dmpo"], "grid": yaml.safe_load(space), "x": "lr"}
+    assert "config key 'studies.s.grid.lr.0': '1e-4' is not of type 'number'" in _config_error(
+        lambda c: c["studies"].update(s=study))
+    overlay = {"tuning": {"spaces": {"dmpo": yaml.safe_load(space)}}}
+    config = cfg.validate(_default(), overrides=overlay)
+    assert config["studies"]["tuning-dmpo"]["grid"]["lr"] == [1e-4, 5e-4, 1e-3]
+    from workflow import tuning
+
+    assert {t["run"] for t in tuning.trials("dmpo", config)["trials"]} <= {
+        f"dmpo-open{b}{lr}-n256" for b in ("-b1", "") for lr in ("-lr1e-4", "", "-lr1e-3")}
+
+
+def test_the_spaces_take_their_value_schemas_from_the_study_grid_and_the_surrogate():
+    """Declared once: a tuning space axis's values as the study grid's axis, SASRec's as the surrogate's key."""
+    schema = cfg.read_schema()["properties"]
+    grid = schema["studies"]["additionalProperties"]["properties"]["grid"]["properties"]
+    spaces = schema["tuning"]["properties"]["spaces"]["additionalProperties"]["properties"]
+    assert spaces == {a.name: grid[a.name] for a in runs.GRID_AXES if a.block}
+    sasrec = schema["tuning"]["properties"]["sasrec"]
+    for key, values in sasrec["properties"].items():
+        assert values["items"] == {k: v for k, v in schema["surrogate"]["properties"][key].items()
+                                   if k not in ("default", "description")}
+    assert set(sasrec["properties"]) == set(sasrec["propertyNames"]["enum"])
+
+
+def test_the_grounded_metrics_are_the_protocols():
+    from workflow.protocol_table import PROTOCOLS
+
+    assert cfg.choices()["grounded_metric"] == list(PROTOCOLS["grounded"].metrics)
+    cfg.validate(_default() | {"soft": {"early_stopping": {"metric": "ndcg@20"}}})
+
+
+def test_compare_methods_take_trained_methods_and_run_names_of_methods_or_tuning_trials():
+    config = _default()
+    config["selection"]["compare_methods"] = ["sft", "dmpo-open-n256"]
+    cfg.validate(config)
+    config = _default()
+    config["seeds"], config["selection"]["compare_methods"] = [42, 43], ["llara-open-n256"]  # every seed of it
+    cfg.validate(config)
+    # a tuning trial's run (the tuned table reads it on every strategy)
+    config = _default()
+    config["tuning"]["spaces"] = {"dmpo": {"beta": [0.1, 1.0]}}
+    config["tuning"]["trials"], config["selection"]["compare_methods"] = 2, ["dmpo-open-b1-n256"]
+    cfg.validate(config)
+    # a trained method without a run in `methods`: an overlay may change `methods` and keep the list
+    config = _default()
+    config["methods"] = ["base", "dmpo-open-n256"]
+    config["tuning"]["spaces"] = {}
+    assert cfg.validate(config)["selection"]["compare_methods"] == ["sft"]

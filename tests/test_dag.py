@@ -94,6 +94,40 @@ def test_selection_file_of_a_run(run, selection, expected):
     assert dag.selection_file(config(), "ml", run, selection) == f"results/ml/selection/{expected}"
 
 
+def test_selection_names_are_read_back_and_matched_by_the_rules_patterns():
+    import re
+
+    from workflow.runs import DEALREC_STRATEGIES, SELECTIONS
+    from workflow.selection import dealrec
+
+    assert dag.selection_name("random", 43) == "random-s43" and dag.selection_name("all", 43) == "all"
+    assert dag.selection_name("random") == "random" and dag.selection_strategy("random") == ("random", None)
+    assert dag.selection_strategy(dag.selection_name("random", 43)) == ("random", "43")
+    plain = [dag.selection_name(s, seed) for s in dag.PLAIN_STRATEGIES for seed in (None, 43)]
+    assert all(re.fullmatch(dag.PLAIN_SELECTION, name) for name in plain)
+    assert not any(re.fullmatch(dag.PLAIN_SELECTION, s) for s in DEALREC_STRATEGIES)
+    assert all(re.fullmatch(dag.DEALREC_SELECTION, s) for s in DEALREC_STRATEGIES)
+    assert set(dag.PLAIN_STRATEGIES) | set(dealrec.SCORES) == set(SELECTIONS)
+    c = config()
+    assert dag.selection_scores(c, "ml", "dealrec") == str(dealrec.scores_path(dag.selection_table(c, "ml", "dealrec")))
+    budget = dag.budget_name("random-s43", 64, 43)
+    assert all(re.fullmatch(pattern, value) for pattern, value in
+               zip(dag.BUDGET_WILDCARDS.values(), ("random-s43", "64", "43"))) and budget == "random-s43-n64-s43"
+    assert {s: dealrec.effort_weight({"lambda": 0.5}, s) for s in dealrec.STRATEGIES} == {
+        "dealrec": 0.5, "influence": 0.0, "effort": 1.0}
+
+
+def test_run_patterns_of_the_rules():
+    import re
+
+    pattern = dag.RUN_PATTERN
+    assert re.fullmatch(pattern["transfer"], "dmpo-open-n64") and not re.fullmatch(pattern["transfer"], "llara-open")
+    assert re.fullmatch(pattern["referenced"], "sprec-open-r1") and re.fullmatch(pattern["referenced"], "sft-open")
+    assert not re.fullmatch(pattern["referenced"], "dmpo-open")
+    assert re.fullmatch(pattern["ilora"], "ilora-open-x2-s43") and not re.fullmatch(pattern["ilora"], "ilora-open/x")
+    assert re.fullmatch(pattern["hybrid"], "llara-open") and re.fullmatch(pattern["sprec"], "sprec-open-r2")
+
+
 def test_selections_per_run_and_compare_methods():
     c = config()
     assert dag.run_selections(c, parse("base-open")) == ["none"]
@@ -184,6 +218,20 @@ def test_targets_of_rule_all():
     assert dag.transfer_targets(transfer) == ["results/games/transfer/ml/sft-candidate/random/test/metrics.parquet",
                                               "results/games/transfer/ml/sft-candidate/dealrec/test/metrics.parquet"]
     assert dag.summary_metrics(transfer)[-2:] == dag.transfer_targets(transfer)
+
+
+def test_every_table_page_matches_the_page_rule():
+    import re
+
+    c = {"results": "results", "studies": {"collapse": {"enabled": True}, "off": {"enabled": False}},
+         "tuning": {"enabled": True}}  # what table_pages reads
+    pages = dag.table_pages(c)
+    assert pages == ["studies/collapse", "tuning/tuned"]
+    assert all(re.fullmatch(dag.PAGE_PATTERN, page) for page in pages)
+    assert dag.page_table(c, pages[1]) == dag.tuned_files(c)["md"] == "results/tuning/tuned.md"
+    assert dag.page_table(c, pages[0]) == dag.study_file(c, "collapse", "md")
+    assert dag.page_html(c, pages[0]) == "results/report/tables/studies/collapse.html"
+    assert dag.tuning_path(c, "selected.parquet") == "results/tuning/selected.parquet"
 
 
 def test_a_studys_runs_carry_their_training_benchmark():

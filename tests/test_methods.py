@@ -45,3 +45,34 @@ def test_the_declarations_drive_the_sets_and_the_trainer():
     # a preference block on the listed candidates shares the schema's preference_method keys
     for name in runs.PREFERENCE:
         assert ("beta" in SCHEMA[name]["properties"]) != METHODS[name].online_reference, name
+
+
+def test_each_objective_declares_the_block_keys_it_takes():
+    """methods.OBJECTIVE_SETTINGS names, per objective the preference trainer calls, keyword arguments
+    of its losses function, each read from a key of every block that trains it (or a `form` of it)."""
+    import inspect
+
+    from workflow.config import validate_block
+    from workflow.methods import OBJECTIVE_SETTINGS
+
+    trained = set()
+    for name, declared in METHODS.items():
+        if declared.family != "preference" or declared.online_reference:  # rere: catalogue_rl.py's own loss
+            continue
+        block = validate_block(name, {})
+        for objective in (declared.objective, *dict(declared.forms).values()):
+            trained.add(objective)
+            parameters = inspect.signature(losses.OBJECTIVES[objective]).parameters
+            for argument, (key, kind) in OBJECTIVE_SETTINGS[objective].items():
+                assert argument in parameters and key in block, (name, objective, argument, key)
+                assert isinstance(kind(block[key]), kind)
+        for form, objective in declared.forms:
+            assert preference.objective_of(name, {"form": form}) == objective
+        assert preference.objective_of(name, {}) == declared.objective
+    assert trained == set(OBJECTIVE_SETTINGS)
+
+
+def test_hybrid_runs_are_neither_transferred_nor_explained():
+    from workflow.methods import portable
+
+    assert [m for m in METHODS if not portable(m)] == list(runs.HYBRID)

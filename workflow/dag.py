@@ -15,11 +15,12 @@ import pandas as pd
 
 from workflow.formats import resolve_files
 from workflow.protocol_table import reads as protocol_reads
-from workflow.methods import METHODS
-from workflow.runs import (HYBRID, ID_PROMPTS, Run, at_seed, block as run_block, config_runs, config_seeds,
-                           needs_reference, parse as parse_run, previous_round, run_seed, run_selections, sft_phase,
-                           study_points, study_seeds)
-from workflow.selection.dealrec import STRATEGIES as DEALREC_STRATEGIES
+from workflow.methods import FAMILIES, METHODS, gate_reads_inputs, of_family, portable
+from workflow.runs import (DEALREC_STRATEGIES, HYBRID, ID_PROMPTS, RUN_AXES, SELECTIONS, TRAINED, Run, at_seed,
+                           block as run_block, config_runs, config_seeds, needs_reference, parse as parse_run,
+                           previous_round, run_seed, run_selections, sft_phase, study_points, study_seeds,
+                           wildcard_pattern)
+from workflow.selection import dealrec
 from workflow.sources import registry as source_registry, resolve as resolve_source
 from workflow.transfer import transfers
 from workflow.tuning import sasrec_trials, selection_spec, table_runs, tuning_seeds, tuning_studies
@@ -34,6 +35,18 @@ DATASET_FILES = {"interactions": "interactions", "samples": "samples", "item_tab
 # The surrogate's files by name; llara, ilora and napo read the two tables (`--surrogate` takes their folder).
 SURROGATE_FILES = {"model": "model.pt", "meta": "model.json", "item_vectors": "item_embeddings.parquet",
                    "sequence_vectors": "sequence_repr.parquet", "metrics": "metrics.parquet"}
+
+
+# The methods trained in rounds, each started from and referenced against the last (sprec: its -r).
+SELF_PLAY = next(a.methods for a in RUN_AXES if a.name == "rounds")
+# The rules' `run` wildcards (workflow/runs.py wildcard_pattern), so a run name selects the one rule that
+# makes it: each family's training rule (workflow/methods.py), an SPRec round's SFT phase, the runs that
+# are explained or evaluated, those that transfer (portable), those others start from and are referenced
+# against (sft, an SPRec round), iLoRA's gate showcase.
+RUN_PATTERN = {name: wildcard_pattern(methods) for name, methods in {
+    **{family: of_family(family) for family in FAMILIES}, "sprec": SELF_PLAY, "trained": TRAINED,
+    "evaluated": ["base", *TRAINED], "transfer": [m for f in FAMILIES for m in of_family(f) if portable(m)],
+    "referenced": [*of_family("sft"), *SELF_PLAY], "ilora": ["ilora"]}.items()}
 
 
 def shell_prefix(package_root: str, python: str | None) -> str:
@@ -82,9 +95,14 @@ def log_file(config: Config, name: str) -> str:
     return f"{config['results']}/logs/{name}.log"
 
 
+def benchmarks_folder(config: Config) -> str:
+    """Every rule's benchmark records (the resources figure reads them all)."""
+    return f"{config['results']}/benchmarks"
+
+
 def benchmark_file(config: Config, name: str) -> str:
-    """A rule's benchmark record, `results/benchmarks/<name>.tsv` (the resources figure reads them all)."""
-    return f"{config['results']}/benchmarks/{name}.tsv"
+    """A rule's benchmark record, `results/benchmarks/<name>.tsv`."""
+    return f"{benchmarks_folder(config)}/{name}.tsv"
 
 
 def run_part(dataset: str, run: str, selection: str, *names: str) -> str:
@@ -108,10 +126,14 @@ def dataset_files(config: Config, dataset: str, *names: str) -> dict[str, str]:
             for name in names or ("samples", "item_table")}
 
 
+def surrogate_folder(config: Config, dataset: str) -> str:
+    """The SASRec surrogate's folder (its stage's --out-dir)."""
+    return f"{config['results']}/{dataset}/surrogate"
+
+
 def surrogate_files(config: Config, dataset: str, *names: str) -> dict[str, str]:
     """The SASRec surrogate's files as named inputs or outputs: all, or those named."""
-    folder = f"{config['results']}/{dataset}/surrogate"
-    return {name: f"{folder}/{SURROGATE_FILES[name]}" for name in names or SURROGATE_FILES}
+    return {name: f"{surrogate_folder(config, dataset)}/{SURROGATE_FILES[name]}" for name in names or SURROGATE_FILES}
 
 
 def surrogate_tables(config: Config, dataset: str) -> dict[str, str]:
@@ -151,22 +173,15 @@ def stored_inputs(config: Config, dataset: str, protocols: list[str]) -> dict[st
     return {need: llm_table(config, dataset, need) for need in protocol_reads(protocols)}
 
 
+def baselines_file(config: Config, dataset: str) -> str:
+    """The random and popularity baselines' metrics (rule baselines)."""
+    return f"{config['results']}/{dataset}/baselines/metrics.parquet"
+
+
 def baseline_metrics(config: Config) -> list[str]:
     """The baselines' and the surrogate's metrics of every dataset (the summary's and the studies' floor)."""
-    return ([f"{config['results']}/{d}/baselines/metrics.parquet" for d in config["datasets"]]
+    return ([baselines_file(config, d) for d in config["datasets"]]
             + [surrogate_files(config, d, "metrics")["metrics"] for d in config["datasets"]])
-
-
-def selection_file(config: Config, dataset: str, run_name: str, selection: str) -> str:
-    """The selection file a run trains on. `random` is drawn once per training seed
-    (`random-s43.parquet`; the config seed's is `random.parquet`); `all` and the DEALRec selections
-    are seed-independent. A run's -n<budget> is its own step (rule budget_subset): the subset of that
-    selection at the run's training seed (nested for random / all; a DEALRec re-run at that size)."""
-    run = parse_run(run_name)
-    name = f"{selection}-s{run.seed}" if selection == "random" and run.seed is not None else selection
-    if run.budget is None:
-        return selection_path(config, dataset, f"{name}.parquet")
-    return selection_path(config, dataset, "budget", f"{name}-n{run.budget}-s{run_seed(run, config)}.parquet")
 
 
 def run_method(wildcards) -> str:
@@ -198,6 +213,80 @@ def trained_adapters(config: Config, dataset: str) -> list[str]:
     return [run_path(config, dataset, r, s, "adapter") for r, s in method_runs(config) if s != "none"]
 
 
+# --------------------------------------------------------------------------- the selection files
+# One spelling of the selection files, for the paths here and the wildcards rules/selection.smk
+# matches: results/{dataset}/selection/{name}.parquet (selection_name), beside a DEALRec selection its
+# scored pool (dealrec.SCORES_SUFFIX), the score tables in scores/, a run's -n subset in budget/.
+PLAIN_STRATEGIES = tuple(s for s in SELECTIONS if s not in DEALREC_STRATEGIES)  # random, all: no scores
+SEEDED_STRATEGIES = ("random",)  # drawn once per training seed; all and DEALRec's are seed-independent
+
+
+def selection_part(dataset: str, *names: str) -> str:
+    """`{dataset}/selection/...`: the selection folder (or a file in it) below results/, logs/ and
+    benchmarks/ alike."""
+    return "/".join((dataset, "selection", *names))
+
+
+def selection_path(config: Config, dataset: str, *names: str) -> str:
+    """The dataset's selection folder (results/{dataset}/selection), or a file in it."""
+    return f"{config['results']}/{selection_part(dataset, *names)}"
+
+
+def selection_name(strategy: str, seed: Any = None) -> str:
+    """A selection's name (its file's stem): the strategy; a seeded strategy drawn at a training seed
+    other than the config's `{strategy}-s{seed}` (the config seed's keeps the bare name, so a default
+    config's files stay as they were)."""
+    return f"{strategy}-s{seed}" if seed is not None and strategy in SEEDED_STRATEGIES else strategy
+
+
+def selection_strategy(name: str) -> tuple[str, str | None]:
+    """(strategy, seed as the name spells it, or None): selection_name read back."""
+    strategy, _, seed = name.partition("-s")
+    return strategy, seed or None
+
+
+# Rule select_training_data's `selection` wildcard (random, all, random-s<seed>); select_dealrec's.
+PLAIN_SELECTION = "|".join([*PLAIN_STRATEGIES, *(selection_name(s, "[0-9]+") for s in SEEDED_STRATEGIES)])
+DEALREC_SELECTION = "|".join(DEALREC_STRATEGIES)
+
+
+def budget_name(name: str, budget: Any, seed: Any) -> str:
+    """A run's -n subset of selection `name` at its training seed (rule budget_subset's file stem)."""
+    return f"{name}-n{budget}-s{seed}"
+
+
+BUDGET_WILDCARDS = {"name": "[^/]+", "budget": "[0-9]+", "seed": "[0-9]+"}  # rule budget_subset's
+
+
+def selection_table(config: Config, dataset: str, name: str) -> str:
+    return selection_path(config, dataset, f"{name}.parquet")
+
+
+def selection_scores(config: Config, dataset: str, name: str) -> str:
+    """Every candidate's scores of DEALRec selection `name`, beside it (workflow/selection/dealrec.py)."""
+    return selection_path(config, dataset, f"{name}{dealrec.SCORES_SUFFIX}")
+
+
+def score_table(config: Config, dataset: str, score: str) -> str:
+    """The stored influence or effort scores (dealrec.SCORE_TABLES) the DEALRec strategies read."""
+    return selection_path(config, dataset, "scores", f"{score}.parquet")
+
+
+def budget_table(config: Config, dataset: str, name: str, budget: Any, seed: Any) -> str:
+    return selection_path(config, dataset, "budget", f"{budget_name(name, budget, seed)}.parquet")
+
+
+def selection_file(config: Config, dataset: str, run_name: str, selection: str) -> str:
+    """The selection file a run trains on: its strategy's at the run's seed (selection_name). A run's
+    -n<budget> is its own step (rule budget_subset): the subset of that selection at the run's
+    training seed (nested for random / all; a DEALRec re-run at that size)."""
+    run = parse_run(run_name)
+    name = selection_name(selection, run.seed)
+    if run.budget is None:
+        return selection_table(config, dataset, name)
+    return budget_table(config, dataset, name, run.budget, run_seed(run, config))
+
+
 # --------------------------------------------------------------------------- the rules' inputs
 # Input functions of the rules (`partial(f, config)`): what a job reads, from its wildcards.
 
@@ -206,9 +295,9 @@ def base_model(config: Config) -> str:
     return f"{config['results']}/models/base"
 
 
-def selection_path(config: Config, dataset: str, *names: str) -> str:
-    """The dataset's selection folder (results/{dataset}/selection), or a file in it."""
-    return "/".join((config["results"], dataset, "selection", *names))
+def preflight_file(config: Config) -> str:
+    """Rule preflight's record of a GPU config's checks, which the base model waits for."""
+    return f"{config['results']}/preflight/gpu.json"
 
 
 def run_items(config: Config, wildcards) -> str:
@@ -287,17 +376,17 @@ def effort_inputs(config: Config, wildcards) -> dict[str, str]:
 
 
 def dealrec_inputs(config: Config, wildcards) -> dict[str, str]:
-    """The samples and the score tables a DEALRec strategy selects from: dealrec both, an ablation its own."""
+    """The samples and the score tables a DEALRec strategy selects from (dealrec.SCORES: dealrec both,
+    an ablation its own)."""
     return dataset_files(config, wildcards.dataset, "samples") | {
-        score: selection_path(config, wildcards.dataset, "scores", f"{score}.parquet")
-        for score in ("influence", "effort") if wildcards.selection in ("dealrec", score)}
+        score: score_table(config, wildcards.dataset, score) for score in dealrec.SCORES[wildcards.selection]}
 
 
 def budget_inputs(config: Config, wildcards) -> dict[str, str]:
     """The selection a -n subset is drawn from (and, for a DEALRec selection, its scored pool)."""
-    inputs = {"selection": selection_path(config, wildcards.dataset, f"{wildcards.name}.parquet")}
+    inputs = {"selection": selection_table(config, wildcards.dataset, wildcards.name)}
     if wildcards.name in DEALREC_STRATEGIES:
-        inputs["scores"] = selection_path(config, wildcards.dataset, f"{wildcards.name}.scores.parquet")
+        inputs["scores"] = selection_scores(config, wildcards.dataset, wildcards.name)
     return inputs
 
 
@@ -436,8 +525,8 @@ def preference_args(wildcards, input) -> list[str]:
 
 
 def dealrec_score_args(wildcards, input) -> str:
-    """A params function: `--influence TABLE --effort TABLE`, those a DEALRec strategy reads."""
-    return " ".join(f"--{name} {shlex.quote(input[name])}" for name in ("influence", "effort") if name in input.keys())
+    """A params function: `--influence TABLE --effort TABLE`, those a DEALRec strategy reads (dealrec_inputs)."""
+    return " ".join(f"--{name} {shlex.quote(input[name])}" for name in dealrec.SCORE_TABLES if name in input.keys())
 
 
 def run_protocols(config: Config, dataset: str, run: Run, selection: str, split: str) -> list[str]:
@@ -524,6 +613,17 @@ def study_runs(config: Config, name: str) -> list[tuple[dict[str, Any], str, str
     return out
 
 
+def study_part(name: str) -> str:
+    """`studies/{name}`: a study's files' stem below results/ (.parquet, .md, .png), logs/ and
+    benchmarks/, and its page below the report's tables/ (table_pages)."""
+    return f"studies/{name}"
+
+
+def study_file(config: Config, name: str, ext: str) -> str:
+    """A study's table (parquet, md) or plot (png)."""
+    return f"{config['results']}/{study_part(name)}.{ext}"
+
+
 def study_spec(config: Config, name: str) -> str:
     study = config["studies"][name]
     runs = [{**labels, "path": path, "benchmark": train} for labels, path, train in study_runs(config, name)]
@@ -534,7 +634,21 @@ def study_spec(config: Config, name: str) -> str:
 # --------------------------------------------------------------------------- tuning (workflow/tuning.py)
 
 def study_table(config: Config, name: str) -> str:
-    return f"{config['results']}/studies/{name}.parquet"
+    return study_file(config, name, "parquet")
+
+
+TUNING = "tuning"  # the tuning's folder below results/
+TUNED = f"{TUNING}/tuned"  # the tuned table's stem below results/ (.parquet, .md) and the report's tables/
+
+
+def tuning_path(config: Config, name: str) -> str:
+    """A file of the tuning's folder: the selection's `selected.parquet`, `tuned.yaml`."""
+    return f"{config['results']}/{TUNING}/{name}"
+
+
+def tuned_files(config: Config) -> dict[str, str]:
+    """The tuned table (rule tuning_table's outputs by name): parquet, and md (a report page)."""
+    return {ext: f"{config['results']}/{TUNED}.{ext}" for ext in ("parquet", "md")}
 
 
 def sasrec_trial_part(dataset: str, trial: str, seed: Any, *names: str) -> str:
@@ -574,10 +688,21 @@ def report_path(config: Config, *names: str) -> str:
     return "/".join((config["results"], "report", *names))
 
 
+def transfer_part(dataset: str, trained_on: str, run: str, selection: str, split: str, *names: str) -> str:
+    """`{dataset}/transfer/{trained_on}/{run}/{selection}/{split}/...`: a transferred run's evaluation
+    on one split (or a file of it) below results/, logs/ and benchmarks/ alike."""
+    return Path(dataset, "transfer", trained_on, run, selection, split, *names).as_posix()
+
+
+def transfer_path(config: Config, *parts: str) -> str:
+    """A file of a transferred run's evaluation under results/ (transfer_part)."""
+    return f"{config['results']}/{transfer_part(*parts)}"
+
+
 def transfer_targets(config: Config) -> list[str]:
     """The test metrics of every transferred run (config `transfer`, workflow/transfer.py), on each
     selection it trains on."""
-    return [f"{config['results']}/{t.dataset}/transfer/{t.trained_on}/{t.run.name}/{s}/test/metrics.parquet"
+    return [transfer_path(config, t.dataset, t.trained_on, t.run.name, s, "test", "metrics.parquet")
             for t in transfers(config) for s in run_selections(config, t.run)]
 
 
@@ -600,43 +725,61 @@ def explanation_targets(config: Config) -> list[str]:
 def table_pages(config: Config) -> list[str]:
     """The Markdown tables the config asks for, without `.md`, below results/: each enabled study's,
     and the tuned table when tuning is enabled (the report shows each as an HTML page)."""
-    studies = [f"studies/{name}" for name, study in config["studies"].items() if study["enabled"]]
-    return studies + (["tuning/tuned"] if config["tuning"]["enabled"] else [])
+    studies = [study_part(name) for name, study in config["studies"].items() if study["enabled"]]
+    return studies + ([TUNED] if config["tuning"]["enabled"] else [])
+
+
+PAGE_PATTERN = f"{study_part('[^/]+')}|{TUNED}"  # rule report_page's `page` wildcard: a table_pages entry
+
+
+def page_table(config: Config, page: str) -> str:
+    """A table_pages entry's Markdown table."""
+    return f"{config['results']}/{page}.md"
+
+
+def page_html(config: Config, page: str) -> str:
+    """A table_pages entry as the report's HTML page."""
+    return report_path(config, "tables", f"{page}.html")
 
 
 def study_targets(config: Config) -> list[str]:
     """The enabled studies' tables and plots, and the tuned table when tuning is enabled."""
-    studies = [f"{config['results']}/studies/{name}.{ext}" for name, study in config["studies"].items()
+    studies = [study_file(config, name, ext) for name, study in config["studies"].items()
                if study["enabled"] for ext in ("parquet", "png")]
-    return studies + [f"{config['results']}/{page}.md" for page in table_pages(config)]
+    return studies + [page_table(config, page) for page in table_pages(config)]
 
 
 def gate_targets(config: Config) -> list[str]:
     """iLoRA's gate showcase of every ilora run of `methods` that has a gate (not `uniform`), at the
     first training seed."""
     return [run_path(config, d, r.name, s, f"gates.{ext}") for d in config["datasets"] for r in showcase_runs(config)
-            if r.method == "ilora" and run_block(r, config)["gate"] != "uniform"
+            if r.method == "ilora" and gate_reads_inputs(run_block(r, config)["gate"])
             for s in run_selections(config, r) for ext in ("parquet", "png")]
 
 
 def report_targets(config: Config) -> list[str]:
     """The report's figures and tables; the resources figure comes last."""
     targets = [report_path(config, "summary.html"), report_path(config, "metrics"), *gate_targets(config)]
-    targets += [report_path(config, "tables", f"{page}.html") for page in table_pages(config)]
+    targets += [page_html(config, page) for page in table_pages(config)]
     targets += [report_path(config, f"data/{d}.{ext}") for d in config["datasets"] for ext in ("html", "png")]
     if any(r.method != "base" for r in config_runs(config)):
         targets += [report_path(config, f"training/{d}.png") for d in config["datasets"]]
     return targets + [report_path(config, "resources.png")]
 
 
+def summary_files(config: Config) -> dict[str, str]:
+    """The summary table (rule summary's outputs by name): parquet, and md to read."""
+    return {ext: f"{config['results']}/summary.{ext}" for ext in ("parquet", "md")}
+
+
 def all_targets(config: Config) -> list[str]:
     """Every output the config asks for: the data, the surrogate, the summary (every run's test
     metrics), the runs' metrics on the other splits of `evaluation.splits` (e.g. valid, to choose
     settings), explanations, studies and the report's figures."""
-    results, datasets = config["results"], list(config["datasets"])
+    datasets = list(config["datasets"])
     splits = [run_metrics(config, d, r, s, split) for split in config["evaluation"]["splits"] if split != "test"
               for d in datasets for r, s in method_runs(config)]
-    return ([f"{results}/{d}/data/samples.parquet" for d in datasets]
+    return ([dataset_files(config, d, "samples")["samples"] for d in datasets]
             + [surrogate_files(config, d, "metrics")["metrics"] for d in datasets]
-            + [f"{results}/summary.parquet", f"{results}/summary.md"] + splits + explanation_targets(config)
+            + list(summary_files(config).values()) + splits + explanation_targets(config)
             + study_targets(config) + report_targets(config))

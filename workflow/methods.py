@@ -5,8 +5,9 @@ derives its sets from it, the trainer dispatches on its flags, tests/test_method
 schema's enums and blocks equal to it.
 
 Adding a preference objective: its function in workflow/llm/losses.py (`OBJECTIVES`), its
-declaration here, its config block in config/schema.yaml (the schema's method enums are filled from
-these declarations: workflow/config.py read_schema).
+declaration here with the block keys it takes (`OBJECTIVE_SETTINGS`), its config block in
+config/schema.yaml (the schema's method enums are filled from these declarations: workflow/config.py
+read_schema).
 
 The choices of the methods' settings that the LLM layer acts on (negative strategies, LLaRA's
 curricula, quantization) are declared here too, beside no torch import, so the schema's enums are
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 class Method:
     family: str                     # sft | preference (starts from the sft run) | hybrid | soft
     objective: str | None = None    # preference: its workflow/llm/losses.py OBJECTIVES key
+    forms: tuple[tuple[str, str], ...] = ()  # preference: the block's `form` -> the OBJECTIVES key it trains instead
     reference_free: bool = False    # preference: the objective reads the policy's log-probs alone
     takes_k: bool = False           # the run name's -k (negatives per sample)
     surrogate: bool = False         # reads the SASRec surrogate's tables (rules' inputs, --surrogate)
@@ -39,7 +41,8 @@ METHODS: dict[str, Method] = {
     "llara": Method("hybrid", surrogate=True),  # the hybrid prompt: SASRec item embeddings after each title
     "ilora": Method("hybrid", surrogate=True),
     "soft": Method("soft"),
-    "lpo4rec": Method("preference", "lpo4rec", reference_free=True, takes_k=True),
+    "lpo4rec": Method("preference", "lpo4rec", forms=(("authors", "lpo4rec_authors"),), reference_free=True,
+                      takes_k=True),
     # NAPO's auxiliary recommender is the surrogate; its margin averages confidence across steps
     "napo": Method("preference", "napo", reference_free=True, takes_k=True, surrogate=True, shares_negatives=True,
                    state=True),
@@ -54,6 +57,34 @@ METHODS: dict[str, Method] = {
 def of_family(family: str) -> tuple[str, ...]:
     """The methods of one family, in declaration order."""
     return tuple(name for name, m in METHODS.items() if m.family == family)
+
+
+FAMILIES = tuple(dict.fromkeys(m.family for m in METHODS.values()))  # in declaration order
+
+
+def portable(method: str) -> bool:
+    """Whether a method's runs can be explained and evaluated on another dataset (transfer): not the
+    hybrid ones, whose prompt carries the training dataset's SASRec item embeddings through hooks on
+    the model (the explanation stage loads none; another dataset's items have no row in that table)."""
+    return METHODS[method].family != "hybrid"
+
+
+# The keyword arguments each preference objective (workflow/llm/losses.py OBJECTIVES) takes from a run's
+# config block: argument -> (block key, type). What a batch adds (NAPO's margin, the authors' LPO4Rec's
+# tail flags) the trainer passes per step; rere's objective has a trainer of its own (catalogue_rl.py).
+BETA = {"beta": ("beta", float)}
+OBJECTIVE_SETTINGS: dict[str, dict[str, tuple[str, type]]] = {
+    "dpo": BETA,
+    "dmpo": {**BETA, "pairwise": ("pairwise", bool)},
+    "sdpo": BETA,
+    "dynamicpo": {**BETA, "margin": ("margin", float)},
+    "lpo4rec": BETA,
+    # beta has no place in the authors' form: their temperature acts on probabilities
+    "lpo4rec_authors": {"weight": ("lpo_weight", float), "temperature": ("temperature", float)},
+    "napo": BETA,
+    "grpo": {**BETA, "group_size": ("group_size", int), "kl_coef": ("kl_coef", float), "kl": ("kl", str),
+             "eps": ("eps", float)},
+}
 
 
 @dataclass(frozen=True)
@@ -75,6 +106,16 @@ NEGATIVES: dict[str, Negatives] = {
     "head": Negatives(popularity=True),    # proportional to 1 + popularity
     "head_gumbel": Negatives(head=True),   # LPO4Rec's: uniformly among the head items
 }
+
+
+GATES = ("sequence", "random", "uniform")  # iLoRA's gate inputs (workflow/llm/ilora.py)
+
+
+def gate_reads_inputs(gate: str) -> bool:
+    """Whether an iLoRA gate (GATES) weighs the experts by a router over a per-sample input
+    (sequence, random); `uniform` weighs them equally and has no router."""
+    return gate != "uniform"
+
 
 CURRICULA = ("linear", "authors", "per_epoch", "hybrid")  # LLaRA / iLoRA: workflow/llm/llara.py hybrid_probability
 QUANTIZATION = ("none", "int8", "nf4")  # llm.quantization: workflow/llm/model.py quantization_config

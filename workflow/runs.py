@@ -41,7 +41,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from workflow.methods import METHODS as DECLARED, NEGATIVES, of_family
+from workflow.methods import GATES, METHODS as DECLARED, NEGATIVES, of_family
 from workflow.protocol_table import supported as supported_protocols
 
 # The prompts that show and answer every item by a code ID (workflow/semantic_ids.py; what each quantises:
@@ -56,7 +56,6 @@ TRAINED = tuple(DECLARED)
 TAKES_K = tuple(m for m, d in DECLARED.items() if d.takes_k)  # the -k flag; sprec's one negative is fixed
 FRESH_LORA = tuple(m for m, d in DECLARED.items() if d.family != "preference")  # the -rank flag
 HYBRID = of_family("hybrid")  # the hybrid prompt: SASRec item embeddings after each title
-GATES = ("sequence", "random", "uniform")  # iLoRA's gate inputs (workflow/llm/ilora.py)
 # The selection strategies (workflow/selection/): random and all, then DEALRec's, which score the samples
 # (workflow/selection/dealrec.py lists those too; tests/test_config.py holds the two equal)
 DEALREC_STRATEGIES = ("dealrec", "influence", "effort")
@@ -288,6 +287,43 @@ def previous_round(run: Run, config: dict[str, Any]) -> Run | None:
     return run._replace(rounds=None if earlier == config["sprec"]["rounds"] else earlier)
 
 
+def over_budget(budget: int, config: dict[str, Any]) -> str | None:
+    """Why a run cannot train on `budget` samples: more than the selection holds (`selection.budget`;
+    strategy `all` takes every train sample, so any budget may fit); None when it can."""
+    pool = config["selection"]["budget"]
+    if budget > pool and "all" not in config["selection"]["strategies"]:
+        return f"budget {budget} exceeds selection.budget ({pool})"
+    return None
+
+
+def expert_rank_problem(run: Run, config: dict[str, Any]) -> str | None:
+    """Why a run whose name sets the LoRA rank or iLoRA's experts cannot train: iLoRA splits its
+    rank among its experts, so lora_r must be a multiple of n_experts (workflow/llm/ilora.py
+    ExpertLoRALinear; the ilora block itself is checked by config.validate); None when it can."""
+    if run.lora_r is None and run.n_experts is None:
+        return None
+    return rank_split_problem(block(run, config))
+
+
+def rank_split_problem(settings: dict[str, Any]) -> str | None:
+    """Why a method block's LoRA rank cannot be split among its experts (iLoRA's; None for a block
+    without experts or a rank that splits)."""
+    if "n_experts" in settings and settings["lora_r"] % settings["n_experts"]:
+        return (f"lora_r {settings['lora_r']} is not a multiple of n_experts {settings['n_experts']} "
+                "(each expert has rank lora_r / n_experts)")
+    return None
+
+
+def axis_not_taken(methods: list[str], axis: str) -> str | None:
+    """Why a study grid or tuning space axis is wrong for `methods`: none of them takes it, so its
+    values would name the same run; None when one does."""
+    applies = next(a.methods for a in GRID_AXES if a.name == axis)
+    if applies is None or set(methods) & set(applies):
+        return None
+    return (f"{', '.join(methods)} {'does' if len(methods) == 1 else 'do'} not take {axis} "
+            f"(it applies to {', '.join(applies)})")
+
+
 def grid_point(method: str, point: dict[str, Any], config: dict[str, Any]) -> tuple[dict[str, Any], Run]:
     """(labels, run) of one method at one study grid point. A value equal to the main config's is
     left out of the run's name, so a main run is reused rather than retrained; labels hold the
@@ -304,8 +340,8 @@ def grid_point(method: str, point: dict[str, Any], config: dict[str, Any]) -> tu
         value = point.get(axis, default)
         # strategy all: every other candidate is a negative, whatever the block's k
         labels[axis] = None if axis == "k" and block_cfg.get("strategy") == "all" and axis not in point else value
-        if axis == "budget" and value is not None and value > pool and "all" not in config["selection"]["strategies"]:
-            raise ValueError(f"study grid budget {value} exceeds selection.budget ({pool})")
+        if axis == "budget" and value is not None and over_budget(value, config):
+            raise ValueError(f"study grid {over_budget(value, config)}")
         explicit = axis == "k" and block_cfg.get("strategy") == "all"  # k is then the data's, not the block's
         if axis == "prompt" or (value != default or explicit) and axis in point:
             fields[axis] = value
@@ -320,9 +356,15 @@ def study_points(name: str, config: dict[str, Any]) -> list[tuple[dict[str, Any]
     grid = study["grid"]
     if study["x"] not in grid:
         raise ValueError(f"config key 'studies.{name}.x': {study['x']!r} is not a key of its grid")
+    for axis in grid:
+        if problem := axis_not_taken(study["methods"], axis):
+            raise ValueError(f"config key 'studies.{name}.grid.{axis}': {problem}")
     try:
         points = [grid_point(method, point, config)
                   for method in study["methods"] for point in sampled_points(name, method, config)]
+        for _, run in points:
+            if problem := expert_rank_problem(run, config):
+                raise ValueError(f"run {run.name!r}: {problem}")
         if study.get("reference"):
             shared = {tuple((axis, labels[axis]) for axis in ("prompt", "budget") if axis in grid)
                       for labels, _ in points}
@@ -340,16 +382,26 @@ def sampled_points(name: str, method: str, config: dict[str, Any]) -> list[dict[
     every method of a study gets the same number of trials."""
     study = config["studies"][name]
     grid = study["grid"]
-    every = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
     if study.get("trials") is None:
-        return every
-    # one point per distinct run (an axis the method does not take leaves its points one run)
-    distinct: dict[Run, dict[str, Any]] = {}
-    for point in every:
-        distinct.setdefault(grid_point(method, point, config)[1], point)
+        return every_point(grid)
+    distinct = distinct_points(name, method, config)
     main = grid_point(method, {axis: values[0] for axis, values in grid.items() if len(values) == 1}, config)[1]
     runs = draw_trials(list(distinct), main, study["trials"], f"{name}/{method}", config["seed"])
     return [distinct[run] for run in runs]
+
+
+def every_point(grid: dict[str, list]) -> list[dict[str, Any]]:
+    """Every combination of a grid's (or a space's) values, in its order."""
+    return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+
+
+def distinct_points(name: str, method: str, config: dict[str, Any]) -> dict[Run, dict[str, Any]]:
+    """Study `name`'s grid points of `method`, one per distinct run, keyed by the run (an axis the
+    method does not take leaves its points one run): what `trials` draws from."""
+    distinct: dict[Run, dict[str, Any]] = {}
+    for point in every_point(config["studies"][name]["grid"]):
+        distinct.setdefault(grid_point(method, point, config)[1], point)
+    return distinct
 
 
 def draw_trials(candidates: list, main: Any, trials: int, key: str, seed: int) -> list:
@@ -391,10 +443,8 @@ def tuning_studies(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     tuning = config["tuning"]
     for method, space in tuning["spaces"].items():
         for axis in space:
-            applies = next(a.methods for a in GRID_AXES if a.name == axis)
-            if applies is not None and method not in applies:
-                raise ValueError(f"config key 'tuning.spaces.{method}.{axis}': {method} does not take {axis} "
-                                 f"(it applies to {', '.join(applies)})")
+            if problem := axis_not_taken([method], axis):
+                raise ValueError(f"config key 'tuning.spaces.{method}.{axis}': {problem}")
     seeds = tuning_seeds(config)
     metrics = list(dict.fromkeys([tuning["metric"], *tuning["metrics"]]))
     return {tuning_study(method): {
@@ -423,6 +473,24 @@ def run_selections(config: dict[str, Any], run: Run) -> list[str]:
     if run.method == "base":
         return ["none"]
     compared = config["selection"]["compare_methods"]
-    if compared is None or run._replace(seed=None).name in compared or run.method in compared:
+    if compared is None or compares(compared, run):
         return strategies
     return strategies[:1]
+
+
+def compares(entries: list[str], run: Run) -> bool:
+    """Whether a list of runs or bare methods (`selection.compare_methods`) names `run`: by its name
+    without -s (every seed of it) or by its method."""
+    return run._replace(seed=None).name in entries or run.method in entries
+
+
+def sasrec_trial_name(settings: dict[str, Any]) -> str:
+    """A SASRec trial's folder name from its settings on the space's axes, in the space's order:
+    `hidden_size64-dropout0.2-lr3e-3` (the learning rate spelled as run names spell it)."""
+    return "-".join(f"{key}{number_text(key, value)}" for key, value in settings.items())
+
+
+def sasrec_candidates(space: dict[str, list]) -> dict[str, dict[str, Any]]:
+    """The SASRec trials a `tuning.sasrec` space holds: trial name -> its settings, one per distinct
+    name (what `trials` draws from; workflow/tuning.py sasrec_trials)."""
+    return {sasrec_trial_name(settings): settings for settings in every_point(space)}

@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from workflow.config import ConfigError
+from workflow.methods import portable
 from workflow.runs import HYBRID, Run, config_runs, parse
 
 
@@ -45,8 +46,8 @@ def _check_method(entry: str, runs: list[Run]) -> list[Run]:
     if method == "base":
         raise ValueError(f"{entry!r}: the untuned base model is never trained; its rows on the target dataset "
                          "are that dataset's own")
-    if method in HYBRID:
-        raise ValueError(f"{entry!r}: llara and ilora runs cannot transfer (their prompt carries the source "
+    if not portable(method):
+        raise ValueError(f"{entry!r}: {' and '.join(HYBRID)} runs cannot transfer (their prompt carries the source "
                          "dataset's SASRec item embeddings, which have no row for the target's items)")
     found = _entry_runs(entry, runs)
     if not found:

@@ -36,7 +36,6 @@ reverse).
 """
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 from typing import Any, Sequence
@@ -49,8 +48,9 @@ from workflow import cli
 from workflow.io import atomic_path, write_parquet
 # tuning_studies and with_tuning_studies live in workflow/runs.py, below config.py, which adds the studies to
 # every config; workflow/dag.py reads them from here
-from workflow.runs import (at_seed, draw_trials, grid_point, number_text, parse, resolve, run_selections,
-                           sampled_points, tuning_seeds, tuning_studies, tuning_study, with_tuning_studies)
+from workflow.runs import (at_seed, draw_trials, grid_point, parse, resolve, run_selections, sampled_points,
+                           sasrec_candidates, sasrec_trial_name, tuning_seeds, tuning_studies, tuning_study,
+                           with_tuning_studies)
 from workflow.study import LABELS, normal_key, run_frames
 from workflow.summary import estimate, paired_delta
 
@@ -86,21 +86,14 @@ def trials(method: str, config: dict[str, Any]) -> dict[str, Any]:
     return {"default": default, "trials": out}
 
 
-def sasrec_trial_name(settings: dict[str, Any]) -> str:
-    """A SASRec trial's folder name from its settings on the space's axes, in the space's order:
-    `hidden_size64-dropout0.2-lr3e-3` (the learning rate spelled as run names spell it)."""
-    return "-".join(f"{key}{number_text(key, value)}" for key, value in settings.items())
-
-
 def sasrec_trials(config: dict[str, Any]) -> dict[str, Any]:
     """SASRec's default trial and its trials (name, settings, whether it is the default), drawn as
     the LLM methods' are (workflow/runs.py draw_trials) from `tuning.sasrec`; none without a space."""
     space = config["tuning"]["sasrec"]
     if not space:
         return {"default": None, "trials": []}
-    every = [dict(zip(space, values)) for values in itertools.product(*space.values())]
     default = sasrec_trial_name({key: config["surrogate"][key] for key in space})
-    names = {sasrec_trial_name(settings): settings for settings in every}
+    names = sasrec_candidates(space)
     drawn = draw_trials(list(names), default, config["tuning"]["trials"], "tuning/sasrec", config["seed"])
     return {"default": default, "trials": [{"run": name, "settings": names[name], "default": name == default}
                                            for name in drawn]}

@@ -1,4 +1,5 @@
-"""What every training stage reads: the selected train samples and the prompts' token ids.
+"""What every training stage reads: the selected train samples, the prompts' token ids and the
+examples built from them (SFT's, preference training's, which the reference scores too).
 
 A run's `-n<budget>` subset is its own step (`workflow.selection.budget`, rule `budget_subset`): the
 stages get the subset's file as their selection, so the LLM package never reads a selection's
@@ -12,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from workflow.prepare import SAMPLE_COLUMNS, read_samples
-from workflow.runs import ID_PROMPTS, PROMPTS
+from workflow.runs import DEFAULT_PROMPT, ID_PROMPTS, PROMPTS
 
 TRAINING_COLUMNS = tuple(c for c in SAMPLE_COLUMNS if c != "user_id")  # training never reads the user
 
@@ -53,3 +54,48 @@ def prompt_ids(tokenizer, prompt: str, history_titles, candidate_titles, domain:
     if prompt in ID_PROMPTS:  # the items' "titles" are their code IDs (the prompt's items table)
         return prompts.sid_prompt_ids(tokenizer, history_titles, domain, max_prompt_tokens=llm["max_prompt_tokens"])
     raise ValueError(f"unknown prompt {prompt!r} (known: {', '.join(PROMPTS)})")
+
+
+def sft_examples(samples: pd.DataFrame, items: pd.DataFrame, tokenizer, domain: str,
+                 llm: dict[str, Any], prompt: str = DEFAULT_PROMPT, item_marker: str | None = None
+                 ) -> list[dict[str, list[int]]]:
+    """Per sample {"prompt": the prompt's ids, "answer": the target's answer ids}."""
+    from workflow.llm import prompts
+
+    titles = dict(zip(items["item_id"].astype(str), items["title"].astype(str)))
+    examples = []
+    for row in samples.itertuples(index=False):
+        history, candidates, target = [str(i) for i in row.history], [str(i) for i in row.candidates], str(row.target)
+        unknown = [i for i in [*history, *candidates, target] if i not in titles]
+        if unknown:
+            raise ValueError(f"sample '{row.sample_id}': item '{unknown[0]}' is not in the items table")
+        if target not in candidates:
+            raise ValueError(f"sample '{row.sample_id}': the target is not among its candidates")
+        ids = prompt_ids(tokenizer, prompt, [titles[i] for i in history], [titles[i] for i in candidates],
+                         domain, llm, item_marker)
+        answer = prompts.clipped_answer_ids(tokenizer, titles[target], llm["max_title_tokens"])
+        examples.append({"prompt": ids, "answer": answer})
+    return examples
+
+
+def preference_examples(samples: pd.DataFrame, items: pd.DataFrame, tokenizer, domain: str,
+                        llm: dict[str, Any], prompt: str = DEFAULT_PROMPT) -> list[dict[str, Any]]:
+    """Per sample: the run's prompt, every candidate's answer ids, and the target's index. Under
+    the open prompt the negatives are the other candidates' titles as answers to the history alone."""
+    from workflow.llm import prompts
+
+    titles = dict(zip(items["item_id"].astype(str), items["title"].astype(str)))
+    examples = []
+    for row in samples.itertuples(index=False):
+        candidates = [str(i) for i in row.candidates]
+        missing = [i for i in [*map(str, row.history), *candidates] if i not in titles]
+        if missing:
+            raise ValueError(f"sample '{row.sample_id}': item '{missing[0]}' is not in the items table")
+        if candidates.count(str(row.target)) != 1:
+            raise ValueError(f"sample '{row.sample_id}': the target must be among its candidates exactly once")
+        ids = prompt_ids(tokenizer, prompt, [titles[str(i)] for i in row.history], [titles[i] for i in candidates],
+                         domain, llm)
+        answers = [prompts.clipped_answer_ids(tokenizer, titles[i], llm["max_title_tokens"]) for i in candidates]
+        examples.append({"sample_id": str(row.sample_id), "prompt": ids, "answers": answers,
+                         "candidates": candidates, "target": candidates.index(str(row.target))})
+    return examples

@@ -43,6 +43,7 @@ from workflow.llm.protocols import (ANSWER_ERRORS, PREDICTIONS_SCHEMA, PROTOCOLS
                                     reversed_order_logprobs)
 from workflow.llm.prompts import prompt_inputs
 from workflow.prepare import item_vocabulary
+from workflow.runs import DEFAULT_PROMPT
 from workflow.semantic_ids import sid_tokens
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,7 @@ def shared_pass(ctx: EvalContext, chosen: Sequence[str]) -> PassOutputs:
 
 def evaluate(model, tokenizer, samples: pd.DataFrame, items: pd.DataFrame, *, protocols: Sequence[str],
              domain: str, llm: dict, evaluation: dict, autocast: Callable = contextlib.nullcontext,
-             title_embeddings: np.ndarray | None = None, prompt: str = "candidate",
+             title_embeddings: np.ndarray | None = None, prompt: str = DEFAULT_PROMPT,
              seed: int = 0, item_marker: str | None = None,
              hooks_for: Callable[[pd.DataFrame, list], SampleHooks] | None = None,
              decode_mask: np.ndarray | None = None) -> tuple[pd.DataFrame, dict[str, dict[str, np.ndarray]]]:

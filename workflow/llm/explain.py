@@ -44,6 +44,7 @@ import torch
 from workflow import cli
 from workflow.io import atomic_path, write_parquet
 from workflow.llm import evaluate, inference
+from workflow.runs import DEFAULT_PROMPT
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +187,7 @@ def answer_token_logprobs(model, prompt_ids: Sequence[Sequence[int]], answer_ids
 def explain(model, tokenizer, samples: pd.DataFrame, items: pd.DataFrame, predictions: pd.DataFrame, *,
             reference: Callable[[], contextlib.AbstractContextManager], domain: str, llm: dict, batch_size: int,
             autocast: Callable = contextlib.nullcontext, score_tolerance: float = SCORE_TOLERANCE_FP32,
-            predictions_path: str | Path = "predictions.parquet", prompt: str = "candidate") -> pd.DataFrame:
+            predictions_path: str | Path = "predictions.parquet", prompt: str = DEFAULT_PROMPT) -> pd.DataFrame:
     """One row per answer token of each sample's top candidate (EXPLANATIONS_SCHEMA columns), samples
     in the order given. `model` is the tuned model; inside `reference()` it is the reference."""
     top, predicted = top_candidates(samples, predictions, predictions_path)

@@ -22,6 +22,7 @@ import torch
 from workflow import cli
 from workflow.io import atomic_path, write_parquet
 from workflow.llm import ilora, llara
+from workflow.methods import gate_reads_inputs
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ def gate_weights(adapter: str | Path, surrogate: str | Path, samples: pd.DataFra
     ids = samples["sample_id"].astype(str).tolist()
     inputs = llara.gate_inputs(cfg["gate"], surrogate, ids, cfg["d"])
     router = None
-    if cfg["gate"] != "uniform":
+    if gate_reads_inputs(cfg["gate"]):
         router = ilora.build_router(cfg["router"], cfg["d"], cfg["n_experts"])
         router.load_state_dict(load_file(Path(adapter) / "router.safetensors"))
         router.eval()

@@ -44,7 +44,8 @@ from workflow import cli
 from workflow.io import write_json
 from workflow.llm import ilora, stage, train
 from workflow.llm.scoring import EmbedsFn
-from workflow.methods import CURRICULA  # declared without torch: the schema's enum is filled from it
+from workflow.methods import CURRICULA, gate_reads_inputs  # declared without torch (the schema's enums)
+from workflow.runs import HYBRID
 
 log = logging.getLogger("workflow.llm.llara")
 
@@ -219,7 +220,7 @@ def build_parts(cfg: dict[str, Any], tokenizer, surrogate_dir: str | Path,
         raise ValueError(f"{surrogate_dir}: item embeddings of size {vectors.shape[1]}, the adapter expects {cfg['d']}")
     projector = build_projector(cfg["d"], cfg["projector_hidden"], cfg["hidden"])
     router = None
-    if cfg["method"] == "ilora" and cfg["gate"] != "uniform":
+    if cfg["method"] == "ilora" and gate_reads_inputs(cfg["gate"]):
         router = ilora.build_router(cfg["router"], cfg["d"], cfg["n_experts"])
     experts = {"n_experts": cfg["n_experts"], "gate": cfg["gate"]} if cfg["method"] == "ilora" else {}
     return Hybrid(cfg["method"], placeholder_id(tokenizer), item_row, vectors, projector, router, **experts)
@@ -253,7 +254,8 @@ def load_for_evaluation(model_dir, adapter, surrogate_dir, device="auto", dtype=
     """(model, tokenizer, Hybrid) of a trained llara or ilora adapter folder, in eval mode."""
     from safetensors.torch import load_file
 
-    from workflow.llm.model import load_for_evaluation as load_peft, load_model, model_device, resolve_dtype
+    from workflow.llm.model import (cast_frozen_linears, load_for_evaluation as load_peft, load_model, model_device,
+                                    resolve_dtype)
 
     adapter = Path(adapter)
     path = adapter / HYBRID_FILE
@@ -272,7 +274,7 @@ def load_for_evaluation(model_dir, adapter, surrogate_dir, device="auto", dtype=
                              f"({sorted(missing)[:3]})")
         model.load_state_dict(weights, strict=False)
         model.requires_grad_(False)
-        train.cast_frozen_linears(model, resolve_dtype(dtype, model_device(model)))
+        cast_frozen_linears(model, resolve_dtype(dtype, model_device(model)))
         model.eval()
     device = model_device(model)
     with torch.device(device):
@@ -312,15 +314,15 @@ def settings(method: str, spec: dict[str, Any]) -> dict[str, Any]:
     """{llm, <method>, domain, prompt, budget} from --spec, validated and completed by config/schema.yaml."""
     from workflow.config import stage_settings
 
-    if method not in ("llara", "ilora"):
-        raise ValueError(f"unknown hybrid method {method!r} (known: llara, ilora)")
+    if method not in HYBRID:
+        raise ValueError(f"unknown hybrid method {method!r} (known: {', '.join(HYBRID)})")
     return stage_settings(spec, {"llm": "llm", method: method})
 
 
 def hybrid_examples(samples: pd.DataFrame, items: pd.DataFrame, tokenizer, domain: str, llm: dict, prompt: str,
                     marker_id: int) -> list[dict[str, Any]]:
     """SFT's examples on the hybrid prompt, each with the items of its placeholders and its sample id."""
-    from workflow.llm.sft import sft_examples
+    from workflow.llm.data import sft_examples
 
     examples = sft_examples(samples, items, tokenizer, domain, llm, prompt, item_marker=PLACEHOLDER)
     for example, row in zip(examples, samples.itertuples(index=False)):
@@ -392,7 +394,7 @@ def hybrid_method(method: str, block: dict[str, Any], llm: dict[str, Any], domai
         if unknown:
             raise ValueError(f"{surrogate_dir}: no SASRec embedding of item '{unknown[0]}'")
         gate_vectors = None
-        if method == "ilora" and parts.gate != "uniform":
+        if method == "ilora" and gate_reads_inputs(parts.gate):
             ids = [e["sample_id"] for e in examples]
             gate_vectors = dict(zip(ids, gate_inputs(parts.gate, surrogate_dir, ids, cfg["d"])))
         log.info("%s on %d samples, %s prompt (hybrid), %d epochs%s", method, len(examples), prompt, block["epochs"],
@@ -440,7 +442,7 @@ def run_hybrid(method: str, model_dir: str | Path, samples_path: str | Path, ite
 
 def main(argv=None) -> int:
     p = cli.parser("Train LLaRA (one LoRA) or iLoRA (gated LoRA experts) on the hybrid prompt.")
-    p.add_argument("--method", required=True, choices=["llara", "ilora"])
+    p.add_argument("--method", required=True, choices=HYBRID)
     cli.add_training_arguments(p, "<method>")
     p.add_argument("--surrogate", required=True,
                    help="the surrogate folder (item embeddings, sequence representations)")

@@ -360,8 +360,9 @@ def grpo_catalogue(policy_tokens, reference_tokens, mask, rewards, kl_coef: floa
                                if hits.any() else float("nan")}
 
 
-OBJECTIVES = {"dpo": dpo, "dmpo": dmpo, "sdpo": sdpo, "dynamicpo": dynamicpo, "lpo4rec": lpo4rec, "napo": napo,
-              "grpo": grpo, "grpo_catalogue": grpo_catalogue}  # the last on sampled answers' tokens (rere)
+OBJECTIVES = {"dpo": dpo, "dmpo": dmpo, "sdpo": sdpo, "dynamicpo": dynamicpo, "lpo4rec": lpo4rec,
+              "lpo4rec_authors": lpo4rec_authors, "napo": napo, "grpo": grpo,
+              "grpo_catalogue": grpo_catalogue}  # the last on sampled answers' tokens (rere)
 
 
 # ----------------------------------------------------------------------------- SOFT

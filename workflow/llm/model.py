@@ -236,6 +236,40 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def is_quantized(module: torch.nn.Module) -> bool:
+    """A k-bit layer (bitsandbytes Linear8bitLt / Linear4bit, or any layer whose weight is not a
+    float tensor): its packed weight must never be cast or merged into."""
+    weight = getattr(module, "weight", None)
+    return (type(module).__module__.split(".")[0] == "bitsandbytes"
+            or (weight is not None and not torch.is_floating_point(weight))
+            or getattr(weight, "quant_state", None) is not None)
+
+
+def cast_frozen_linears(model: torch.nn.Module, dtype: torch.dtype) -> int:
+    """Store the frozen weights of the linear layers in `dtype` (the autocast compute dtype).
+
+    Under autocast every matmul casts its fp32 weight to bf16 anyway, so pre-casting gives the same
+    results without a cast per matmul (forward and backward). Embeddings, norms, the (tied) LM
+    head, the trainable LoRA weights and k-bit layers (`is_quantized`: bitsandbytes' Linear4bit is an
+    nn.Linear whose weight holds packed uint8) keep their dtype, so the residual stream stays fp32.
+    Returns the number of layers cast."""
+    if dtype == torch.float32:
+        return 0
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    # a tied LM head is the embedding's weight (PEFT's trainable tokens wrap it, so `head` is then the wrapper)
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    cast = 0
+    for module in model.modules():
+        if (isinstance(module, torch.nn.Linear) and module is not head and id(module.weight) not in embeddings
+                and not module.weight.requires_grad
+                and not is_quantized(module) and module.weight.dtype != dtype):
+            module.weight.data = module.weight.data.to(dtype)
+            if module.bias is not None and not module.bias.requires_grad:
+                module.bias.data = module.bias.data.to(dtype)
+            cast += 1
+    return cast
+
+
 def load_model(model_dir: str | os.PathLike, device: str | torch.device = "auto",
                dtype: str | torch.dtype = "auto", attention: str = "auto", *, training: bool = True,
                quantization: str = "none"):
@@ -310,11 +344,9 @@ def load_for_evaluation(model_dir, adapter=None, device="auto", dtype="auto", at
                         quantization="none", item_tokens=()):
     """(model, tokenizer) in eval mode, no parameter requiring gradients; with `adapter`, the base
     model wrapped by the PEFT adapter. The no-grad attention (`resolve_attention(training=False)`),
-    and the linear weights stored in the compute dtype (`train.cast_frozen_linears`: the results of
+    and the linear weights stored in the compute dtype (`cast_frozen_linears`: the results of
     autocast's per-matmul casts, without a cast of every weight at every generated token).
     `item_tokens`: item ID tokens to add first (the sid prompt's runs)."""
-    from workflow.llm.train import cast_frozen_linears
-
     model, tokenizer = load_model(model_dir, device=device, dtype=dtype, attention=attention, training=False,
                                   quantization=quantization)
     add_item_tokens(model, tokenizer, item_tokens)  # before the adapter, whose trainable tokens index them

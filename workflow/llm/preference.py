@@ -37,7 +37,8 @@ import torch
 from workflow import cli
 from workflow.config import validate_block
 from workflow.llm import losses, stage, train
-from workflow.methods import METHODS as DECLARED, NEGATIVES
+from workflow.llm.data import preference_examples  # noqa: F401  (re-exported)
+from workflow.methods import METHODS as DECLARED, NEGATIVES, OBJECTIVE_SETTINGS
 from workflow.runs import PREFERENCE, RANKED_STRATEGIES, REFERENCE_FREE, reads_reference
 
 log = logging.getLogger(__name__)
@@ -58,30 +59,6 @@ def settings(method: str, spec: dict[str, Any]) -> dict[str, Any]:
     s = stage_settings(spec, {"llm": "llm", "preference": "preference", "method": method})
     s["cfg"] = {**s.pop("preference"), **s.pop("method")}
     return s
-
-
-def preference_examples(samples: pd.DataFrame, items: pd.DataFrame, tokenizer, domain: str,
-                        llm: dict[str, Any], prompt: str = "candidate") -> list[dict[str, Any]]:
-    """Per sample: the run's prompt, every candidate's answer ids, and the target's index. Under
-    the open prompt the negatives are the other candidates' titles as answers to the history alone."""
-    from workflow.llm import prompts
-    from workflow.llm.data import prompt_ids
-
-    titles = dict(zip(items["item_id"].astype(str), items["title"].astype(str)))
-    examples = []
-    for row in samples.itertuples(index=False):
-        candidates = [str(i) for i in row.candidates]
-        missing = [i for i in [*map(str, row.history), *candidates] if i not in titles]
-        if missing:
-            raise ValueError(f"sample '{row.sample_id}': item '{missing[0]}' is not in the items table")
-        if candidates.count(str(row.target)) != 1:
-            raise ValueError(f"sample '{row.sample_id}': the target must be among its candidates exactly once")
-        ids = prompt_ids(tokenizer, prompt, [titles[str(i)] for i in row.history], [titles[i] for i in candidates],
-                         domain, llm)
-        answers = [prompts.clipped_answer_ids(tokenizer, titles[i], llm["max_title_tokens"]) for i in candidates]
-        examples.append({"sample_id": str(row.sample_id), "prompt": ids, "answers": answers,
-                         "candidates": candidates, "target": candidates.index(str(row.target))})
-    return examples
 
 
 def read_reference(path: str | Path, examples: Sequence[dict[str, Any]]) -> list[np.ndarray]:
@@ -254,6 +231,20 @@ def with_defaults(method: str, cfg: dict[str, Any]) -> dict[str, Any]:
     return {**block_defaults(method), **cfg}
 
 
+def objective_of(method: str, cfg: dict[str, Any]) -> str:
+    """The OBJECTIVES key a run trains: its method's, or the one its block's `form` names (methods.py
+    Method.forms: lpo4rec's authors' code). An sprec round's is DPO on the reference's top-ranked wrong
+    candidate, strategy self; the rules chain the rounds (--adapter and --reference are the last round's)."""
+    declared = DECLARED[method]
+    return dict(declared.forms).get(cfg.get("form"), declared.objective)
+
+
+def weighs_tail(method: str, cfg: dict[str, Any]) -> bool:
+    """Whether the run's objective is the authors' LPO4Rec, which reweights the samples whose target is
+    a tail item (it reads the item popularity, each sample's tail flag and the target's NLL)."""
+    return objective_of(method, cfg) == "lpo4rec_authors"
+
+
 def make_loss_fn(method: str, cfg: dict[str, Any], scorer=None, state: dict[str, torch.Tensor] | None = None):
     """loss_fn(model, batch) for the shared training loop: the objective, plus gamma * NLL(y_w).
     `scorer(model, prompt_ids, answer_ids) -> (sum [B, C], n [B, C])` defaults to the shared-prefix
@@ -265,25 +256,12 @@ def make_loss_fn(method: str, cfg: dict[str, Any], scorer=None, state: dict[str,
 
     scorer = scorer or candidate_logprobs
 
-    # the declared objective (an sprec round's is DPO on the reference's top-ranked wrong candidate,
-    # strategy self; the rules chain the rounds: --adapter and --reference are the last round's)
     declared = DECLARED[method]
-    objective = losses.OBJECTIVES[declared.objective]
     cfg = with_defaults(method, cfg)
-    kwargs: dict[str, Any] = {"beta": float(cfg["beta"])}
-    authors_lpo = method == "lpo4rec" and cfg.get("form") == "authors"
-    if authors_lpo:  # beta has no place in the authors' form: their temperature acts on probabilities
-        objective = losses.lpo4rec_authors
-        kwargs = {"weight": float(cfg["lpo_weight"]), "temperature": float(cfg["temperature"])}
-    if method == "dmpo":
-        kwargs["pairwise"] = bool(cfg["pairwise"])
-    if method == "dynamicpo":
-        kwargs["margin"] = float(cfg["margin"])
-    if method == "grpo":
-        kwargs["group_size"] = int(cfg["group_size"])
-        kwargs["kl_coef"] = float(cfg["kl_coef"])
-        kwargs["kl"] = cfg["kl"]
-        kwargs["eps"] = float(cfg["eps"])
+    name = objective_of(method, cfg)
+    objective = losses.OBJECTIVES[name]
+    kwargs = {argument: kind(cfg[key]) for argument, (key, kind) in OBJECTIVE_SETTINGS[name].items()}
+    authors_lpo = weighs_tail(method, cfg)
     gamma = float(cfg["gamma"])
     if declared.state and state is None:
         state = napo_state()
@@ -394,7 +372,7 @@ def policy_method(method: str, cfg: dict[str, Any], llm: dict[str, Any], domain:
         # every candidate: `hardest` and `self` rank them; none for a reference-free run
         full = None if reference_path is None else read_reference(reference_path, examples)
         ranking = full if negatives_path is None else read_reference(negatives_path, examples)
-        authors_lpo = method == "lpo4rec" and cfg.get("form") == "authors"
+        authors_lpo = weighs_tail(method, cfg)
         popularity = (item_popularity(pd.read_parquet(samples_path, columns=["split", "history", "target"]))
                       if cfg["strategy"] in READS_POPULARITY or authors_lpo
                       else None)  # the whole train split's, not the run's

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -25,6 +25,7 @@ import torch
 
 from workflow import cli
 from workflow.io import write_parquet
+from workflow.runs import DEFAULT_PROMPT
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +36,11 @@ SCHEMA = pa.schema([
 
 
 def reference_table(model, tokenizer, samples: pd.DataFrame, items: pd.DataFrame, *, domain: str, llm: dict,
-                    batch_size: int, autocast: Callable, prompt: str = "candidate") -> pd.DataFrame:
+                    batch_size: int, autocast: Callable, prompt: str = DEFAULT_PROMPT) -> pd.DataFrame:
     """One row per sample: its candidates (item ids, as in the samples) and their summed log-probs
     and answer token counts under `model`, with the prompts and answers preference training uses."""
+    from workflow.llm.data import preference_examples
     from workflow.llm.inference import prompt_passes
-    from workflow.llm.preference import preference_examples
 
     examples = preference_examples(samples, items, tokenizer, domain, llm, prompt)
     logprob, tokens, _ = prompt_passes(model, tokenizer, [e["prompt"] for e in examples],
@@ -47,6 +48,14 @@ def reference_table(model, tokenizer, samples: pd.DataFrame, items: pd.DataFrame
     return pd.DataFrame({"sample_id": [e["sample_id"] for e in examples],
                          "candidates": [e["candidates"] for e in examples],
                          "candidate_logprob": list(logprob), "candidate_tokens": list(tokens.astype(np.int32))})
+
+
+def settings(spec: dict[str, Any]) -> dict[str, Any]:
+    """{llm, evaluation (its batch size), domain, prompt, budget} from --spec, validated and completed by
+    config/schema.yaml."""
+    from workflow.config import stage_settings
+
+    return stage_settings(spec, {"llm": "llm", "evaluation": "evaluation"})
 
 
 def main(argv=None) -> int:
@@ -63,9 +72,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True)
 
     def run(args):
-        from workflow.llm.evaluate import settings
-        from workflow.llm.model import autocast, load_for_evaluation, resolve_device
         from workflow.llm.data import read_training_samples
+        from workflow.llm.model import autocast, load_for_evaluation, resolve_device
         from workflow.semantic_ids import sid_tokens
 
         s = settings(args.spec)

@@ -27,7 +27,7 @@ import torch
 
 from workflow import cli
 from workflow.llm import stage, train
-from workflow.llm.data import prompt_ids
+from workflow.llm.data import sft_examples  # noqa: F401  (re-exported)
 from workflow.runs import ID_PROMPTS
 
 log = logging.getLogger(__name__)
@@ -37,28 +37,6 @@ def settings(spec: dict[str, Any]) -> dict[str, Any]:
     from workflow.config import stage_settings
 
     return stage_settings(spec, {"llm": "llm", "sft": "sft"})
-
-
-def sft_examples(samples: pd.DataFrame, items: pd.DataFrame, tokenizer, domain: str,
-                 llm: dict[str, Any], prompt: str = "candidate", item_marker: str | None = None
-                 ) -> list[dict[str, list[int]]]:
-    """Per sample {"prompt": the prompt's ids, "answer": the target's answer ids}."""
-    from workflow.llm import prompts
-
-    titles = dict(zip(items["item_id"].astype(str), items["title"].astype(str)))
-    examples = []
-    for row in samples.itertuples(index=False):
-        history, candidates, target = [str(i) for i in row.history], [str(i) for i in row.candidates], str(row.target)
-        unknown = [i for i in [*history, *candidates, target] if i not in titles]
-        if unknown:
-            raise ValueError(f"sample '{row.sample_id}': item '{unknown[0]}' is not in the items table")
-        if target not in candidates:
-            raise ValueError(f"sample '{row.sample_id}': the target is not among its candidates")
-        ids = prompt_ids(tokenizer, prompt, [titles[i] for i in history], [titles[i] for i in candidates],
-                         domain, llm, item_marker)
-        answer = prompts.clipped_answer_ids(tokenizer, titles[target], llm["max_title_tokens"])
-        examples.append({"prompt": ids, "answer": answer})
-    return examples
 
 
 def alignment_examples(samples: pd.DataFrame, items: pd.DataFrame, tokenizer, domain: str, llm: dict[str, Any]

@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from workflow.io import atomic_dir, atomic_path, write_json, write_parquet
 from workflow.llm import compiling, distributed
+from workflow.llm.model import cast_frozen_linears, is_quantized  # noqa: F401  (re-exported: the loader's)
 
 log = logging.getLogger("workflow.llm.train")
 
@@ -128,40 +129,6 @@ def add_lora(model: torch.nn.Module, spec: dict[str, Any], seed: int, tokenizer=
         return get_peft_model(model, cfg)
     except ValueError as exc:
         raise ValueError(f"config key 'target_modules' {list(spec['target_modules'])}: {exc}") from exc
-
-
-def is_quantized(module: torch.nn.Module) -> bool:
-    """A k-bit layer (bitsandbytes Linear8bitLt / Linear4bit, or any layer whose weight is not a
-    float tensor): its packed weight must never be cast or merged into."""
-    weight = getattr(module, "weight", None)
-    return (type(module).__module__.split(".")[0] == "bitsandbytes"
-            or (weight is not None and not torch.is_floating_point(weight))
-            or getattr(weight, "quant_state", None) is not None)
-
-
-def cast_frozen_linears(model: torch.nn.Module, dtype: torch.dtype) -> int:
-    """Store the frozen weights of the linear layers in `dtype` (the autocast compute dtype).
-
-    Under autocast every matmul casts its fp32 weight to bf16 anyway, so pre-casting gives the same
-    results without a cast per matmul (forward and backward). Embeddings, norms, the (tied) LM
-    head, the trainable LoRA weights and k-bit layers (`is_quantized`: bitsandbytes' Linear4bit is an
-    nn.Linear whose weight holds packed uint8) keep their dtype, so the residual stream stays fp32.
-    Returns the number of layers cast."""
-    if dtype == torch.float32:
-        return 0
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    # a tied LM head is the embedding's weight (PEFT's trainable tokens wrap it, so `head` is then the wrapper)
-    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
-    cast = 0
-    for module in model.modules():
-        if (isinstance(module, torch.nn.Linear) and module is not head and id(module.weight) not in embeddings
-                and not module.weight.requires_grad
-                and not is_quantized(module) and module.weight.dtype != dtype):
-            module.weight.data = module.weight.data.to(dtype)
-            if module.bias is not None and not module.bias.requires_grad:
-                module.bias.data = module.bias.data.to(dtype)
-            cast += 1
-    return cast
 
 
 def grad_scaler(device: torch.device, dtype: torch.dtype) -> "torch.amp.GradScaler | None":

@@ -21,12 +21,17 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from workflow.runs import DEALREC_STRATEGIES
 from workflow.selection.coverage import combined_score, coverage_sample
 from workflow.selection.random_subset import candidate_pool
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("dealrec", "influence", "effort")
+STRATEGIES = DEALREC_STRATEGIES  # declared in workflow/runs.py, below config.py, which fills the schema's enum from it
+SCORE_TABLES = ("influence", "effort")  # the stored scores (workflow/selection/influence.py, effort.py)
+# The scores each strategy reads (its rule's inputs, --influence / --effort): DEALRec both, an ablation its own.
+SCORES = {"dealrec": SCORE_TABLES, "influence": ("influence",), "effort": ("effort",)}
+SCORES_SUFFIX = ".scores.parquet"  # every candidate's scores, beside the selection: <strategy>.scores.parquet
 SCORES_SCHEMA = pa.schema([
     ("sample_id", pa.string()), ("influence", pa.float64()), ("effort", pa.float64()), ("combined", pa.float64()),
     ("pruned", pa.bool_()), ("bin", pa.int32()), ("selected", pa.bool_()),
@@ -34,22 +39,30 @@ SCORES_SCHEMA = pa.schema([
 
 
 def uses_influence(strategy: str) -> bool:
-    return strategy in ("dealrec", "influence")
+    return "influence" in SCORES[strategy]
 
 
 def uses_effort(strategy: str) -> bool:
-    return strategy in ("dealrec", "effort")
+    return "effort" in SCORES[strategy]
 
 
 def scores_path(selection_path: str | Path) -> Path:
     """Where a DEALRec selection's per-candidate score table lives: beside it."""
     path = Path(selection_path)
-    return path.with_name(path.name.removesuffix(".parquet") + ".scores.parquet")
+    return path.with_name(path.name.removesuffix(".parquet") + SCORES_SUFFIX)
+
+
+def effort_weight(dealrec: dict[str, Any], strategy: str) -> float:
+    """lambda in S = minmax(I) + lambda minmax(E): the block's for both scores, 0 without the effort, 1
+    without the influence (S = minmax(E))."""
+    if not uses_effort(strategy):
+        return 0.0
+    return float(dealrec["lambda"]) if uses_influence(strategy) else 1.0
 
 
 def sampling_settings(dealrec: dict[str, Any], strategy: str) -> dict[str, Any]:
     """What the sampling needs (stored in the selection's metadata for the -n re-runs)."""
-    lam = {"dealrec": float(dealrec["lambda"]), "influence": 0.0, "effort": 1.0}[strategy]
+    lam = effort_weight(dealrec, strategy)
     return {"lambda": lam, "hard_prune": float(dealrec["hard_prune"]), "n_bins": int(dealrec["n_bins"])}
 
 

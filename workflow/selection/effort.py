@@ -251,7 +251,7 @@ def prepare_model(model_dir, s: dict[str, Any], seed: int, adapter: str | Path |
     LoRA (sft block's settings) or the adapter (`resolve_adapter`), frozen linears in the compute
     dtype, in `effort.mode` (eval or train)."""
     from workflow.llm import train
-    from workflow.llm.model import autocast, load_model, resolve_device, resolve_dtype
+    from workflow.llm.model import autocast, cast_frozen_linears, load_model, resolve_device, resolve_dtype
 
     llm, effort = s["llm"], s["selection"]["dealrec"]["effort"]
     folder = resolve_adapter(effort["adapter"], adapter)
@@ -268,7 +268,7 @@ def prepare_model(model_dir, s: dict[str, Any], seed: int, adapter: str | Path |
     else:
         model = train.add_lora(model, s["sft"], seed)
     device = resolve_device(llm["device"])
-    train.cast_frozen_linears(model, resolve_dtype(llm["dtype"], device))
+    cast_frozen_linears(model, resolve_dtype(llm["dtype"], device))
     model.train(effort["mode"] == "train")
     matrices = tracked_matrices(model, effort["params"])
     require_grad_only(model, matrices)
@@ -279,7 +279,7 @@ def run_effort(model_dir, samples_path, items_path, spec: dict[str, Any], seed: 
                adapter: str | Path | None = None) -> pd.DataFrame:
     """Effort scores of the candidate pool, written to `out` (see the module docstring); `adapter`
     is the sft adapter folder when `effort.adapter` is `sft`."""
-    from workflow.llm.sft import sft_examples
+    from workflow.llm.data import sft_examples
 
     s = settings(spec)
     effort = s["selection"]["dealrec"]["effort"]
