@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_sft import CACHE, LORA, peak_cpu, step_flops, synthetic_examples  # noqa: E402
 
 from workflow.llm import compiling, preference, scoring, sft, train  # noqa: E402
-from workflow.llm.model import autocast, convert_base_model, load_model, resolve_dtype  # noqa: E402
+from workflow.llm.model import autocast, cast_frozen_linears, convert_base_model, load_model, resolve_dtype  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out"
 WORKLOADS = ("sft", "score", "dmpo")
@@ -46,7 +46,7 @@ WORKLOADS = ("sft", "score", "dmpo")
 def model_for(model_dir, workload):
     base, tok = load_model(model_dir, device="cpu", dtype="auto", training=workload != "score")
     model = train.add_lora(base, LORA, seed=0)
-    train.cast_frozen_linears(model, resolve_dtype("auto", "cpu"))
+    cast_frozen_linears(model, resolve_dtype("auto", "cpu"))
     if workload == "score":
         model.requires_grad_(False).eval()
     return model, tok

@@ -34,7 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from workflow import config as workflow_config  # noqa: E402
 from workflow.llm.model import convert_base_model  # noqa: E402
-from workflow.llm.sft import sft_examples  # noqa: E402
+from workflow.llm.data import sft_examples  # noqa: E402
 from workflow.selection import effort  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

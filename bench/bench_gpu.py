@@ -61,7 +61,7 @@ def main() -> None:
         raise SystemExit("bench_gpu.py needs a CUDA device")
     from workflow.config import validate_block
     from workflow.llm import scoring, sft, train
-    from workflow.llm.model import autocast, load_for_training
+    from workflow.llm.model import autocast, cast_frozen_linears, load_for_training
 
     model_dir = Path(a.model_dir) if a.model_dir else ensure_model(Path(tempfile.gettempdir()) / "llmrec-bench-model")
     print(f"device: {torch.cuda.get_device_name(0)}; torch {torch.__version__} (CUDA {torch.version.cuda})")
@@ -71,7 +71,7 @@ def main() -> None:
         model, tokenizer, device, dtype = load_for_training(model_dir, validate_block("llm", {
             "device": "cuda", "gradient_checkpointing": checkpointing}))
         model = train.add_lora(model, lora, seed=0)
-        train.cast_frozen_linears(model, dtype)
+        cast_frozen_linears(model, dtype)
         ps, ans = batch(tokenizer, 8, 1)
         params = [q for q in model.parameters() if q.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=1e-4)

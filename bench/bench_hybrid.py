@@ -40,8 +40,9 @@ def run_variant(name: str, args) -> dict:
     import torch
 
     from workflow.llm import evaluate, ilora, inference, llara, train
-    from workflow.llm.model import autocast, load_for_evaluation, load_model, resolve_dtype
-    from workflow.llm.sft import collate, sft_examples, sft_loss
+    from workflow.llm.model import autocast, cast_frozen_linears, load_for_evaluation, load_model, resolve_dtype
+    from workflow.llm.data import sft_examples
+    from workflow.llm.sft import collate, sft_loss
 
     torch.set_num_threads(args.threads)
     samples = pd.read_parquet(DATA / "data" / "samples.parquet")
@@ -75,7 +76,7 @@ def run_variant(name: str, args) -> dict:
         ids = [e["sample_id"] for e in examples]
         gates = dict(zip(ids, llara.gate_inputs("sequence", surrogate, ids, cfg["d"]))) if method == "ilora" else None
         loss_fn, batch_of = llara.make_loss_fn(parts, {"hybrid": True}), llara.collate_with(gates)
-    train.cast_frozen_linears(model, resolve_dtype("auto", "cpu"))
+    cast_frozen_linears(model, resolve_dtype("auto", "cpu"))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=5e-4)
     scheduler = train.lr_schedule(optimizer, args.steps + 1, 0.0)

@@ -1,7 +1,7 @@
 """Benchmark of how the no-grad passes load the model: evaluation, the title embeddings and the
 preference reference all run `evaluate.load_for_evaluation`, which (a) picks sdpa attention for
 `llm.attention: auto` (training keeps eager on a bf16 CPU) and (b) stores the linear weights in the
-compute dtype once (`train.cast_frozen_linears`) instead of autocast casting every fp32 weight at
+compute dtype once (`model.cast_frozen_linears`) instead of autocast casting every fp32 weight at
 every matmul, which at every generated token is most of a decode step's memory traffic.
 
 Three loadings of the SFT-sized setting (embedded SmolLM2-135M + a freshly initialised LoRA adapter
@@ -45,8 +45,7 @@ LOADINGS = {  # name: (attention, pre-cast linear weights)
 def load(model_dir: Path, attention: str, precast: bool):
     from peft import LoraConfig, get_peft_model
 
-    from workflow.llm.model import load_model
-    from workflow.llm.train import cast_frozen_linears
+    from workflow.llm.model import cast_frozen_linears, load_model
 
     model, tokenizer = load_model(model_dir, device="cpu", dtype="auto", attention=attention, training=False)
     torch.manual_seed(0)

@@ -40,13 +40,13 @@ def setup(args, warm_up: bool = True):
     import torch
 
     from workflow.llm import preference, scoring, train
-    from workflow.llm.model import autocast, load_model
+    from workflow.llm.model import autocast, cast_frozen_linears, load_model
 
     torch.set_num_threads(args.threads)
     model, tokenizer = load_model(args.model_dir, device="cpu", dtype="auto", attention=args.attention)
     model = train.add_lora(model, {"lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.05,
                                    "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}, seed=0)
-    train.cast_frozen_linears(model, torch.bfloat16)
+    cast_frozen_linears(model, torch.bfloat16)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5)
     scheduler = train.lr_schedule(optimizer, 1000, 0.0)

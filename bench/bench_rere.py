@@ -49,7 +49,8 @@ def compare(model_dir, samples_path, items_path, adapter, prompt, steps) -> tupl
     from workflow.llm.catalogue import catalogue_answers
     from workflow.llm.inference import pad_id
     from workflow.llm.model import add_item_tokens, autocast, load_for_training
-    from workflow.llm.preference import preference_examples, with_defaults
+    from workflow.llm.data import preference_examples
+    from workflow.llm.preference import with_defaults
     from workflow.semantic_ids import sid_tokens
 
     llm = validate_block("llm", {"device": "auto", "dtype": "auto", "attention": "auto"})

@@ -28,7 +28,7 @@ Variants (each a fresh LoRA model, seed 0), cumulative from `bf16-answer-head` o
   fp32-full-logits      fp32, HF forward with labels (-100 on the prompt): logits for every position
   bf16-full-logits      the same under bf16 autocast
   bf16-answer-head      workflow.llm.sft.sft_loss: the shared scorer, LM head on answer positions only
-  +bf16-linear-weights  frozen linear weights stored in bf16 (train.cast_frozen_linears)
+  +bf16-linear-weights  frozen linear weights stored in bf16 (model.cast_frozen_linears)
   +eager-attention      eager attention: under autocast its QK^T and AV are bf16 GEMMs, while sdpa's
                         CPU kernel gets fp32 queries (RoPE upcasts them) and runs in fp32. This is
                         what SFT runs on a bf16 CPU (llm.attention auto, workflow.llm.model)
@@ -57,7 +57,7 @@ import numpy as np
 import torch
 
 from workflow.llm import prompts, train
-from workflow.llm.model import _cpu_has_fast_bf16, convert_base_model, load_model
+from workflow.llm.model import _cpu_has_fast_bf16, cast_frozen_linears, convert_base_model, load_model
 from workflow.llm.sft import collate, sft_loss
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,7 +97,7 @@ def synthetic_examples(tokenizer, n: int, seed: int = 0) -> list[dict]:
 def real_examples(tokenizer, samples_path, items_path, n: int, prompt: str = "candidate") -> list[dict]:
     import pandas as pd
 
-    from workflow.llm.sft import sft_examples
+    from workflow.llm.data import sft_examples
 
     samples = pd.read_parquet(samples_path)
     samples = samples[samples["split"] == "train"].sample(n, random_state=0)
@@ -206,7 +206,7 @@ def lora_model(model_dir, weights: str, dropout: float, attention: str):
         base.to(torch.bfloat16)
     model = train.add_lora(base, {**LORA, "lora_dropout": dropout}, seed=0)  # LoRA weights stay fp32
     if weights == "linear":
-        train.cast_frozen_linears(model, torch.bfloat16)
+        cast_frozen_linears(model, torch.bfloat16)
     return model
 
 

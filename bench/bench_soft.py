@@ -44,9 +44,10 @@ import torch
 
 from workflow.config import load as load_config
 from workflow.llm import soft, train
-from workflow.llm.model import autocast, load_for_evaluation, load_model, resolve_attention, resolve_dtype
+from workflow.llm.model import autocast, cast_frozen_linears, load_for_evaluation, load_model, resolve_attention, resolve_dtype
 from workflow.llm.data import read_training_samples
-from workflow.llm.sft import collate as sft_collate, sft_examples, sft_loss
+from workflow.llm.data import sft_examples
+from workflow.llm.sft import collate as sft_collate, sft_loss
 from workflow.selection import subset
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,7 +88,7 @@ def epoch_seconds(model_dir, llm, cfg, examples, collate, loss_fn, batch_size) -
     micro-batches of `batch_size` (one micro-batch per step), after one warm-up step."""
     model, _ = load_model(model_dir, device="cpu", dtype=llm["dtype"], attention=llm["attention"])
     model = train.add_lora(model, cfg, seed=0)
-    train.cast_frozen_linears(model, torch.bfloat16)
+    cast_frozen_linears(model, torch.bfloat16)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     batches = [collate(examples[i:i + batch_size]) for i in range(0, len(examples), batch_size)]
@@ -172,7 +173,7 @@ def main() -> None:
     # no-grad attention, then embedded by the base model), as run_soft measures it
     trainee, _ = load_model(args.model_dir, device="cpu", dtype=llm["dtype"], attention=llm["attention"])
     trainee = train.add_lora(trainee, cfg, seed=0)
-    train.cast_frozen_linears(trainee, torch.bfloat16)
+    cast_frozen_linears(trainee, torch.bfloat16)
     no_grad = resolve_attention(llm["attention"], "cpu", llm["dtype"], training=False)
     titles = np.zeros((len(prompts), trainee.config.hidden_size), dtype=np.float32)
     _, probe_wall, probe_cpu = timed(lambda: soft.probe_distance(

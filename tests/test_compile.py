@@ -15,7 +15,7 @@ import torch
 
 from conftest import assert_close_float32, assert_within
 from workflow.llm import compiling, scoring, sft, train
-from workflow.llm.model import load_model
+from workflow.llm.model import cast_frozen_linears, load_model
 
 pytestmark = pytest.mark.slow
 
@@ -80,7 +80,7 @@ def test_auto_compiles_large_jobs_only(tiny_model_dir):
     break_even = est["compile"] / est["saved"]
     big = [{"prompt": [1] * int(break_even * 1.01)}]
     assert not compiling.decide("auto", model, big)  # float32 compute: eager whatever the work
-    train.cast_frozen_linears(model, torch.bfloat16)
+    cast_frozen_linears(model, torch.bfloat16)
     assert compiling.decide("auto", model, big)
 
 

@@ -100,14 +100,14 @@ def one_step(model, loss_fn, batch, name: str):
 @pytest.mark.parametrize("method", ["sft", "dmpo", "soft", "llara", "ilora"])
 def test_one_step_of_every_trainer(smollm, method):
     from workflow.llm import llara, preference, sft, soft, train
-    from workflow.llm.model import load_for_training
+    from workflow.llm.model import cast_frozen_linears, load_for_training
 
     model, tokenizer, device, _ = load_for_training(smollm, validate_block("llm", {"device": "cuda",
                                                                                  "gradient_checkpointing": True}))
     ps, ans = prompts_and_answers(tokenizer, k=4)
     if method in ("sft", "soft", "dmpo"):
         model = train.add_lora(model, LORA, seed=0)
-        train.cast_frozen_linears(model, next(p for p in model.parameters() if not p.requires_grad).dtype)
+        cast_frozen_linears(model, next(p for p in model.parameters() if not p.requires_grad).dtype)
     if method == "sft":
         one_step(model, sft.sft_loss, (ps, [a[0] for a in ans]), method)
     elif method == "soft":
@@ -135,16 +135,16 @@ def test_one_step_of_every_trainer(smollm, method):
 def test_nf4_loading_and_one_lora_step(smollm):
     pytest.importorskip("bitsandbytes", reason="llm.quantization needs bitsandbytes (envs/gpu.yaml)")
     from workflow.llm import sft, train
-    from workflow.llm.model import load_for_training
+    from workflow.llm.model import cast_frozen_linears, is_quantized, load_for_training
 
     torch.cuda.reset_peak_memory_stats()
     model, tokenizer, _, _ = load_for_training(smollm, validate_block("llm", {"device": "cuda", "quantization": "nf4",
                                                                        "gradient_checkpointing": True}))
-    quantized = [m for m in model.modules() if train.is_quantized(m)]
+    quantized = [m for m in model.modules() if is_quantized(m)]
     assert quantized, "no 4-bit layer after an nf4 load"
     model = train.add_lora(model, LORA, seed=0)
-    assert train.cast_frozen_linears(model, torch.bfloat16) >= 0  # skips the 4-bit layers
-    assert all(train.is_quantized(m) for m in quantized)
+    assert cast_frozen_linears(model, torch.bfloat16) >= 0  # skips the 4-bit layers
+    assert all(is_quantized(m) for m in quantized)
     ps, ans = prompts_and_answers(tokenizer)
     one_step(model, sft.sft_loss, (ps, [a[0] for a in ans]), "nf4")
 
@@ -154,11 +154,11 @@ def test_compiled_step_and_scoring_match_eager(smollm, tmp_path):
     per new length the packed rows' changing shapes would repeat): the compiled decoder's SFT loss,
     one optimizer step and the scorer's log-probs against eager, within this file's bf16 tolerance."""
     from workflow.llm import compiling, scoring, sft, train
-    from workflow.llm.model import autocast, load_for_training
+    from workflow.llm.model import autocast, cast_frozen_linears, load_for_training
 
     model, tokenizer, device, dtype = load_for_training(smollm, validate_block("llm", {"device": "cuda"}))
     model = train.add_lora(model, {**LORA, "lora_dropout": 0.0}, seed=0)
-    train.cast_frozen_linears(model, dtype)
+    cast_frozen_linears(model, dtype)
     ps, ans = prompts_and_answers(tokenizer, k=4)
     with torch.no_grad(), autocast(device, dtype):
         eager_lp, _ = scoring.candidate_logprobs(model, ps, ans)

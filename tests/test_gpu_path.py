@@ -17,6 +17,7 @@ from torch import nn
 from workflow import launch, preflight
 from workflow.config import validate_block
 from workflow.llm import ilora, llara, soft, train
+from workflow.llm.model import cast_frozen_linears, is_quantized
 
 LORA = {"lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
 
@@ -99,8 +100,8 @@ class Linear4bit(nn.Linear):
 def test_casts_and_merges_skip_quantized_layers():
     model = nn.Sequential(nn.Linear(4, 4), Linear4bit(4, 4), nn.Linear(4, 2))
     model.requires_grad_(False)
-    assert train.is_quantized(model[1]) and not train.is_quantized(model[0])
-    assert train.cast_frozen_linears(model, torch.bfloat16) == 2
+    assert is_quantized(model[1]) and not is_quantized(model[0])
+    assert cast_frozen_linears(model, torch.bfloat16) == 2
     assert model[0].weight.dtype == torch.bfloat16 and model[1].weight.dtype == torch.uint8
     assert soft.has_quantized_layers(model)
     assert not soft.can_fold(model, copy=False)  # no merge into 4-bit weights

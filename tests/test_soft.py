@@ -148,7 +148,7 @@ def test_examples_tokenise_both_answers_like_sft(tiny_model_dir, inputs, distill
     from workflow.llm import prompts
     from workflow.llm.model import load_tokenizer
     from workflow.llm.data import read_training_samples
-    from workflow.llm.sft import sft_examples
+    from workflow.llm.data import sft_examples
 
     tokenizer = load_tokenizer(tiny_model_dir)
     samples = read_training_samples(inputs["samples"], inputs["selection"])
@@ -172,7 +172,7 @@ def test_examples_tokenise_both_answers_like_sft(tiny_model_dir, inputs, distill
 
 def test_batched_beam_answers_equal_one_at_a_time(tiny_model_dir):
     from workflow.llm.model import load_for_evaluation
-    from workflow.llm.sft import sft_examples
+    from workflow.llm.data import sft_examples
 
     model, tokenizer = load_for_evaluation(tiny_model_dir, device="cpu", dtype="float32")
     samples, items = tables()
@@ -327,7 +327,7 @@ def test_probe_answers_on_a_merged_copy_and_leaves_the_training_model_alone(tiny
     """The probe's answers come from a merged copy (no LoRA layers, the no-grad attention) whose
     answers equal the adapter model's; the training model keeps its adapter, attention and RNG."""
     from workflow.llm.model import load_model
-    from workflow.llm.sft import sft_examples
+    from workflow.llm.data import sft_examples
 
     model, tokenizer = load_model(tiny_model_dir, device="cpu", dtype="float32", attention="eager")
     model = train.add_lora(model, SOFT, seed=0)

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from workflow import tuning
+from workflow import runs, tuning
 from workflow.config import load, validate
 from workflow.runs import TUNING_PREFIX, block, config_runs, parse, sampled_points
 
@@ -30,7 +30,7 @@ def config():
     cfg["tuning"]["spaces"] = {"sft": {"lr": [1e-4, 5e-4, 1e-3], "epochs": [1, 2]},
                                "dmpo": {"lr": [1e-4, 5e-4], "beta": [0.1, 1.0], "k": [3, 7]}}
     cfg["studies"] = {k: v for k, v in cfg["studies"].items() if not k.startswith(TUNING_PREFIX)}
-    return tuning.with_tuning_studies(cfg)
+    return runs.with_tuning_studies(cfg)
 
 
 def test_every_method_gets_the_same_trials_the_default_first_and_a_rerun_the_same(config):
@@ -73,7 +73,7 @@ def test_tuning_studies_are_on_the_validation_split_at_the_tuning_budget_and_see
     clash = copy.deepcopy(config)
     clash["studies"]["tuning-sft"] = {**clash["studies"]["tuning-sft"], "trials": 2}
     with pytest.raises(ValueError, match="studies.tuning-sft"):
-        tuning.with_tuning_studies(clash)
+        runs.with_tuning_studies(clash)
 
 
 def study_table(method, runs_values, labels):
@@ -182,7 +182,7 @@ def test_tuned_table_matches_hand_computed_differences_and_flags_changed_orderin
 def test_a_lora_rank_space_gives_named_trials_at_that_rank(config):
     config["tuning"]["spaces"] = {"llara": {"lora_r": [4, 8, 16], "lr": [5e-4, 1e-3]}}
     config["studies"] = {k: v for k, v in config["studies"].items() if not k.startswith(TUNING_PREFIX)}
-    found = tuning.trials("llara", tuning.with_tuning_studies(config))
+    found = tuning.trials("llara", runs.with_tuning_studies(config))
     assert found["trials"][0]["run"] == found["default"] == "llara-open-n256"  # rank 8, lr 5e-4: the block's
     for trial in found["trials"][1:]:
         run = parse(trial["run"])
@@ -238,11 +238,11 @@ def test_the_tuning_all_overlay_covers_every_claim_and_leaves_the_default_trials
     base = load()
     merged = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     update_config(merged, yaml.safe_load((ROOT / "config" / "tuning-all.yaml").read_text()))
-    merged = tuning.with_tuning_studies(validate(merged))
+    merged = runs.with_tuning_studies(validate(merged))
     claimed = {side.partition("@")[0] for claim in merged["tuning"]["claims"] for side in claim}
     assert claimed <= set(merged["tuning"]["spaces"])
     assert set(base["tuning"]["spaces"]) < set(merged["tuning"]["spaces"])
-    base = tuning.with_tuning_studies(base)
+    base = runs.with_tuning_studies(base)
     for method in merged["tuning"]["spaces"]:
         found = tuning.trials(method, merged)
         assert len(found["trials"]) == merged["tuning"]["trials"] and found["trials"][0]["run"] == found["default"]

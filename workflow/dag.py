@@ -19,11 +19,11 @@ from workflow.methods import FAMILIES, METHODS, gate_reads_inputs, of_family, po
 from workflow.runs import (DEALREC_STRATEGIES, HYBRID, ID_PROMPTS, RUN_AXES, SELECTIONS, TRAINED, Run, at_seed,
                            block as run_block, config_runs, config_seeds, needs_reference, parse as parse_run,
                            previous_round, run_seed, run_selections, sft_phase, study_points, study_seeds,
-                           wildcard_pattern)
+                           tuning_seeds, tuning_studies, wildcard_pattern)
 from workflow.selection import dealrec
 from workflow.sources import registry as source_registry, resolve as resolve_source
 from workflow.transfer import transfers
-from workflow.tuning import sasrec_trials, selection_spec, table_runs, tuning_seeds, tuning_studies
+from workflow.tuning import sasrec_trials, selection_spec, table_runs
 
 Config = dict[str, Any]
 

@@ -46,11 +46,8 @@ import yaml
 
 from workflow import cli
 from workflow.io import atomic_path, write_parquet
-# tuning_studies and with_tuning_studies live in workflow/runs.py, below config.py, which adds the studies to
-# every config; workflow/dag.py reads them from here
 from workflow.runs import (at_seed, draw_trials, grid_point, parse, resolve, run_selections, sampled_points,
-                           sasrec_candidates, sasrec_trial_name, tuning_seeds, tuning_studies, tuning_study,
-                           with_tuning_studies)
+                           sasrec_candidates, sasrec_trial_name, tuning_seeds, tuning_study)
 from workflow.study import LABELS, normal_key, run_frames
 from workflow.summary import estimate, paired_delta
 

@@ -37,7 +37,7 @@ import torch
 from workflow import cli
 from workflow.config import validate_block
 from workflow.llm import losses, stage, train
-from workflow.llm.data import preference_examples  # noqa: F401  (re-exported)
+from workflow.llm.data import preference_examples
 from workflow.methods import METHODS as DECLARED, NEGATIVES, OBJECTIVE_SETTINGS
 from workflow.runs import PREFERENCE, RANKED_STRATEGIES, REFERENCE_FREE, reads_reference
 

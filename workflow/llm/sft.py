@@ -27,7 +27,7 @@ import torch
 
 from workflow import cli
 from workflow.llm import stage, train
-from workflow.llm.data import sft_examples  # noqa: F401  (re-exported)
+from workflow.llm.data import sft_examples
 from workflow.runs import ID_PROMPTS
 
 log = logging.getLogger(__name__)

@@ -116,7 +116,7 @@ def beam_answers(model, tokenizer, prompt_ids: Sequence[Sequence[int]], *, num_b
 
 
 def has_quantized_layers(model) -> bool:
-    from workflow.llm.train import is_quantized
+    from workflow.llm.model import is_quantized
 
     return any(is_quantized(m) for m in model.modules() if isinstance(m, torch.nn.Linear))
 
@@ -210,7 +210,7 @@ def self_distilled_table(model, tokenizer, samples: pd.DataFrame, items: pd.Data
                          llm: dict[str, Any], prompt: str, num_beams: int, max_new_tokens: int, batch_size: int,
                          autocast: Callable = contextlib.nullcontext) -> pd.DataFrame:
     """One row per training sample: its top-beam answer to the training prompt and the answer's kind."""
-    from workflow.llm.sft import sft_examples
+    from workflow.llm.data import sft_examples
 
     examples = sft_examples(samples, items, tokenizer, domain, llm, prompt)
     answers = beam_answers(model, tokenizer, [e["prompt"] for e in examples], num_beams=num_beams,
@@ -387,7 +387,7 @@ def soft_examples(samples: pd.DataFrame, items: pd.DataFrame, distilled: dict[st
     """Per sample {"prompt": ids, "answers": [true answer ids, self-distilled answer ids]}; both
     answers tokenised as SFT's (clipped, end-of-turn); an empty answer is the end-of-turn alone."""
     from workflow.llm import prompts
-    from workflow.llm.sft import sft_examples
+    from workflow.llm.data import sft_examples
 
     end = prompts.end_of_answer_id(tokenizer)
     out = []

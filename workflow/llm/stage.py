@@ -74,7 +74,7 @@ def run_stage(method: Method, *, model_dir: str | Path, samples_path: str | Path
               selection_path: str | Path, llm: dict[str, Any], seed: int, out: str | Path,
               config: dict[str, Any]) -> pd.DataFrame:
     """Train `method` on the selected samples and save its adapter to `out`; the per-step log."""
-    from workflow.llm.model import add_item_tokens, load_for_training
+    from workflow.llm.model import add_item_tokens, cast_frozen_linears, load_for_training
     from workflow.semantic_ids import sid_tokens
 
     samples = read_training_samples(samples_path, selection_path)
@@ -83,7 +83,7 @@ def run_stage(method: Method, *, model_dir: str | Path, samples_path: str | Path
     model, tokenizer, device, dtype = load_for_training(model_dir, llm)
     add_item_tokens(model, tokenizer, sid_tokens(items))  # the sid prompt's items are their semantic IDs
     model = method.attach(model, tokenizer)
-    train.cast_frozen_linears(model, dtype)  # autocast's results without a cast per matmul
+    cast_frozen_linears(model, dtype)  # autocast's results without a cast per matmul
     checkpoint = train.checkpoint_dir_for(out)
     source = Path(model_dir) / "llmrec_source.json"
     base = {"model_dir": str(model_dir), "source": source.read_text() if source.exists() else None}

@@ -41,7 +41,6 @@ from tqdm.auto import tqdm
 
 from workflow.io import atomic_dir, atomic_path, write_json, write_parquet
 from workflow.llm import compiling, distributed
-from workflow.llm.model import cast_frozen_linears, is_quantized  # noqa: F401  (re-exported: the loader's)
 
 log = logging.getLogger("workflow.llm.train")
 
