@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from workflow.llm import train as T
+from workflow.llm.model import cast_frozen_linears
 
 SPEC = {"lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"],
         "epochs": 2, "lr": 0.01, "batch_size": 2, "grad_accum": 2, "warmup_ratio": 0.25,
@@ -233,7 +234,7 @@ def test_frozen_linears_in_bf16_change_nothing_under_autocast(tiny_model_dir):
     ids, _, mask = collate(examples(3))
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         before = model(input_ids=ids, attention_mask=mask).logits
-    assert T.cast_frozen_linears(model, torch.bfloat16) == 2 * 7  # q,k,v,o,gate,up,down per layer
+    assert cast_frozen_linears(model, torch.bfloat16) == 2 * 7  # q,k,v,o,gate,up,down per layer
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         after = model(input_ids=ids, attention_mask=mask).logits
     assert torch.equal(before, after)
