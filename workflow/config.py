@@ -296,6 +296,7 @@ def _compare_errors(config: dict[str, Any]) -> list[str]:
     `methods` stays allowed: an overlay may change `methods` and keep the default's list."""
     where = "config key 'selection.compare_methods.{}'"
     trained = [run for run in config_runs(config) if run.method != "base"]
+    trials = [run for method in config["tuning"]["spaces"] for _, run in study_points(tuning_study(method), config)]
     errors = []
     for i, entry in enumerate(config["selection"]["compare_methods"] or []):
         if "-" not in entry:
@@ -307,7 +308,6 @@ def _compare_errors(config: dict[str, Any]) -> list[str]:
         except ValueError as exc:
             errors.append(f"{where.format(i)}: {exc}")
             continue
-        trials = [run for method in config["tuning"]["spaces"] for _, run in study_points(tuning_study(method), config)]
         if not any(compares([entry], run) for run in trained + trials):
             names = dict.fromkeys(r._replace(seed=None).name for r in trained)
             errors.append(f"{where.format(i)}: {entry!r} is no run of `methods` nor a tuning trial "

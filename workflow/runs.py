@@ -340,8 +340,8 @@ def grid_point(method: str, point: dict[str, Any], config: dict[str, Any]) -> tu
         value = point.get(axis, default)
         # strategy all: every other candidate is a negative, whatever the block's k
         labels[axis] = None if axis == "k" and block_cfg.get("strategy") == "all" and axis not in point else value
-        if axis == "budget" and value is not None and over_budget(value, config):
-            raise ValueError(f"study grid {over_budget(value, config)}")
+        if axis == "budget" and value is not None and (problem := over_budget(value, config)):
+            raise ValueError(f"study grid {problem}")
         explicit = axis == "k" and block_cfg.get("strategy") == "all"  # k is then the data's, not the block's
         if axis == "prompt" or (value != default or explicit) and axis in point:
             fields[axis] = value

@@ -31,14 +31,16 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import nn
 
+from workflow.runs import rank_split_problem
+
 
 class ExpertLoRALinear(nn.Module):
     """A frozen linear layer plus n LoRA experts of rank r/n mixed by the installed per-sample gate."""
 
     def __init__(self, base: nn.Linear, r: int, n_experts: int, alpha: float, dropout: float):
         super().__init__()
-        if r % n_experts:
-            raise ValueError(f"lora_r {r} is not a multiple of n_experts {n_experts}")
+        if problem := rank_split_problem({"lora_r": r, "n_experts": n_experts}):  # config.validate's check too
+            raise ValueError(problem)
         self.base = base
         self.n_experts, self.rank_per_expert = n_experts, r // n_experts
         self.scaling = alpha / self.rank_per_expert
