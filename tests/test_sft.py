@@ -71,6 +71,30 @@ def test_examples_prompt_and_answer(tiny_model_dir):
     assert tokenizer.decode(examples[0]["answer"]).startswith("Brazil (1973)")
 
 
+def test_example_builders_name_the_sample_of_bad_input(tiny_model_dir):
+    """Both builders refuse an item missing from the items table and a target outside the candidates,
+    naming the sample; preference examples also refuse a target listed twice."""
+    from workflow.llm.data import preference_examples, sft_examples
+    from workflow.llm.model import load_tokenizer
+
+    samples, items = tables()
+    tokenizer = load_tokenizer(tiny_model_dir)
+    unknown = samples.head(2).copy()
+    unknown.at[1, "history"] = ["i0", "nope"]
+    outside = samples.head(2).copy()
+    outside.at[0, "candidates"] = [c for c in outside.at[0, "candidates"] if c != outside.at[0, "target"]]
+    twice = samples.head(1).copy()
+    twice.at[0, "candidates"] = [twice.at[0, "target"]] * 2 + list(twice.at[0, "candidates"][:2])
+    for build in (sft_examples, preference_examples):
+        with pytest.raises(ValueError, match="sample 's1': item 'nope' is not in the items table"):
+            build(unknown, items, tokenizer, "movie", LLM)
+        with pytest.raises(ValueError, match="sample 's0': the target"):
+            build(outside, items, tokenizer, "movie", LLM)
+    with pytest.raises(ValueError, match="sample 's0': the target must be among its candidates exactly once"):
+        preference_examples(twice, items, tokenizer, "movie", LLM)
+    assert len(sft_examples(twice, items, tokenizer, "movie", LLM)) == 1  # a repeated target trains once
+
+
 def test_loss_is_masked_cross_entropy_of_a_plain_forward(tiny_model_dir):
     """The scorer-based loss equals HF's own cross-entropy with labels -100 on prompt and padding."""
     from transformers import AutoModelForCausalLM

@@ -56,6 +56,16 @@ def prompt_ids(tokenizer, prompt: str, history_titles, candidate_titles, domain:
     raise ValueError(f"unknown prompt {prompt!r} (known: {', '.join(PROMPTS)})")
 
 
+def _sample_items(row, titles: dict[str, str]) -> tuple[list[str], list[str], str]:
+    """A sample's history, candidates and target as item-id strings, each one checked against the
+    items table (`titles`), so a training set that names an unknown item fails naming the sample."""
+    history, candidates, target = [str(i) for i in row.history], [str(i) for i in row.candidates], str(row.target)
+    unknown = [i for i in [*history, *candidates, target] if i not in titles]
+    if unknown:
+        raise ValueError(f"sample '{row.sample_id}': item '{unknown[0]}' is not in the items table")
+    return history, candidates, target
+
+
 def sft_examples(samples: pd.DataFrame, items: pd.DataFrame, tokenizer, domain: str,
                  llm: dict[str, Any], prompt: str = DEFAULT_PROMPT, item_marker: str | None = None
                  ) -> list[dict[str, list[int]]]:
@@ -65,10 +75,7 @@ def sft_examples(samples: pd.DataFrame, items: pd.DataFrame, tokenizer, domain: 
     titles = dict(zip(items["item_id"].astype(str), items["title"].astype(str)))
     examples = []
     for row in samples.itertuples(index=False):
-        history, candidates, target = [str(i) for i in row.history], [str(i) for i in row.candidates], str(row.target)
-        unknown = [i for i in [*history, *candidates, target] if i not in titles]
-        if unknown:
-            raise ValueError(f"sample '{row.sample_id}': item '{unknown[0]}' is not in the items table")
+        history, candidates, target = _sample_items(row, titles)
         if target not in candidates:
             raise ValueError(f"sample '{row.sample_id}': the target is not among its candidates")
         ids = prompt_ids(tokenizer, prompt, [titles[i] for i in history], [titles[i] for i in candidates],
@@ -87,15 +94,12 @@ def preference_examples(samples: pd.DataFrame, items: pd.DataFrame, tokenizer, d
     titles = dict(zip(items["item_id"].astype(str), items["title"].astype(str)))
     examples = []
     for row in samples.itertuples(index=False):
-        candidates = [str(i) for i in row.candidates]
-        missing = [i for i in [*map(str, row.history), *candidates] if i not in titles]
-        if missing:
-            raise ValueError(f"sample '{row.sample_id}': item '{missing[0]}' is not in the items table")
-        if candidates.count(str(row.target)) != 1:
+        history, candidates, target = _sample_items(row, titles)
+        if candidates.count(target) != 1:
             raise ValueError(f"sample '{row.sample_id}': the target must be among its candidates exactly once")
-        ids = prompt_ids(tokenizer, prompt, [titles[str(i)] for i in row.history], [titles[i] for i in candidates],
+        ids = prompt_ids(tokenizer, prompt, [titles[i] for i in history], [titles[i] for i in candidates],
                          domain, llm)
         answers = [prompts.clipped_answer_ids(tokenizer, titles[i], llm["max_title_tokens"]) for i in candidates]
         examples.append({"sample_id": str(row.sample_id), "prompt": ids, "answers": answers,
-                         "candidates": candidates, "target": candidates.index(str(row.target))})
+                         "candidates": candidates, "target": candidates.index(target)})
     return examples
