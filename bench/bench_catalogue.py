@@ -168,6 +168,7 @@ def step_costs(model_dir, samples_path, items_path, sid_items_path, llm) -> None
     """Prompt tokens and the seconds of one LoRA SFT step, open prompt against sid prompt."""
     from workflow.config import validate_block
     from workflow.llm import sft, train
+    from workflow.llm.data import sft_examples
     from workflow.llm.model import add_item_tokens, autocast, cast_frozen_linears, load_for_training
     from workflow.semantic_ids import sid_tokens
 
@@ -182,7 +183,7 @@ def step_costs(model_dir, samples_path, items_path, sid_items_path, llm) -> None
         add_item_tokens(model, tokenizer, sid_tokens(items))
         model = train.add_lora(model, block, 0, tokenizer)
         cast_frozen_linears(model, dtype)
-        examples = sft.sft_examples(train_rows, items, tokenizer, "movie", llm, prompt)
+        examples = sft_examples(train_rows, items, tokenizer, "movie", llm, prompt)
         tokens = np.mean([len(e["prompt"]) + len(e["answer"]) for e in examples])
         batches = [sft.collate(examples[i:i + 4]) for i in range(0, 32, 4)]
 

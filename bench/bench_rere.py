@@ -49,7 +49,7 @@ def compare(model_dir, samples_path, items_path, adapter, prompt, steps) -> tupl
     from workflow.llm.catalogue import catalogue_answers
     from workflow.llm.inference import pad_id
     from workflow.llm.model import add_item_tokens, autocast, load_for_training
-    from workflow.llm.data import preference_examples
+    from workflow.llm.data import preference_examples, sft_examples
     from workflow.llm.preference import with_defaults
     from workflow.semantic_ids import sid_tokens
 
@@ -61,7 +61,7 @@ def compare(model_dir, samples_path, items_path, adapter, prompt, steps) -> tupl
     model = catalogue_rl.attach_with_reference(model, adapter)
     cast = lambda: autocast(device, dtype)  # noqa: E731
 
-    examples = sft.sft_examples(rows, items, tokenizer, "movie", llm, prompt)
+    examples = sft_examples(rows, items, tokenizer, "movie", llm, prompt)
     sft_batches = [sft.collate(examples[i:i + BATCH]) for i in range(0, len(examples), BATCH)]
     sft_cpu = step_seconds(model, sft_batches, lambda m, b: sft.sft_loss(m, b)[0], cast)
 

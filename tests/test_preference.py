@@ -354,7 +354,7 @@ def test_reference_table_equals_the_training_scorer(tiny_model_dir, inputs, sft_
     assert sorted(table["sample_id"]) == sorted(samples["sample_id"])
     model, tokenizer = evaluate.load_for_evaluation(tiny_model_dir, sft_adapter, "cpu", "float32")
     items = pd.read_parquet(inputs["items"])
-    examples = preference.preference_examples(samples, items, tokenizer, "movie", LLM)
+    examples = data.preference_examples(samples, items, tokenizer, "movie", LLM)
     with torch.no_grad():
         expected, _ = candidate_logprobs(model, [e["prompt"] for e in examples], [e["answers"] for e in examples])
     got = preference.read_reference(reference_table, examples)
@@ -367,7 +367,7 @@ def test_reference_table_equals_the_training_scorer(tiny_model_dir, inputs, sft_
 def test_read_reference_rejects_other_samples_or_candidates(tiny_model_dir, inputs, reference_table, tmp_path):
     samples = data.read_training_samples(inputs["samples"], inputs["selection"])
     _, tokenizer = evaluate.load_for_evaluation(tiny_model_dir, None, "cpu", "float32")
-    examples = preference.preference_examples(samples, pd.read_parquet(inputs["items"]), tokenizer, "movie", LLM)
+    examples = data.preference_examples(samples, pd.read_parquet(inputs["items"]), tokenizer, "movie", LLM)
     table = pd.read_parquet(reference_table)
     short = tmp_path / "short.parquet"
     table[table["sample_id"] != examples[0]["sample_id"]].to_parquet(short)

@@ -9,6 +9,7 @@ import torch
 
 from test_train import collate as padded_hf_batch
 from workflow.llm import sft, train
+from workflow.llm.data import sft_examples
 
 SFT = {"lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.1, "target_modules": ["q_proj", "v_proj"], "epochs": 2,
        "lr": 0.01, "batch_size": 2, "grad_accum": 2, "warmup_ratio": 0.1, "weight_decay": 0.0,
@@ -64,7 +65,7 @@ def test_examples_prompt_and_answer(tiny_model_dir):
 
     samples, items = tables()
     tokenizer = load_tokenizer(tiny_model_dir)
-    examples = sft.sft_examples(samples.head(2), items, tokenizer, "movie", LLM)
+    examples = sft_examples(samples.head(2), items, tokenizer, "movie", LLM)
     text = tokenizer.decode(examples[0]["prompt"])
     assert "Alien (1970)" in text and "Which movie will the user watch next?" in text
     assert examples[0]["answer"] == prompts.answer_ids(tokenizer, "Brazil (1973)")
@@ -74,7 +75,7 @@ def test_examples_prompt_and_answer(tiny_model_dir):
 def test_example_builders_name_the_sample_of_bad_input(tiny_model_dir):
     """Both builders refuse an item missing from the items table and a target outside the candidates,
     naming the sample; preference examples also refuse a target listed twice."""
-    from workflow.llm.data import preference_examples, sft_examples
+    from workflow.llm.data import preference_examples
     from workflow.llm.model import load_tokenizer
 
     samples, items = tables()
@@ -103,7 +104,7 @@ def test_loss_is_masked_cross_entropy_of_a_plain_forward(tiny_model_dir):
 
     samples, items = tables()
     tokenizer = load_tokenizer(tiny_model_dir)
-    examples = sft.sft_examples(samples.head(3), items, tokenizer, "movie", LLM)
+    examples = sft_examples(samples.head(3), items, tokenizer, "movie", LLM)
     examples[1]["prompt"] = examples[1]["prompt"][5:]  # prompts of different lengths: padding matters
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     with torch.no_grad():
@@ -146,7 +147,7 @@ def test_cli_writes_adapter_that_reloads(tiny_model_dir, inputs, tmp_path):
     samples, items = tables()
     from workflow.llm.model import load_tokenizer
 
-    batch = sft.collate(sft.sft_examples(samples.head(4), items, load_tokenizer(tiny_model_dir), "movie", LLM))
+    batch = sft.collate(sft_examples(samples.head(4), items, load_tokenizer(tiny_model_dir), "movie", LLM))
     with torch.no_grad():
         tuned_loss = sft.sft_loss(tuned, batch)[0]
         with tuned.disable_adapter():
